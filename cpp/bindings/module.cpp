@@ -1,0 +1,254 @@
+// retro._core: numpy in, numpy out. The Python layer (python/retro/) converts inputs to
+// C-contiguous float32 first; these bindings check shapes and release the GIL for the work.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "checksum.h"
+#include "retro/error.h"
+#include "retro/flat_index.h"
+#include "retro/ivf_pq_index.h"
+#include "retro/simd.h"
+#include "simd/kernels.h"
+#if defined(RETRO_WITH_CUDA)
+#include "retro/cuda.h"
+#endif
+
+namespace py = pybind11;
+using retro::idx_t;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style>;
+using IdArray = py::array_t<int64_t, py::array::c_style>;
+
+retro::Metric parse_metric(const std::string& name) {
+  if (name == "l2" || name == "L2") return retro::Metric::L2;
+  if (name == "ip" || name == "inner_product" || name == "IP") return retro::Metric::InnerProduct;
+  throw retro::Error(retro::ErrorKind::InvalidArgument,
+                     "unknown metric '" + name + "' (expected 'l2' or 'ip')");
+}
+
+std::string metric_name(retro::Metric m) { return m == retro::Metric::L2 ? "l2" : "ip"; }
+
+// Checks that x is (n, d) and returns n.
+idx_t rows(const py::array& x, int d, const char* what) {
+  if (x.ndim() != 2)
+    throw py::value_error(std::string(what) + " must be a 2-D array (n, d), got " +
+                          std::to_string(x.ndim()) + " dimensions");
+  if (x.shape(1) != d)
+    throw py::value_error(std::string(what) + " has dimension " + std::to_string(x.shape(1)) +
+                          " but the index has d=" + std::to_string(d));
+  return static_cast<idx_t>(x.shape(0));
+}
+
+const idx_t* ids_pointer(const std::optional<IdArray>& ids, idx_t n) {
+  if (!ids) return nullptr;
+  if (ids->ndim() != 1 || ids->shape(0) != n)
+    throw py::value_error("ids must be a 1-D array of " + std::to_string(n) + " int64 values");
+  return ids->data();
+}
+
+template <class Index, class Search>
+py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, Search&& search) {
+  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
+  const idx_t n = rows(x, index.d(), "queries");
+  FloatArray distances({n, k});
+  IdArray labels({n, k});
+  {
+    py::gil_scoped_release release;
+    search(x.data(), distances.mutable_data(), labels.mutable_data(), n);
+  }
+  return py::make_tuple(distances, labels);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "retro's compiled core: IVF-PQ and exact vector search";
+  m.attr("__version__") = RETRO_VERSION;
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const retro::Error& e) {
+      if (e.kind() == retro::ErrorKind::InvalidArgument)
+        PyErr_SetString(PyExc_ValueError, e.what());
+      else
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+#if defined(RETRO_WITH_CUDA)
+  m.def("has_cuda", [] { return true; }, "True if this build contains the CUDA kernels.");
+  m.def("cuda_device_count", &retro::cuda::device_count,
+        "Number of usable CUDA devices (0 without a GPU or driver).");
+  m.def("cuda_device_name", &retro::cuda::device_name, py::arg("device") = 0);
+  m.def("cutlass_version", &retro::cuda::cutlass_version);
+#else
+  m.def("has_cuda", [] { return false; }, "True if this build contains the CUDA kernels.");
+  m.def("cuda_device_count", [] { return 0; },
+        "Number of usable CUDA devices (0 without a GPU or driver).");
+#endif
+
+  m.def("simd_level", [] { return retro::simd_level_name(retro::active_simd_level()); },
+        "SIMD kernels in use: 'scalar', 'avx2' or 'avx512'.");
+  m.def("best_simd_level", [] { return retro::simd_level_name(retro::best_simd_level()); });
+  m.def("set_simd_level",
+        [](const std::string& name) { retro::set_simd_level(retro::parse_simd_level(name)); },
+        py::arg("level"), "Force 'scalar', 'avx2' or 'avx512' (as RETRO_SIMD does).");
+  m.def("get_num_threads", [] { return omp_get_max_threads(); });
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("the number of threads must be >= 1");
+    omp_set_num_threads(n);
+  }, py::arg("n"));
+  m.def("xxh64", [](py::bytes data) {
+    std::string s = data;
+    return retro::xxh64(s.data(), s.size());
+  }, "XXH64 (seed 0) of bytes: the checksum of index file sections.");
+
+  // Kernel entry points for tests: run one SIMD level's kernel on given inputs.
+  m.def("_pq_scan8", [](const std::string& level, py::array_t<uint8_t, py::array::c_style> codes,
+                        FloatArray lut, float bias) {
+    if (lut.ndim() != 2 || lut.shape(1) != 256)
+      throw py::value_error("lut must be (pq_m, 256) float32");
+    const int pq_m = static_cast<int>(lut.shape(0));
+    const size_t block = static_cast<size_t>(pq_m) * retro::simd::kScanBlock;
+    if (codes.ndim() != 1 || codes.shape(0) % block != 0)
+      throw py::value_error("codes must be 1-D with a multiple of pq_m * 16 bytes");
+    const size_t nblocks = codes.shape(0) / block;
+    FloatArray out(static_cast<py::ssize_t>(nblocks * retro::simd::kScanBlock));
+    retro::simd::kernels_for(retro::parse_simd_level(level))
+        .pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias, out.mutable_data());
+    return out;
+  });
+  m.def("_gemm", [](const std::string& level, FloatArray a, FloatArray b) {
+    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1))
+      throw py::value_error("a (m, k) and b (n, k) must share k");
+    const idx_t mm = a.shape(0), n = b.shape(0);
+    const int k = static_cast<int>(a.shape(1));
+    std::vector<float> packed(retro::simd::packed_size(n, k));
+    retro::simd::pack_panels(n, k, b.data(), k, packed.data());
+    FloatArray c({mm, n});
+    retro::simd::kernels_for(retro::parse_simd_level(level))
+        .gemm_packed(mm, n, k, a.data(), k, packed.data(), c.mutable_data(), n);
+    return c;
+  });
+
+  py::class_<retro::FlatIndex>(m, "FlatIndex")
+      .def(py::init([](int d, const std::string& metric) {
+             return std::make_unique<retro::FlatIndex>(d, parse_metric(metric));
+           }),
+           py::arg("d"), py::arg("metric") = "l2")
+      .def_property_readonly("d", &retro::FlatIndex::d)
+      .def_property_readonly("ntotal", &retro::FlatIndex::ntotal)
+      .def_property_readonly("metric", [](const retro::FlatIndex& i) { return metric_name(i.metric()); })
+      .def("add", [](retro::FlatIndex& index, const FloatArray& x, const std::optional<IdArray>& ids) {
+        const idx_t n = rows(x, index.d(), "added vectors");
+        const idx_t* id_ptr = ids_pointer(ids, n);
+        py::gil_scoped_release release;
+        index.add(n, x.data(), id_ptr);
+      }, py::arg("x"), py::arg("ids") = py::none())
+      .def("search", [](const retro::FlatIndex& index, const FloatArray& x, idx_t k) {
+        return search_into_arrays(index, x, k, [&](const float* xp, float* D, idx_t* I, idx_t n) {
+          index.search(n, xp, k, D, I);
+        });
+      }, py::arg("x"), py::arg("k"))
+      .def("reset", &retro::FlatIndex::reset);
+
+  py::class_<retro::IvfPqIndex>(m, "IvfPqIndex")
+      .def(py::init([](int d, idx_t nlist, int pq_m, int pq_bits, const std::string& metric,
+                       uint64_t seed) {
+             return std::make_unique<retro::IvfPqIndex>(d, nlist, pq_m, pq_bits,
+                                                        parse_metric(metric), seed);
+           }),
+           py::arg("d"), py::arg("nlist"), py::arg("pq_m"), py::arg("pq_bits") = 8,
+           py::arg("metric") = "l2", py::arg("seed") = 0)
+      .def_property_readonly("d", &retro::IvfPqIndex::d)
+      .def_property_readonly("nlist", &retro::IvfPqIndex::nlist)
+      .def_property_readonly("pq_m", &retro::IvfPqIndex::pq_m)
+      .def_property_readonly("pq_bits", &retro::IvfPqIndex::pq_bits)
+      .def_property_readonly("metric", [](const retro::IvfPqIndex& i) { return metric_name(i.metric()); })
+      .def_property_readonly("seed", &retro::IvfPqIndex::seed)
+      .def_property_readonly("ntotal", &retro::IvfPqIndex::ntotal)
+      .def_property_readonly("is_trained", &retro::IvfPqIndex::is_trained)
+      .def_property_readonly("is_mmapped", &retro::IvfPqIndex::is_mmapped)
+      .def_property_readonly("coarse_objective", &retro::IvfPqIndex::coarse_objective)
+      .def_property("niter", [](const retro::IvfPqIndex& i) { return i.train_params.niter; },
+                    [](retro::IvfPqIndex& i, int v) {
+                      if (v < 1) throw py::value_error("niter must be >= 1");
+                      i.train_params.niter = v;
+                    })
+      .def_property("max_points_per_centroid",
+                    [](const retro::IvfPqIndex& i) { return i.train_params.max_points_per_centroid; },
+                    [](retro::IvfPqIndex& i, int v) { i.train_params.max_points_per_centroid = v; })
+      .def_property("precomputed_table_max_bytes",
+                    [](const retro::IvfPqIndex& i) { return i.train_params.precomputed_table_max_bytes; },
+                    [](retro::IvfPqIndex& i, size_t v) { i.train_params.precomputed_table_max_bytes = v; })
+      .def("list_sizes", [](const retro::IvfPqIndex& index) {
+        IdArray sizes(index.nlist());
+        for (idx_t l = 0; l < index.nlist(); ++l) sizes.mutable_data()[l] = index.list_size(l);
+        return sizes;
+      })
+      .def("coarse_centroids", [](const retro::IvfPqIndex& index) {
+        FloatArray c({index.is_trained() ? index.nlist() : 0, static_cast<idx_t>(index.d())});
+        if (index.is_trained())
+          std::copy(index.coarse_centroids(), index.coarse_centroids() + index.nlist() * index.d(),
+                    c.mutable_data());
+        return c;
+      })
+      .def("train", [](retro::IvfPqIndex& index, const FloatArray& x) {
+        const idx_t n = rows(x, index.d(), "training data");
+        py::gil_scoped_release release;
+        index.train(n, x.data());
+      }, py::arg("x"))
+      .def("add", [](retro::IvfPqIndex& index, const FloatArray& x, const std::optional<IdArray>& ids) {
+        const idx_t n = rows(x, index.d(), "added vectors");
+        const idx_t* id_ptr = ids_pointer(ids, n);
+        py::gil_scoped_release release;
+        index.add(n, x.data(), id_ptr);
+      }, py::arg("x"), py::arg("ids") = py::none())
+      .def("search", [](const retro::IvfPqIndex& index, const FloatArray& x, idx_t k, int nprobe,
+                        const py::object& rerank, int k_factor) {
+        retro::IvfPqSearchParams params;
+        params.nprobe = nprobe;
+        params.k_factor = k_factor;
+        py::array rerank_array;
+        if (!rerank.is_none()) {
+          rerank_array = py::array::ensure(rerank);
+          if (!rerank_array || rerank_array.ndim() != 2 || rerank_array.shape(1) != index.d())
+            throw py::value_error("rerank vectors must be a 2-D array (n, d) with d=" +
+                                  std::to_string(index.d()));
+          if (!(rerank_array.flags() & py::array::c_style))
+            throw py::value_error("rerank vectors must be C-contiguous");
+          const auto dtype = rerank_array.dtype();
+          if (dtype.is(py::dtype::of<float>())) {
+            params.rerank_fp16 = false;
+          } else if (dtype.kind() == 'f' && dtype.itemsize() == 2) {
+            params.rerank_fp16 = true;
+          } else {
+            throw py::value_error("rerank vectors must be float32 or float16, got " +
+                                  std::string(py::str(dtype)));
+          }
+          params.rerank_vectors = rerank_array.data();
+          params.rerank_rows = rerank_array.shape(0);
+        }
+        return search_into_arrays(index, x, k, [&](const float* xp, float* D, idx_t* I, idx_t n) {
+          index.search(n, xp, k, D, I, params);
+        });
+      }, py::arg("x"), py::arg("k"), py::arg("nprobe") = 8, py::arg("rerank") = py::none(),
+         py::arg("k_factor") = 4)
+      .def("reset", &retro::IvfPqIndex::reset)
+      .def("save", [](const retro::IvfPqIndex& index, const std::string& path) {
+        py::gil_scoped_release release;
+        index.save(path);
+      }, py::arg("path"))
+      .def_static("load", [](const std::string& path, bool mmap, bool verify) {
+        py::gil_scoped_release release;
+        return retro::IvfPqIndex::load(path, mmap, verify);
+      }, py::arg("path"), py::arg("mmap"), py::arg("verify"));
+}

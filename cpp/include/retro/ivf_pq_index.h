@@ -1,0 +1,118 @@
+// IVF-PQ: a coarse k-means quantizer (nlist lists) and a product quantizer (pq_m sub-quantizers of
+// 2^pq_bits centroids) on the residuals, searched with the L2 decomposition of faiss's IVFADC:
+//   ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2<c, r>) - 2<q, r>
+// where the middle term is precomputed per list and the last per query.
+//
+// Codes of each list are stored in blocks of kBlock vectors, sub-quantizer-major inside a block:
+//   codes[(block * pq_m + m) * kBlock + lane]
+// so a SIMD scan loads the m-th code of kBlock vectors with one 16-byte load.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "retro/types.h"
+
+namespace retro {
+
+struct IvfPqSearchParams {
+  int nprobe = 8;  // lists visited per query; values above nlist are clamped to nlist
+  // Exact re-ranking: search k * k_factor PQ candidates and re-score them against rerank_vectors.
+  const void* rerank_vectors = nullptr;  // (rerank_rows, d) float32 or float16, row = vector id
+  bool rerank_fp16 = false;
+  idx_t rerank_rows = 0;
+  int k_factor = 4;
+};
+
+struct IvfPqTrainParams {
+  int niter = 25;                       // k-means iterations (coarse and PQ)
+  int max_points_per_centroid = 256;    // training points beyond this are subsampled
+  size_t precomputed_table_max_bytes = size_t(2) << 30;  // above: compute tables per list
+};
+
+class MappedFile;
+class TopK;
+
+class IvfPqIndex {
+ public:
+  static constexpr int kBlock = 16;
+
+  IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
+             uint64_t seed = 0);
+  ~IvfPqIndex();
+
+  // x: (n, d). Trains the coarse centroids then the PQ on residuals.
+  void train(idx_t n, const float* x);
+  // x: (n, d); ids: (n,) or nullptr for sequential ids ntotal .. ntotal + n - 1.
+  void add(idx_t n, const float* x, const idx_t* ids = nullptr);
+  // x: (n, d) -> distances, labels: (n, k), best first; -1 and +inf (L2) / -inf (IP) where fewer
+  // than k results exist.
+  void search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
+              const IvfPqSearchParams& params = {}) const;
+  void reset();  // drops the stored vectors, keeps the training
+
+  void save(const std::string& path) const;  // atomic: temp file + rename
+  static std::unique_ptr<IvfPqIndex> load(const std::string& path, bool mmap, bool verify);
+
+  int d() const { return d_; }
+  idx_t nlist() const { return nlist_; }
+  int pq_m() const { return pq_m_; }
+  int pq_bits() const { return pq_bits_; }
+  int ksub() const { return 1 << pq_bits_; }
+  int dsub() const { return d_ / pq_m_; }
+  Metric metric() const { return metric_; }
+  uint64_t seed() const { return seed_; }
+  bool is_trained() const { return is_trained_; }
+  bool is_mmapped() const { return mapped_ != nullptr; }
+  idx_t ntotal() const { return ntotal_; }
+  idx_t list_size(idx_t list) const { return lists_[list].size; }
+  const float* coarse_centroids() const { return coarse_centroids_.data(); }  // (nlist, d)
+  const float* pq_centroids() const { return pq_centroids_.data(); }  // (pq_m, ksub, dsub)
+  // k-means objective (sum of squared distances) after the last coarse training iteration
+  double coarse_objective() const { return coarse_objective_; }
+  IvfPqTrainParams train_params;
+
+ private:
+  struct List {
+    const uint8_t* codes = nullptr;  // blocked, ceil(size / kBlock) * kBlock * pq_m bytes
+    const idx_t* ids = nullptr;      // (size,)
+    idx_t size = 0;
+  };
+  struct OwnedList {
+    std::vector<uint8_t> codes;
+    std::vector<idx_t> ids;
+  };
+  class Scanner;
+
+  struct Derived;  // packed quantizers and tables, rebuilt from the trained parameters
+
+  void check_trained(const char* what) const;
+  void rebuild_derived();
+  void rebuild_list_views();
+  void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;
+  void scan_query(const float* x, const idx_t* probes, const float* probe_dist, int p0, int p1,
+                  TopK& heap, float* lut, float* scratch) const;
+  void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
+                          const float* probe_dist, int nprobe, float* distances,
+                          idx_t* labels) const;
+  void rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates, const idx_t* cand_labels,
+              const IvfPqSearchParams& params, float* distances, idx_t* labels) const;
+
+  int d_;
+  idx_t nlist_;
+  int pq_m_;
+  int pq_bits_;
+  Metric metric_;
+  uint64_t seed_;
+  bool is_trained_ = false;
+  idx_t ntotal_ = 0;
+  double coarse_objective_ = 0.0;
+  std::vector<float> coarse_centroids_;  // (nlist, d)
+  std::vector<float> pq_centroids_;      // (pq_m, ksub, dsub)
+  std::unique_ptr<Derived> derived_;
+  std::vector<List> lists_;
+  std::vector<OwnedList> owned_;  // empty when memory-mapped
+  std::shared_ptr<MappedFile> mapped_;
+};
+
+}  // namespace retro

@@ -1,0 +1,46 @@
+// Nearest neighbours of query rows among the columns of a packed matrix, through the blocked GEMM
+// of simd/kernels.h: the shared engine of exact search, k-means assignment, coarse quantization
+// and PQ encoding.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "retro/types.h"
+
+namespace retro {
+
+// A right-hand side (n rows of dimension d) packed for the GEMM, with its squared norms.
+class PackedVectors {
+ public:
+  PackedVectors() = default;
+  PackedVectors(idx_t n, int d, const float* x, idx_t ldx);
+  idx_t n() const { return n_; }
+  int d() const { return d_; }
+  const float* panels() const { return panels_.data(); }
+  const float* norms() const { return norms_.data(); }  // (n,) ||x_j||^2
+
+ private:
+  idx_t n_ = 0;
+  int d_ = 0;
+  std::vector<float> panels_;
+  std::vector<float> norms_;
+};
+
+// Internal distances are "smaller is better": squared L2, or minus the inner product.
+// x: (nq, d) with row stride ldx -> distances, labels: (nq, k) best first, (+inf, -1) past the end.
+// With k == 1 this is an argmin (k-means assignment). Uses OpenMP over query blocks, or over
+// column blocks when there are few queries; results do not depend on the thread count.
+void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base, idx_t k,
+         float* distances, idx_t* labels);
+
+float squared_norm(int d, const float* x);
+float inner_product(int d, const float* x, const float* y);
+float l2_distance(int d, const float* x, const float* y);
+
+// IEEE half (as stored in float16 numpy arrays) to float.
+float half_to_float(uint16_t h);
+
+// Throws ValueError naming the first NaN/inf element of x (n, d).
+void check_finite(idx_t n, int d, const float* x, const char* what);
+
+}  // namespace retro

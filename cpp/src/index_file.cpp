@@ -1,0 +1,273 @@
+#include "index_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "checksum.h"
+#include "retro/error.h"
+#include "retro/ivf_pq_index.h"
+
+namespace retro {
+
+MappedFile::MappedFile(const std::string& path, bool mmap) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  RETRO_CHECK(fd >= 0, "cannot open index file '%s': %s", path.c_str(), std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorKind::Runtime, "'" + path + "' is not a regular file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ == 0) {
+    ::close(fd);
+    throw Error(ErrorKind::Runtime, "index file '" + path + "' is empty");
+  }
+  if (mmap) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    RETRO_CHECK(p != MAP_FAILED, "cannot memory-map '%s': %s", path.c_str(), std::strerror(errno));
+    data_ = static_cast<const uint8_t*>(p);
+    mapped_ = true;
+    return;
+  }
+  uint8_t* buffer = new uint8_t[size_];
+  size_t done = 0;
+  while (done < size_) {
+    ssize_t got = ::read(fd, buffer + done, size_ - done);
+    if (got <= 0) {
+      delete[] buffer;
+      ::close(fd);
+      throw Error(ErrorKind::Runtime, "cannot read index file '" + path + "'");
+    }
+    done += static_cast<size_t>(got);
+  }
+  ::close(fd);
+  data_ = buffer;
+}
+
+MappedFile::~MappedFile() {
+  if (mapped_)
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  else
+    delete[] data_;
+}
+
+namespace {
+
+constexpr uint64_t kAlign = 64;
+uint64_t align_up(uint64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+uint64_t blocked_bytes(uint64_t size, uint64_t pq_m) {
+  const uint64_t block = IvfPqIndex::kBlock;
+  return (size + block - 1) / block * block * pq_m;
+}
+
+// Writes to a temporary file beside `path`, then renames it over `path`.
+class AtomicWriter {
+ public:
+  explicit AtomicWriter(const std::string& path)
+      : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    RETRO_CHECK(fd_ >= 0, "cannot create '%s': %s", tmp_.c_str(), std::strerror(errno));
+  }
+  ~AtomicWriter() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      ::unlink(tmp_.c_str());
+    }
+  }
+  void write_at(uint64_t offset, const void* data, size_t bytes) {
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    while (bytes > 0) {
+      ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset));
+      RETRO_CHECK(n > 0, "cannot write '%s': %s", tmp_.c_str(), std::strerror(errno));
+      p += n;
+      offset += static_cast<uint64_t>(n);
+      bytes -= static_cast<size_t>(n);
+    }
+  }
+  void commit() {
+    RETRO_CHECK(::fsync(fd_) == 0, "cannot flush '%s': %s", tmp_.c_str(), std::strerror(errno));
+    ::close(fd_);
+    fd_ = -1;
+    RETRO_CHECK(::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename '%s' to '%s': %s",
+                tmp_.c_str(), path_.c_str(), std::strerror(errno));
+  }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+const char* kSectionNames[kNumSections] = {"coarse centroids", "PQ centroids", "list sizes",
+                                           "codes", "ids"};
+
+}  // namespace
+
+void IvfPqIndex::save(const std::string& path) const {
+  FileHeader h;
+  std::memset(&h, 0, sizeof(h));
+  std::memcpy(h.magic, kIndexMagic, sizeof(h.magic));
+  h.version = kIndexVersion;
+  h.index_type = kIndexTypeIvfPq;
+  h.metric = static_cast<uint32_t>(metric_);
+  h.pq_bits = static_cast<uint32_t>(pq_bits_);
+  h.d = static_cast<uint64_t>(d_);
+  h.nlist = static_cast<uint64_t>(nlist_);
+  h.pq_m = static_cast<uint64_t>(pq_m_);
+  h.ntotal = static_cast<uint64_t>(ntotal_);
+  h.seed = seed_;
+  h.is_trained = is_trained_ ? 1 : 0;
+  h.num_sections = kNumSections;
+  h.coarse_objective = coarse_objective_;
+
+  std::vector<int64_t> sizes(nlist_);
+  uint64_t codes_bytes = 0;
+  for (idx_t l = 0; l < nlist_; ++l) {
+    sizes[l] = lists_[l].size;
+    codes_bytes += blocked_bytes(lists_[l].size, pq_m_);
+  }
+  const uint64_t bytes[kNumSections] = {coarse_centroids_.size() * sizeof(float),
+                                        pq_centroids_.size() * sizeof(float),
+                                        sizes.size() * sizeof(int64_t), codes_bytes,
+                                        static_cast<uint64_t>(ntotal_) * sizeof(int64_t)};
+  uint64_t offset = align_up(sizeof(FileHeader));
+  for (int s = 0; s < kNumSections; ++s) {
+    h.sections[s].offset = offset;
+    h.sections[s].bytes = bytes[s];
+    offset = align_up(offset + bytes[s]);
+  }
+
+  AtomicWriter out(path);
+  auto write_section = [&](int s, const void* data) {
+    out.write_at(h.sections[s].offset, data, bytes[s]);
+    h.sections[s].checksum = xxh64(data, bytes[s]);
+  };
+  write_section(0, coarse_centroids_.data());
+  write_section(1, pq_centroids_.data());
+  write_section(2, sizes.data());
+  // Codes and ids are streamed list by list; their checksums cover the concatenation.
+  std::vector<uint8_t> codes(codes_bytes);
+  std::vector<int64_t> ids(ntotal_);
+  uint64_t code_pos = 0, id_pos = 0;
+  for (idx_t l = 0; l < nlist_; ++l) {
+    const uint64_t cb = blocked_bytes(lists_[l].size, pq_m_);
+    if (cb > 0) std::memcpy(codes.data() + code_pos, lists_[l].codes, cb);
+    if (lists_[l].size > 0)
+      std::memcpy(ids.data() + id_pos, lists_[l].ids, lists_[l].size * sizeof(int64_t));
+    code_pos += cb;
+    id_pos += static_cast<uint64_t>(lists_[l].size);
+  }
+  write_section(3, codes.data());
+  write_section(4, ids.data());
+  h.header_checksum = xxh64(&h, offsetof(FileHeader, header_checksum));
+  out.write_at(0, &h, sizeof(h));
+  out.commit();
+}
+
+std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap, bool verify) {
+  auto file = std::make_shared<MappedFile>(path, mmap);
+  const uint8_t* base = file->data();
+  const uint64_t file_size = file->size();
+  const char* name = path.c_str();
+  RETRO_CHECK(file_size >= sizeof(FileHeader),
+              "'%s' is not a retro index file: %llu bytes is shorter than the header", name,
+              static_cast<unsigned long long>(file_size));
+  FileHeader h;
+  std::memcpy(&h, base, sizeof(h));
+  RETRO_CHECK(std::memcmp(h.magic, kIndexMagic, sizeof(h.magic)) == 0,
+              "'%s' is not a retro index file (bad magic bytes)", name);
+  RETRO_CHECK(h.version == kIndexVersion,
+              "'%s' has index format version %u; this build reads version %u", name, h.version,
+              kIndexVersion);
+  RETRO_CHECK(h.header_checksum == xxh64(&h, offsetof(FileHeader, header_checksum)),
+              "'%s' is corrupt: header checksum mismatch", name);
+  RETRO_CHECK(h.index_type == kIndexTypeIvfPq && h.num_sections == kNumSections,
+              "'%s' holds an index type this build does not know (type %u)", name, h.index_type);
+  RETRO_CHECK(h.d > 0 && h.d <= (1u << 20) && h.nlist > 0 && h.nlist <= (1ull << 40) &&
+                  h.pq_m > 0 && h.pq_m <= h.d && h.ntotal <= (1ull << 48) &&
+                  h.nlist * sizeof(int64_t) <= file_size,
+              "'%s' is corrupt: implausible parameters in the header", name);
+
+  std::unique_ptr<IvfPqIndex> index;
+  try {
+    index = std::make_unique<IvfPqIndex>(static_cast<int>(h.d), static_cast<idx_t>(h.nlist),
+                                         static_cast<int>(h.pq_m), static_cast<int>(h.pq_bits),
+                                         static_cast<Metric>(h.metric), h.seed);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Runtime, "'" + path + "' is corrupt: " + e.what());
+  }
+  const uint64_t ksub = uint64_t(1) << h.pq_bits;
+  const uint64_t trained_bytes = h.is_trained ? 1 : 0;
+  const uint64_t expected[3] = {trained_bytes * h.nlist * h.d * sizeof(float),
+                                trained_bytes * h.pq_m * ksub * (h.d / h.pq_m) * sizeof(float),
+                                h.nlist * sizeof(int64_t)};
+  for (int s = 0; s < kNumSections; ++s) {
+    const FileSection& sec = h.sections[s];
+    RETRO_CHECK(sec.offset % kAlign == 0 && sec.offset >= sizeof(FileHeader) &&
+                    sec.offset <= file_size && sec.bytes <= file_size - sec.offset,
+                "'%s' is truncated or corrupt: section '%s' lies outside the file", name,
+                kSectionNames[s]);
+    if (s < 3)
+      RETRO_CHECK(sec.bytes == expected[s], "'%s' is corrupt: section '%s' has the wrong size",
+                  name, kSectionNames[s]);
+    if (s < 3 || verify)
+      RETRO_CHECK(xxh64(base + sec.offset, sec.bytes) == sec.checksum,
+                  "'%s' is corrupt: checksum mismatch in section '%s'", name, kSectionNames[s]);
+  }
+  RETRO_CHECK(h.is_trained || h.ntotal == 0, "'%s' is corrupt: untrained index with vectors",
+              name);
+  std::vector<int64_t> sizes(h.nlist);
+  std::memcpy(sizes.data(), base + h.sections[2].offset, h.sections[2].bytes);
+  uint64_t total = 0, codes_bytes = 0;
+  for (int64_t size : sizes) {
+    RETRO_CHECK(size >= 0 && static_cast<uint64_t>(size) <= h.ntotal,
+                "'%s' is corrupt: invalid list size", name);
+    total += static_cast<uint64_t>(size);
+    codes_bytes += blocked_bytes(static_cast<uint64_t>(size), h.pq_m);
+  }
+  RETRO_CHECK(total == h.ntotal, "'%s' is corrupt: list sizes do not add up to ntotal", name);
+  RETRO_CHECK(h.sections[3].bytes == codes_bytes && h.sections[4].bytes == h.ntotal * sizeof(int64_t),
+              "'%s' is corrupt: codes or ids section has the wrong size", name);
+
+  IvfPqIndex& ix = *index;
+  ix.coarse_objective_ = h.coarse_objective;
+  if (h.is_trained) {
+    const float* c = reinterpret_cast<const float*>(base + h.sections[0].offset);
+    ix.coarse_centroids_.assign(c, c + h.nlist * h.d);
+    const float* p = reinterpret_cast<const float*>(base + h.sections[1].offset);
+    ix.pq_centroids_.assign(p, p + h.sections[1].bytes / sizeof(float));
+    ix.is_trained_ = true;
+    ix.rebuild_derived();
+  }
+  const uint8_t* codes = base + h.sections[3].offset;
+  const int64_t* ids = reinterpret_cast<const int64_t*>(base + h.sections[4].offset);
+  for (uint64_t l = 0; l < h.nlist; ++l) {
+    const uint64_t cb = blocked_bytes(static_cast<uint64_t>(sizes[l]), h.pq_m);
+    if (mmap) {
+      ix.lists_[l] = List{codes, ids, sizes[l]};
+    } else {
+      ix.owned_[l].codes.assign(codes, codes + cb);
+      ix.owned_[l].ids.assign(ids, ids + sizes[l]);
+    }
+    codes += cb;
+    ids += sizes[l];
+  }
+  ix.ntotal_ = static_cast<idx_t>(h.ntotal);
+  if (mmap) {
+    ix.owned_.clear();
+    ix.mapped_ = std::move(file);
+  } else {
+    ix.rebuild_list_views();
+  }
+  return index;
+}
+
+}  // namespace retro

@@ -1,0 +1,65 @@
+// The on-disk format of IvfPqIndex (little-endian, version 1):
+//
+//   FileHeader (fixed size; header_checksum = xxh64 of the bytes before it, always verified)
+//   sections, each at a 64-byte aligned offset, each with its own xxh64 in the header:
+//     0 coarse centroids  (nlist, d) float32
+//     1 PQ centroids      (pq_m, 2^pq_bits, d / pq_m) float32
+//     2 list sizes        (nlist,) int64
+//     3 codes             every list's blocked codes, list after list (IvfPqIndex layout)
+//     4 ids               (ntotal,) int64, list after list
+//
+// Sections 0-2 are always verified; 3-4 when loading with verify=true. Memory-mapped loads point
+// the lists into the mapping and read no code until a search touches it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace retro {
+
+constexpr char kIndexMagic[8] = {'R', 'E', 'T', 'R', 'O', 'I', 'D', 'X'};
+constexpr uint32_t kIndexVersion = 1;
+constexpr uint32_t kIndexTypeIvfPq = 1;
+constexpr int kNumSections = 5;
+
+struct FileSection {
+  uint64_t offset;
+  uint64_t bytes;
+  uint64_t checksum;
+};
+
+struct FileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t index_type;
+  uint32_t metric;
+  uint32_t pq_bits;
+  uint64_t d;
+  uint64_t nlist;
+  uint64_t pq_m;
+  uint64_t ntotal;
+  uint64_t seed;
+  uint32_t is_trained;
+  uint32_t num_sections;
+  double coarse_objective;
+  FileSection sections[kNumSections];
+  uint64_t header_checksum;
+};
+
+// A read-only view of a whole file, memory-mapped or read into memory.
+class MappedFile {
+ public:
+  MappedFile(const std::string& path, bool mmap);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  bool mapped_ = false;
+};
+
+}  // namespace retro

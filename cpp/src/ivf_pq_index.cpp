@@ -1,0 +1,336 @@
+#include "retro/ivf_pq_index.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "distances.h"
+#include "index_file.h"
+#include "kmeans.h"
+#include "retro/error.h"
+#include "simd/kernels.h"
+#include "top_k.h"
+
+namespace retro {
+
+struct IvfPqIndex::Derived {
+  PackedVectors coarse;               // (nlist, d) for coarse assignment
+  std::vector<PackedVectors> pq;      // pq_m x (ksub, dsub) for encoding
+  std::vector<float> pq_t;            // (pq_m, dsub, ksub): table rows are contiguous in j
+  std::vector<float> precomputed;     // (nlist, pq_m, ksub) ||r||^2 + 2<c, r>; empty if too big
+};
+
+namespace {
+constexpr idx_t kEncodeBatch = 16384;  // vectors encoded at a time (bounds the residual buffer)
+}
+
+IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed)
+    : d_(d), nlist_(nlist), pq_m_(pq_m), pq_bits_(pq_bits), metric_(metric), seed_(seed) {
+  RETRO_CHECK_ARG(d > 0, "dimension d must be positive, got %d", d);
+  RETRO_CHECK_ARG(nlist > 0, "nlist must be positive, got %lld", static_cast<long long>(nlist));
+  RETRO_CHECK_ARG(pq_m > 0, "pq_m must be positive, got %d", pq_m);
+  RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
+  RETRO_CHECK_ARG(pq_bits == 8, "pq_bits must be 8, got %d (4-bit fast-scan codes are not supported yet)",
+                  pq_bits);
+  RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
+                  static_cast<unsigned>(metric));
+  lists_.resize(nlist);
+  owned_.resize(nlist);
+}
+
+IvfPqIndex::~IvfPqIndex() = default;
+
+void IvfPqIndex::check_trained(const char* what) const {
+  RETRO_CHECK(is_trained_, "index is not trained: call train() before %s()", what);
+}
+
+void IvfPqIndex::train(idx_t n, const float* x) {
+  RETRO_CHECK_ARG(n >= nlist_, "training needs at least nlist=%lld points, got %lld",
+                  static_cast<long long>(nlist_), static_cast<long long>(n));
+  RETRO_CHECK_ARG(n >= ksub(), "training needs at least 2^pq_bits=%d points, got %lld", ksub(),
+                  static_cast<long long>(n));
+  check_finite(n, d_, x, "training data");
+
+  KMeansParams coarse_params;
+  coarse_params.niter = train_params.niter;
+  coarse_params.max_points_per_centroid = train_params.max_points_per_centroid;
+  coarse_params.seed = seed_;
+  coarse_params.metric = metric_;
+  KMeansResult coarse = kmeans(n, d_, x, d_, nlist_, coarse_params);
+  coarse_centroids_ = std::move(coarse.centroids);
+  coarse_objective_ = coarse.objective.back();
+
+  // Residuals of (a subsample of) the training points to their nearest coarse centroid.
+  const idx_t max_pq_points = static_cast<idx_t>(ksub()) * train_params.max_points_per_centroid;
+  const idx_t n_pq = train_params.max_points_per_centroid > 0 ? std::min(n, max_pq_points) : n;
+  const idx_t stride = n / n_pq;  // evenly spaced rows, deterministic
+  std::vector<float> residuals(static_cast<size_t>(n_pq) * d_);
+  for (idx_t i = 0; i < n_pq; ++i)
+    std::memcpy(&residuals[i * d_], x + i * stride * d_, d_ * sizeof(float));
+  {
+    PackedVectors packed(nlist_, d_, coarse_centroids_.data(), d_);
+    std::vector<float> dist(n_pq);
+    std::vector<idx_t> assign(n_pq);
+    knn(metric_, n_pq, residuals.data(), d_, packed, 1, dist.data(), assign.data());
+    for (idx_t i = 0; i < n_pq; ++i)
+      for (int j = 0; j < d_; ++j) residuals[i * d_ + j] -= coarse_centroids_[assign[i] * d_ + j];
+  }
+
+  const int dsub = this->dsub();
+  pq_centroids_.assign(static_cast<size_t>(pq_m_) * ksub() * dsub, 0.0f);
+  for (int m = 0; m < pq_m_; ++m) {
+    KMeansParams pq_params;
+    pq_params.niter = train_params.niter;
+    pq_params.max_points_per_centroid = 0;  // already subsampled above
+    pq_params.seed = seed_ + 1 + m;
+    KMeansResult sub = kmeans(n_pq, dsub, residuals.data() + m * dsub, d_, ksub(), pq_params);
+    std::memcpy(&pq_centroids_[static_cast<size_t>(m) * ksub() * dsub], sub.centroids.data(),
+                sub.centroids.size() * sizeof(float));
+  }
+  is_trained_ = true;
+  rebuild_derived();
+}
+
+void IvfPqIndex::rebuild_derived() {
+  auto derived = std::make_unique<Derived>();
+  const int dsub = this->dsub(), K = ksub();
+  derived->coarse = PackedVectors(nlist_, d_, coarse_centroids_.data(), d_);
+  derived->pq_t.resize(static_cast<size_t>(pq_m_) * dsub * K);
+  for (int m = 0; m < pq_m_; ++m) {
+    const float* c = &pq_centroids_[static_cast<size_t>(m) * K * dsub];
+    derived->pq.emplace_back(K, dsub, c, dsub);
+    for (int j = 0; j < K; ++j)
+      for (int t = 0; t < dsub; ++t) derived->pq_t[(static_cast<size_t>(m) * dsub + t) * K + j] = c[j * dsub + t];
+  }
+  const size_t table_bytes = static_cast<size_t>(nlist_) * pq_m_ * K * sizeof(float);
+  if (metric_ == Metric::L2 && table_bytes <= train_params.precomputed_table_max_bytes) {
+    derived->precomputed.resize(static_cast<size_t>(nlist_) * pq_m_ * K);
+    const simd::Kernels& kern = simd::kernels();
+    const Derived& dv = *derived;
+    float* table = derived->precomputed.data();
+#pragma omp parallel for schedule(static)
+    for (idx_t l = 0; l < nlist_; ++l)
+      for (int m = 0; m < pq_m_; ++m) {
+        float* out = table + (static_cast<size_t>(l) * pq_m_ + m) * K;
+        kern.inner_products_t(dsub, K, &coarse_centroids_[l * d_ + m * dsub],
+                              &dv.pq_t[static_cast<size_t>(m) * dsub * K], out);
+        kern.axpy(K, dv.pq[m].norms(), 2.0f, out, out);
+      }
+  }
+  derived_ = std::move(derived);
+}
+
+void IvfPqIndex::encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const {
+  const int dsub = this->dsub();
+  std::vector<float> dist(n), residuals(static_cast<size_t>(n) * d_);
+  knn(metric_, n, x, d_, derived_->coarse, 1, dist.data(), list_of);
+#pragma omp parallel for schedule(static)
+  for (idx_t i = 0; i < n; ++i)
+    for (int j = 0; j < d_; ++j)
+      residuals[i * d_ + j] = x[i * d_ + j] - coarse_centroids_[list_of[i] * d_ + j];
+  std::vector<idx_t> nearest(n);
+  for (int m = 0; m < pq_m_; ++m) {
+    knn(Metric::L2, n, residuals.data() + m * dsub, d_, derived_->pq[m], 1, dist.data(),
+        nearest.data());
+    for (idx_t i = 0; i < n; ++i) codes[i * pq_m_ + m] = static_cast<uint8_t>(nearest[i]);
+  }
+}
+
+void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
+  check_trained("add");
+  RETRO_CHECK(!is_mmapped(),
+              "this index was loaded with mmap=True and is read-only: load it with mmap=False to add");
+  RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
+  check_finite(n, d_, x, "added vectors");
+  std::vector<idx_t> list_of(kEncodeBatch);
+  std::vector<uint8_t> codes(static_cast<size_t>(kEncodeBatch) * pq_m_);
+  for (idx_t i0 = 0; i0 < n; i0 += kEncodeBatch) {
+    const idx_t nb = std::min(kEncodeBatch, n - i0);
+    encode(nb, x + i0 * d_, list_of.data(), codes.data());
+    // Each list is appended by one thread, in input order: the layout is deterministic.
+#pragma omp parallel for schedule(dynamic, 64)
+    for (idx_t l = 0; l < nlist_; ++l) {
+      OwnedList& owned = owned_[l];
+      for (idx_t i = 0; i < nb; ++i) {
+        if (list_of[i] != l) continue;
+        const idx_t size = static_cast<idx_t>(owned.ids.size());
+        const idx_t block = size / kBlock, lane = size % kBlock;
+        if (lane == 0) owned.codes.resize(static_cast<size_t>(block + 1) * pq_m_ * kBlock, 0);
+        for (int m = 0; m < pq_m_; ++m)
+          owned.codes[(block * pq_m_ + m) * kBlock + lane] = codes[i * pq_m_ + m];
+        owned.ids.push_back(ids != nullptr ? ids[i0 + i] : ntotal_ + i0 + i);
+      }
+    }
+  }
+  ntotal_ += n;
+  rebuild_list_views();
+}
+
+void IvfPqIndex::rebuild_list_views() {
+  for (idx_t l = 0; l < nlist_; ++l) {
+    lists_[l].codes = owned_[l].codes.data();
+    lists_[l].ids = owned_[l].ids.data();
+    lists_[l].size = static_cast<idx_t>(owned_[l].ids.size());
+  }
+}
+
+void IvfPqIndex::reset() {
+  mapped_.reset();
+  owned_.assign(nlist_, OwnedList{});
+  ntotal_ = 0;
+  rebuild_list_views();
+}
+
+// Scans probes [p0, p1) of one query into heap. lut: (pq_m, ksub); scratch: (pq_m, ksub) query
+// inner products followed by one list's distances.
+void IvfPqIndex::scan_query(const float* x, const idx_t* probes, const float* probe_dist, int p0,
+                            int p1, TopK& heap, float* lut, float* scratch) const {
+  const simd::Kernels& kern = simd::kernels();
+  const int dsub = this->dsub(), K = ksub();
+  const size_t table_size = static_cast<size_t>(pq_m_) * K;
+  float* qip = scratch;  // <x_m, r_mj>, or <(x - c)_m, r_mj> without the precomputed table
+  float* list_dist = scratch + table_size;
+  const bool precomputed = !derived_->precomputed.empty();
+  auto query_inner_products = [&](const float* v) {
+    for (int m = 0; m < pq_m_; ++m)
+      kern.inner_products_t(dsub, K, v + m * dsub, &derived_->pq_t[static_cast<size_t>(m) * dsub * K],
+                            qip + static_cast<size_t>(m) * K);
+  };
+  if (metric_ == Metric::InnerProduct) {
+    query_inner_products(x);
+    for (size_t i = 0; i < table_size; ++i) lut[i] = -qip[i];
+  } else if (precomputed) {
+    query_inner_products(x);
+  }
+  std::vector<float> residual(precomputed ? 0 : d_);
+  for (int p = p0; p < p1; ++p) {
+    const idx_t l = probes[p];
+    if (l < 0 || lists_[l].size == 0) continue;
+    float bias = probe_dist[p];  // ||x - c||^2, or -<x, c>
+    if (metric_ == Metric::L2) {
+      if (precomputed) {
+        kern.axpy(table_size, &derived_->precomputed[l * table_size], -2.0f, qip, lut);
+      } else {
+        for (int j = 0; j < d_; ++j) residual[j] = x[j] - coarse_centroids_[l * d_ + j];
+        query_inner_products(residual.data());
+        for (int m = 0; m < pq_m_; ++m) {
+          float* row = lut + static_cast<size_t>(m) * K;
+          kern.axpy(K, derived_->pq[m].norms(), -2.0f, qip + static_cast<size_t>(m) * K, row);
+          const float rnorm = squared_norm(dsub, residual.data() + m * dsub);
+          for (int j = 0; j < K; ++j) row[j] += rnorm;
+        }
+        bias = 0.0f;
+      }
+    }
+    const List& list = lists_[l];
+    const size_t nblocks = (list.size + kBlock - 1) / kBlock;
+    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, bias, list_dist);
+    for (idx_t i = 0; i < list.size; ++i)
+      if (list_dist[i] <= heap.threshold()) heap.push(list_dist[i], list.ids[i]);
+  }
+}
+
+void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
+                                    const float* probe_dist, int nprobe, float* distances,
+                                    idx_t* labels) const {
+  idx_t max_list = 0;
+  for (const List& list : lists_) max_list = std::max(max_list, list.size);
+  const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
+  const size_t scratch_size = table_size + (max_list + kBlock - 1) / kBlock * kBlock;
+  const int threads = omp_get_max_threads();
+  if (n >= threads) {
+#pragma omp parallel
+    {
+      std::vector<float> lut(table_size), scratch(scratch_size);
+      TopK heap(k);
+#pragma omp for schedule(dynamic)
+      for (idx_t q = 0; q < n; ++q) {
+        scan_query(x + q * d_, probes + q * nprobe, probe_dist + q * nprobe, 0, nprobe, heap,
+                   lut.data(), scratch.data());
+        heap.write_sorted(distances + q * k, labels + q * k);
+      }
+    }
+    return;
+  }
+  // Few queries: the probes of each query are split between threads, then merged.
+  for (idx_t q = 0; q < n; ++q) {
+    TopK merged(k);
+#pragma omp parallel
+    {
+      std::vector<float> lut(table_size), scratch(scratch_size);
+      TopK heap(k);
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      scan_query(x + q * d_, probes + q * nprobe, probe_dist + q * nprobe, nprobe * t / nt,
+                 nprobe * (t + 1) / nt, heap, lut.data(), scratch.data());
+#pragma omp critical
+      merged.merge(heap);
+    }
+    merged.write_sorted(distances + q * k, labels + q * k);
+  }
+}
+
+void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
+                        const idx_t* cand_labels, const IvfPqSearchParams& params,
+                        float* distances, idx_t* labels) const {
+  for (idx_t i = 0; i < n * k_candidates; ++i)
+    RETRO_CHECK_ARG(cand_labels[i] < params.rerank_rows,
+                    "rerank vectors have %lld rows but the index holds id %lld",
+                    static_cast<long long>(params.rerank_rows),
+                    static_cast<long long>(cand_labels[i]));
+#pragma omp parallel
+  {
+    std::vector<float> row(d_);
+    TopK heap(k);
+#pragma omp for schedule(dynamic)
+    for (idx_t q = 0; q < n; ++q) {
+      const float* xq = x + q * d_;
+      for (idx_t c = 0; c < k_candidates; ++c) {
+        const idx_t id = cand_labels[q * k_candidates + c];
+        if (id < 0) continue;
+        const float* v;
+        if (params.rerank_fp16) {
+          const uint16_t* h = static_cast<const uint16_t*>(params.rerank_vectors) + id * d_;
+          for (int j = 0; j < d_; ++j) row[j] = half_to_float(h[j]);
+          v = row.data();
+        } else {
+          v = static_cast<const float*>(params.rerank_vectors) + id * d_;
+        }
+        heap.push(metric_ == Metric::L2 ? l2_distance(d_, xq, v) : -inner_product(d_, xq, v), id);
+      }
+      heap.write_sorted(distances + q * k, labels + q * k);
+    }
+  }
+}
+
+void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
+                        const IvfPqSearchParams& params) const {
+  check_trained("search");
+  RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
+  RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
+  RETRO_CHECK_ARG(params.nprobe > 0, "nprobe must be positive, got %d", params.nprobe);
+  check_finite(n, d_, x, "queries");
+  const bool reranking = params.rerank_vectors != nullptr;
+  if (reranking) RETRO_CHECK_ARG(params.k_factor >= 1, "k_factor must be >= 1, got %d", params.k_factor);
+  if (n == 0) return;
+  const int nprobe = static_cast<int>(std::min<idx_t>(params.nprobe, nlist_));
+  std::vector<float> probe_dist(static_cast<size_t>(n) * nprobe);
+  std::vector<idx_t> probes(static_cast<size_t>(n) * nprobe);
+  knn(metric_, n, x, d_, derived_->coarse, nprobe, probe_dist.data(), probes.data());
+  if (reranking) {
+    const idx_t kc = k * params.k_factor;
+    std::vector<float> cand_dist(static_cast<size_t>(n) * kc);
+    std::vector<idx_t> cand_labels(static_cast<size_t>(n) * kc);
+    search_preassigned(n, x, kc, probes.data(), probe_dist.data(), nprobe, cand_dist.data(),
+                       cand_labels.data());
+    rerank(n, x, k, kc, cand_labels.data(), params, distances, labels);
+  } else {
+    search_preassigned(n, x, k, probes.data(), probe_dist.data(), nprobe, distances, labels);
+  }
+  if (metric_ == Metric::InnerProduct)
+    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+}
+
+}  // namespace retro

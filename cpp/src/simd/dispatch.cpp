@@ -1,0 +1,105 @@
+// Picks the kernel set: the best the CPU supports, or the one named by RETRO_SIMD.
+#include <atomic>
+#include <cstdlib>
+
+#include "retro/error.h"
+#include "simd/kernels.h"
+
+namespace retro::simd {
+namespace scalar { extern const Kernels table; }
+#if defined(RETRO_HAVE_X86_KERNELS)
+namespace avx2 { extern const Kernels table; }
+namespace avx512 { extern const Kernels table; }
+#endif
+
+const Kernels& kernels_for(SimdLevel level) {
+#if defined(RETRO_HAVE_X86_KERNELS)
+  if (level == SimdLevel::Avx512) return avx512::table;
+  if (level == SimdLevel::Avx2) return avx2::table;
+#endif
+  (void)level;
+  return scalar::table;
+}
+
+size_t packed_size(idx_t n, int k) {
+  return static_cast<size_t>((n + kPanel - 1) / kPanel) * k * kPanel;
+}
+
+void pack_panels(idx_t n, int k, const float* B, idx_t ldb, float* packed) {
+  for (idx_t p = 0; p * kPanel < n; ++p) {
+    float* panel = packed + p * k * kPanel;
+    for (int t = 0; t < k; ++t)
+      for (int j = 0; j < kPanel; ++j) {
+        idx_t col = p * kPanel + j;
+        panel[t * kPanel + j] = col < n ? B[col * ldb + t] : 0.0f;
+      }
+  }
+}
+
+}  // namespace retro::simd
+
+namespace retro {
+namespace {
+
+std::atomic<int> g_level{-1};
+
+SimdLevel initial_level() {
+  const char* env = std::getenv("RETRO_SIMD");
+  if (env != nullptr && *env != '\0') {
+    SimdLevel wanted = parse_simd_level(env);
+    RETRO_CHECK_ARG(wanted <= best_simd_level(), "RETRO_SIMD=%s is not supported by this CPU",
+                    env);
+    return wanted;
+  }
+  return best_simd_level();
+}
+
+}  // namespace
+
+SimdLevel best_simd_level() {
+#if defined(RETRO_HAVE_X86_KERNELS)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return SimdLevel::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::Avx2;
+#endif
+  return SimdLevel::Scalar;
+}
+
+SimdLevel active_simd_level() {
+  int level = g_level.load(std::memory_order_relaxed);
+  if (level < 0) {
+    level = static_cast<int>(initial_level());
+    g_level.store(level, std::memory_order_relaxed);
+  }
+  return static_cast<SimdLevel>(level);
+}
+
+void set_simd_level(SimdLevel level) {
+  RETRO_CHECK_ARG(level <= best_simd_level(), "SIMD level %s is not supported by this CPU",
+                  simd_level_name(level));
+  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Avx512: return "avx512";
+    case SimdLevel::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+SimdLevel parse_simd_level(const std::string& name) {
+  if (name == "scalar") return SimdLevel::Scalar;
+  if (name == "avx2") return SimdLevel::Avx2;
+  if (name == "avx512") return SimdLevel::Avx512;
+  throw Error(ErrorKind::InvalidArgument,
+              "unknown SIMD level '" + name + "' (expected scalar, avx2 or avx512)");
+}
+
+namespace simd {
+const Kernels& kernels() { return kernels_for(active_simd_level()); }
+}  // namespace simd
+
+}  // namespace retro

@@ -1,0 +1,53 @@
+"""retro: retrieval-enhanced language models (RETRO) with a compiled core.
+
+This release holds the retrieval index: :class:`IvfPqIndex` (IVF-PQ, faiss-compatible parameters),
+:class:`FlatIndex` (exact search) and :func:`index_factory` for faiss-style strings.
+"""
+
+from retro import _core
+from retro.factory import index_factory
+from retro.index import FlatIndex, IvfPqIndex
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "FlatIndex",
+    "IvfPqIndex",
+    "cuda_available",
+    "get_num_threads",
+    "has_cuda",
+    "index_factory",
+    "set_num_threads",
+    "set_simd_level",
+    "simd_level",
+]
+
+
+def has_cuda() -> bool:
+    """True if this build contains the CUDA kernels (it may still run on a machine without a GPU)."""
+    return bool(_core.has_cuda())
+
+
+def cuda_available() -> bool:
+    """True if this build has CUDA kernels and a usable GPU is present now."""
+    return has_cuda() and _core.cuda_device_count() > 0
+
+
+def simd_level() -> str:
+    """The CPU kernels in use: "scalar", "avx2" or "avx512" (set RETRO_SIMD to force one)."""
+    return _core.simd_level()
+
+
+def set_simd_level(level: str) -> None:
+    """Forces "scalar", "avx2" or "avx512" kernels; raises ValueError if the CPU lacks them."""
+    _core.set_simd_level(level)
+
+
+def get_num_threads() -> int:
+    """OpenMP threads used by train/add/search."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the OpenMP threads used by train/add/search (results do not depend on it)."""
+    _core.set_num_threads(n)

@@ -1,0 +1,54 @@
+"""Turning user inputs (numpy arrays, CPU torch tensors, lists) into what the core takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def as_float32_matrix(x: Any, name: str) -> np.ndarray:
+    """Returns x as a C-contiguous float32 array of shape (n, d).
+
+    Accepts numpy arrays and CPU torch tensors of any real floating dtype (float16/64 and
+    bfloat16 are converted); integer, boolean, complex and object data and GPU tensors are refused
+    with a ValueError naming ``name``. A 1-D input is refused too: pass x[None] for one row.
+    """
+    if _is_torch_tensor(x):
+        x = _torch_to_numpy(x, name)
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{name} must hold floating-point values, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, d), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def as_int64_vector(ids: Any, n: int, name: str = "ids") -> np.ndarray:
+    """Returns ids as a C-contiguous int64 array of shape (n,)."""
+    if _is_torch_tensor(ids):
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _torch_to_numpy(t: Any, name: str) -> np.ndarray:
+    import torch
+
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{name} is a torch tensor on {t.device}; the index runs on the CPU: pass t.cpu()"
+        )
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{name} must hold floating-point values, got dtype {t.dtype}")
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+        t = t.float()
+    return t.detach().contiguous().numpy()

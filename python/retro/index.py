@@ -1,0 +1,175 @@
+"""Vector indexes: IVF-PQ for the retrieval database and exact search for ground truth.
+
+Vectors are float32 rows: x has shape (n, d). Searches return ``(D, I)``: distances (n, k) float32
+and labels (n, k) int64, best first. Where fewer than k results exist, labels are -1 and
+distances +inf (L2) or -inf (inner product). L2 distances are squared.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+
+from retro import _core
+from retro._arrays import as_float32_matrix, as_int64_vector
+
+Metric = Literal["l2", "ip"]
+
+
+class IvfPqIndex:
+    """Inverted file (nlist coarse k-means lists) with product-quantized residuals (faiss's IVFADC).
+
+    Args:
+        d: vector dimension.
+        nlist: number of coarse lists (faiss's rule of thumb: 4 * sqrt(N) .. 16 * sqrt(N)).
+        pq_m: sub-quantizers per vector; d must be divisible by pq_m. Each vector costs pq_m bytes.
+        pq_bits: bits per sub-quantizer code; only 8 is supported.
+        metric: "l2" (squared Euclidean, smaller is better) or "ip" (inner product, larger is better).
+        seed: seeds k-means; training is deterministic for a given seed and any thread count.
+    """
+
+    def __init__(
+        self, d: int, nlist: int, pq_m: int, pq_bits: int = 8, metric: Metric = "l2", seed: int = 0
+    ) -> None:
+        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed)
+
+    @classmethod
+    def _wrap(cls, core_index: Any) -> IvfPqIndex:
+        self = cls.__new__(cls)
+        self._index = core_index
+        return self
+
+    d = property(lambda self: self._index.d, doc="Vector dimension.")
+    nlist = property(lambda self: self._index.nlist, doc="Number of inverted lists.")
+    pq_m = property(lambda self: self._index.pq_m, doc="Sub-quantizers per vector.")
+    pq_bits = property(lambda self: self._index.pq_bits, doc="Bits per sub-quantizer code.")
+    metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
+    ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
+    is_trained = property(lambda self: self._index.is_trained)
+    is_mmapped = property(lambda self: self._index.is_mmapped, doc="Codes are memory-mapped.")
+    coarse_objective = property(
+        lambda self: self._index.coarse_objective,
+        doc="k-means objective (sum of squared distances) of the last coarse training iteration.",
+    )
+
+    @property
+    def niter(self) -> int:
+        """k-means iterations for the coarse quantizer and the PQ (default 25, as faiss)."""
+        return self._index.niter
+
+    @niter.setter
+    def niter(self, value: int) -> None:
+        self._index.niter = value
+
+    @property
+    def max_points_per_centroid(self) -> int:
+        """Training points per centroid beyond which training data is subsampled (default 256)."""
+        return self._index.max_points_per_centroid
+
+    @max_points_per_centroid.setter
+    def max_points_per_centroid(self, value: int) -> None:
+        self._index.max_points_per_centroid = value
+
+    def list_sizes(self) -> np.ndarray:
+        """(nlist,) int64: vectors per inverted list."""
+        return self._index.list_sizes()
+
+    def coarse_centroids(self) -> np.ndarray:
+        """(nlist, d) float32 coarse centroids (empty before training)."""
+        return self._index.coarse_centroids()
+
+    def train(self, x: Any) -> None:
+        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 256."""
+        self._index.train(as_float32_matrix(x, "training data"))
+
+    def add(self, x: Any, ids: Any = None) -> None:
+        """Encodes and stores x (n, d) with ids (n,) int64, or ntotal .. ntotal+n-1 if None."""
+        x = as_float32_matrix(x, "added vectors")
+        self._index.add(x, None if ids is None else as_int64_vector(ids, x.shape[0]))
+
+    def search(
+        self,
+        x: Any,
+        k: int,
+        nprobe: int = 8,
+        rerank: np.ndarray | None = None,
+        k_factor: int = 4,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Searches the nprobe nearest lists of each query.
+
+        Args:
+            x: queries (n, d).
+            k: results per query (> 0).
+            nprobe: lists visited per query; values above nlist are clamped to nlist.
+            rerank: optional (N, d) float32 or float16 array (a np.memmap works: only candidate rows
+                are read) whose row i is the vector of id i. Then k * k_factor PQ candidates are
+                re-scored with exact distances and the best k returned.
+            k_factor: candidate multiplier for re-ranking.
+
+        Returns:
+            D (n, k) float32 and I (n, k) int64, best first.
+        """
+        if not isinstance(nprobe, (int, np.integer)) or nprobe <= 0:
+            raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
+        if rerank is not None and type(rerank).__module__.startswith("torch"):
+            rerank = rerank.detach().cpu().numpy()
+        return self._index.search(
+            as_float32_matrix(x, "queries"), int(k), int(nprobe), rerank, int(k_factor)
+        )
+
+    def reset(self) -> None:
+        """Removes all stored vectors; the training is kept."""
+        self._index.reset()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the index atomically (temp file + rename) in retro's versioned, checksummed format."""
+        self._index.save(os.fspath(path))
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None
+    ) -> IvfPqIndex:
+        """Loads an index saved by :meth:`save`.
+
+        Args:
+            mmap: map the codes and ids instead of reading them (the index is then read-only).
+            verify: check every section's checksum; defaults to ``not mmap`` (with mmap the small
+                sections are still verified, the codes and ids are not read).
+        """
+        if verify is None:
+            verify = not mmap
+        return cls._wrap(_core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify)))
+
+    def __repr__(self) -> str:
+        return (
+            f"IvfPqIndex(d={self.d}, nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
+            f"metric={self.metric!r}, ntotal={self.ntotal}, trained={self.is_trained})"
+        )
+
+
+class FlatIndex:
+    """Exact search over stored float32 vectors: the ground truth for recall measurements."""
+
+    def __init__(self, d: int, metric: Metric = "l2") -> None:
+        self._index = _core.FlatIndex(d, metric)
+
+    d = property(lambda self: self._index.d, doc="Vector dimension.")
+    metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
+    ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
+
+    def add(self, x: Any, ids: Any = None) -> None:
+        """Stores x (n, d) with ids (n,) int64, or ntotal .. ntotal+n-1 if None."""
+        x = as_float32_matrix(x, "added vectors")
+        self._index.add(x, None if ids is None else as_int64_vector(ids, x.shape[0]))
+
+    def search(self, x: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest neighbours of x (n, d): D (n, k) float32, I (n, k) int64, best first."""
+        return self._index.search(as_float32_matrix(x, "queries"), int(k))
+
+    def reset(self) -> None:
+        self._index.reset()
+
+    def __repr__(self) -> str:
+        return f"FlatIndex(d={self.d}, metric={self.metric!r}, ntotal={self.ntotal})"
