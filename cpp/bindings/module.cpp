@@ -113,7 +113,7 @@ PYBIND11_MODULE(_core, m) {
 
   // Kernel entry points for tests: run one SIMD level's kernel on given inputs.
   m.def("_pq_scan8", [](const std::string& level, py::array_t<uint8_t, py::array::c_style> codes,
-                        FloatArray lut, float bias) {
+                        FloatArray lut, float bias, const std::optional<FloatArray>& terms) {
     if (lut.ndim() != 2 || lut.shape(1) != 256)
       throw py::value_error("lut must be (pq_m, 256) float32");
     const int pq_m = static_cast<int>(lut.shape(0));
@@ -121,11 +121,15 @@ PYBIND11_MODULE(_core, m) {
     if (codes.ndim() != 1 || codes.shape(0) % block != 0)
       throw py::value_error("codes must be 1-D with a multiple of pq_m * 16 bytes");
     const size_t nblocks = codes.shape(0) / block;
+    if (terms && (terms->ndim() != 1 || terms->shape(0) != static_cast<py::ssize_t>(nblocks * 16)))
+      throw py::value_error("terms must be 1-D with 16 values per code block");
     FloatArray out(static_cast<py::ssize_t>(nblocks * retro::simd::kScanBlock));
     retro::simd::kernels_for(retro::parse_simd_level(level))
-        .pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias, out.mutable_data());
+        .pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias, terms ? terms->data() : nullptr,
+                  out.mutable_data());
     return out;
-  });
+  }, py::arg("level"), py::arg("codes"), py::arg("lut"), py::arg("bias"),
+     py::arg("terms") = py::none());
   m.def("_gemm", [](const std::string& level, FloatArray a, FloatArray b) {
     if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1))
       throw py::value_error("a (m, k) and b (n, k) must share k");
@@ -186,9 +190,6 @@ PYBIND11_MODULE(_core, m) {
       .def_property("max_points_per_centroid",
                     [](const retro::IvfPqIndex& i) { return i.train_params.max_points_per_centroid; },
                     [](retro::IvfPqIndex& i, int v) { i.train_params.max_points_per_centroid = v; })
-      .def_property("precomputed_table_max_bytes",
-                    [](const retro::IvfPqIndex& i) { return i.train_params.precomputed_table_max_bytes; },
-                    [](retro::IvfPqIndex& i, size_t v) { i.train_params.precomputed_table_max_bytes = v; })
       .def("list_sizes", [](const retro::IvfPqIndex& index) {
         IdArray sizes(index.nlist());
         for (idx_t l = 0; l < index.nlist(); ++l) sizes.mutable_data()[l] = index.list_size(l);

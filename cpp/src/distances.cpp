@@ -17,6 +17,11 @@ PackedVectors::PackedVectors(idx_t n, int d, const float* x, idx_t ldx)
     : n_(n), d_(d), panels_(simd::packed_size(n, d)), norms_(n) {
   simd::pack_panels(n, d, x, ldx, panels_.data());
   for (idx_t i = 0; i < n; ++i) norms_[i] = squared_norm(d, x + i * ldx);
+  const size_t width = (n + simd::kPanel - 1) / simd::kPanel * simd::kPanel;
+  l2_bias_.assign(width, std::numeric_limits<float>::infinity());
+  ip_bias_.assign(width, std::numeric_limits<float>::infinity());
+  std::copy(norms_.begin(), norms_.end(), l2_bias_.begin());
+  std::fill(ip_bias_.begin(), ip_bias_.begin() + n, 0.0f);
 }
 
 float squared_norm(int d, const float* x) {
@@ -69,70 +74,53 @@ void check_finite(idx_t n, int d, const float* x, const char* what) {
 
 namespace {
 
-constexpr idx_t kQueryBlock = 96;    // GEMM rows per tile
+constexpr idx_t kQueryBlock = 96;     // GEMM rows per tile
 constexpr idx_t kColumnBlock = 1024;  // GEMM columns per tile (a multiple of simd::kPanel)
 
+// A per-thread GEMM output tile, kept between calls: a fresh one would be a new mmap each time,
+// whose page faults cost more than the small GEMMs of k-means on sub-vectors.
+float* tile_buffer(size_t size) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
+}
+
 // Distances of queries [q0, q1) to columns [c0, c1) pushed into heaps[q - q0].
-void scan_tile(Metric metric, idx_t q0, idx_t q1, const float* x, idx_t ldx,
-               const PackedVectors& base, idx_t c0, idx_t c1, float* tile, TopK* heaps,
-               float* best, idx_t* best_label) {
+void scan_tile(Metric metric, idx_t q0, idx_t q1, const float* x, idx_t ldx, const float* qnorms,
+               const PackedVectors& base, idx_t c0, idx_t c1, float* tile, TopK* heaps) {
+  const simd::Kernels& kern = simd::kernels();
   const int d = base.d();
-  simd::kernels().gemm_packed(q1 - q0, c1 - c0, d, x + q0 * ldx, ldx,
-                              base.panels() + (c0 / simd::kPanel) * d * simd::kPanel, tile,
-                              c1 - c0);
-  const float* norms = base.norms();
+  const idx_t nc = c1 - c0;
+  kern.gemm_packed(q1 - q0, nc, d, x + q0 * ldx, ldx,
+                   base.panels() + (c0 / simd::kPanel) * d * simd::kPanel, tile, nc);
+  const float* norms = metric == Metric::L2 ? base.norms() + c0 : nullptr;
   for (idx_t q = q0; q < q1; ++q) {
-    const float* row = tile + (q - q0) * (c1 - c0);
-    float qnorm = metric == Metric::L2 ? squared_norm(d, x + q * ldx) : 0.0f;
-    if (heaps == nullptr) {  // k == 1: argmin
-      float& bd = best[q - q0];
-      idx_t& bl = best_label[q - q0];
-      for (idx_t c = c0; c < c1; ++c) {
-        float dist = metric == Metric::L2 ? qnorm + norms[c] - 2.0f * row[c - c0] : -row[c - c0];
-        if (dist < bd || (dist == bd && c < bl)) {
-          bd = dist;
-          bl = c;
-        }
-      }
-      continue;
-    }
+    float* row = tile + (q - q0) * nc;
+    kern.distances_from_inner_products(nc, qnorms[q - q0], norms, row);
     TopK& heap = heaps[q - q0];
-    for (idx_t c = c0; c < c1; ++c) {
-      float dist = metric == Metric::L2 ? qnorm + norms[c] - 2.0f * row[c - c0] : -row[c - c0];
-      if (dist <= heap.threshold()) heap.push(dist, c);
-    }
+    float threshold = heap.threshold();
+    for (idx_t c = 0; c < nc; ++c)
+      if (row[c] <= threshold) {
+        heap.push(row[c], c0 + c);
+        threshold = heap.threshold();
+      }
   }
 }
 
-struct Results {
-  std::vector<TopK> heaps;
-  std::vector<float> best;
-  std::vector<idx_t> best_label;
-  Results(idx_t nq, idx_t k)
-      : best(k == 1 ? nq : 0, std::numeric_limits<float>::infinity()),
-        best_label(k == 1 ? nq : 0, -1) {
-    if (k > 1) heaps.assign(nq, TopK(k));
+// k == 1 (k-means assignment, encoding): the GEMM fused with the argmin.
+void nearest(Metric metric, idx_t nq, const float* x, idx_t ldx, const float* qnorms,
+             const PackedVectors& base, float* distances, idx_t* labels) {
+  const simd::Kernels& kern = simd::kernels();
+  const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
+  constexpr idx_t kRows = 256;
+#pragma omp parallel for schedule(dynamic)
+  for (idx_t q0 = 0; q0 < nq; q0 += kRows) {
+    const idx_t rows = std::min(kRows, nq - q0);
+    kern.gemm_argmin(rows, base.n(), base.d(), x + q0 * ldx, ldx, base.panels(),
+                     base.argmin_bias(metric), alpha, distances + q0, labels + q0);
+    for (idx_t q = q0; q < q0 + rows; ++q) distances[q] += qnorms[q];
   }
-  TopK* heap_ptr() { return heaps.empty() ? nullptr : heaps.data(); }
-  void merge(const Results& o) {
-    for (size_t i = 0; i < heaps.size(); ++i) heaps[i].merge(o.heaps[i]);
-    for (size_t i = 0; i < best.size(); ++i)
-      if (o.best[i] < best[i] || (o.best[i] == best[i] && o.best_label[i] < best_label[i])) {
-        best[i] = o.best[i];
-        best_label[i] = o.best_label[i];
-      }
-  }
-  void write(idx_t nq, idx_t k, float* distances, idx_t* labels) {
-    for (idx_t q = 0; q < nq; ++q) {
-      if (k == 1) {
-        distances[q] = best[q];
-        labels[q] = best_label[q];
-      } else {
-        heaps[q].write_sorted(distances + q * k, labels + q * k);
-      }
-    }
-  }
-};
+}
 
 }  // namespace
 
@@ -140,42 +128,47 @@ void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors
          float* distances, idx_t* labels) {
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   const idx_t nb = base.n();
+  std::vector<float> qnorms(nq, 0.0f);
+  if (metric == Metric::L2)
+    for (idx_t q = 0; q < nq; ++q) qnorms[q] = squared_norm(base.d(), x + q * ldx);
+  if (k == 1 && nb > 0) return nearest(metric, nq, x, ldx, qnorms.data(), base, distances, labels);
+
   const int threads = omp_get_max_threads();
   if (nq >= 2 * threads || threads == 1) {
     const idx_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
 #pragma omp parallel
     {
-      std::vector<float> tile(kQueryBlock * kColumnBlock);
+      float* tile = tile_buffer(kQueryBlock * kColumnBlock);
+      std::vector<TopK> heaps(kQueryBlock, TopK(k));
 #pragma omp for schedule(dynamic)
       for (idx_t b = 0; b < nblocks; ++b) {
-        idx_t q0 = b * kQueryBlock, q1 = std::min(nq, q0 + kQueryBlock);
-        Results results(q1 - q0, k);
+        const idx_t q0 = b * kQueryBlock, q1 = std::min(nq, q0 + kQueryBlock);
         for (idx_t c0 = 0; c0 < nb; c0 += kColumnBlock)
-          scan_tile(metric, q0, q1, x, ldx, base, c0, std::min(nb, c0 + kColumnBlock),
-                    tile.data(), results.heap_ptr(), results.best.data(),
-                    results.best_label.data());
-        results.write(q1 - q0, k, distances + q0 * k, labels + q0 * k);
+          scan_tile(metric, q0, q1, x, ldx, qnorms.data() + q0, base, c0,
+                    std::min(nb, c0 + kColumnBlock), tile, heaps.data());
+        for (idx_t q = q0; q < q1; ++q)
+          heaps[q - q0].write_sorted(distances + q * k, labels + q * k);
       }
     }
     return;
   }
-  // Few queries: split the columns between threads, then merge the per-thread results.
-  Results merged(nq, k);
+  // Few queries: split the columns between threads, then merge the per-thread heaps.
+  std::vector<TopK> merged(nq, TopK(k));
   const idx_t ncblocks = (nb + kColumnBlock - 1) / kColumnBlock;
 #pragma omp parallel
   {
-    std::vector<float> tile(nq * kColumnBlock);
-    Results local(nq, k);
+    float* tile = tile_buffer(nq * kColumnBlock);
+    std::vector<TopK> local(nq, TopK(k));
 #pragma omp for schedule(dynamic)
     for (idx_t cb = 0; cb < ncblocks; ++cb) {
-      idx_t c0 = cb * kColumnBlock;
-      scan_tile(metric, 0, nq, x, ldx, base, c0, std::min(nb, c0 + kColumnBlock), tile.data(),
-                local.heap_ptr(), local.best.data(), local.best_label.data());
+      const idx_t c0 = cb * kColumnBlock;
+      scan_tile(metric, 0, nq, x, ldx, qnorms.data(), base, c0, std::min(nb, c0 + kColumnBlock),
+                tile, local.data());
     }
 #pragma omp critical
-    merged.merge(local);
+    for (idx_t q = 0; q < nq; ++q) merged[q].merge(local[q]);
   }
-  merged.write(nq, k, distances, labels);
+  for (idx_t q = 0; q < nq; ++q) merged[q].write_sorted(distances + q * k, labels + q * k);
 }
 
 }  // namespace retro

@@ -18,12 +18,17 @@ class PackedVectors {
   int d() const { return d_; }
   const float* panels() const { return panels_.data(); }
   const float* norms() const { return norms_.data(); }  // (n,) ||x_j||^2
+  // Column biases of the fused argmin (padded width, +inf on padding): ||x_j||^2, or 0 for IP.
+  const float* argmin_bias(Metric metric) const {
+    return metric == Metric::L2 ? l2_bias_.data() : ip_bias_.data();
+  }
 
  private:
   idx_t n_ = 0;
   int d_ = 0;
   std::vector<float> panels_;
   std::vector<float> norms_;
+  std::vector<float> l2_bias_, ip_bias_;
 };
 
 // Internal distances are "smaller is better": squared L2, or minus the inner product.

@@ -64,9 +64,9 @@ namespace {
 constexpr uint64_t kAlign = 64;
 uint64_t align_up(uint64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-uint64_t blocked_bytes(uint64_t size, uint64_t pq_m) {
+uint64_t padded(uint64_t size) {
   const uint64_t block = IvfPqIndex::kBlock;
-  return (size + block - 1) / block * block * pq_m;
+  return (size + block - 1) / block * block;
 }
 
 // Writes to a temporary file beside `path`, then renames it over `path`.
@@ -107,7 +107,7 @@ class AtomicWriter {
 };
 
 const char* kSectionNames[kNumSections] = {"coarse centroids", "PQ centroids", "list sizes",
-                                           "codes", "ids"};
+                                           "codes", "ids", "terms"};
 
 }  // namespace
 
@@ -128,16 +128,19 @@ void IvfPqIndex::save(const std::string& path) const {
   h.num_sections = kNumSections;
   h.coarse_objective = coarse_objective_;
 
+  const bool has_terms = metric_ == Metric::L2;
   std::vector<int64_t> sizes(nlist_);
-  uint64_t codes_bytes = 0;
+  uint64_t padded_total = 0;
   for (idx_t l = 0; l < nlist_; ++l) {
     sizes[l] = lists_[l].size;
-    codes_bytes += blocked_bytes(lists_[l].size, pq_m_);
+    padded_total += padded(lists_[l].size);
   }
   const uint64_t bytes[kNumSections] = {coarse_centroids_.size() * sizeof(float),
                                         pq_centroids_.size() * sizeof(float),
-                                        sizes.size() * sizeof(int64_t), codes_bytes,
-                                        static_cast<uint64_t>(ntotal_) * sizeof(int64_t)};
+                                        sizes.size() * sizeof(int64_t),
+                                        padded_total * pq_m_,
+                                        static_cast<uint64_t>(ntotal_) * sizeof(int64_t),
+                                        has_terms ? padded_total * sizeof(float) : 0};
   uint64_t offset = align_up(sizeof(FileHeader));
   for (int s = 0; s < kNumSections; ++s) {
     h.sections[s].offset = offset;
@@ -153,20 +156,24 @@ void IvfPqIndex::save(const std::string& path) const {
   write_section(0, coarse_centroids_.data());
   write_section(1, pq_centroids_.data());
   write_section(2, sizes.data());
-  // Codes and ids are streamed list by list; their checksums cover the concatenation.
-  std::vector<uint8_t> codes(codes_bytes);
+  // The lists are concatenated; each section's checksum covers the concatenation.
+  std::vector<uint8_t> codes(bytes[3]);
   std::vector<int64_t> ids(ntotal_);
-  uint64_t code_pos = 0, id_pos = 0;
+  std::vector<float> terms(bytes[5] / sizeof(float));
+  uint64_t vector_pos = 0, padded_pos = 0;
   for (idx_t l = 0; l < nlist_; ++l) {
-    const uint64_t cb = blocked_bytes(lists_[l].size, pq_m_);
-    if (cb > 0) std::memcpy(codes.data() + code_pos, lists_[l].codes, cb);
-    if (lists_[l].size > 0)
-      std::memcpy(ids.data() + id_pos, lists_[l].ids, lists_[l].size * sizeof(int64_t));
-    code_pos += cb;
-    id_pos += static_cast<uint64_t>(lists_[l].size);
+    const List& list = lists_[l];
+    const uint64_t np = padded(list.size);
+    if (list.size == 0) continue;
+    std::memcpy(codes.data() + padded_pos * pq_m_, list.codes, np * pq_m_);
+    std::memcpy(ids.data() + vector_pos, list.ids, list.size * sizeof(int64_t));
+    if (has_terms) std::memcpy(terms.data() + padded_pos, list.terms, np * sizeof(float));
+    vector_pos += static_cast<uint64_t>(list.size);
+    padded_pos += np;
   }
   write_section(3, codes.data());
   write_section(4, ids.data());
+  write_section(5, terms.data());
   h.header_checksum = xxh64(&h, offsetof(FileHeader, header_checksum));
   out.write_at(0, &h, sizeof(h));
   out.commit();
@@ -226,16 +233,19 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
               name);
   std::vector<int64_t> sizes(h.nlist);
   std::memcpy(sizes.data(), base + h.sections[2].offset, h.sections[2].bytes);
-  uint64_t total = 0, codes_bytes = 0;
+  uint64_t total = 0, padded_total = 0;
   for (int64_t size : sizes) {
     RETRO_CHECK(size >= 0 && static_cast<uint64_t>(size) <= h.ntotal,
                 "'%s' is corrupt: invalid list size", name);
     total += static_cast<uint64_t>(size);
-    codes_bytes += blocked_bytes(static_cast<uint64_t>(size), h.pq_m);
+    padded_total += padded(static_cast<uint64_t>(size));
   }
+  const bool has_terms = static_cast<Metric>(h.metric) == Metric::L2;
   RETRO_CHECK(total == h.ntotal, "'%s' is corrupt: list sizes do not add up to ntotal", name);
-  RETRO_CHECK(h.sections[3].bytes == codes_bytes && h.sections[4].bytes == h.ntotal * sizeof(int64_t),
-              "'%s' is corrupt: codes or ids section has the wrong size", name);
+  RETRO_CHECK(h.sections[3].bytes == padded_total * h.pq_m &&
+                  h.sections[4].bytes == h.ntotal * sizeof(int64_t) &&
+                  h.sections[5].bytes == (has_terms ? padded_total * sizeof(float) : 0),
+              "'%s' is corrupt: codes, ids or terms section has the wrong size", name);
 
   IvfPqIndex& ix = *index;
   ix.coarse_objective_ = h.coarse_objective;
@@ -249,16 +259,20 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   }
   const uint8_t* codes = base + h.sections[3].offset;
   const int64_t* ids = reinterpret_cast<const int64_t*>(base + h.sections[4].offset);
+  const float* terms = reinterpret_cast<const float*>(base + h.sections[5].offset);
   for (uint64_t l = 0; l < h.nlist; ++l) {
-    const uint64_t cb = blocked_bytes(static_cast<uint64_t>(sizes[l]), h.pq_m);
+    const uint64_t np = padded(static_cast<uint64_t>(sizes[l]));
+    const float* list_terms = has_terms && np > 0 ? terms : nullptr;
     if (mmap) {
-      ix.lists_[l] = List{codes, ids, sizes[l]};
+      ix.lists_[l] = List{codes, ids, list_terms, sizes[l]};
     } else {
-      ix.owned_[l].codes.assign(codes, codes + cb);
+      ix.owned_[l].codes.assign(codes, codes + np * h.pq_m);
       ix.owned_[l].ids.assign(ids, ids + sizes[l]);
+      if (list_terms != nullptr) ix.owned_[l].terms.assign(list_terms, list_terms + np);
     }
-    codes += cb;
+    codes += np * h.pq_m;
     ids += sizes[l];
+    if (has_terms) terms += np;
   }
   ix.ntotal_ = static_cast<idx_t>(h.ntotal);
   if (mmap) {

@@ -7,8 +7,9 @@
 //     2 list sizes        (nlist,) int64
 //     3 codes             every list's blocked codes, list after list (IvfPqIndex layout)
 //     4 ids               (ntotal,) int64, list after list
+//     5 terms             L2 only: each list's ||r||^2 + 2<c, r> per vector, padded to 16 vectors
 //
-// Sections 0-2 are always verified; 3-4 when loading with verify=true. Memory-mapped loads point
+// Sections 0-2 are always verified; 3-5 when loading with verify=true. Memory-mapped loads point
 // the lists into the mapping and read no code until a search touches it.
 #pragma once
 #include <cstddef>
@@ -20,7 +21,7 @@ namespace retro {
 constexpr char kIndexMagic[8] = {'R', 'E', 'T', 'R', 'O', 'I', 'D', 'X'};
 constexpr uint32_t kIndexVersion = 1;
 constexpr uint32_t kIndexTypeIvfPq = 1;
-constexpr int kNumSections = 5;
+constexpr int kNumSections = 6;
 
 struct FileSection {
   uint64_t offset;

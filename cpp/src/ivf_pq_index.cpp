@@ -17,10 +17,9 @@
 namespace retro {
 
 struct IvfPqIndex::Derived {
-  PackedVectors coarse;               // (nlist, d) for coarse assignment
-  std::vector<PackedVectors> pq;      // pq_m x (ksub, dsub) for encoding
-  std::vector<float> pq_t;            // (pq_m, dsub, ksub): table rows are contiguous in j
-  std::vector<float> precomputed;     // (nlist, pq_m, ksub) ||r||^2 + 2<c, r>; empty if too big
+  PackedVectors coarse;           // (nlist, d) for coarse assignment
+  std::vector<PackedVectors> pq;  // pq_m x (ksub, dsub) for encoding
+  std::vector<float> pq_t;        // (pq_m, dsub, ksub): query tables are rows contiguous in j
 };
 
 namespace {
@@ -105,21 +104,6 @@ void IvfPqIndex::rebuild_derived() {
     for (int j = 0; j < K; ++j)
       for (int t = 0; t < dsub; ++t) derived->pq_t[(static_cast<size_t>(m) * dsub + t) * K + j] = c[j * dsub + t];
   }
-  const size_t table_bytes = static_cast<size_t>(nlist_) * pq_m_ * K * sizeof(float);
-  if (metric_ == Metric::L2 && table_bytes <= train_params.precomputed_table_max_bytes) {
-    derived->precomputed.resize(static_cast<size_t>(nlist_) * pq_m_ * K);
-    const simd::Kernels& kern = simd::kernels();
-    const Derived& dv = *derived;
-    float* table = derived->precomputed.data();
-#pragma omp parallel for schedule(static)
-    for (idx_t l = 0; l < nlist_; ++l)
-      for (int m = 0; m < pq_m_; ++m) {
-        float* out = table + (static_cast<size_t>(l) * pq_m_ + m) * K;
-        kern.inner_products_t(dsub, K, &coarse_centroids_[l * d_ + m * dsub],
-                              &dv.pq_t[static_cast<size_t>(m) * dsub * K], out);
-        kern.axpy(K, dv.pq[m].norms(), 2.0f, out, out);
-      }
-  }
   derived_ = std::move(derived);
 }
 
@@ -162,6 +146,10 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
         for (int m = 0; m < pq_m_; ++m)
           owned.codes[(block * pq_m_ + m) * kBlock + lane] = codes[i * pq_m_ + m];
         owned.ids.push_back(ids != nullptr ? ids[i0 + i] : ntotal_ + i0 + i);
+        if (metric_ == Metric::L2) {
+          if (lane == 0) owned.terms.resize(static_cast<size_t>(block + 1) * kBlock, 0.0f);
+          owned.terms[block * kBlock + lane] = reconstruction_term(l, &codes[i * pq_m_]);
+        }
       }
     }
   }
@@ -173,6 +161,7 @@ void IvfPqIndex::rebuild_list_views() {
   for (idx_t l = 0; l < nlist_; ++l) {
     lists_[l].codes = owned_[l].codes.data();
     lists_[l].ids = owned_[l].ids.data();
+    lists_[l].terms = owned_[l].terms.empty() ? nullptr : owned_[l].terms.data();
     lists_[l].size = static_cast<idx_t>(owned_[l].ids.size());
   }
 }
@@ -184,52 +173,49 @@ void IvfPqIndex::reset() {
   rebuild_list_views();
 }
 
-// Scans probes [p0, p1) of one query into heap. lut: (pq_m, ksub); scratch: (pq_m, ksub) query
-// inner products followed by one list's distances.
-void IvfPqIndex::scan_query(const float* x, const idx_t* probes, const float* probe_dist, int p0,
-                            int p1, TopK& heap, float* lut, float* scratch) const {
+// ||r||^2 + 2<c, r> for the residual r that `code` reconstructs in `list`.
+float IvfPqIndex::reconstruction_term(idx_t list, const uint8_t* code) const {
+  const int dsub = this->dsub();
+  const float* c = &coarse_centroids_[list * d_];
+  float term = 0.0f;
+  for (int m = 0; m < pq_m_; ++m) {
+    const float* r = &pq_centroids_[(static_cast<size_t>(m) * ksub() + code[m]) * dsub];
+    for (int t = 0; t < dsub; ++t) term += r[t] * (r[t] + 2.0f * c[m * dsub + t]);
+  }
+  return term;
+}
+
+// lut (pq_m, ksub) = -2<x_m, r_mj> (L2) or -<x_m, r_mj> (inner product): the per-query part of
+// every distance, shared by all lists the query visits.
+void IvfPqIndex::query_table(const float* x, float* lut) const {
   const simd::Kernels& kern = simd::kernels();
   const int dsub = this->dsub(), K = ksub();
-  const size_t table_size = static_cast<size_t>(pq_m_) * K;
-  float* qip = scratch;  // <x_m, r_mj>, or <(x - c)_m, r_mj> without the precomputed table
-  float* list_dist = scratch + table_size;
-  const bool precomputed = !derived_->precomputed.empty();
-  auto query_inner_products = [&](const float* v) {
-    for (int m = 0; m < pq_m_; ++m)
-      kern.inner_products_t(dsub, K, v + m * dsub, &derived_->pq_t[static_cast<size_t>(m) * dsub * K],
-                            qip + static_cast<size_t>(m) * K);
-  };
-  if (metric_ == Metric::InnerProduct) {
-    query_inner_products(x);
-    for (size_t i = 0; i < table_size; ++i) lut[i] = -qip[i];
-  } else if (precomputed) {
-    query_inner_products(x);
+  const float scale = metric_ == Metric::L2 ? -2.0f : -1.0f;
+  for (int m = 0; m < pq_m_; ++m) {
+    float* row = lut + static_cast<size_t>(m) * K;
+    kern.inner_products_t(dsub, K, x + m * dsub, &derived_->pq_t[static_cast<size_t>(m) * dsub * K],
+                          row);
+    for (int j = 0; j < K; ++j) row[j] *= scale;
   }
-  std::vector<float> residual(precomputed ? 0 : d_);
+}
+
+// Scans probes [p0, p1) of one query into heap; list_dist holds one padded list's distances.
+void IvfPqIndex::scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
+                            int p1, TopK& heap, float* list_dist) const {
+  const simd::Kernels& kern = simd::kernels();
   for (int p = p0; p < p1; ++p) {
     const idx_t l = probes[p];
     if (l < 0 || lists_[l].size == 0) continue;
-    float bias = probe_dist[p];  // ||x - c||^2, or -<x, c>
-    if (metric_ == Metric::L2) {
-      if (precomputed) {
-        kern.axpy(table_size, &derived_->precomputed[l * table_size], -2.0f, qip, lut);
-      } else {
-        for (int j = 0; j < d_; ++j) residual[j] = x[j] - coarse_centroids_[l * d_ + j];
-        query_inner_products(residual.data());
-        for (int m = 0; m < pq_m_; ++m) {
-          float* row = lut + static_cast<size_t>(m) * K;
-          kern.axpy(K, derived_->pq[m].norms(), -2.0f, qip + static_cast<size_t>(m) * K, row);
-          const float rnorm = squared_norm(dsub, residual.data() + m * dsub);
-          for (int j = 0; j < K; ++j) row[j] += rnorm;
-        }
-        bias = 0.0f;
-      }
-    }
     const List& list = lists_[l];
     const size_t nblocks = (list.size + kBlock - 1) / kBlock;
-    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, bias, list_dist);
+    // bias: ||x - c||^2, or -<x, c>
+    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, probe_dist[p], list.terms, list_dist);
+    float threshold = heap.threshold();
     for (idx_t i = 0; i < list.size; ++i)
-      if (list_dist[i] <= heap.threshold()) heap.push(list_dist[i], list.ids[i]);
+      if (list_dist[i] <= threshold) {
+        heap.push(list_dist[i], list.ids[i]);
+        threshold = heap.threshold();
+      }
   }
 }
 
@@ -239,32 +225,35 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
   idx_t max_list = 0;
   for (const List& list : lists_) max_list = std::max(max_list, list.size);
   const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
-  const size_t scratch_size = table_size + (max_list + kBlock - 1) / kBlock * kBlock;
+  const size_t list_buffer = (max_list + kBlock - 1) / kBlock * kBlock;
   const int threads = omp_get_max_threads();
   if (n >= threads) {
 #pragma omp parallel
     {
-      std::vector<float> lut(table_size), scratch(scratch_size);
+      std::vector<float> lut(table_size), list_dist(list_buffer);
       TopK heap(k);
 #pragma omp for schedule(dynamic)
       for (idx_t q = 0; q < n; ++q) {
-        scan_query(x + q * d_, probes + q * nprobe, probe_dist + q * nprobe, 0, nprobe, heap,
-                   lut.data(), scratch.data());
+        query_table(x + q * d_, lut.data());
+        scan_lists(lut.data(), probes + q * nprobe, probe_dist + q * nprobe, 0, nprobe, heap,
+                   list_dist.data());
         heap.write_sorted(distances + q * k, labels + q * k);
       }
     }
     return;
   }
   // Few queries: the probes of each query are split between threads, then merged.
+  std::vector<float> lut(table_size);
   for (idx_t q = 0; q < n; ++q) {
+    query_table(x + q * d_, lut.data());
     TopK merged(k);
 #pragma omp parallel
     {
-      std::vector<float> lut(table_size), scratch(scratch_size);
+      std::vector<float> list_dist(list_buffer);
       TopK heap(k);
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      scan_query(x + q * d_, probes + q * nprobe, probe_dist + q * nprobe, nprobe * t / nt,
-                 nprobe * (t + 1) / nt, heap, lut.data(), scratch.data());
+      scan_lists(lut.data(), probes + q * nprobe, probe_dist + q * nprobe, nprobe * t / nt,
+                 nprobe * (t + 1) / nt, heap, list_dist.data());
 #pragma omp critical
       merged.merge(heap);
     }

@@ -1,7 +1,10 @@
 // IVF-PQ: a coarse k-means quantizer (nlist lists) and a product quantizer (pq_m sub-quantizers of
 // 2^pq_bits centroids) on the residuals, searched with the L2 decomposition of faiss's IVFADC:
 //   ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2<c, r>) - 2<q, r>
-// where the middle term is precomputed per list and the last per query.
+// The first term comes from the coarse search, the last from one look-up table per query (shared
+// by all its lists, so it stays in L1/L2), and the middle one is precomputed per stored vector
+// (4 bytes each) rather than per list and code as faiss does: no (nlist, pq_m, 256) table to build
+// or read per probe, and no table that outgrows memory at millions of lists.
 //
 // Codes of each list are stored in blocks of kBlock vectors, sub-quantizer-major inside a block:
 //   codes[(block * pq_m + m) * kBlock + lane]
@@ -25,9 +28,8 @@ struct IvfPqSearchParams {
 };
 
 struct IvfPqTrainParams {
-  int niter = 25;                       // k-means iterations (coarse and PQ)
-  int max_points_per_centroid = 256;    // training points beyond this are subsampled
-  size_t precomputed_table_max_bytes = size_t(2) << 30;  // above: compute tables per list
+  int niter = 25;                     // k-means iterations (coarse and PQ), as faiss
+  int max_points_per_centroid = 256;  // training points beyond this are subsampled, as faiss
 };
 
 class MappedFile;
@@ -76,11 +78,13 @@ class IvfPqIndex {
   struct List {
     const uint8_t* codes = nullptr;  // blocked, ceil(size / kBlock) * kBlock * pq_m bytes
     const idx_t* ids = nullptr;      // (size,)
+    const float* terms = nullptr;    // L2 only: (ceil(size / kBlock) * kBlock,) ||r||^2 + 2<c, r>
     idx_t size = 0;
   };
   struct OwnedList {
     std::vector<uint8_t> codes;
     std::vector<idx_t> ids;
+    std::vector<float> terms;
   };
   class Scanner;
 
@@ -90,8 +94,10 @@ class IvfPqIndex {
   void rebuild_derived();
   void rebuild_list_views();
   void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;
-  void scan_query(const float* x, const idx_t* probes, const float* probe_dist, int p0, int p1,
-                  TopK& heap, float* lut, float* scratch) const;
+  void query_table(const float* x, float* lut) const;
+  float reconstruction_term(idx_t list, const uint8_t* code) const;
+  void scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0, int p1,
+                  TopK& heap, float* list_dist) const;
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                           const float* probe_dist, int nprobe, float* distances,
                           idx_t* labels) const;

@@ -20,15 +20,23 @@ struct Kernels {
   // depend on how callers split the work.
   void (*gemm_packed)(idx_t m, idx_t n, int k, const float* A, idx_t lda, const float* packed,
                       float* C, idx_t ldc);
+  // The same product fused with a row-wise argmin, C never written: for each row i,
+  // best[i] = min_j (column_bias[j] + alpha * C[i][j]) and best_index[i] = its j (the smallest j
+  // on ties). column_bias has the packed width (+inf on padding columns).
+  void (*gemm_argmin)(idx_t m, idx_t n, int k, const float* A, idx_t lda, const float* packed,
+                      const float* column_bias, float alpha, float* best, idx_t* best_index);
   // out[j] = sum_t q[t] * ct[t * ksub + j] for j < ksub: one sub-quantizer's inner products.
   void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float* out);
-  // out[i] = a[i] + alpha * b[i]
-  void (*axpy)(size_t n, const float* a, float alpha, const float* b, float* out);
-  // 8-bit PQ scan of nblocks code blocks (layout of IvfPqIndex): out[b * 16 + lane] =
-  // bias + lut[0][code_0] + ... + lut[pq_m-1][code_{pq_m-1}], summed in m order in float
-  // (the same order in every build, so all builds give bit-identical distances).
+  // Turns a row of inner products into internal distances, in place:
+  // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
+  void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
+
+  // 8-bit PQ scan of nblocks code blocks (layout of IvfPqIndex): out[i] =
+  // (bias + terms[i]) + lut[0][code_0] + ... + lut[pq_m-1][code_{pq_m-1}] for i = b * 16 + lane,
+  // summed in this order in float (the same in every build, so all builds give bit-identical
+  // distances); terms may be null (then 0 is not added: out starts from bias).
   void (*pq_scan8)(size_t nblocks, int pq_m, const uint8_t* codes, const float* lut, float bias,
-                   float* out);
+                   const float* terms, float* out);
 };
 
 const Kernels& kernels();                    // for active_simd_level()
