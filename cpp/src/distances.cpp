@@ -65,11 +65,17 @@ float half_to_float(uint16_t h) {
   return out;
 }
 
-void check_finite(idx_t n, int d, const float* x, const char* what) {
+void check_vectors(idx_t n, int d, const float* x, const char* what) {
   size_t total = static_cast<size_t>(n) * d;
-  for (size_t i = 0; i < total; ++i)
+  for (size_t i = 0; i < total; ++i) {
     RETRO_CHECK_ARG(std::isfinite(x[i]), "%s contains NaN or inf (first at row %lld, column %lld)",
                     what, static_cast<long long>(i / d), static_cast<long long>(i % d));
+    RETRO_CHECK_ARG(std::fabs(x[i]) <= kMaxMagnitude,
+                    "%s contains %g at row %lld, column %lld: values beyond 1e15 in magnitude "
+                    "would overflow float32 squared distances",
+                    what, static_cast<double>(x[i]), static_cast<long long>(i / d),
+                    static_cast<long long>(i % d));
+  }
 }
 
 namespace {

@@ -45,7 +45,10 @@ float l2_distance(int d, const float* x, const float* y);
 // IEEE half (as stored in float16 numpy arrays) to float.
 float half_to_float(uint16_t h);
 
-// Throws ValueError naming the first NaN/inf element of x (n, d).
-void check_finite(idx_t n, int d, const float* x, const char* what);
+// Largest |value| accepted in a vector: squared distances of 2^20-dimensional vectors stay finite.
+constexpr float kMaxMagnitude = 1e15f;
+
+// Throws ValueError naming the first element of x (n, d) that is NaN, inf or beyond kMaxMagnitude.
+void check_vectors(idx_t n, int d, const float* x, const char* what);
 
 }  // namespace retro

@@ -22,7 +22,7 @@ FlatIndex::~FlatIndex() = default;
 
 void FlatIndex::add(idx_t n, const float* x, const idx_t* ids) {
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
-  check_finite(n, d_, x, "added vectors");
+  check_vectors(n, d_, x, "added vectors");
   const idx_t start = ntotal();
   vectors_.insert(vectors_.end(), x, x + static_cast<size_t>(n) * d_);
   for (idx_t i = 0; i < n; ++i) ids_.push_back(ids != nullptr ? ids[i] : start + i);
@@ -32,7 +32,7 @@ void FlatIndex::add(idx_t n, const float* x, const idx_t* ids) {
 void FlatIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels) const {
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
-  check_finite(n, d_, x, "queries");
+  check_vectors(n, d_, x, "queries");
   if (n == 0) return;
   if (ntotal() == 0) {
     for (idx_t i = 0; i < n * k; ++i) {

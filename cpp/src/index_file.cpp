@@ -97,8 +97,17 @@ class AtomicWriter {
     RETRO_CHECK(::fsync(fd_) == 0, "cannot flush '%s': %s", tmp_.c_str(), std::strerror(errno));
     ::close(fd_);
     fd_ = -1;
-    RETRO_CHECK(::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename '%s' to '%s': %s",
-                tmp_.c_str(), path_.c_str(), std::strerror(errno));
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      const int error = errno;
+      ::unlink(tmp_.c_str());
+      throw Error(ErrorKind::Runtime, format_message("cannot rename '%s' to '%s': %s", tmp_.c_str(),
+                                                     path_.c_str(), std::strerror(error)));
+    }
+  }
+  // Sets the file's length, so that every section, empty ones included, lies inside it.
+  void resize(uint64_t bytes) {
+    RETRO_CHECK(::ftruncate(fd_, static_cast<off_t>(bytes)) == 0, "cannot write '%s': %s",
+                tmp_.c_str(), std::strerror(errno));
   }
 
  private:
@@ -149,6 +158,7 @@ void IvfPqIndex::save(const std::string& path) const {
   }
 
   AtomicWriter out(path);
+  out.resize(offset);
   auto write_section = [&](int s, const void* data) {
     out.write_at(h.sections[s].offset, data, bytes[s]);
     h.sections[s].checksum = xxh64(data, bytes[s]);

@@ -51,7 +51,7 @@ void IvfPqIndex::train(idx_t n, const float* x) {
                   static_cast<long long>(nlist_), static_cast<long long>(n));
   RETRO_CHECK_ARG(n >= ksub(), "training needs at least 2^pq_bits=%d points, got %lld", ksub(),
                   static_cast<long long>(n));
-  check_finite(n, d_, x, "training data");
+  check_vectors(n, d_, x, "training data");
 
   KMeansParams coarse_params;
   coarse_params.niter = train_params.niter;
@@ -128,7 +128,7 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
   RETRO_CHECK(!is_mmapped(),
               "this index was loaded with mmap=True and is read-only: load it with mmap=False to add");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
-  check_finite(n, d_, x, "added vectors");
+  check_vectors(n, d_, x, "added vectors");
   std::vector<idx_t> list_of(kEncodeBatch);
   std::vector<uint8_t> codes(static_cast<size_t>(kEncodeBatch) * pq_m_);
   for (idx_t i0 = 0; i0 < n; i0 += kEncodeBatch) {
@@ -300,7 +300,7 @@ void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   RETRO_CHECK_ARG(params.nprobe > 0, "nprobe must be positive, got %d", params.nprobe);
-  check_finite(n, d_, x, "queries");
+  check_vectors(n, d_, x, "queries");
   const bool reranking = params.rerank_vectors != nullptr;
   if (reranking) RETRO_CHECK_ARG(params.k_factor >= 1, "k_factor must be >= 1, got %d", params.k_factor);
   if (n == 0) return;

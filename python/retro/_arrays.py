@@ -21,7 +21,8 @@ def as_float32_matrix(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold floating-point values, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n, d), got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which the core names
+        return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def as_int64_vector(ids: Any, n: int, name: str = "ids") -> np.ndarray:

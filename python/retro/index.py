@@ -47,6 +47,7 @@ class IvfPqIndex:
     pq_bits = property(lambda self: self._index.pq_bits, doc="Bits per sub-quantizer code.")
     metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
     ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
+    seed = property(lambda self: self._index.seed, doc="Seed of k-means and of its subsampling.")
     is_trained = property(lambda self: self._index.is_trained)
     is_mmapped = property(lambda self: self._index.is_mmapped, doc="Codes are memory-mapped.")
     coarse_objective = property(

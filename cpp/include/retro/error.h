@@ -1,4 +1,4 @@
-// Errors thrown by the core: the failed condition and a message, like faiss's FAISS_THROW_IF_NOT_FMT.
+// Errors thrown by the core: a message that names the problem, like faiss's FAISS_THROW_IF_NOT_FMT.
 #pragma once
 #include <stdexcept>
 #include <string>
@@ -22,18 +22,18 @@ std::string format_message(const char* fmt, ...) __attribute__((format(printf, 1
 
 }  // namespace retro
 
-// RETRO_CHECK_ARG(cond, fmt, ...): throws InvalidArgument "<message> (failed: cond)".
+// RETRO_CHECK_ARG(cond, fmt, ...): throws InvalidArgument with the formatted message.
 #define RETRO_CHECK_ARG(cond, ...)                                                             \
   do {                                                                                         \
     if (!(cond))                                                                               \
       throw ::retro::Error(::retro::ErrorKind::InvalidArgument,                               \
-                           ::retro::format_message(__VA_ARGS__) + " (failed: " #cond ")");  \
+                           ::retro::format_message(__VA_ARGS__)); \
   } while (0)
 
-// RETRO_CHECK(cond, fmt, ...): throws Runtime "<message> (failed: cond)".
+// RETRO_CHECK(cond, fmt, ...): throws Runtime with the formatted message.
 #define RETRO_CHECK(cond, ...)                                                                 \
   do {                                                                                         \
     if (!(cond))                                                                               \
       throw ::retro::Error(::retro::ErrorKind::Runtime,                                       \
-                           ::retro::format_message(__VA_ARGS__) + " (failed: " #cond ")");  \
+                           ::retro::format_message(__VA_ARGS__)); \
   } while (0)

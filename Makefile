@@ -1,0 +1,44 @@
+# The two commands of the README, and the pieces they are made of.
+#   make demo   set up .venv and run the main job (now: the IVF-PQ benchmark on synthetic data)
+#   make test   set up .venv and run every test: Python (pytest) and C++ (GoogleTest via ctest)
+PYTHON ?= .venv/bin/python
+JOBS ?= 2
+CPP_BUILD := build/cpp
+
+.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench clean
+
+demo: setup-bench
+	$(PYTHON) bench/ivfpq.py --quick
+
+test: setup-test test-python test-cpp
+
+setup-bench:
+	scripts/setup_env.sh bench
+
+setup-test:
+	scripts/setup_env.sh test
+
+test-python:
+	$(PYTHON) -m pytest tests
+
+# The C++ core on its own: unit tests, and the benchmark binary in verify-only mode.
+test-cpp: gtest
+	cmake -S . -B $(CPP_BUILD) -DRETRO_BUILD_TESTS=ON -DRETRO_BUILD_BENCH=ON \
+	  -DRETRO_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=Release --log-level=WARNING
+	cmake --build $(CPP_BUILD) -j $(JOBS)
+	OMP_WAIT_POLICY=passive ctest --test-dir $(CPP_BUILD) --output-on-failure -j $(JOBS)
+
+# GoogleTest comes from Debian's libgtest-dev.
+gtest:
+	@test -f /usr/include/gtest/gtest.h || { \
+	  echo "[setup] installing libgtest-dev"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libgtest-dev; }
+
+# The full CPU benchmark (1M synthetic + real sentence embeddings): ~1 h on 2 cores.
+bench:
+	scripts/setup_env.sh bench,data
+	$(PYTHON) bench/ivfpq.py
+
+clean:
+	rm -rf build

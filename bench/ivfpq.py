@@ -1,0 +1,566 @@
+"""IVF-PQ on the CPU: retro against faiss IndexIVFPQ on the same data, parameters and threads.
+
+    python bench/ivfpq.py                      # full run: 1M x 384 synthetic + real text embeddings
+    python bench/ivfpq.py --quick              # ~2 minutes: 100k x 384 synthetic, the demo
+
+For each dataset both engines train on the same sample with the same k-means iterations, add the
+same vectors, and search the same queries for nprobe in 1..256 with 1 and 2 threads: recall@10
+against exact search (faiss IndexFlat), queries per second for a batch of queries and for single
+queries (medians of interleaved repeats, each with its CPU share). The full run writes
+bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402  (bench/datasets.py, beside this file)
+
+import retro  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
+TABLE_BEGIN, TABLE_END = "<!-- ivfpq-cpu:begin -->", "<!-- ivfpq-cpu:end -->"
+K = 10
+NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Base vectors (n, d), queries (nq, d), both float32, and the index parameters used on them."""
+
+    name: str
+    base: np.ndarray
+    queries: np.ndarray
+    nlist: int
+    pq_m: int
+    train_size: int  # the same training sample for both engines: base[:train_size]
+    niter: int
+
+
+def synthetic_dataset(n: int, nq: int, d: int = 384) -> Dataset:
+    base, queries = datasets.synthetic_clustered_split(n, nq, d, seed=0)
+    nlist = 4096 if n >= 1_000_000 else 1024
+    return Dataset(f"synthetic-{n // 1000}k", base, queries, nlist, d // 8, 64 * nlist, 10)
+
+
+def text_dataset(nq: int) -> Dataset:
+    """Real MiniLM embeddings of Wikipedia/Factbook/KJV chunks; nq seeded rows held out as queries."""
+    vectors = datasets.text_embeddings()
+    held_out = np.random.default_rng(0).permutation(len(vectors))
+    queries, base = vectors[held_out[:nq]], vectors[np.sort(held_out[nq:])]
+    nlist = 1024
+    return Dataset(f"text-{len(base) // 1000}k", base, queries, nlist, 48, len(base), 10)
+
+
+def ground_truth(data: Dataset) -> np.ndarray:
+    """(nq, K) exact neighbours by faiss IndexFlatL2 (the anchor's exact search), cached on disk."""
+    import faiss
+
+    digest = hashlib.sha256()
+    for array in (data.base[:: max(1, len(data.base) // 1000)], data.queries):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    path = datasets.DEFAULT_CACHE_DIR / f"gt_{data.name}_{len(data.base)}_{digest.hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    exact = faiss.IndexFlatL2(data.base.shape[1])
+    exact.add(data.base)
+    _, labels = exact.search(data.queries, K)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.save_atomically(labels, path)
+    return labels
+
+
+def recall_at_k(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-K found in the returned top-K."""
+    hits = sum(len(set(row) & set(true_row)) for row, true_row in zip(labels, truth))
+    return hits / truth.size
+
+
+# --- engines ---------------------------------------------------------------------------------------
+
+
+class RetroEngine:
+    name = "retro"
+
+    def __init__(self, data: Dataset) -> None:
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, data.pq_m)
+        self.index.niter = data.niter
+
+    def train(self, x: np.ndarray) -> None:
+        self.index.train(x)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def objective(self) -> float:
+        return self.index.coarse_objective
+
+    def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        return self.index.search(x, K, nprobe=nprobe)[1]
+
+
+class FaissEngine:
+    name = "faiss"
+
+    def __init__(self, data: Dataset) -> None:
+        import faiss
+
+        d = data.base.shape[1]
+        self.quantizer = faiss.IndexFlatL2(d)
+        self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
+        self.index.cp.niter = data.niter
+        self.index.pq.cp.niter = data.niter
+        self.index.cp.verbose = False
+
+    def train(self, x: np.ndarray) -> None:
+        self.index.train(x)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def objective(self) -> float:
+        return float("nan")  # faiss's IndexIVF does not keep its clustering's objective
+
+    def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        self.index.nprobe = nprobe
+        return self.index.search(x, K)[1]
+
+
+class RetroRerankEngine:
+    """retro's IVF-PQ with exact re-ranking of K * k_factor candidates against the base vectors."""
+
+    def __init__(self, engine: RetroEngine, base: np.ndarray, k_factor: int) -> None:
+        self.engine, self.base, self.k_factor = engine, base, k_factor
+        self.name = f"retro+rerank{k_factor}"
+
+    def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        return self.engine.index.search(x, K, nprobe=nprobe, rerank=self.base, k_factor=self.k_factor)[1]
+
+
+class FaissRefineEngine:
+    """faiss IndexRefineFlat around the same IndexIVFPQ: its exact re-ranking."""
+
+    def __init__(self, engine: FaissEngine, base: np.ndarray, k_factor: int) -> None:
+        import faiss
+
+        self.engine = engine
+        self.refine = faiss.IndexRefineFlat(engine.index, faiss.swig_ptr(base))
+        self.refine.k_factor = k_factor
+        self.name = f"faiss+refine{k_factor}"
+
+    def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
+        self.engine.index.nprobe = nprobe
+        return self.refine.search(x, K)[1]
+
+
+def set_threads(n: int) -> None:
+    import faiss
+
+    retro.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    seconds: float  # median wall time
+    cpu_share: float  # CPU seconds / wall seconds of the median run (2.0 = two busy cores)
+
+
+def wait_for_idle(max_wait: float = 120.0) -> float:
+    """Waits until the 1-minute load average falls below IDLE_LOAD; returns the load seen."""
+    deadline = time.monotonic() + max_wait
+    load = os.getloadavg()[0]
+    while load > IDLE_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    if load > IDLE_LOAD:
+        print(f"  warning: machine not idle (load {load:.2f}); timings may be pessimistic")
+    return load
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    before, start = os.times(), time.perf_counter()
+    fn()
+    wall, after = time.perf_counter() - start, os.times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return wall, cpu / wall
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Runs each function `repeats` times, alternating the order, and keeps medians."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    names = list(fns)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            runs[name].append(timed(fns[name]))
+    result = {}
+    for name, samples in runs.items():
+        samples.sort()
+        wall, share = samples[len(samples) // 2]
+        result[name] = Timing(wall, share)
+    return result
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchRow:
+    dataset: str
+    engine: str
+    threads: int
+    nprobe: int
+    recall: float
+    batch_qps: float
+    batch_cpu_share: float
+    single_qps: float | None = None
+
+
+@dataclass
+class BuildRow:
+    dataset: str
+    engine: str
+    threads: int
+    train_seconds: float
+    add_seconds: float
+    coarse_objective: float
+    train_size: int
+    niter: int
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    n: int
+    nq: int
+    d: int
+    nlist: int
+    pq_m: int
+    build: list[BuildRow] = field(default_factory=list)
+    search: list[SearchRow] = field(default_factory=list)
+
+
+def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResult):
+    """Trains and adds with both engines `repeats` times (interleaved); keeps the last pair."""
+    train_x = data.base[: data.train_size]
+    engines: dict[str, object] = {}
+    timings: dict[str, list[tuple[float, float]]] = {"retro": [], "faiss": []}
+    set_threads(threads)
+    for repeat in range(repeats):
+        for cls in (RetroEngine, FaissEngine) if repeat % 2 == 0 else (FaissEngine, RetroEngine):
+            wait_for_idle()
+            engine = cls(data)
+            train_s, _ = timed(lambda: engine.train(train_x))
+            add_s, _ = timed(lambda: engine.add(data.base))
+            timings[engine.name].append((train_s, add_s))
+            engines[engine.name] = engine
+            print(f"  {engine.name:6s} train {train_s:7.2f} s  add {add_s:7.2f} s")
+    for name, samples in timings.items():
+        result.build.append(
+            BuildRow(
+                data.name,
+                name,
+                threads,
+                statistics.median(s[0] for s in samples),
+                statistics.median(s[1] for s in samples),
+                engines[name].objective(),
+                data.train_size,
+                data.niter,
+            )
+        )
+    return engines["retro"], engines["faiss"]
+
+
+def search_grid(
+    data: Dataset,
+    engines: list,
+    truth: np.ndarray,
+    threads: int,
+    nprobes: tuple[int, ...],
+    repeats: int,
+    n_single: int,
+    result: DatasetResult,
+) -> None:
+    set_threads(threads)
+    singles = data.queries[:n_single]
+    for nprobe in nprobes:
+        if nprobe > data.nlist:
+            continue
+        wait_for_idle()
+        labels = {e.name: e.search(data.queries, nprobe) for e in engines}
+        batch = interleaved({e.name: (lambda e=e: e.search(data.queries, nprobe)) for e in engines}, repeats)
+        single = (
+            interleaved(
+                {e.name: (lambda e=e: [e.search(singles[i : i + 1], nprobe) for i in range(n_single)]) for e in engines},
+                repeats,
+            )
+            if n_single
+            else {}
+        )
+        for e in engines:
+            row = SearchRow(
+                data.name,
+                e.name,
+                threads,
+                nprobe,
+                recall_at_k(labels[e.name], truth),
+                len(data.queries) / batch[e.name].seconds,
+                batch[e.name].cpu_share,
+                n_single / single[e.name].seconds if single else None,
+            )
+            result.search.append(row)
+            single_text = f"{row.single_qps:9.0f}" if row.single_qps else "        -"
+            print(
+                f"  t={threads} nprobe {nprobe:3d} {e.name:17s} recall@{K} {row.recall:.3f}  "
+                f"batch {row.batch_qps:9.0f} qps (cpu {row.batch_cpu_share:.2f})  single {single_text} qps"
+            )
+
+
+# --- summary against the targets ------------------------------------------------------------------
+
+
+def qps_at_recall(rows: list[SearchRow], recall: float, attribute: str) -> float | None:
+    """QPS at the given recall, log-linearly interpolated along the engine's nprobe curve."""
+    points = sorted((r.recall, getattr(r, attribute)) for r in rows if getattr(r, attribute))
+    for (r0, q0), (r1, q1) in zip(points, points[1:]):
+        if r0 <= recall <= r1:
+            if r1 == r0:
+                return max(q0, q1)
+            w = (recall - r0) / (r1 - r0)
+            return float(np.exp((1 - w) * np.log(q0) + w * np.log(q1)))
+    if points and points[0][0] >= recall:  # already there at the smallest nprobe
+        return points[0][1]
+    return None
+
+
+def summarize(result: DatasetResult, threads: int) -> dict:
+    rows = [r for r in result.search if r.threads == threads]
+    ours = sorted((r for r in rows if r.engine == "retro"), key=lambda r: r.nprobe)
+    theirs = sorted((r for r in rows if r.engine == "faiss"), key=lambda r: r.nprobe)
+    if not ours or not theirs:
+        return {}
+    best = max(r.recall for r in theirs)
+    anchor = next(r for r in theirs if r.recall >= 0.95 * best)
+    summary = {
+        "threads": threads,
+        "faiss_best_recall": best,
+        "anchor_nprobe": anchor.nprobe,
+        "anchor_recall": anchor.recall,
+        "max_recall_gap": max(abs(a.recall - b.recall) for a, b in zip(ours, theirs)),
+    }
+    for attribute in ("batch_qps", "single_qps"):
+        theirs_qps = getattr(anchor, attribute)
+        ours_qps = qps_at_recall(ours, anchor.recall, attribute)
+        summary[f"{attribute}_faiss"] = theirs_qps
+        summary[f"{attribute}_retro"] = ours_qps
+        summary[f"{attribute}_ratio"] = ours_qps / theirs_qps if ours_qps and theirs_qps else None
+    builds = {b.engine: b for b in result.build}
+    if "retro" in builds and "faiss" in builds:
+        summary["train_ratio"] = builds["retro"].train_seconds / builds["faiss"].train_seconds
+        summary["add_ratio"] = builds["retro"].add_seconds / builds["faiss"].add_seconds
+    return summary
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    import faiss
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "retro_simd": retro.simd_level(),
+        "retro_version": retro.__version__,
+        "faiss_version": faiss.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def plot(results: list[DatasetResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    for row_axes, result in zip(axes, results):
+        for ax, attribute, title in zip(row_axes, ("batch_qps", "single_qps"), ("batch", "single queries")):
+            engines = sorted({(r.engine, r.threads) for r in result.search})
+            for engine, threads in engines:
+                rows = sorted((r for r in result.search if (r.engine, r.threads) == (engine, threads)), key=lambda r: r.nprobe)
+                rows = [r for r in rows if getattr(r, attribute)]
+                if not rows:
+                    continue
+                style = "-" if threads == max(t for _, t in engines) else ":"
+                color = "C0" if engine.startswith("retro") else "C1"
+                marker = "s" if "rerank" in engine or "refine" in engine else "o"
+                ax.plot([r.recall for r in rows], [getattr(r, attribute) for r in rows], style,
+                        color=color, marker=marker, label=f"{engine}, {threads} thr")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"recall@{K}")
+            ax.set_ylabel("queries / s")
+            ax.set_title(f"{result.name} (nlist {result.nlist}, PQ{result.pq_m}): {title}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> str:
+    lines = [
+        TABLE_BEGIN,
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
+        f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
+        f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
+        "faiss IndexFlatL2. Ratio = retro / faiss.",
+        "",
+    ]
+    for result in results:
+        lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, IVF{result.nlist},PQ{result.pq_m}", ""]
+        lines += ["| engine | threads | train s | add s | k-means objective |", "|---|---|---|---|---|"]
+        for b in result.build:
+            lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} | {b.coarse_objective:.6g} |")
+        lines += ["", "| threads | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        by_key = {(r.engine, r.threads, r.nprobe): r for r in result.search}
+        for (engine, threads, nprobe), ours in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+            if engine != "retro" or ("faiss", threads, nprobe) not in by_key:
+                continue
+            theirs = by_key[("faiss", threads, nprobe)]
+            single = (
+                f"{ours.single_qps:,.0f} | {theirs.single_qps:,.0f} | {ours.single_qps / theirs.single_qps:.2f}"
+                if ours.single_qps and theirs.single_qps else "- | - | -"
+            )
+            lines.append(
+                f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
+                f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |"
+            )
+        rerank = [r for r in result.search if "rerank" in r.engine or "refine" in r.engine]
+        if rerank:
+            lines += ["", "With exact re-ranking (batch):", "", "| engine | threads | nprobe | recall | batch QPS |", "|---|---|---|---|---|"]
+            for r in sorted(rerank, key=lambda r: (r.engine, r.threads, r.nprobe)):
+                lines.append(f"| {r.engine} | {r.threads} | {r.nprobe} | {r.recall:.3f} | {r.batch_qps:,.0f} |")
+        for s in summaries.get(result.name, []):
+            if not s:
+                continue
+            fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+            lines += ["", f"Summary, {s['threads']} thread(s): faiss reaches 95% of its best recall@{K} "
+                      f"({s['faiss_best_recall']:.3f}) at nprobe {s['anchor_nprobe']} (recall {s['anchor_recall']:.3f}); "
+                      f"at that recall retro/faiss QPS = **{fmt(s['batch_qps_ratio'])}x** batch, "
+                      f"**{fmt(s['single_qps_ratio'])}x** single; largest recall gap at equal nprobe "
+                      f"{s['max_recall_gap']:.3f}"
+                      + (f"; train {fmt(s['train_ratio'])}x, add {fmt(s['add_ratio'])}x faiss's time." if "train_ratio" in s else ".")]
+        lines.append("")
+    lines.append(TABLE_END)
+    return "\n".join(lines)
+
+
+def update_performance_md(section: str) -> None:
+    text = PERFORMANCE_MD.read_text() if PERFORMANCE_MD.exists() else ""
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + section + rest.split(TABLE_END, 1)[1]
+    else:
+        text += "\n" + section + "\n"
+    PERFORMANCE_MD.write_text(text)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult, list[dict]]:
+    print(f"== {data.name}: base {data.base.shape}, queries {data.queries.shape}, IVF{data.nlist},PQ{data.pq_m}, "
+          f"train sample {data.train_size}, {data.niter} k-means iterations")
+    truth = ground_truth(data)
+    result = DatasetResult(data.name, len(data.base), len(data.queries), data.base.shape[1], data.nlist, data.pq_m)
+    threads_list = sorted(args.threads, reverse=True)
+    ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
+    for threads in threads_list:
+        search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
+    if args.rerank and data.name.startswith("text"):
+        rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.rerank] + [
+            FaissRefineEngine(theirs, data.base, f) for f in args.rerank
+        ]
+        search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
+    summaries = [summarize(result, t) for t in threads_list]
+    for s in summaries:
+        print("  summary:", json.dumps(s))
+    return result, summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100k synthetic only; writes ivfpq_cpu_quick.json")
+    parser.add_argument("--datasets", default="synthetic,text", help="comma list of synthetic, text")
+    parser.add_argument("--n", type=int, default=1_000_000, help="synthetic base size")
+    parser.add_argument("--nq", type=int, default=10_000, help="queries per batch")
+    parser.add_argument("--single", type=int, default=500, help="queries timed one by one")
+    parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2])
+    parser.add_argument("--nprobes", type=lambda s: tuple(int(p) for p in s.split(",")), default=NPROBES)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--build-repeats", type=int, default=3)
+    parser.add_argument("--rerank", type=lambda s: [int(f) for f in s.split(",")], default=[4, 16],
+                        help="k_factors for the re-ranking rows (text dataset)")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.n, args.nq, args.single = "synthetic", 100_000, 2_000, 200
+        args.nprobes, args.repeats, args.build_repeats, args.threads = (1, 4, 16, 64), 3, 1, [os.cpu_count() or 1]
+
+    machine = machine_info()
+    print(f"retro {machine['retro_version']} ({machine['retro_simd']}) vs faiss {machine['faiss_version']} on {machine['cpu']}")
+    results, summaries = [], {}
+    for name in args.datasets.split(","):
+        data = synthetic_dataset(args.n, args.nq) if name == "synthetic" else text_dataset(args.nq)
+        result, dataset_summaries = run_dataset(data, args)
+        results.append(result)
+        summaries[result.name] = dataset_summaries
+        del data
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = "ivfpq_cpu_quick" if args.quick else "ivfpq_cpu"
+    report = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    plot(results, RESULTS_DIR / f"{stem}.png")
+    if not args.quick:
+        update_performance_md(markdown(results, summaries, machine))
+    print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {PERFORMANCE_MD}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+// C++ unit tests of the core: checksum, top-k, SIMD kernels, IvfPqIndex end to end, errors.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "checksum.h"
+#include "retro/error.h"
+#include "retro/flat_index.h"
+#include "retro/ivf_pq_index.h"
+#include "retro/simd.h"
+#include "simd/kernels.h"
+#include "top_k.h"
+
+namespace retro {
+namespace {
+
+// Every kernel set this CPU can run.
+std::vector<SimdLevel> supported_levels() {
+  std::vector<SimdLevel> levels;
+  for (int l = 0; l <= static_cast<int>(best_simd_level()); ++l)
+    levels.push_back(static_cast<SimdLevel>(l));
+  return levels;
+}
+
+// n points of dimension d from n_centres N(0, 1) centres plus N(0, spread^2) noise.
+std::vector<float> clustered(idx_t n, int d, int n_centres, float spread, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> centres(static_cast<size_t>(n_centres) * d);
+  for (float& c : centres) c = normal(rng);
+  std::uniform_int_distribution<int> pick(0, n_centres - 1);
+  std::vector<float> x(static_cast<size_t>(n) * d);
+  for (idx_t i = 0; i < n; ++i) {
+    const int c = pick(rng);
+    for (int j = 0; j < d; ++j) x[i * d + j] = centres[c * d + j] + spread * normal(rng);
+  }
+  return x;
+}
+
+double recall(const std::vector<idx_t>& labels, const std::vector<idx_t>& truth, idx_t nq,
+              idx_t k) {
+  idx_t hits = 0;
+  for (idx_t q = 0; q < nq; ++q) {
+    std::set<idx_t> want(truth.begin() + q * k, truth.begin() + (q + 1) * k);
+    for (idx_t j = 0; j < k; ++j) hits += want.count(labels[q * k + j]);
+  }
+  return static_cast<double>(hits) / static_cast<double>(nq * k);
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "retro_test_" + std::to_string(::getpid()) + "_" + name;
+}
+
+// Runs f and checks that it throws retro::Error of the given kind with `fragment` in its message.
+template <class F>
+void expect_error(ErrorKind kind, const std::string& fragment, F&& f) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+// --- xxh64 -----------------------------------------------------------------------------------
+
+TEST(Xxh64, KnownVectors) {
+  // reference values from the python xxhash package 4.1.0 (xxh64_intdigest)
+  EXPECT_EQ(xxh64("", 0), 0xEF46DB3751D8E999ULL);
+  EXPECT_EQ(xxh64("a", 1), 0xD24EC4F1A98C6E5BULL);
+  EXPECT_EQ(xxh64("abc", 3), 0x44BC2CF5AD770999ULL);
+  EXPECT_EQ(xxh64("abc", 3, 1), 0xBEA9CA8199328908ULL);
+  std::vector<uint8_t> bytes(1024);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i);
+  EXPECT_EQ(xxh64(bytes.data(), 100), 0x6AC1E58032166597ULL);  // 3 stripes + tail
+  EXPECT_EQ(xxh64(bytes.data(), 100, 0x9E3779B97F4A7C15ULL), 0x3B97D91EBA03E785ULL);
+  EXPECT_EQ(xxh64(bytes.data(), 1024), 0x6F3914F18FE4DF57ULL);
+}
+
+// --- TopK ------------------------------------------------------------------------------------
+
+TEST(TopK, KeepsTheSmallestOrderedByDistanceThenId) {
+  const std::vector<std::pair<float, idx_t>> pushes = {
+      {3.0f, 7}, {1.0f, 9}, {2.0f, 4}, {1.0f, 2}, {5.0f, 1}, {2.0f, 3}, {0.5f, 8}, {1.0f, 5}};
+  TopK forward(4), backward(4);
+  for (const auto& [dist, id] : pushes) forward.push(dist, id);
+  for (auto it = pushes.rbegin(); it != pushes.rend(); ++it) backward.push(it->first, it->second);
+  EXPECT_EQ(forward.threshold(), 1.0f);
+  float d1[4], d2[4];
+  idx_t l1[4], l2[4];
+  forward.write_sorted(d1, l1);
+  backward.write_sorted(d2, l2);
+  const float want_d[4] = {0.5f, 1.0f, 1.0f, 1.0f};
+  const idx_t want_l[4] = {8, 2, 5, 9};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(d1[i], want_d[i]);
+    EXPECT_EQ(l1[i], want_l[i]);
+    EXPECT_EQ(d2[i], want_d[i]);
+    EXPECT_EQ(l2[i], want_l[i]);
+  }
+}
+
+TEST(TopK, PadsAndMerges) {
+  TopK a(5), b(5);
+  a.push(2.0f, 1);
+  a.push(4.0f, 2);
+  b.push(3.0f, 3);
+  EXPECT_FALSE(a.full());
+  EXPECT_EQ(a.threshold(), std::numeric_limits<float>::infinity());
+  a.merge(b);
+  float d[5];
+  idx_t l[5];
+  a.write_sorted(d, l);
+  EXPECT_EQ(l[0], 1);
+  EXPECT_EQ(l[1], 3);
+  EXPECT_EQ(l[2], 2);
+  for (int i = 3; i < 5; ++i) {
+    EXPECT_EQ(l[i], -1);
+    EXPECT_EQ(d[i], std::numeric_limits<float>::infinity());
+  }
+}
+
+// --- SIMD kernels ----------------------------------------------------------------------------
+
+class Kernels : public ::testing::TestWithParam<SimdLevel> {};
+
+TEST_P(Kernels, GemmPackedMatchesDoubleOnOddSizes) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal;
+  const int sizes[] = {1, 5, 13, 33, 97};
+  for (int m : sizes)
+    for (int n : sizes)
+      for (int k : sizes) {
+        const idx_t lda = k + 3, ldc = n + 5;  // strided: the gaps must stay untouched
+        std::vector<float> A(m * lda), B(static_cast<size_t>(n) * k);
+        for (float& v : A) v = normal(rng);
+        for (float& v : B) v = normal(rng);
+        std::vector<float> packed(simd::packed_size(n, k));
+        simd::pack_panels(n, k, B.data(), k, packed.data());
+        const float sentinel = -12345.0f;
+        std::vector<float> C(m * ldc, sentinel);
+        kern.gemm_packed(m, n, k, A.data(), lda, packed.data(), C.data(), ldc);
+        for (int i = 0; i < m; ++i) {
+          for (int j = 0; j < n; ++j) {
+            double exact = 0.0, magnitude = 0.0;
+            for (int t = 0; t < k; ++t) {
+              exact += static_cast<double>(A[i * lda + t]) * B[j * k + t];
+              magnitude += std::abs(static_cast<double>(A[i * lda + t]) * B[j * k + t]);
+            }
+            ASSERT_LE(std::abs(C[i * ldc + j] - exact), (k + 1) * 1.2e-7 * magnitude)
+                << "m=" << m << " n=" << n << " k=" << k << " at " << i << "," << j;
+          }
+          for (idx_t j = n; j < ldc; ++j) ASSERT_EQ(C[i * ldc + j], sentinel);
+        }
+      }
+}
+
+TEST_P(Kernels, GemmArgminFindsTheSmallestColumnOnTies) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(13);
+  std::normal_distribution<float> normal;
+  for (int m : {1, 5, 33, 131})
+    for (int half : {1, 7, 16, 50})
+      for (int k : {1, 5, 13, 97})
+        for (float alpha : {-2.0f, -1.0f}) {
+          // B = [U; U]: every column has a twin with the same value, the argmin must take the
+          // first copy (index < half).
+          const int n = 2 * half;
+          std::vector<float> A(static_cast<size_t>(m) * k), B(static_cast<size_t>(n) * k);
+          for (float& v : A) v = normal(rng);
+          for (int j = 0; j < half * k; ++j) B[j] = B[half * k + j] = normal(rng);
+          std::vector<float> packed(simd::packed_size(n, k));
+          simd::pack_panels(n, k, B.data(), k, packed.data());
+          const size_t width = packed.size() / k;
+          std::vector<float> bias(width, std::numeric_limits<float>::infinity());
+          for (int j = 0; j < half; ++j) bias[j] = bias[half + j] = normal(rng);
+          std::vector<float> best(m, std::numeric_limits<float>::quiet_NaN());
+          std::vector<idx_t> best_index(m, -7);
+          kern.gemm_argmin(m, n, k, A.data(), k, packed.data(), bias.data(), alpha, best.data(),
+                           best_index.data());
+          std::vector<float> C(static_cast<size_t>(m) * n);
+          kern.gemm_packed(m, n, k, A.data(), k, packed.data(), C.data(), n);
+          for (int i = 0; i < m; ++i) {
+            float want = std::numeric_limits<float>::infinity();
+            for (int j = 0; j < n; ++j) want = std::min(want, bias[j] + alpha * C[i * n + j]);
+            ASSERT_GE(best_index[i], 0);
+            ASSERT_LT(best_index[i], half) << "ties must go to the smaller column";
+            // the fused kernel may round bias + alpha * c once (FMA): allow that ulp
+            const float tolerance = 1e-5f * (std::abs(want) + 1.0f);
+            ASSERT_NEAR(best[i], want, tolerance) << "m=" << m << " n=" << n << " k=" << k;
+            const idx_t j = best_index[i];
+            ASSERT_NEAR(bias[j] + alpha * C[i * n + j], want, tolerance);
+          }
+        }
+}
+
+TEST_P(Kernels, DistancesFromInnerProducts) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  for (size_t n : {1, 7, 16, 37}) {
+    std::vector<float> ip(n), norms(n), l2(n), neg(n);
+    for (size_t j = 0; j < n; ++j) {
+      ip[j] = 0.5f * static_cast<float>(j) - 3.0f;
+      norms[j] = 0.25f * static_cast<float>(j * j);
+    }
+    l2 = ip;
+    neg = ip;
+    kern.distances_from_inner_products(n, 2.5f, norms.data(), l2.data());
+    kern.distances_from_inner_products(n, 2.5f, nullptr, neg.data());
+    for (size_t j = 0; j < n; ++j) {  // small exact values: no rounding in any build
+      EXPECT_EQ(l2[j], (2.5f + norms[j]) - 2.0f * ip[j]);
+      EXPECT_EQ(neg[j], -ip[j]);
+    }
+  }
+}
+
+TEST_P(Kernels, PqScan8IsBitExact) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(12);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int pq_m : {1, 3, 8, 48})
+    for (size_t nblocks : {1, 3, 17})
+      for (bool with_terms : {false, true}) {
+        std::vector<uint8_t> codes(nblocks * pq_m * 16);
+        for (uint8_t& c : codes) c = static_cast<uint8_t>(byte(rng));
+        std::vector<float> lut(pq_m * 256), terms(nblocks * 16);
+        for (float& v : lut)  // magnitudes over 6 decades: any reordering changes the rounding
+          v = normal(rng) * std::pow(10.0f, static_cast<float>(byte(rng) % 7 - 3));
+        for (float& v : terms) v = normal(rng) * 50.0f;
+        const float bias = 17.25f;
+        std::vector<float> out(nblocks * 16, std::numeric_limits<float>::quiet_NaN());
+        kern.pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias,
+                      with_terms ? terms.data() : nullptr, out.data());
+        for (size_t b = 0; b < nblocks; ++b)
+          for (int lane = 0; lane < 16; ++lane) {
+            float acc = bias;
+            if (with_terms) acc += terms[b * 16 + lane];
+            for (int m = 0; m < pq_m; ++m) acc += lut[m * 256 + codes[(b * pq_m + m) * 16 + lane]];
+            uint32_t got, want;
+            std::memcpy(&got, &out[b * 16 + lane], 4);
+            std::memcpy(&want, &acc, 4);
+            ASSERT_EQ(got, want) << "pq_m=" << pq_m << " nblocks=" << nblocks << " lane=" << lane;
+          }
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(Levels, Kernels, ::testing::ValuesIn(supported_levels()),
+                         [](const auto& info) { return std::string(simd_level_name(info.param)); });
+
+// --- IvfPqIndex end to end -------------------------------------------------------------------
+
+class IvfPqRoundTrip : public ::testing::TestWithParam<Metric> {};
+
+TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
+  const Metric metric = GetParam();
+  const int d = 32, pq_m = 8, k = 10;
+  const idx_t nlist = 32, nb = 4000, nq = 100;
+  const std::vector<float> points = clustered(nb + nq, d, 128, 0.5f, 5);
+  const float* xb = points.data();
+  const float* xq = points.data() + nb * d;
+
+  FlatIndex flat(d, metric);
+  flat.add(nb, xb);
+  std::vector<float> truth_d(nq * k);
+  std::vector<idx_t> truth(nq * k);
+  flat.search(nq, xq, k, truth_d.data(), truth.data());
+
+  IvfPqIndex index(d, nlist, pq_m, 8, metric, 3);
+  index.train_params.niter = 10;
+  index.train(nb, xb);
+  ASSERT_TRUE(index.is_trained());
+  index.add(nb, xb);
+  ASSERT_EQ(index.ntotal(), nb);
+  idx_t listed = 0;
+  for (idx_t l = 0; l < nlist; ++l) listed += index.list_size(l);
+  EXPECT_EQ(listed, nb);
+
+  IvfPqSearchParams params;
+  params.nprobe = 8;
+  std::vector<float> dist(nq * k);
+  std::vector<idx_t> labels(nq * k);
+  index.search(nq, xq, k, dist.data(), labels.data(), params);
+  // observed 0.745 (l2) and 0.772 (inner product)
+  EXPECT_GE(recall(labels, truth, nq, k), 0.72);
+  for (idx_t q = 0; q < nq; ++q)
+    for (int j = 1; j < k; ++j) {
+      const float prev = dist[q * k + j - 1], cur = dist[q * k + j];
+      EXPECT_TRUE(metric == Metric::L2 ? prev <= cur : prev >= cur);
+    }
+
+  const std::string path = temp_path(metric == Metric::L2 ? "l2.index" : "ip.index");
+  index.save(path);
+  for (bool mmap : {false, true}) {
+    std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, mmap, true);
+    EXPECT_EQ(loaded->is_mmapped(), mmap);
+    EXPECT_EQ(loaded->ntotal(), nb);
+    std::vector<float> dist2(nq * k);
+    std::vector<idx_t> labels2(nq * k);
+    loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
+    EXPECT_EQ(labels2, labels);
+    EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+  }
+  std::remove(path.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Metrics, IvfPqRoundTrip,
+                         ::testing::Values(Metric::L2, Metric::InnerProduct),
+                         [](const auto& info) {
+                           return std::string(info.param == Metric::L2 ? "L2" : "InnerProduct");
+                         });
+
+// --- errors ----------------------------------------------------------------------------------
+
+TEST(Errors, CarryTheirKindAndMessage) {
+  expect_error(ErrorKind::InvalidArgument, "d=18 is not divisible by pq_m=4",
+               [] { IvfPqIndex(18, 4, 4); });
+  expect_error(ErrorKind::InvalidArgument, "pq_bits must be 8", [] { IvfPqIndex(16, 4, 4, 4); });
+  expect_error(ErrorKind::InvalidArgument, "nlist must be positive, got 0", [] { IvfPqIndex(16, 0, 4); });
+  expect_error(ErrorKind::InvalidArgument, "unknown SIMD level 'sse'",
+               [] { parse_simd_level("sse"); });
+
+  IvfPqIndex index(16, 4, 4);
+  std::vector<float> x = clustered(300, 16, 8, 0.5f, 1);
+  float dist[5];
+  idx_t labels[5];
+  expect_error(ErrorKind::Runtime, "not trained",
+               [&] { index.search(1, x.data(), 5, dist, labels); });
+  expect_error(ErrorKind::Runtime, "not trained", [&] { index.add(1, x.data()); });
+  expect_error(ErrorKind::InvalidArgument, "at least 2^pq_bits=256 points",
+               [&] { index.train(255, x.data()); });
+  index.train_params.niter = 3;
+  index.train(300, x.data());
+  index.add(300, x.data());
+  expect_error(ErrorKind::InvalidArgument, "k must be positive",
+               [&] { index.search(1, x.data(), 0, dist, labels); });
+  IvfPqSearchParams params;
+  params.nprobe = 0;
+  expect_error(ErrorKind::InvalidArgument, "nprobe must be positive",
+               [&] { index.search(1, x.data(), 5, dist, labels, params); });
+  x[5] = std::numeric_limits<float>::quiet_NaN();
+  expect_error(ErrorKind::InvalidArgument, "queries contains NaN or inf (first at row 0, column 5)",
+               [&] { index.search(1, x.data(), 5, dist, labels); });
+  x[5] = 0.0f;
+
+  expect_error(ErrorKind::Runtime, "cannot open index file",
+               [] { IvfPqIndex::load(temp_path("does_not_exist"), false, true); });
+  const std::string path = temp_path("errors.index");
+  index.save(path);
+  std::unique_ptr<IvfPqIndex> mapped = IvfPqIndex::load(path, true, false);
+  expect_error(ErrorKind::Runtime, "read-only", [&] { mapped->add(1, x.data()); });
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace retro
