@@ -13,10 +13,10 @@ demo: setup-bench
 test: setup-test test-python test-cpp
 
 setup-bench:
-	scripts/setup_env.sh bench
+	bash scripts/setup_env.sh bench
 
 setup-test:
-	scripts/setup_env.sh test
+	bash scripts/setup_env.sh test
 
 test-python:
 	$(PYTHON) -m pytest tests
@@ -37,7 +37,7 @@ gtest:
 
 # The full CPU benchmark (1M synthetic + real sentence embeddings): ~1 h on 2 cores.
 bench:
-	scripts/setup_env.sh bench,data
+	bash scripts/setup_env.sh bench,data
 	$(PYTHON) bench/ivfpq.py
 
 clean:
