@@ -68,7 +68,7 @@ HEADER_DTYPE = np.dtype(
 )
 assert HEADER_DTYPE.itemsize == 232  # sizeof(FileHeader): no padding between the fields
 VERSION_OFFSET = HEADER_DTYPE.fields["version"][1]
-BLOCK = 16  # vectors per code block (IvfPqIndex::kBlock)
+BLOCK = 64  # vectors per code block (IvfPqIndex::kBlock)
 
 
 @dataclass
@@ -113,7 +113,7 @@ def read_index_file(path: Path) -> IndexFile:
     codes, list_of, pos = [], [], 0
     for list_no, size in enumerate(sizes):
         nblocks = -(-int(size) // BLOCK)
-        # codes[(block * pq_m + m) * 16 + lane] -> (block, m, lane) -> (vector, m)
+        # codes[(block * pq_m + m) * BLOCK + lane] -> (block, m, lane) -> (vector, m)
         list_codes = blocked[pos : pos + nblocks * pq_m * BLOCK].reshape(nblocks, pq_m, BLOCK)
         codes.append(list_codes.transpose(0, 2, 1).reshape(-1, pq_m)[:size])
         list_of.append(np.full(size, list_no))

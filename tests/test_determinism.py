@@ -52,6 +52,23 @@ def test_every_simd_level_gives_the_same_results(built, data, metric):
         assert np.array_equal(results["avx2"][0], results["avx512"][0])
 
 
+@pytest.mark.parametrize("nprobe", [NPROBE, 64])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_filtered_scan_returns_exactly_the_float_scan(built, data, metric, nprobe):
+    """avx512 filters with 8-bit tables (queries scanning >= 1024 vectors), avx2 scans in float:
+    both sum the same float distances, so results must be bit-identical."""
+    if not {"avx2", "avx512"} <= set(SIMD_LEVELS):
+        pytest.skip("needs a CPU with both avx2 and avx512 (VBMI) kernels")
+    index = built[metric].index
+    results = {}
+    for level in ("avx2", "avx512"):
+        retro.set_simd_level(level)
+        results[level] = index.search(data.queries, K, nprobe=nprobe)
+    retro.set_simd_level(SIMD_LEVELS[-1])
+    assert np.array_equal(results["avx2"][1], results["avx512"][1])
+    assert np.array_equal(results["avx2"][0], results["avx512"][0])
+
+
 @pytest.mark.parametrize("rerank", [False, True])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_batch_search_equals_one_by_one(built, data, metric, rerank):

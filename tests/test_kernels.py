@@ -9,13 +9,13 @@ from support import SIMD_LEVELS
 
 from retro import _core
 
-BLOCK = 16
+BLOCK = _core._scan_block  # vectors per code block (IvfPqIndex::kBlock)
 
 
 def scan_reference(codes, lut, bias, terms):
     """pq_scan8 in numpy float32, in the kernel's order: acc = bias (+ terms); acc += lut[m, c]."""
     pq_m = lut.shape[0]
-    # codes[(block * pq_m + m) * 16 + lane] -> (vector, m)
+    # codes[(block * pq_m + m) * BLOCK + lane] -> (vector, m)
     per_vector = codes.reshape(-1, pq_m, BLOCK).transpose(0, 2, 1).reshape(-1, pq_m)
     acc = np.full(len(per_vector), bias, dtype=np.float32)
     if terms is not None:
@@ -48,12 +48,12 @@ def test_pq_scan8_rejects_bad_shapes():
     lut = np.zeros((4, 256), np.float32)
     with pytest.raises(ValueError, match="lut must be \\(pq_m, 256\\)"):
         _core._pq_scan8("scalar", np.zeros(64, np.uint8), np.zeros((4, 255), np.float32), 0.0)
-    with pytest.raises(ValueError, match="multiple of pq_m \\* 16 bytes"):
-        _core._pq_scan8("scalar", np.zeros(65, np.uint8), lut, 0.0)
-    with pytest.raises(ValueError, match="16 values per code block"):
-        _core._pq_scan8("scalar", np.zeros(64, np.uint8), lut, 0.0, np.zeros(15, np.float32))
+    with pytest.raises(ValueError, match="multiple of pq_m \\* 64 bytes"):
+        _core._pq_scan8("scalar", np.zeros(BLOCK * 4 + 1, np.uint8), lut, 0.0)
+    with pytest.raises(ValueError, match="64 values per code block"):
+        _core._pq_scan8("scalar", np.zeros(BLOCK * 4, np.uint8), lut, 0.0, np.zeros(15, np.float32))
     with pytest.raises(ValueError, match="unknown SIMD level"):
-        _core._pq_scan8("neon", np.zeros(64, np.uint8), lut, 0.0)
+        _core._pq_scan8("neon", np.zeros(BLOCK * 4, np.uint8), lut, 0.0)
 
 
 SIZES = [1, 5, 13, 33, 97, 131]

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "checksum.h"
+#include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
 #include "retro/ivf_pq_index.h"
@@ -119,10 +120,11 @@ PYBIND11_MODULE(_core, m) {
     const int pq_m = static_cast<int>(lut.shape(0));
     const size_t block = static_cast<size_t>(pq_m) * retro::simd::kScanBlock;
     if (codes.ndim() != 1 || codes.shape(0) % block != 0)
-      throw py::value_error("codes must be 1-D with a multiple of pq_m * 16 bytes");
+      throw py::value_error("codes must be 1-D with a multiple of pq_m * 64 bytes");
     const size_t nblocks = codes.shape(0) / block;
-    if (terms && (terms->ndim() != 1 || terms->shape(0) != static_cast<py::ssize_t>(nblocks * 16)))
-      throw py::value_error("terms must be 1-D with 16 values per code block");
+    if (terms && (terms->ndim() != 1 ||
+                  terms->shape(0) != static_cast<py::ssize_t>(nblocks * retro::simd::kScanBlock)))
+      throw py::value_error("terms must be 1-D with 64 values per code block");
     FloatArray out(static_cast<py::ssize_t>(nblocks * retro::simd::kScanBlock));
     retro::simd::kernels_for(retro::parse_simd_level(level))
         .pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias, terms ? terms->data() : nullptr,
@@ -130,6 +132,36 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("level"), py::arg("codes"), py::arg("lut"), py::arg("bias"),
      py::arg("terms") = py::none());
+  m.attr("_scan_block") = retro::simd::kScanBlock;
+  // The filter as the search runs it: the table quantized by QuantizedTable, its limit for
+  // `threshold`; returns the surviving indices among the first n vectors.
+  m.def("_pq_filter8", [](const std::string& level, py::array_t<uint8_t, py::array::c_style> codes,
+                          FloatArray lut, idx_t n, float bias,
+                          const std::optional<FloatArray>& terms, float threshold) {
+    const retro::simd::Kernels& kern = retro::simd::kernels_for(retro::parse_simd_level(level));
+    if (kern.pq_filter8 == nullptr)
+      throw py::value_error("SIMD level '" + level + "' has no filtering scan");
+    if (lut.ndim() != 2 || lut.shape(1) != 256)
+      throw py::value_error("lut must be (pq_m, 256) float32");
+    const int pq_m = static_cast<int>(lut.shape(0));
+    const idx_t padded = (n + retro::simd::kScanBlock - 1) / retro::simd::kScanBlock *
+                         retro::simd::kScanBlock;
+    if (n < 0 || codes.ndim() != 1 || codes.shape(0) != padded * pq_m)
+      throw py::value_error("codes must hold the blocks of n vectors");
+    if (terms && (terms->ndim() != 1 || terms->shape(0) < n))
+      throw py::value_error("terms must hold n values");
+    retro::QuantizedTable table(pq_m);
+    table.build(lut.data());
+    std::vector<uint32_t> survivors(static_cast<size_t>(padded));
+    const size_t count = kern.pq_filter8(n, pq_m, codes.data(), table.codes(), bias,
+                                         terms ? terms->data() : nullptr, table.offset(),
+                                         table.step(), table.limit(threshold, bias),
+                                         table.term_slack(), survivors.data());
+    IdArray out(static_cast<py::ssize_t>(count));
+    for (size_t i = 0; i < count; ++i) out.mutable_data()[i] = survivors[i];
+    return out;
+  }, py::arg("level"), py::arg("codes"), py::arg("lut"), py::arg("n"), py::arg("bias"),
+     py::arg("terms"), py::arg("threshold"));
   m.def("_gemm", [](const std::string& level, FloatArray a, FloatArray b) {
     if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1))
       throw py::value_error("a (m, k) and b (n, k) must share k");

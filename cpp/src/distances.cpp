@@ -66,16 +66,19 @@ float half_to_float(uint16_t h) {
 }
 
 void check_vectors(idx_t n, int d, const float* x, const char* what) {
-  size_t total = static_cast<size_t>(n) * d;
-  for (size_t i = 0; i < total; ++i) {
-    RETRO_CHECK_ARG(std::isfinite(x[i]), "%s contains NaN or inf (first at row %lld, column %lld)",
-                    what, static_cast<long long>(i / d), static_cast<long long>(i % d));
-    RETRO_CHECK_ARG(std::fabs(x[i]) <= kMaxMagnitude,
-                    "%s contains %g at row %lld, column %lld: values beyond 1e15 in magnitude "
-                    "would overflow float32 squared distances",
-                    what, static_cast<double>(x[i]), static_cast<long long>(i / d),
-                    static_cast<long long>(i % d));
-  }
+  const size_t total = static_cast<size_t>(n) * d;
+  size_t bad = 0;  // a branch-free pass first: the comparison fails for NaN and inf too
+  for (size_t i = 0; i < total; ++i) bad += !(std::fabs(x[i]) <= kMaxMagnitude);
+  if (bad == 0) return;
+  size_t i = 0;
+  while (std::fabs(x[i]) <= kMaxMagnitude) ++i;
+  const long long row = static_cast<long long>(i / d), column = static_cast<long long>(i % d);
+  RETRO_CHECK_ARG(std::isfinite(x[i]), "%s contains NaN or inf (first at row %lld, column %lld)",
+                  what, row, column);
+  RETRO_CHECK_ARG(false,
+                  "%s contains %g at row %lld, column %lld: values beyond 1e15 in magnitude "
+                  "would overflow float32 squared distances",
+                  what, static_cast<double>(x[i]), row, column);
 }
 
 namespace {
@@ -119,7 +122,7 @@ void nearest(Metric metric, idx_t nq, const float* x, idx_t ldx, const float* qn
   const simd::Kernels& kern = simd::kernels();
   const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
   constexpr idx_t kRows = 256;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (nq > kRows)
   for (idx_t q0 = 0; q0 < nq; q0 += kRows) {
     const idx_t rows = std::min(kRows, nq - q0);
     kern.gemm_argmin(rows, base.n(), base.d(), x + q0 * ldx, ldx, base.panels(),
@@ -158,10 +161,11 @@ void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors
     }
     return;
   }
-  // Few queries: split the columns between threads, then merge the per-thread heaps.
+  // Few queries: split the columns between threads, then merge the per-thread heaps. Small
+  // products run on one thread: waking the others would cost more than it saves.
   std::vector<TopK> merged(nq, TopK(k));
   const idx_t ncblocks = (nb + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(static_cast<double>(nq) * nb * base.d()))
   {
     float* tile = tile_buffer(nq * kColumnBlock);
     std::vector<TopK> local(nq, TopK(k));

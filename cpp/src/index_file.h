@@ -19,7 +19,7 @@
 namespace retro {
 
 constexpr char kIndexMagic[8] = {'R', 'E', 'T', 'R', 'O', 'I', 'D', 'X'};
-constexpr uint32_t kIndexVersion = 1;
+constexpr uint32_t kIndexVersion = 2;  // 2: code blocks of 64 vectors
 constexpr uint32_t kIndexTypeIvfPq = 1;
 constexpr int kNumSections = 6;
 

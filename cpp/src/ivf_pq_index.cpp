@@ -10,6 +10,7 @@
 #include "distances.h"
 #include "index_file.h"
 #include "kmeans.h"
+#include "quantized_table.h"
 #include "retro/error.h"
 #include "simd/kernels.h"
 #include "top_k.h"
@@ -191,25 +192,65 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
   const simd::Kernels& kern = simd::kernels();
   const int dsub = this->dsub(), K = ksub();
   const float scale = metric_ == Metric::L2 ? -2.0f : -1.0f;
-  for (int m = 0; m < pq_m_; ++m) {
-    float* row = lut + static_cast<size_t>(m) * K;
+  for (int m = 0; m < pq_m_; ++m)
     kern.inner_products_t(dsub, K, x + m * dsub, &derived_->pq_t[static_cast<size_t>(m) * dsub * K],
-                          row);
-    for (int j = 0; j < K; ++j) row[j] *= scale;
-  }
+                          scale, lut + static_cast<size_t>(m) * K);
 }
 
-// Scans probes [p0, p1) of one query into heap; list_dist holds one padded list's distances.
-void IvfPqIndex::scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
-                            int p1, TopK& heap, float* list_dist) const {
+// Per-thread scratch of a scan: one padded list's distances, or the filter's survivors.
+struct IvfPqIndex::ScanBuffers {
+  std::vector<float> list_dist;
+  std::vector<uint32_t> survivors;
+};
+
+namespace {
+
+constexpr idx_t kFilterChunk = 8 * IvfPqIndex::kBlock;  // vectors per filter call (limit refresh)
+// Below this many vectors per query, quantizing the table costs more than the filter saves.
+constexpr idx_t kFilterMinVectors = 16 * IvfPqIndex::kBlock;
+
+// The float distance of vector i of a list, summed in the order of simd pq_scan8.
+float scan_one(int pq_m, const uint8_t* codes, const float* terms, const float* lut, float bias,
+               idx_t i) {
+  const uint8_t* block = codes + (i / IvfPqIndex::kBlock) * pq_m * IvfPqIndex::kBlock;
+  const idx_t lane = i % IvfPqIndex::kBlock;
+  float acc = terms != nullptr ? bias + terms[i] : bias;
+  for (int m = 0; m < pq_m; ++m) acc += lut[m * 256 + block[m * IvfPqIndex::kBlock + lane]];
+  return acc;
+}
+
+}  // namespace
+
+// Scans probes [p0, p1) of one query into heap. With a quantized table the filter runs first and
+// only its survivors are scored exactly; otherwise every vector is scored.
+void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
+                            const float* probe_dist, int p0, int p1, TopK& heap,
+                            ScanBuffers& buffers) const {
   const simd::Kernels& kern = simd::kernels();
   for (int p = p0; p < p1; ++p) {
     const idx_t l = probes[p];
     if (l < 0 || lists_[l].size == 0) continue;
     const List& list = lists_[l];
+    const float bias = probe_dist[p];  // ||x - c||^2, or -<x, c>
+    if (qtable != nullptr) {
+      uint32_t* survivors = buffers.survivors.data();
+      for (idx_t first = 0; first < list.size; first += kFilterChunk) {
+        const float* terms = list.terms != nullptr ? list.terms + first : nullptr;
+        const size_t count = kern.pq_filter8(
+            std::min(kFilterChunk, list.size - first), pq_m_, list.codes + first * pq_m_,
+            qtable->codes(), bias, terms, qtable->offset(), qtable->step(),
+            qtable->limit(heap.threshold(), bias), qtable->term_slack(), survivors);
+        for (size_t s = 0; s < count; ++s) {
+          const idx_t i = first + survivors[s];
+          const float dist = scan_one(pq_m_, list.codes, list.terms, lut, bias, i);
+          if (dist <= heap.threshold()) heap.push(dist, list.ids[i]);
+        }
+      }
+      continue;
+    }
     const size_t nblocks = (list.size + kBlock - 1) / kBlock;
-    // bias: ||x - c||^2, or -<x, c>
-    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, probe_dist[p], list.terms, list_dist);
+    float* list_dist = buffers.list_dist.data();
+    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, bias, list.terms, list_dist);
     float threshold = heap.threshold();
     for (idx_t i = 0; i < list.size; ++i)
       if (list_dist[i] <= threshold) {
@@ -222,38 +263,59 @@ void IvfPqIndex::scan_lists(const float* lut, const idx_t* probes, const float* 
 void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                                     const float* probe_dist, int nprobe, float* distances,
                                     idx_t* labels) const {
+  const bool filtering = simd::kernels().pq_filter8 != nullptr && pq_m_ <= QuantizedTable::kMaxPqM;
   idx_t max_list = 0;
   for (const List& list : lists_) max_list = std::max(max_list, list.size);
   const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
-  const size_t list_buffer = (max_list + kBlock - 1) / kBlock * kBlock;
+  auto make_buffers = [&] {
+    ScanBuffers buffers;
+    if (filtering) buffers.survivors.resize(kFilterChunk);
+    buffers.list_dist.resize((max_list + kBlock - 1) / kBlock * kBlock);
+    return buffers;
+  };
+  auto vectors_in = [&](const idx_t* query_probes) {  // vectors in a query's probed lists
+    idx_t total = 0;
+    for (int p = 0; p < nprobe; ++p)
+      if (query_probes[p] >= 0) total += lists_[query_probes[p]].size;
+    return total;
+  };
   const int threads = omp_get_max_threads();
   if (n >= threads) {
 #pragma omp parallel
     {
-      std::vector<float> lut(table_size), list_dist(list_buffer);
+      std::vector<float> lut(table_size);
+      QuantizedTable qtable(pq_m_);
+      ScanBuffers buffers = make_buffers();
       TopK heap(k);
 #pragma omp for schedule(dynamic)
       for (idx_t q = 0; q < n; ++q) {
         query_table(x + q * d_, lut.data());
-        scan_lists(lut.data(), probes + q * nprobe, probe_dist + q * nprobe, 0, nprobe, heap,
-                   list_dist.data());
+        const bool filter = filtering && vectors_in(probes + q * nprobe) >= kFilterMinVectors;
+        if (filter) qtable.build(lut.data());
+        scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
+                   probe_dist + q * nprobe, 0, nprobe, heap, buffers);
         heap.write_sorted(distances + q * k, labels + q * k);
       }
     }
     return;
   }
-  // Few queries: the probes of each query are split between threads, then merged.
+  // Few queries: the probes of each query are split between threads, then merged; small scans
+  // stay on the calling thread.
   std::vector<float> lut(table_size);
+  QuantizedTable qtable(pq_m_);
   for (idx_t q = 0; q < n; ++q) {
     query_table(x + q * d_, lut.data());
+    const idx_t vectors = vectors_in(probes + q * nprobe);
+    const bool filter = filtering && vectors >= kFilterMinVectors;
+    if (filter) qtable.build(lut.data());
     TopK merged(k);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(double(vectors) * pq_m_))
     {
-      std::vector<float> list_dist(list_buffer);
+      ScanBuffers buffers = make_buffers();
       TopK heap(k);
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      scan_lists(lut.data(), probes + q * nprobe, probe_dist + q * nprobe, nprobe * t / nt,
-                 nprobe * (t + 1) / nt, heap, list_dist.data());
+      scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
+                 probe_dist + q * nprobe, nprobe * t / nt, nprobe * (t + 1) / nt, heap, buffers);
 #pragma omp critical
       merged.merge(heap);
     }

@@ -231,23 +231,24 @@ TEST_P(Kernels, PqScan8IsBitExact) {
   for (int pq_m : {1, 3, 8, 48})
     for (size_t nblocks : {1, 3, 17})
       for (bool with_terms : {false, true}) {
-        std::vector<uint8_t> codes(nblocks * pq_m * 16);
+        std::vector<uint8_t> codes(nblocks * pq_m * simd::kScanBlock);
         for (uint8_t& c : codes) c = static_cast<uint8_t>(byte(rng));
-        std::vector<float> lut(pq_m * 256), terms(nblocks * 16);
+        std::vector<float> lut(pq_m * 256), terms(nblocks * simd::kScanBlock);
         for (float& v : lut)  // magnitudes over 6 decades: any reordering changes the rounding
           v = normal(rng) * std::pow(10.0f, static_cast<float>(byte(rng) % 7 - 3));
         for (float& v : terms) v = normal(rng) * 50.0f;
         const float bias = 17.25f;
-        std::vector<float> out(nblocks * 16, std::numeric_limits<float>::quiet_NaN());
+        std::vector<float> out(nblocks * simd::kScanBlock, std::numeric_limits<float>::quiet_NaN());
         kern.pq_scan8(nblocks, pq_m, codes.data(), lut.data(), bias,
                       with_terms ? terms.data() : nullptr, out.data());
         for (size_t b = 0; b < nblocks; ++b)
-          for (int lane = 0; lane < 16; ++lane) {
+          for (int lane = 0; lane < simd::kScanBlock; ++lane) {
             float acc = bias;
-            if (with_terms) acc += terms[b * 16 + lane];
-            for (int m = 0; m < pq_m; ++m) acc += lut[m * 256 + codes[(b * pq_m + m) * 16 + lane]];
+            if (with_terms) acc += terms[b * simd::kScanBlock + lane];
+            for (int m = 0; m < pq_m; ++m)
+              acc += lut[m * 256 + codes[(b * pq_m + m) * simd::kScanBlock + lane]];
             uint32_t got, want;
-            std::memcpy(&got, &out[b * 16 + lane], 4);
+            std::memcpy(&got, &out[b * simd::kScanBlock + lane], 4);
             std::memcpy(&want, &acc, 4);
             ASSERT_EQ(got, want) << "pq_m=" << pq_m << " nblocks=" << nblocks << " lane=" << lane;
           }

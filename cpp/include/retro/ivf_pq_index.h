@@ -8,7 +8,9 @@
 //
 // Codes of each list are stored in blocks of kBlock vectors, sub-quantizer-major inside a block:
 //   codes[(block * pq_m + m) * kBlock + lane]
-// so a SIMD scan loads the m-th code of kBlock vectors with one 16-byte load.
+// so a SIMD scan loads the m-th code of kBlock vectors with one 64-byte load. Where the CPU has
+// AVX-512 VBMI the scan first filters with an 8-bit copy of the table, looked up in registers,
+// and re-scores only the vectors that may enter the top-k (the results are the same).
 #pragma once
 #include <memory>
 #include <string>
@@ -33,11 +35,12 @@ struct IvfPqTrainParams {
 };
 
 class MappedFile;
+class QuantizedTable;
 class TopK;
 
 class IvfPqIndex {
  public:
-  static constexpr int kBlock = 16;
+  static constexpr int kBlock = 64;
 
   IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
              uint64_t seed = 0);
@@ -86,8 +89,6 @@ class IvfPqIndex {
     std::vector<idx_t> ids;
     std::vector<float> terms;
   };
-  class Scanner;
-
   struct Derived;  // packed quantizers and tables, rebuilt from the trained parameters
 
   void check_trained(const char* what) const;
@@ -96,8 +97,9 @@ class IvfPqIndex {
   void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;
   void query_table(const float* x, float* lut) const;
   float reconstruction_term(idx_t list, const uint8_t* code) const;
-  void scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0, int p1,
-                  TopK& heap, float* list_dist) const;
+  struct ScanBuffers;
+  void scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
+                  const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                           const float* probe_dist, int nprobe, float* distances,
                           idx_t* labels) const;

@@ -12,7 +12,7 @@ namespace retro::simd {
 // GEMM right-hand sides are packed once into panels of kPanel columns: panel p holds columns
 // p*kPanel .. p*kPanel+kPanel-1 as packed[(p * k + t) * kPanel + j] (zero-padded past n).
 constexpr int kPanel = 32;
-constexpr int kScanBlock = 16;  // vectors per code block of the PQ scan (IvfPqIndex::kBlock)
+constexpr int kScanBlock = 64;  // vectors per code block of the PQ scan (IvfPqIndex::kBlock)
 
 struct Kernels {
   // C (m, n) = A (m, k, row stride lda) . B^T, B given packed (see kPanel); C row stride ldc.
@@ -25,8 +25,10 @@ struct Kernels {
   // on ties). column_bias has the packed width (+inf on padding columns).
   void (*gemm_argmin)(idx_t m, idx_t n, int k, const float* A, idx_t lda, const float* packed,
                       const float* column_bias, float alpha, float* best, idx_t* best_index);
-  // out[j] = sum_t q[t] * ct[t * ksub + j] for j < ksub: one sub-quantizer's inner products.
-  void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float* out);
+  // out[j] = scale * sum_t q[t] * ct[t * ksub + j] for j < ksub, summed in t order: one
+  // sub-quantizer's row of a query's look-up table.
+  void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float scale,
+                           float* out);
   // Turns a row of inner products into internal distances, in place:
   // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
   void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
@@ -37,6 +39,22 @@ struct Kernels {
   // distances); terms may be null (then 0 is not added: out starts from bias).
   void (*pq_scan8)(size_t nblocks, int pq_m, const uint8_t* codes, const float* lut, float bias,
                    const float* terms, float* out);
+
+  // low[m], high[m] = min and max of row m of a (rows, 256) table.
+  void (*row_ranges)(int rows, const float* table, float* low, float* high);
+  // out[m][j] = round_half_up((table[m][j] - low[m]) * inverse_step), capped at 255: the 8-bit
+  // table of pq_filter8 (table[m][j] >= low[m]).
+  void (*quantize8)(int rows, const float* table, const float* low, float inverse_step,
+                    uint8_t* out);
+  // The same scan on a quantized table, as a filter (nullptr where the level lacks it: it needs
+  // AVX-512 VBMI). For the first n vectors of the blocked codes, with
+  //   approx[i] = (bias + terms[i]) + (offset + step * sum_m qlut[m][code_m]),
+  // writes the indices i with approx[i] <= limit + term_slack * |terms[i]| to survivors, in
+  // increasing order, and returns their count. qlut is (pq_m, 256) bytes and the byte sums must
+  // fit 16 bits (pq_m <= 257); survivors holds n rounded up to kScanBlock entries.
+  size_t (*pq_filter8)(idx_t n, int pq_m, const uint8_t* codes, const uint8_t* qlut, float bias,
+                       const float* terms, float offset, float step, float limit,
+                       float term_slack, uint32_t* survivors);
 };
 
 const Kernels& kernels();                    // for active_simd_level()

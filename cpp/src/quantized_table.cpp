@@ -1,0 +1,44 @@
+#include "quantized_table.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "simd/kernels.h"
+
+namespace retro {
+
+// A float sum of N terms is off by < (N - 1) 2^-24 of the sum of their magnitudes; x3 for safety.
+QuantizedTable::QuantizedTable(int pq_m)
+    : pq_m_(pq_m),
+      codes_(static_cast<size_t>(pq_m) * 256),
+      lows_(pq_m),
+      highs_(pq_m),
+      relative_rounding_(3.0f * static_cast<float>(pq_m + 8) * std::ldexp(1.0f, -24)) {}
+
+void QuantizedTable::build(const float* lut) {
+  const simd::Kernels& kern = simd::kernels();
+  kern.row_ranges(pq_m_, lut, lows_.data(), highs_.data());
+  float widest = 0.0f;
+  double offset = 0.0, magnitude = 0.0;
+  for (int m = 0; m < pq_m_; ++m) {
+    widest = std::max(widest, highs_[m] - lows_[m]);
+    offset += lows_[m];
+    magnitude += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
+  }
+  step_ = widest > 0.0f ? widest / 255.0f : 1.0f;
+  offset_ = static_cast<float>(offset);
+  magnitude_ = static_cast<float>(magnitude);
+  kern.quantize8(pq_m_, lut, lows_.data(), 1.0f / step_, codes_.data());
+}
+
+float QuantizedTable::limit(float threshold, float bias) const {
+  // Quantization: step / 2 per row (x1.001 for the rounding of the quantization itself); then the
+  // rounding of the exact scan's float sum and of the filter's own arithmetic, whose terms are at
+  // most |bias|, the table's magnitude, the offset and step * sum <= 2 magnitudes.
+  const float quantization = 0.5f * step_ * static_cast<float>(pq_m_) * 1.001f;
+  const float rounding = relative_rounding_ * (std::fabs(threshold) + 2.0f * std::fabs(bias) +
+                                               3.0f * magnitude_ + std::fabs(offset_));
+  return threshold + quantization + rounding;
+}
+
+}  // namespace retro
