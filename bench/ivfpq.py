@@ -16,9 +16,7 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402  (bench/datasets.py, beside this file)
+import report  # noqa: E402
 
 import retro  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
-PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
-TABLE_BEGIN, TABLE_END = "<!-- ivfpq-cpu:begin -->", "<!-- ivfpq-cpu:end -->"
+TABLE_BEGIN, TABLE_END = report.markers("ivfpq-cpu")
 K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
@@ -388,27 +386,14 @@ def summarize(result: DatasetResult, threads: int) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
     import faiss
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **report.machine_info(),
         "retro_simd": retro.simd_level(),
         "retro_version": retro.__version__,
         "faiss_version": faiss.__version__,
         "numpy_version": np.__version__,
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
@@ -491,16 +476,6 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
     return "\n".join(lines)
 
 
-def update_performance_md(section: str) -> None:
-    text = PERFORMANCE_MD.read_text() if PERFORMANCE_MD.exists() else ""
-    if TABLE_BEGIN in text and TABLE_END in text:
-        head, rest = text.split(TABLE_BEGIN, 1)
-        text = head + section + rest.split(TABLE_END, 1)[1]
-    else:
-        text += "\n" + section + "\n"
-    PERFORMANCE_MD.write_text(text)
-
-
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -558,8 +533,8 @@ def main() -> None:
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=1))
     plot(results, RESULTS_DIR / f"{stem}.png")
     if not args.quick:
-        update_performance_md(markdown(results, summaries, machine))
-    print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {PERFORMANCE_MD}"))
+        report.update_performance_md("ivfpq-cpu", markdown(results, summaries, machine))
+    print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {report.PERFORMANCE_MD}"))
 
 
 if __name__ == "__main__":

@@ -69,8 +69,11 @@ py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, S
 
 }  // namespace
 
+void bind_attention(py::module_& m);  // bindings/attention.cpp
+
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "retro's compiled core: IVF-PQ and exact vector search";
+  m.doc() = "retro's compiled core: IVF-PQ and exact vector search, RETRO's attention kernels";
+  bind_attention(m);
   m.attr("__version__") = RETRO_VERSION;
 
   py::register_exception_translator([](std::exception_ptr p) {

@@ -45,9 +45,10 @@ float l2_distance(int d, const float* x, const float* y);
 // IEEE half (as stored in float16 numpy arrays) to float.
 float half_to_float(uint16_t h);
 
-// True when `work` multiply-adds or table look-ups (~4M: a millisecond on one core) are enough to
-// pay for waking the other threads; below it, small searches run on the calling thread.
-inline bool worth_threads(double work) { return work >= double(1 << 22); }
+// True when `work` multiply-adds or table look-ups (~1M: a few hundred microseconds on one core,
+// more where the data streams from memory) pay for waking the other threads; below it, small
+// searches run on the calling thread.
+inline bool worth_threads(double work) { return work >= double(1 << 20); }
 
 // Largest |value| accepted in a vector: squared distances of 2^20-dimensional vectors stay finite.
 constexpr float kMaxMagnitude = 1e15f;

@@ -55,6 +55,10 @@ struct Kernels {
   size_t (*pq_filter8)(idx_t n, int pq_m, const uint8_t* codes, const uint8_t* qlut, float bias,
                        const float* terms, float offset, float step, float limit,
                        float term_slack, uint32_t* survivors);
+
+  // out[j] = exp(scale * x[j] - shift) for j < n (relative error < 1e-6 for arguments in
+  // [-87, 88]; clamped outside); returns the sum of out. The softmax of the attention kernels.
+  float (*exp_sum)(size_t n, const float* x, float scale, float shift, float* out);
 };
 
 const Kernels& kernels();                    // for active_simd_level()

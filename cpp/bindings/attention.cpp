@@ -1,0 +1,90 @@
+// retro._core's attention entry points: raw data pointers (integers from torch's data_ptr()) and
+// sizes, so that _core never links libtorch. python/retro/ops/ checks the tensors and calls these.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "retro/attention.h"
+
+namespace py = pybind11;
+
+namespace {
+
+retro::RetroAttention parse_op(const std::string& name) {
+  if (name == "chunked_cross") return retro::RetroAttention::ChunkedCross;
+  if (name == "neighbour_self") return retro::RetroAttention::NeighbourSelf;
+  if (name == "neighbour_cross") return retro::RetroAttention::NeighbourCross;
+  throw py::value_error("unknown attention op '" + name + "'");
+}
+
+retro::DType parse_dtype(const std::string& name) {
+  if (name == "float32") return retro::DType::Float32;
+  if (name == "float64") return retro::DType::Float64;
+  if (name == "bfloat16") return retro::DType::BFloat16;
+  throw py::value_error("attention supports float32, float64 and bfloat16, got " + name);
+}
+
+template <typename T>
+T* pointer(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  py::class_<retro::RetroAttentionParams>(m, "AttentionParams")
+      .def(py::init([](const std::string& op, const std::string& dtype, int64_t batch,
+                       int64_t tokens, int64_t heads, int64_t head_dim, int64_t chunks,
+                       int64_t neighbours, int64_t neighbour_len, int64_t chunk_size,
+                       int64_t q_offset, double scale, uintptr_t nbr_lens) {
+             retro::RetroAttentionParams p;
+             p.op = parse_op(op);
+             p.dtype = parse_dtype(dtype);
+             p.batch = batch;
+             p.tokens = tokens;
+             p.heads = heads;
+             p.head_dim = head_dim;
+             p.chunks = chunks;
+             p.neighbours = neighbours;
+             p.neighbour_len = neighbour_len;
+             p.chunk_size = chunk_size;
+             p.q_offset = q_offset;
+             p.scale = scale;
+             p.nbr_lens = pointer<const int32_t>(nbr_lens);
+             return p;
+           }),
+           py::arg("op"), py::arg("dtype"), py::arg("batch"), py::arg("tokens"), py::arg("heads"),
+           py::arg("head_dim"), py::arg("chunks"), py::arg("neighbours"),
+           py::arg("neighbour_len"), py::arg("chunk_size"), py::arg("q_offset"), py::arg("scale"),
+           py::arg("nbr_lens"),
+           "Sizes of one RETRO attention call (cpp/include/retro/attention.h); nbr_lens is the "
+           "address of a (B, L, K) int32 buffer, or 0 for all R.")
+      .def_property_readonly("query_rows", &retro::query_rows)
+      .def_property_readonly("key_rows", &retro::key_rows);
+
+  m.def("attention_forward",
+        [](const retro::RetroAttentionParams& p, uintptr_t q, uintptr_t k, uintptr_t v,
+           uintptr_t out, uintptr_t lse) {
+          py::gil_scoped_release release;
+          retro::attention_forward(p, {pointer<const void>(q), pointer<const void>(k),
+                                       pointer<const void>(v), pointer<void>(out),
+                                       pointer<void>(lse)});
+        },
+        py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), "Writes out and lse from q, k, v (addresses of contiguous CPU buffers).");
+  m.def("attention_backward",
+        [](const retro::RetroAttentionParams& p, uintptr_t q, uintptr_t k, uintptr_t v,
+           uintptr_t out, uintptr_t lse, uintptr_t grad_out, uintptr_t grad_q, uintptr_t grad_k,
+           uintptr_t grad_v) {
+          py::gil_scoped_release release;
+          retro::attention_backward(
+              p, {pointer<const void>(q), pointer<const void>(k), pointer<const void>(v),
+                  pointer<const void>(out), pointer<const void>(lse),
+                  pointer<const void>(grad_out), pointer<void>(grad_q), pointer<void>(grad_k),
+                  pointer<void>(grad_v)});
+        },
+        py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("grad_out"), py::arg("grad_q"), py::arg("grad_k"),
+        py::arg("grad_v"), "Writes grad_q, grad_k, grad_v (addresses of contiguous buffers).");
+}

@@ -1,0 +1,51 @@
+// The one attention kernel behind RETRO's three attentions: a list of groups, each a set of query
+// rows that all attend to the same set of key rows (no mask inside a group). The ops differ only
+// in how they cut their tensors into groups (attention/retro_attention.cpp); the shift of CCA by
+// chunk_size - 1, the neighbour lengths and the chunk boundaries are all in the row ranges.
+//
+// Row r of a tensor holds H heads of Dh values: head h of row r is at base + (r H + h) Dh. Query
+// rows in no group get zero output (and lse -inf); every row is in at most one group, so the
+// backward pass writes each gradient row once, without atomics.
+#pragma once
+#include <type_traits>
+#include <vector>
+
+#include "attention/bfloat16.h"
+#include "retro/types.h"
+
+namespace retro {
+
+struct RowRange {
+  idx_t first = 0;
+  idx_t rows = 0;
+};
+
+struct AttentionGroup {
+  std::vector<RowRange> queries;
+  std::vector<RowRange> keys;
+};
+
+// The accumulation type: float for float and bfloat16, double for double.
+template <typename T>
+using Accum = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+struct AttentionLayout {
+  idx_t query_rows = 0, key_rows = 0;  // rows of the query-side and key-side tensors
+  idx_t heads = 0, head_dim = 0;
+  double scale = 0.0;
+};
+
+// out (query_rows, H, Dh), lse (query_rows, H).
+template <typename T>
+void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
+                               const AttentionLayout& layout, const T* q, const T* k, const T* v,
+                               T* out, Accum<T>* lse);
+
+// grad_q like q; grad_k, grad_v like k and v.
+template <typename T>
+void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
+                                const AttentionLayout& layout, const T* q, const T* k, const T* v,
+                                const T* out, const Accum<T>* lse, const T* grad_out, T* grad_q,
+                                T* grad_k, T* grad_v);
+
+}  // namespace retro

@@ -1,0 +1,232 @@
+"""RETRO's attentions as torch ops backed by the core's CPU kernels (cpp/include/retro/attention.h).
+
+Each op is registered as ``torch.ops.retro.<name>`` (forward, returning the output and the
+log-sum-exp of each query row) and ``torch.ops.retro.<name>_backward``, with fake (meta) kernels
+for ``torch.compile`` and autograd through the core's backward kernel. float32, bfloat16 (float32
+accumulation) and float64 run on the CPU; CUDA tensors take the PyTorch reference until the CUDA
+kernels land. Shapes and semantics: :mod:`retro.ops.reference`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from retro import _core
+from retro.ops import reference
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One attention: its core name, the ranks of q and k, and its reference."""
+
+    name: str  # torch.ops.retro.<name>
+    core: str  # the op name in retro._core.AttentionParams
+    q_rank: int
+    k_rank: int
+
+    def sizes(self, q: torch.Tensor, k: torch.Tensor) -> dict[str, int]:
+        """batch, tokens, heads, head_dim, chunks, neighbours, neighbour_len of a call."""
+        nbr = q if self.q_rank == 6 else k  # the (B, L, K, R, H, Dh) side
+        tokens = q.shape[1] if self.q_rank == 4 else (k.shape[1] if self.k_rank == 4 else 0)
+        b, n_chunks, n_nbrs, r, h, dh = nbr.shape
+        return dict(batch=b, tokens=tokens, heads=h, head_dim=dh, chunks=n_chunks, neighbours=n_nbrs, neighbour_len=r)
+
+
+CHUNKED_CROSS = _Op("chunked_cross_attention", "chunked_cross", 4, 6)
+NEIGHBOUR_SELF = _Op("neighbour_self_attention", "neighbour_self", 6, 6)
+NEIGHBOUR_CROSS = _Op("neighbour_cross_attention", "neighbour_cross", 6, 4)
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _params(op: _Op, q, k, nbr_lens, chunk_size: int, q_offset: int, scale: float):
+    return _core.AttentionParams(
+        op.core, _DTYPES[q.dtype], **op.sizes(q, k), chunk_size=chunk_size, q_offset=q_offset,
+        scale=scale, nbr_lens=0 if nbr_lens is None else nbr_lens.data_ptr(),
+    )
+
+
+def _register(op: _Op) -> None:
+    """Registers torch.ops.retro.<op.name> and <op.name>_backward with fake and autograd."""
+    lib = f"retro::{op.name}"
+    args = "Tensor q, Tensor k, Tensor v, Tensor? nbr_lens, int chunk_size, int q_offset, float scale"
+
+    def forward(q, k, v, nbr_lens, chunk_size, q_offset, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        lens = None if nbr_lens is None else nbr_lens.contiguous()
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+        params = _params(op, q, k, lens, chunk_size, q_offset, scale)
+        _core.attention_forward(params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr())
+        return out, lse
+
+    def backward_kernel(q, k, v, nbr_lens, out, lse, grad_out, chunk_size, q_offset, scale):
+        q, k, v, out, lse, grad_out = (t.contiguous() for t in (q, k, v, out, lse, grad_out))
+        lens = None if nbr_lens is None else nbr_lens.contiguous()
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        params = _params(op, q, k, lens, chunk_size, q_offset, scale)
+        _core.attention_backward(
+            params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+            grad_out.data_ptr(), *(g.data_ptr() for g in grads),
+        )
+        return tuple(grads)
+
+    forward_op = torch.library.custom_op(
+        lib, forward, mutates_args=(), device_types="cpu", schema=f"({args}) -> (Tensor, Tensor)"
+    )
+    backward_op = torch.library.custom_op(
+        f"{lib}_backward", backward_kernel, mutates_args=(), device_types="cpu",
+        schema="(Tensor q, Tensor k, Tensor v, Tensor? nbr_lens, Tensor out, Tensor lse, Tensor grad_out, "
+        "int chunk_size, int q_offset, float scale) -> (Tensor, Tensor, Tensor)",
+    )
+
+    @forward_op.register_fake
+    def _(q, k, v, nbr_lens, chunk_size, q_offset, scale):
+        return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+
+    @backward_op.register_fake
+    def _(q, k, v, nbr_lens, out, lse, grad_out, chunk_size, q_offset, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, nbr_lens, chunk_size, q_offset, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, nbr_lens, out, lse)
+        ctx.options = (chunk_size, q_offset, scale)
+
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, nbr_lens, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward_op(q, k, v, nbr_lens, out, lse, grad_out, *ctx.options)
+        return dq, dk, dv, None, None, None, None
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+for _op in (CHUNKED_CROSS, NEIGHBOUR_SELF, NEIGHBOUR_CROSS):
+    _register(_op)
+
+
+def _check(op: _Op, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nbr_lens: torch.Tensor | None) -> None:
+    """Clear errors for wrong ranks, shapes, dtypes and devices (the kernel trusts its inputs)."""
+    for name, t, rank in (("q", q, op.q_rank), ("k", k, op.k_rank), ("v", v, op.k_rank)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{op.name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != rank:
+            raise ValueError(f"{op.name}: {name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op.name}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"{op.name}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"{op.name}: dtype must be float32, bfloat16 or float64, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{op.name}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    nbr = q if op.q_rank == 6 else k
+    b, n_chunks, n_nbrs, _, h, dh = nbr.shape
+    other = k if op.q_rank == 6 else q
+    if op.name != NEIGHBOUR_SELF.name and (other.shape[0] != b or other.shape[2:] != (h, dh)):
+        raise ValueError(
+            f"{op.name}: batch, heads and head width must match: q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if op.name == NEIGHBOUR_SELF.name and q.shape != k.shape:
+        raise ValueError(f"{op.name}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if nbr_lens is not None:
+        if not isinstance(nbr_lens, torch.Tensor) or nbr_lens.dtype != torch.int32:
+            raise ValueError(f"{op.name}: nbr_lens must be an int32 tensor (B, L, K)")
+        if tuple(nbr_lens.shape) != (b, n_chunks, n_nbrs):
+            raise ValueError(
+                f"{op.name}: nbr_lens must have shape (B, L, K) = {(b, n_chunks, n_nbrs)}, got {tuple(nbr_lens.shape)}"
+            )
+        if nbr_lens.device != q.device:
+            raise ValueError(f"{op.name}: nbr_lens is on {nbr_lens.device}, q on {q.device}")
+
+
+def _scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def chunked_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    nbr_lens: torch.Tensor | None = None,
+    *,
+    chunk_size: int = 64,
+    q_offset: int = 0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """RETRO's chunked cross-attention.
+
+    Args:
+        q: (B, T, H, Dh) decoder queries at absolute positions q_offset .. q_offset + T - 1.
+        k, v: (B, L, K, R, H, Dh) keys and values of the K encoded neighbours of each of L chunks.
+        nbr_lens: (B, L, K) int32 real tokens per neighbour (a prefix; 0 = none), None = all R.
+        chunk_size: m; position p >= m - 1 attends to chunk u = (p - (m - 1)) // m if u < L.
+        q_offset: absolute position of q's first row (incremental decoding).
+        scale: score scale, default 1 / sqrt(Dh).
+
+    Returns:
+        (B, T, H, Dh); zero where a token has nothing to attend to.
+    """
+    _check(CHUNKED_CROSS, q, k, v, nbr_lens)
+    if q.device.type != "cpu":
+        return reference.chunked_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size, q_offset=q_offset, scale=scale)
+    return torch.ops.retro.chunked_cross_attention(q, k, v, nbr_lens, chunk_size, q_offset, _scale(scale, q.shape[-1]))[0]
+
+
+def neighbour_self_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    nbr_lens: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The encoder's bidirectional self-attention inside each neighbour.
+
+    Args:
+        q, k, v: (B, L, K, R, H, Dh) neighbour tokens.
+        nbr_lens: (B, L, K) int32 real tokens per neighbour, None = all R.
+        scale: score scale, default 1 / sqrt(Dh).
+
+    Returns:
+        (B, L, K, R, H, Dh); zero for padding tokens (r >= nbr_lens).
+    """
+    _check(NEIGHBOUR_SELF, q, k, v, nbr_lens)
+    if q.device.type != "cpu":
+        return reference.neighbour_self_attention_ref(q, k, v, nbr_lens, scale=scale)
+    return torch.ops.retro.neighbour_self_attention(q, k, v, nbr_lens, 0, 0, _scale(scale, q.shape[-1]))[0]
+
+
+def neighbour_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    nbr_lens: torch.Tensor | None = None,
+    *,
+    chunk_size: int = 64,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The encoder's cross-attention from neighbour tokens to the decoder states of their chunk.
+
+    Args:
+        q: (B, L, K, R, H, Dh) neighbour tokens.
+        k, v: (B, T, H, Dh) decoder states; chunk l is positions [l m, min((l + 1) m, T)).
+        nbr_lens: (B, L, K) int32 real tokens per neighbour, None = all R.
+        chunk_size: m.
+        scale: score scale, default 1 / sqrt(Dh).
+
+    Returns:
+        (B, L, K, R, H, Dh); zero for padding tokens and chunks without decoder positions.
+    """
+    _check(NEIGHBOUR_CROSS, q, k, v, nbr_lens)
+    if q.device.type != "cpu":
+        return reference.neighbour_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size, scale=scale)
+    return torch.ops.retro.neighbour_cross_attention(q, k, v, nbr_lens, chunk_size, 0, _scale(scale, q.shape[-1]))[0]
