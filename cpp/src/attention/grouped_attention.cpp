@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "attention/small_matmul.h"
@@ -38,7 +39,10 @@ void gather(const std::vector<RowRange>& ranges, const T* src, const AttentionLa
   for (const RowRange& range : ranges)
     for (idx_t r = range.first; r < range.first + range.rows; ++r, dst += dh) {
       const T* row = src + (r * layout.heads + h) * dh;
-      for (idx_t d = 0; d < dh; ++d) dst[d] = widen_value(row[d]);
+      if constexpr (std::is_same_v<T, Accum<T>>)
+        std::memcpy(dst, row, dh * sizeof(T));
+      else
+        for (idx_t d = 0; d < dh; ++d) dst[d] = widen_value(row[d]);
     }
 }
 
@@ -50,8 +54,23 @@ void scatter(const std::vector<RowRange>& ranges, const Accum<T>* src, const Att
   for (const RowRange& range : ranges)
     for (idx_t r = range.first; r < range.first + range.rows; ++r, src += dh) {
       T* row = dst + (r * layout.heads + h) * dh;
-      for (idx_t d = 0; d < dh; ++d) row[d] = narrow<T>(src[d]);
+      if constexpr (std::is_same_v<T, Accum<T>>)
+        std::memcpy(row, src, dh * sizeof(T));
+      else
+        for (idx_t d = 0; d < dh; ++d) row[d] = narrow<T>(src[d]);
     }
+}
+
+// In place: row = softmax(scale * row); returns log sum_j exp(scale * row[j]).
+float softmax_row(idx_t n, float* row, float scale) {
+  return simd::kernels().softmax(static_cast<size_t>(n), row, scale);
+}
+double softmax_row(idx_t n, double* row, double scale) {
+  const double shift = scale * *std::max_element(row, row + n);
+  double sum = 0.0;
+  for (idx_t j = 0; j < n; ++j) sum += row[j] = std::exp(scale * row[j] - shift);
+  for (idx_t j = 0; j < n; ++j) row[j] /= sum;
+  return shift + std::log(sum);
 }
 
 // row[j] = exp(scale * row[j] - shift); returns the sum.
@@ -71,12 +90,26 @@ A* take(std::vector<A>& buffer, size_t& used, size_t size) {
   return p;
 }
 
-// Zeroes rows x H x Dh values of each tensor in parallel.
-template <typename T>
-void zero(idx_t count, T* data) {
-#pragma omp parallel for schedule(static)
-  for (idx_t i = 0; i < count; ++i) data[i] = narrow<T>(0);
+// Sets to `value` the rows of data (rows x row_size) that no range of any group covers (the rows
+// the kernel does not write): padding tokens, tokens with nothing to attend to.
+template <typename T, typename Side>
+void fill_uncovered(const std::vector<AttentionGroup>& groups, Side side, idx_t rows,
+                    idx_t row_size, T* data, T value) {
+  std::vector<RowRange> covered;
+  for (const AttentionGroup& group : groups)
+    for (const RowRange& range : group.*side) covered.push_back(range);
+  std::sort(covered.begin(), covered.end(),
+            [](const RowRange& a, const RowRange& b) { return a.first < b.first; });
+  covered.push_back({rows, 0});
+  idx_t next = 0;
+  for (const RowRange& range : covered) {
+    if (range.first > next) std::fill(data + next * row_size, data + range.first * row_size, value);
+    next = std::max(next, range.first + range.rows);
+  }
 }
+
+constexpr auto kQueries = &AttentionGroup::queries;
+constexpr auto kKeys = &AttentionGroup::keys;
 
 }  // namespace
 
@@ -86,8 +119,8 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
                                T* out, Accum<T>* lse) {
   using A = Accum<T>;
   const idx_t heads = layout.heads, dh = layout.head_dim;
-  zero(layout.query_rows * heads * dh, out);
-  std::fill(lse, lse + layout.query_rows * heads, -std::numeric_limits<A>::infinity());
+  fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, out, narrow<T>(0));
+  fill_uncovered(groups, kQueries, layout.query_rows, heads, lse, -std::numeric_limits<A>::infinity());
   const idx_t items = static_cast<idx_t>(groups.size()) * heads;
 #pragma omp parallel
   {
@@ -110,14 +143,7 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
       gather(group.keys, v, layout, h, va);
       matmul_nt(nq, nk, dh, qa, dh, ka, dh, probs, nk);
       const A scale = static_cast<A>(layout.scale);
-      for (idx_t i = 0; i < nq; ++i) {
-        A* row = probs + i * nk;
-        const A shift = scale * *std::max_element(row, row + nk);
-        const A sum = exp_row(nk, row, scale, shift);
-        const A inverse = A(1) / sum;
-        for (idx_t j = 0; j < nk; ++j) row[j] *= inverse;
-        row_lse[i] = shift + std::log(sum);
-      }
+      for (idx_t i = 0; i < nq; ++i) row_lse[i] = softmax_row(nk, probs + i * nk, scale);
       matmul_nn(nq, dh, nk, probs, nk, va, dh, oa, dh);
       scatter(group.queries, oa, layout, h, out);
       idx_t i = 0;
@@ -134,9 +160,9 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
                                 T* grad_k, T* grad_v) {
   using A = Accum<T>;
   const idx_t heads = layout.heads, dh = layout.head_dim;
-  zero(layout.query_rows * heads * dh, grad_q);
-  zero(layout.key_rows * heads * dh, grad_k);
-  zero(layout.key_rows * heads * dh, grad_v);
+  fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, grad_q, narrow<T>(0));
+  fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_k, narrow<T>(0));
+  fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_v, narrow<T>(0));
   const idx_t items = static_cast<idx_t>(groups.size()) * heads;
 #pragma omp parallel
   {

@@ -50,8 +50,11 @@ void matmul_nn(idx_t m, idx_t n, idx_t k, const float* A, idx_t lda, const float
 void matmul_tn(idx_t m, idx_t n, idx_t k, const float* A, idx_t lda, const float* B, idx_t ldb,
                float* C, idx_t ldc) {
   float* at = scratch(t_transposed, static_cast<size_t>(m) * k);
-  for (idx_t t = 0; t < k; ++t)
-    for (idx_t i = 0; i < m; ++i) at[i * k + t] = A[t * lda + i];
+  constexpr idx_t kTile = 16;  // transposed in 16 x 16 tiles
+  for (idx_t t0 = 0; t0 < k; t0 += kTile)
+    for (idx_t i0 = 0; i0 < m; i0 += kTile)
+      for (idx_t t = t0; t < std::min(k, t0 + kTile); ++t)
+        for (idx_t i = i0; i < std::min(m, i0 + kTile); ++i) at[i * k + t] = A[t * lda + i];
   matmul_nn(m, n, k, at, k, B, ldb, C, ldc);
 }
 

@@ -1,4 +1,5 @@
 // Picks the kernel set: the best the CPU supports, or the one named by RETRO_SIMD.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
@@ -26,13 +27,19 @@ size_t packed_size(idx_t n, int k) {
 }
 
 void pack_panels(idx_t n, int k, const float* B, idx_t ldb, float* packed) {
+  constexpr int kDepth = 16;  // a 32 x 16 tile: rows of B read in runs, the panel written in runs
   for (idx_t p = 0; p * kPanel < n; ++p) {
     float* panel = packed + p * k * kPanel;
-    for (int t = 0; t < k; ++t)
-      for (int j = 0; j < kPanel; ++j) {
-        idx_t col = p * kPanel + j;
-        panel[t * kPanel + j] = col < n ? B[col * ldb + t] : 0.0f;
+    const int cols = static_cast<int>(std::min<idx_t>(kPanel, n - p * kPanel));
+    for (int t0 = 0; t0 < k; t0 += kDepth) {
+      const int t1 = std::min(k, t0 + kDepth);
+      for (int j = 0; j < cols; ++j) {
+        const float* column = B + (p * kPanel + j) * ldb;
+        for (int t = t0; t < t1; ++t) panel[t * kPanel + j] = column[t];
       }
+      for (int t = t0; t < t1; ++t)
+        for (int j = cols; j < kPanel; ++j) panel[t * kPanel + j] = 0.0f;
+    }
   }
 }
 

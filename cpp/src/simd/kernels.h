@@ -59,6 +59,9 @@ struct Kernels {
   // out[j] = exp(scale * x[j] - shift) for j < n (relative error < 1e-6 for arguments in
   // [-87, 88]; clamped outside); returns the sum of out. The softmax of the attention kernels.
   float (*exp_sum)(size_t n, const float* x, float scale, float shift, float* out);
+  // In place: row = softmax(scale * row) (n >= 1 finite values); returns the log of the
+  // denominator, log sum_j exp(scale * row[j]).
+  float (*softmax)(size_t n, float* row, float scale);
 };
 
 const Kernels& kernels();                    // for active_simd_level()
