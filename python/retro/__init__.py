@@ -1,7 +1,9 @@
 """retro: retrieval-enhanced language models (RETRO) with a compiled core.
 
-This release holds the retrieval index: :class:`IvfPqIndex` (IVF-PQ, faiss-compatible parameters),
-:class:`FlatIndex` (exact search) and :func:`index_factory` for faiss-style strings.
+- The retrieval index: :class:`IvfPqIndex` (IVF-PQ, faiss-compatible parameters), :class:`FlatIndex`
+  (exact search) and :func:`index_factory` for faiss-style strings (numpy only).
+- The model (needs torch, imported on first use): :class:`RetroConfig`, :class:`Retro`,
+  :class:`GPT`, :func:`from_gpt`; the attention ops in :mod:`retro.ops`.
 """
 
 from retro import _core
@@ -10,9 +12,15 @@ from retro.index import FlatIndex, IvfPqIndex
 
 __version__: str = _core.__version__
 
+_MODEL_NAMES = ("GPT", "Retro", "RetroConfig", "from_gpt")
+
 __all__ = [
     "FlatIndex",
+    "GPT",
     "IvfPqIndex",
+    "Retro",
+    "RetroConfig",
+    "from_gpt",
     "cuda_available",
     "get_num_threads",
     "has_cuda",
@@ -51,3 +59,12 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Sets the OpenMP threads used by train/add/search (results do not depend on it)."""
     _core.set_num_threads(n)
+
+
+def __getattr__(name: str):
+    """The model's names, imported on first use so that the index needs no torch."""
+    if name in _MODEL_NAMES:
+        from retro import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'retro' has no attribute {name!r}")

@@ -60,6 +60,8 @@ def chunked_cross_attention_ref(
     """Chunked cross-attention (RETRO's CCA) by dense masking. See the module docstring."""
     b, t, h, dh = q.shape
     _, n_chunks, n_nbrs, r, _, _ = k.shape
+    if n_chunks == 0:  # no chunk is complete yet: nothing to attend to
+        return torch.zeros_like(q)
     lens = _lengths(nbr_lens, (b, n_chunks, n_nbrs), r, q.device)
     positions = torch.arange(t, device=q.device) + q_offset
     chunk = torch.div(positions - (chunk_size - 1), chunk_size, rounding_mode="floor")  # (T,)

@@ -1,0 +1,352 @@
+"""The RETRO model: causality by perturbation, GPT equivalence, incremental decoding, torch.compile,
+the presets' parameter counts, RETRO-fit and input checks, on seeded tiny float64 models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from retro.model import GPT, PAPER_PARAMS, Retro, RetroConfig, count_parameters, from_gpt
+
+M, K, R = 4, 2, 6  # chunk_size, neighbours per chunk, tokens per neighbour (R != 2 * M on purpose)
+
+# learned positions; rotary positions with the CCA gate and an encoder narrower than the decoder
+VARIANTS = {
+    "learned": {},
+    "rope-gate-narrow-encoder": dict(positions="rope", cca_gate=True, enc_n_embd=8, enc_n_head=2),
+}
+
+
+def make_config(**overrides) -> RetroConfig:
+    """4 layers of width 16, CCA in layers 2 and 4 (so layer 1 runs before the encoder)."""
+    fields = dict(vocab_size=97, block_size=64, n_layer=4, n_head=2, n_embd=16, chunk_size=M,
+                  n_nbrs=K, nbr_len=R, cca_layers=(2, 4))
+    return RetroConfig(**{**fields, **overrides})
+
+
+def make_model(cls: type[GPT] = Retro, seed: int = 0, open_gates: bool = True,
+               dtype: torch.dtype = torch.float64, **overrides) -> GPT:
+    """A model in eval mode; open_gates sets CCA gates to 0.5 so that neighbours matter."""
+    torch.manual_seed(seed)
+    model = cls(make_config(**overrides)).to(dtype).eval()
+    if open_gates:
+        with torch.no_grad():
+            for block in model.transformer.h:
+                if block.gate is not None:
+                    block.gate.fill_(0.5)
+    return model
+
+
+def make_batch(config: RetroConfig, b: int = 2, t: int = 24, seed: int = 1):
+    """idx (b, t), nbr_tokens (b, t // M, K, R), nbr_lens (b, t // M, K) with short neighbours,
+    a missing one and a chunk with none."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, config.vocab_size, (b, t), generator=g)
+    n_chunks = t // config.chunk_size
+    nbr_tokens = torch.randint(0, config.vocab_size, (b, n_chunks, K, R), generator=g)
+    nbr_lens = torch.randint(1, R + 1, (b, n_chunks, K), generator=g, dtype=torch.int32)
+    nbr_lens[0, 1] = 0  # chunk 1 of sequence 0: nothing retrieved
+    nbr_lens[1, 2, 1] = 0  # chunk 2 of sequence 1: one neighbour only
+    return idx, nbr_tokens, nbr_lens
+
+
+def logits(model: GPT, *args, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*args, **kwargs)[0]
+
+
+def split_calls(model: GPT, idx, nbr_tokens, nbr_lens, sizes: list[int],
+                no_nbrs: frozenset[int] = frozenset()) -> torch.Tensor:
+    """Logits of idx fed through a decode cache in calls of `sizes` tokens, each with the neighbours
+    of the chunks it completes (none for the chunks in no_nbrs)."""
+    cache, pos, out = model.new_cache(idx.shape[0]), 0, []
+    for t in sizes:
+        chunks = range(pos // M, (pos + t) // M)  # the chunks this call completes
+        nbrs = {}
+        if isinstance(model, Retro) and chunks and no_nbrs.isdisjoint(chunks):
+            nbrs = dict(nbr_tokens=nbr_tokens[:, chunks.start:chunks.stop],
+                        nbr_lens=nbr_lens[:, chunks.start:chunks.stop])
+        assert no_nbrs.isdisjoint(chunks) or set(chunks) <= no_nbrs
+        out.append(logits(model, idx[:, pos:pos + t], cache=cache, **nbrs))
+        pos += t
+    assert cache.pos == idx.shape[1]
+    return torch.cat(out, dim=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causality
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_neighbours_of_chunk_u_reach_only_tokens_from_its_last(variant):
+    model = make_model(**VARIANTS[variant])
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    base = logits(model, idx, nbr_tokens, nbr_lens)
+    for u in range(nbr_tokens.shape[1]):
+        tokens, lens = nbr_tokens.clone(), nbr_lens.clone()
+        tokens[:, u] = (tokens[:, u] + 1) % model.config.vocab_size
+        lens[:, u] = R  # also turns missing neighbours into real ones
+        out = logits(model, idx, tokens, lens)
+        first = (u + 1) * M - 1  # the last token of chunk u is the first to see RET(C_u)
+        assert torch.equal(out[:, :first], base[:, :first])
+        # every token attending to chunk u changes (observed max |diff| per token >= 7e-4)
+        assert ((out[:, first:first + M] - base[:, first:first + M]).abs().amax(-1) > 1e-9).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_j_reaches_only_positions_from_j(variant):
+    model = make_model(**VARIANTS[variant])
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    base = logits(model, idx, nbr_tokens, nbr_lens)
+    for j in (0, 2, 3, 4, 11, 22, 23):
+        changed = idx.clone()
+        changed[:, j] = (changed[:, j] + 1) % model.config.vocab_size
+        out = logits(model, changed, nbr_tokens, nbr_lens)
+        assert torch.equal(out[:, :j], base[:, :j])
+        # observed max |diff| at position j >= 0.18
+        assert ((out[:, j] - base[:, j]).abs().amax(-1) > 1e-9).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Retro without retrieval is its GPT
+
+
+def gpt_and_retro(**overrides) -> tuple[GPT, Retro]:
+    """A GPT and a Retro (different seeds) whose decoders hold the GPT's weights."""
+    gpt = make_model(GPT, seed=1, **overrides)
+    retro = make_model(Retro, seed=2, open_gates=False, **overrides)
+    missing, unexpected = retro.load_state_dict(gpt.state_dict(), strict=False)
+    assert not unexpected and all(".cross." in k or ".ln_cross." in k or k.startswith("encoder.")
+                                  or k.endswith(".gate") for k in missing)
+    return gpt, retro
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_without_neighbours_retro_is_exactly_gpt(variant):
+    gpt, retro = gpt_and_retro(**VARIANTS[variant])
+    idx, nbr_tokens, nbr_lens = make_batch(gpt.config, t=22)
+    assert torch.equal(logits(retro, idx), logits(gpt, idx))
+    # no real neighbour anywhere: CCA adds nothing, not even its output bias
+    assert torch.equal(logits(retro, idx, nbr_tokens, torch.zeros_like(nbr_lens)), logits(gpt, idx))
+    _, loss_gpt = gpt(idx, targets=idx)
+    _, loss_retro = retro(idx, targets=idx)
+    assert torch.equal(loss_gpt, loss_retro)
+
+
+def test_closed_gate_is_exactly_gpt_and_open_gate_is_not():
+    gpt, retro = gpt_and_retro(cca_gate=True)  # gates start at 0
+    idx, nbr_tokens, nbr_lens = make_batch(gpt.config)
+    assert torch.equal(logits(retro, idx, nbr_tokens, nbr_lens), logits(gpt, idx))
+    with torch.no_grad():
+        retro.transformer.h[3].gate.fill_(0.1)
+    assert not torch.allclose(logits(retro, idx, nbr_tokens, nbr_lens), logits(gpt, idx))
+
+
+# ------------------------------------------------------------------------------------------------
+# Incremental decoding
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_matches_the_full_forward(variant):
+    model = make_model(**VARIANTS[variant])
+    idx, nbr_tokens, nbr_lens = make_batch(model.config, t=23)  # 5 complete chunks and 3 tokens
+    full = logits(model, idx, nbr_tokens, nbr_lens)
+    # a prompt ending mid-chunk, single steps, and calls completing 0, 1 and 2 chunks
+    cached = split_calls(model, idx, nbr_tokens, nbr_lens, [6, 1, 1, 5, 1, 1, 1, 7])
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-12)  # observed max |diff| 1.7e-16
+    steps = split_calls(model, idx, nbr_tokens, nbr_lens, [1] * 23)
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-12)
+
+
+def test_cached_chunks_without_neighbours_match_zero_lengths():
+    model = make_model()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config, t=23)
+    lens = nbr_lens.clone()
+    lens[:, 0] = lens[:, 3] = 0
+    full = logits(model, idx, nbr_tokens, lens)
+    sizes = [3, 1, 5, 1, 1, 2, 6, 4]  # calls 2 and 7 complete chunks 0 and 3
+    cached = split_calls(model, idx, nbr_tokens, nbr_lens, sizes, no_nbrs=frozenset({0, 3}))
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-12)
+
+
+def test_last_only_and_gpt_cache():
+    gpt = make_model(GPT)
+    idx, _, _ = make_batch(gpt.config, t=13)
+    full = logits(gpt, idx)
+    cached = split_calls(gpt, idx, None, None, [5, 1, 7])
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits(gpt, idx, last_only=True), full[:, -1:], rtol=0, atol=1e-12)
+
+
+def test_encoder_runs_once_per_chunk():
+    model = make_model()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config, t=16)
+    calls = []
+    model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    split_calls(model, idx, nbr_tokens, nbr_lens, [1] * 16)
+    assert calls == [1, 1, 1, 1]  # one chunk at a time, when its last token arrives
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and torch.compile
+
+
+def test_backward_reaches_every_parameter():
+    model = make_model(**VARIANTS["rope-gate-narrow-encoder"], dropout=0.1).train()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    targets = idx.roll(-1, 1)
+    targets[:, -1] = -1
+    _, loss = model(idx, nbr_tokens, nbr_lens, targets=targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _compile_available() -> str | None:
+    """None if torch.compile works on this build, else why not."""
+    if not torch._dynamo.is_dynamo_supported():
+        return "dynamo does not support this Python"
+    try:
+        torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(3))
+    except Exception as error:  # e.g. no C++ compiler for inductor
+        return f"torch.compile is unavailable here: {error!r:.200}"
+    finally:
+        torch._dynamo.reset()
+    return None
+
+
+# inductor itself calls the deprecated torch.jit.script_method (torch 2.13)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_compile_fullgraph_matches_eager():
+    reason = _compile_available()
+    if reason:
+        pytest.skip(reason)
+    model = make_model(dtype=torch.float32, **VARIANTS["rope-gate-narrow-encoder"])
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    compiled = torch.compile(model, fullgraph=True)
+    try:
+        logits_c, loss_c = compiled(idx, nbr_tokens, nbr_lens, targets=idx)
+        loss_c.backward()
+        grads_c = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        logits_e, loss_e = model(idx, nbr_tokens, nbr_lens, targets=idx)
+        loss_e.backward()
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(logits_c, logits_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    for grad_c, p in zip(grads_c, model.parameters()):
+        torch.testing.assert_close(grad_c, p.grad, rtol=1e-3, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration, presets, RETRO-fit
+
+
+@pytest.mark.parametrize("name", PAPER_PARAMS)
+def test_preset_parameter_counts_match_the_paper(name):
+    retro, gpt = count_parameters(name)
+    paper_retro, paper_gpt = PAPER_PARAMS[name]
+    # observed ratios: RETRO 1.006 1.001 1.023 0.998, GPT 0.994 0.997 1.012 0.996
+    assert abs(retro / paper_retro - 1) < 0.03 and abs(gpt / paper_gpt - 1) < 0.03
+
+
+def test_cca_layer_rule():
+    assert RetroConfig.preset("tiny").retro_layers == (3, 6)
+    assert RetroConfig.preset("small").retro_layers == (6, 9, 12)
+    assert RetroConfig.preset("medium").retro_layers == (9, 12, 15, 18, 21, 24)
+    assert RetroConfig.preset("xxl").retro_layers == tuple(range(9, 40, 3))
+    assert RetroConfig(cca_layers=[2, 5]).cca_layers == (2, 5)  # a list from JSON becomes a tuple
+    model = make_model()
+    assert [block.cross is not None for block in model.transformer.h] == [False, True, False, True]
+
+
+def test_from_gpt_freezes_exactly_the_decoder(tmp_path):
+    gpt = make_model(GPT)
+    checkpoint = {"model": gpt.state_dict(), "config": dataclasses.asdict(gpt.config)}
+    torch.save(checkpoint, tmp_path / "gpt.pt")
+    idx, nbr_tokens, nbr_lens = make_batch(gpt.config)
+    for source in (gpt, checkpoint, tmp_path / "gpt.pt", str(tmp_path / "gpt.pt")):
+        retro = from_gpt(source)
+        names = {name for name, _ in retro.named_parameters()}
+        new = {name for name in names if name.startswith("encoder.") or ".cross." in name
+               or ".ln_cross." in name or name.endswith(".gate")}
+        assert new and {name for name, p in retro.named_parameters() if p.requires_grad} == new
+        assert torch.equal(logits(retro, idx), logits(gpt, idx))
+        _, loss = retro(idx, nbr_tokens, nbr_lens, targets=idx)
+        loss.backward()
+        assert all((p.grad is not None) == (name in new) for name, p in retro.named_parameters())
+    assert all(p.requires_grad for p in from_gpt(gpt, freeze=False).parameters())
+    assert from_gpt(gpt, cca_layers=(3,), enc_n_layer=1).config.retro_layers == (3,)
+    with pytest.raises(ValueError, match="cannot change the decoder"):
+        from_gpt(gpt, n_layer=3)
+    with pytest.raises(ValueError, match="needs a GPT"):
+        from_gpt(make_model(Retro))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make_model()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    good = dict(idx=idx, nbr_tokens=nbr_tokens, nbr_lens=nbr_lens)
+    cases = [
+        (dict(idx=idx.double()), "idx must be"),
+        (dict(idx=idx[0]), "idx must be"),
+        (dict(idx=idx[:, :0], nbr_tokens=None, nbr_lens=None), "idx must be"),
+        (dict(nbr_tokens=nbr_tokens[:, :-1], nbr_lens=nbr_lens[:, :-1]),
+         r"nbr_tokens must be \(B, L, K, R\) = \(2, 6"),
+        (dict(nbr_tokens=nbr_tokens[:1]), "nbr_tokens must be"),
+        (dict(nbr_tokens=nbr_tokens[0]), "nbr_tokens must be"),
+        (dict(nbr_tokens=nbr_tokens.float()), "nbr_tokens must be"),
+        (dict(nbr_lens=nbr_lens[..., :1]), "nbr_lens must be"),
+        (dict(nbr_lens=nbr_lens.float()), "nbr_lens must be"),
+        (dict(nbr_lens=nbr_lens.bool()), "nbr_lens must be"),
+        (dict(nbr_tokens=None), "nbr_lens given without nbr_tokens"),
+        (dict(targets=idx[:, :-1]), "targets must be"),
+        (dict(targets=idx.float()), "targets must be"),
+        (dict(targets=idx, last_only=True), "last_only=False"),
+        (dict(idx=torch.zeros(2, 65, dtype=torch.long), nbr_tokens=None, nbr_lens=None),
+         "longer than block_size"),
+    ]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            model(**{**good, **change})
+    long_nbrs = torch.zeros(2, 6, K, 65, dtype=torch.long)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(idx, long_nbrs)
+
+
+def test_bad_cache_use_and_configs_raise_clear_errors():
+    model = make_model()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    cache = model.new_cache(2, max_len=8)
+    with pytest.raises(ValueError, match="the cache holds 2 sequences of up to 8"):
+        model(idx[:1, :4], cache=cache)
+    model(idx[:, :4], nbr_tokens[:, :1], nbr_lens[:, :1], cache=cache)
+    with pytest.raises(ValueError, match=r"keep their shape \(K, R\)"):
+        model(idx[:, 4:8], nbr_tokens[:, 1:2, :1], nbr_lens[:, 1:2, :1], cache=cache)
+    with pytest.raises(ValueError, match="the cache holds"):
+        model(idx[:, 4:9], cache=cache)
+    with pytest.raises(ValueError, match="max_len"):
+        model.new_cache(1, max_len=65)
+    bad_configs = [
+        (dict(n_embd=10, n_head=3), "multiple of n_head"),
+        (dict(cca_layers=(0, 2)), "cca_layers"),
+        (dict(cca_layers=(4, 2)), "cca_layers"),
+        (dict(cca_layers=(5,)), "cca_layers"),
+        (dict(positions="alibi"), "positions"),
+        (dict(nbr_len=65), "nbr_len"),
+        (dict(enc_n_embd=12, enc_n_head=5), "enc_n_embd"),
+        (dict(chunk_size=0), "positive"),
+    ]
+    for change, match in bad_configs:
+        with pytest.raises(ValueError, match=match):
+            make_config(**change)
+    with pytest.raises(ValueError, match="unknown preset"):
+        RetroConfig.preset("huge")
