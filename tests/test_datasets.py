@@ -59,7 +59,7 @@ def test_gpt2_chunk_texts_rebuild_each_document():
     documents = ["The quick brown fox jumps over the lazy dog. " * 20, "A short one."]
     corpus = datasets.chunk_corpus("test", documents, tokenizer)
     assert corpus.n_documents == 2
-    assert corpus.n_tokens == sum(len(tokenizer.encode(doc).ids) for doc in documents)
-    assert all(len(tokenizer.encode(chunk).ids) <= 64 for chunk in corpus.chunks)
+    assert corpus.n_tokens == sum(map(len, tokenizer.encode_batch(documents)))
+    assert all(len(ids) <= 64 for ids in tokenizer.encode_batch(corpus.chunks))
     assert "".join(corpus.chunks[:-1]) == documents[0]  # the short document is never merged in
     assert corpus.chunks[-1] == documents[1]

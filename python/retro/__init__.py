@@ -2,11 +2,13 @@
 
 - The retrieval index: :class:`IvfPqIndex` (IVF-PQ, faiss-compatible parameters), :class:`FlatIndex`
   (exact search) and :func:`index_factory` for faiss-style strings (numpy only).
+- The retrieval database: :func:`build_db`, :func:`open_db` (:mod:`retro.db`, CLI ``retro db``).
 - The model (needs torch, imported on first use): :class:`RetroConfig`, :class:`Retro`,
   :class:`GPT`, :func:`from_gpt`; the attention ops in :mod:`retro.ops`.
 """
 
 from retro import _core
+from retro.db import build_db, open_db
 from retro.factory import index_factory
 from retro.index import FlatIndex, IvfPqIndex
 
@@ -20,11 +22,13 @@ __all__ = [
     "IvfPqIndex",
     "Retro",
     "RetroConfig",
+    "build_db",
     "from_gpt",
     "cuda_available",
     "get_num_threads",
     "has_cuda",
     "index_factory",
+    "open_db",
     "set_num_threads",
     "set_simd_level",
     "simd_level",

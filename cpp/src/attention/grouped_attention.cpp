@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "attention/small_matmul.h"
+#include "retro/error.h"
 #include "simd/kernels.h"
 
 namespace retro {
@@ -61,6 +62,60 @@ void scatter(const std::vector<RowRange>& ranges, const Accum<T>* src, const Att
     }
 }
 
+constexpr idx_t kPanel = simd::kPanel;
+
+// Head h of the rows in `ranges` packed as the columns of a GEMM operand (C = A . rows^T):
+// packed[(p Dh + t) kPanel + j] = row_{p kPanel + j}[t], zero past the last row.
+template <typename T>
+void pack_as_columns(const std::vector<RowRange>& ranges, const T* src,
+                     const AttentionLayout& layout, idx_t h, idx_t n, Accum<T>* packed) {
+  const idx_t dh = layout.head_dim;
+  std::fill(packed, packed + packed_floats(n, dh), Accum<T>(0));
+  idx_t col = 0;
+  for (const RowRange& range : ranges)
+    for (idx_t r = range.first; r < range.first + range.rows; ++r, ++col) {
+      const T* row = src + (r * layout.heads + h) * dh;
+      Accum<T>* out = packed + (col / kPanel) * dh * kPanel + col % kPanel;
+      for (idx_t t = 0; t < dh; ++t) out[t * kPanel] = widen_value(row[t]);
+    }
+}
+
+// Head h of the rows packed as the depth of a GEMM operand (C = A . rows, rows as (n, Dh)):
+// packed[(p n + t) kPanel + j] = row_t[p kPanel + j], zero past Dh.
+template <typename T>
+void pack_as_depth(const std::vector<RowRange>& ranges, const T* src,
+                   const AttentionLayout& layout, idx_t h, idx_t n, Accum<T>* packed) {
+  const idx_t dh = layout.head_dim;
+  idx_t t = 0;
+  for (const RowRange& range : ranges)
+    for (idx_t r = range.first; r < range.first + range.rows; ++r, ++t) {
+      const T* row = src + (r * layout.heads + h) * dh;
+      for (idx_t p = 0; p * kPanel < dh; ++p) {
+        Accum<T>* out = packed + (p * n + t) * kPanel;
+        const idx_t cols = std::min(kPanel, dh - p * kPanel);
+        for (idx_t j = 0; j < cols; ++j) out[j] = widen_value(row[p * kPanel + j]);
+        std::fill(out + cols, out + kPanel, Accum<T>(0));
+      }
+    }
+}
+
+// The rows of `ranges` as a GEMM left operand: the tensor itself when it is one range of float
+// rows (lda = H Dh), else gathered into `buffer` (lda = Dh).
+template <typename T>
+const Accum<T>* left_operand(const std::vector<RowRange>& ranges, const T* src,
+                             const AttentionLayout& layout, idx_t h, Accum<T>* buffer,
+                             idx_t* lda) {
+  if constexpr (std::is_same_v<T, Accum<T>>) {
+    if (ranges.size() == 1) {
+      *lda = layout.heads * layout.head_dim;
+      return src + (ranges[0].first * layout.heads + h) * layout.head_dim;
+    }
+  }
+  gather(ranges, src, layout, h, buffer);
+  *lda = layout.head_dim;
+  return buffer;
+}
+
 // In place: row = softmax(scale * row); returns log sum_j exp(scale * row[j]).
 float softmax_row(idx_t n, float* row, float scale) {
   return simd::kernels().softmax(static_cast<size_t>(n), row, scale);
@@ -83,8 +138,10 @@ double exp_row(idx_t n, double* row, double scale, double shift) {
   return sum;
 }
 
+// The next `size` elements of a scratch buffer sized beforehand for all of them.
 template <typename A>
 A* take(std::vector<A>& buffer, size_t& used, size_t size) {
+  RETRO_CHECK(used + size <= buffer.size(), "attention scratch buffer too small (internal error)");
   A* p = buffer.data() + used;
   used += size;
   return p;
@@ -130,21 +187,22 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
       const AttentionGroup& group = groups[item / heads];
       const idx_t h = item % heads;
       const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      buffer.resize(static_cast<size_t>(2 * nq * dh + 2 * nk * dh + nq * nk + nq));
+      buffer.resize(2 * nq * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
       size_t used = 0;
-      A* qa = take(buffer, used, nq * dh);
-      A* ka = take(buffer, used, nk * dh);
-      A* va = take(buffer, used, nk * dh);
+      A* q_rows = take(buffer, used, nq * dh);
+      A* keys = take(buffer, used, packed_floats(nk, dh));
+      A* values = take(buffer, used, packed_floats(dh, nk));
       A* probs = take(buffer, used, nq * nk);
       A* oa = take(buffer, used, nq * dh);
       A* row_lse = take(buffer, used, nq);
-      gather(group.queries, q, layout, h, qa);
-      gather(group.keys, k, layout, h, ka);
-      gather(group.keys, v, layout, h, va);
-      matmul_nt(nq, nk, dh, qa, dh, ka, dh, probs, nk);
+      idx_t lda;
+      const A* qa = left_operand(group.queries, q, layout, h, q_rows, &lda);
+      pack_as_columns(group.keys, k, layout, h, nk, keys);
+      gemm_packed(nq, nk, dh, qa, lda, keys, probs, nk);  // scores
       const A scale = static_cast<A>(layout.scale);
       for (idx_t i = 0; i < nq; ++i) row_lse[i] = softmax_row(nk, probs + i * nk, scale);
-      matmul_nn(nq, dh, nk, probs, nk, va, dh, oa, dh);
+      pack_as_depth(group.keys, v, layout, h, nk, values);
+      gemm_packed(nq, dh, nk, probs, nk, values, oa, dh);  // O = P V
       scatter(group.queries, oa, layout, h, out);
       idx_t i = 0;
       for (const RowRange& range : group.queries)
@@ -172,32 +230,36 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
       const AttentionGroup& group = groups[item / heads];
       const idx_t h = item % heads;
       const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      buffer.resize(static_cast<size_t>(4 * nq * dh + 5 * nk * dh + 2 * nq * nk + nq));
+      const size_t key_panels = packed_floats(nk, dh), depth_panels = std::max(
+          packed_floats(dh, nk), packed_floats(dh, nq));
+      buffer.resize(3 * nq * dh + 2 * key_panels + depth_panels + 2 * nk * dh + 3 * nq * nk + nq);
       size_t used = 0;
-      A* qa = take(buffer, used, nq * dh);
+      A* q_rows = take(buffer, used, nq * dh);
       A* oa = take(buffer, used, nq * dh);
       A* dout = take(buffer, used, nq * dh);
-      A* dq = take(buffer, used, nq * dh);
-      A* ka = take(buffer, used, nk * dh);
-      A* va = take(buffer, used, nk * dh);
+      A* keys = take(buffer, used, key_panels);
+      A* values = take(buffer, used, key_panels);
+      A* depth = take(buffer, used, depth_panels);
       A* dk = take(buffer, used, nk * dh);
       A* dv = take(buffer, used, nk * dh);
       A* probs = take(buffer, used, nq * nk);
       A* dscores = take(buffer, used, nq * nk);
+      A* transposed = take(buffer, used, nq * nk);
       A* row_lse = take(buffer, used, nq);
-      gather(group.queries, q, layout, h, qa);
+      idx_t lda;
+      const A* qa = left_operand(group.queries, q, layout, h, q_rows, &lda);
       gather(group.queries, out, layout, h, oa);
       gather(group.queries, grad_out, layout, h, dout);
-      gather(group.keys, k, layout, h, ka);
-      gather(group.keys, v, layout, h, va);
       idx_t i = 0;
       for (const RowRange& range : group.queries)
         for (idx_t r = range.first; r < range.first + range.rows; ++r) row_lse[i++] = lse[r * heads + h];
 
       const A scale = static_cast<A>(layout.scale);
-      matmul_nt(nq, nk, dh, qa, dh, ka, dh, probs, nk);             // scores
+      pack_as_columns(group.keys, k, layout, h, nk, keys);
+      gemm_packed(nq, nk, dh, qa, lda, keys, probs, nk);  // scores
       for (i = 0; i < nq; ++i) exp_row(nk, probs + i * nk, scale, row_lse[i]);  // P
-      matmul_nt(nq, nk, dh, dout, dh, va, dh, dscores, nk);         // dP = dO V^T
+      pack_as_columns(group.keys, v, layout, h, nk, values);
+      gemm_packed(nq, nk, dh, dout, dh, values, dscores, nk);  // dP = dO V^T
       for (i = 0; i < nq; ++i) {  // dS = scale * P * (dP - <dO, O>)
         A dot = 0;
         for (idx_t d = 0; d < dh; ++d) dot += dout[i * dh + d] * oa[i * dh + d];
@@ -205,9 +267,16 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
         const A* p = probs + i * nk;
         for (idx_t j = 0; j < nk; ++j) ds[j] = scale * p[j] * (ds[j] - dot);
       }
-      matmul_nn(nq, dh, nk, dscores, nk, ka, dh, dq, dh);  // dQ = dS K
-      matmul_tn(nk, dh, nq, dscores, nk, qa, dh, dk, dh);  // dK = dS^T Q
-      matmul_tn(nk, dh, nq, probs, nk, dout, dh, dv, dh);  // dV = P^T dO
+      // dV = P^T dO and dK = dS^T Q: the transposed scores times rows packed as depth
+      pack_as_depth(group.queries, grad_out, layout, h, nq, depth);
+      transpose(nq, nk, probs, nk, transposed);
+      gemm_packed(nk, dh, nq, transposed, nq, depth, dv, dh);
+      pack_as_depth(group.queries, q, layout, h, nq, depth);
+      transpose(nq, nk, dscores, nk, transposed);
+      gemm_packed(nk, dh, nq, transposed, nq, depth, dk, dh);
+      pack_as_depth(group.keys, k, layout, h, nk, depth);
+      A* dq = oa;  // O is no longer needed
+      gemm_packed(nq, dh, nk, dscores, nk, depth, dq, dh);  // dQ = dS K
       scatter(group.queries, dq, layout, h, grad_q);
       scatter(group.keys, dk, layout, h, grad_k);
       scatter(group.keys, dv, layout, h, grad_v);

@@ -1,0 +1,44 @@
+"""The ``retro`` command line: one subcommand group per module (``retro db ...`` in retro/db/cli.py).
+
+Each group module exposes ``add_parser(subparsers)``, which registers its parser and sets
+``func(args) -> int`` on the parsed arguments. Bad input (a corpus, a directory, a parameter)
+ends with one ``retro: error: ...`` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from retro.data.corpus import CorpusError
+
+COMMAND_GROUPS = ("retro.db.cli",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="retro", description="Retrieval-enhanced language models (RETRO)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_GROUPS:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CorpusError, ValueError, KeyError, IndexError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"retro: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""``build_db``: corpus -> tokens -> chunks -> embeddings -> index -> queries -> neighbours.
+
+Stages, each resumable and skipped when complete (see stages.py):
+
+    tokenize            documents split into train/valid by document (seeded), each split joined
+                        into a token stream
+    chunks              train documents cut into chunk_size-token chunks (the database)
+    embed               every chunk's text embedded (fp16)
+    index               IVF-PQ trained on a sample, every chunk added (nothing for Flat)
+    queries.<split>     every query chunk of the split's samples embedded
+    neighbours.<split>  top n_nbrs chunks per query chunk; a train query excludes every chunk of
+                        every document of its sample
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from retro.data.corpus import canonical_source, corpus_fingerprint, read_corpus
+from retro.data.tokenizer import GPT2, load_tokenizer
+from retro.db import stages
+from retro.db.database import Database, open_db
+from retro.db.streams import TokenStream
+from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
+from retro.db.indexing import AUTO, IndexParams, choose_index
+from retro.db.manifest import DATABASE, DatabaseError, open_or_create
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Parameters of a database build (all recorded in the manifest's ``config``)."""
+
+    corpus: tuple[str, ...] = ("default",)  # sources: "default", "factbook", "kjv", paths
+    text_field: str = "text"  # field of .jsonl records / column of parquet files
+    tokenizer: str = GPT2  # "gpt2" or a tokenizer.json path
+    embedder: str = DEFAULT  # "default" (all-MiniLM-L6-v2) or a model directory
+    index: str = AUTO  # "auto", "Flat" or "IVF<nlist>,PQ<pq_m>"
+    nprobe: int | None = None  # lists visited per query; None: chosen with the index
+    n_nbrs: int = 2  # neighbours kept per query chunk (k)
+    chunk_size: int = 64  # tokens per chunk (m)
+    block_size: int = 2048  # tokens per training sample (T), a multiple of chunk_size
+    valid_fraction: float = 0.05  # share of documents held out for validation
+    seed: int = 0  # seeds the split, the index training sample and k-means
+    block: int = BLOCK  # rows per resumable block of the embedding and neighbour stages
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, str):
+            object.__setattr__(self, "corpus", (self.corpus,))
+        if not self.corpus:
+            raise ValueError("no corpus given")
+        if self.chunk_size < 1 or self.block_size < self.chunk_size or self.block_size % self.chunk_size:
+            raise ValueError(
+                f"block_size ({self.block_size}) must be a positive multiple of chunk_size "
+                f"({self.chunk_size})"
+            )
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.n_nbrs < 1 or self.block < 1 or (self.nprobe is not None and self.nprobe < 1):
+            raise ValueError("n_nbrs, block and nprobe must be positive")
+
+    def to_json(self) -> dict:
+        """The config as the manifest stores it, paths made absolute."""
+        value = dataclasses.asdict(self)
+        value["corpus"] = [canonical_source(source) for source in self.corpus]
+        value["tokenizer"] = canonical_source(self.tokenizer)
+        value["embedder"] = resolve_name(self.embedder)
+        return value
+
+
+def build_db(
+    out: str | Path,
+    config: BuildConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **overrides,
+) -> Database:
+    """Builds (or resumes building) the retrieval database in directory out.
+
+    Args:
+        out: the database directory; created if missing, resumed if it holds a manifest.
+        config: the parameters; keyword overrides replace single fields, e.g. block_size=1024.
+        progress: show progress bars (tqdm, on stderr).
+        log: receives one line per skipped stage (default: stderr).
+
+    Returns:
+        The opened database. Raises CorpusError, DatabaseError or ValueError on bad input, before
+        anything already built is touched.
+    """
+    config = dataclasses.replace(config or BuildConfig(), **overrides)
+    out = Path(out)
+    manifest = open_or_create(out, DATABASE, config.to_json())
+    tokenizer = load_tokenizer(config.tokenizer)
+    documents = read_corpus(config.corpus, config.text_field)
+    fingerprint = corpus_fingerprint(documents)
+    stored_tokenizer = manifest.components.get("tokenizer")
+    if stored_tokenizer and stored_tokenizer["sha256"] != tokenizer.sha256:
+        raise DatabaseError(f"{out}: the tokenizer {config.tokenizer!r} changed since it was built")
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.components["tokenizer"] = tokenizer.describe()
+    embedder_info = manifest.components.setdefault(
+        "embedder",
+        {"name": resolve_name(config.embedder), "precision": default_precision(default_device())},
+    )
+    manifest.save()
+
+    @cache
+    def embedder() -> Embedder:
+        """The embedder, loaded on first use only (stages that are complete need none)."""
+        loaded = Embedder(embedder_info["name"], precision=embedder_info["precision"])
+        if embedder_info.get("dim", loaded.dim) != loaded.dim:
+            raise DatabaseError(
+                f"{out}: embedder {loaded.name} gives {loaded.dim}-d vectors; the database holds "
+                f"{embedder_info['dim']}-d ones"
+            )
+        embedder_info["dim"] = loaded.dim
+        return loaded
+
+    runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}))
+    splits = stages.split_documents(len(documents), config.valid_fraction, config.seed)
+    stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size)
+    stages.chunk(runner, tokenizer, config.chunk_size, config.block_size)
+    stages.embed_chunks(runner, tokenizer, embedder, config.block)
+
+    n_chunks = manifest.stages["chunks"]["rows"]
+    if "dim" not in embedder_info:  # embeddings made by an earlier run that recorded no dim
+        embedder()
+    manifest.components["index"] = choose_index(
+        n_chunks, embedder_info["dim"], config.index, config.nprobe
+    ).to_json()
+    stages.index(runner, IndexParams(**manifest.components["index"]), config.seed)
+
+    for split in splits:
+        stages.embed_queries(
+            runner, split, tokenizer, embedder, config.chunk_size, config.block_size,
+            config.block,
+        )
+    for split in splits:
+        stages.find_neighbours(
+            runner, split, manifest, split == "train", config.n_nbrs, config.chunk_size,
+            config.block_size, config.block,
+        )
+    manifest.counts = {"chunks": n_chunks}
+    for split in splits:
+        stream = TokenStream.open(out, split, config.block_size, config.chunk_size)
+        manifest.counts |= stream.counts(split)
+    manifest.save()
+    return open_db(out)

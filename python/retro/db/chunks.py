@@ -1,0 +1,108 @@
+"""The chunk store: the database's documents cut into m-token chunks, never across a document.
+
+Chunk i holds ``tokens[i, :lengths[i]]`` of document ``doc_ids[i]``; only a document's last chunk
+may be shorter than m, and the rest of its row is the end-of-document token. A chunk's neighbour
+value (what the encoder reads) is the chunk and its continuation, the next chunk of the same
+document: 2m tokens, real ones first, eod after them, the value's length counting real ones only.
+
+Files: ``chunks/tokens.npy`` (N, m) uint16 or int32, ``chunks/lengths.npy`` (N,) int32,
+``chunks/doc_ids.npy`` (N,) int64, ``chunks/doc_offsets.npy`` (n_docs + 1,) int64 (document d's
+chunks are doc_offsets[d] .. doc_offsets[d + 1] - 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retro.db.files import load_npy, save_npy_atomically
+from retro.db.streams import TokenStream
+
+CHUNK_FILES = {name: f"chunks/{name}.npy" for name in ("tokens", "lengths", "doc_ids", "doc_offsets")}
+
+
+def write_chunks(root: Path, stream: TokenStream, eod_id: int) -> list[str]:
+    """Cuts every document of the stream (without its eod) into chunks; returns the written paths."""
+    m = stream.chunk_size
+    doc_lengths = np.diff(stream.doc_offsets) - 1  # without the trailing eod
+    chunks_per_doc = -(-doc_lengths // m)
+    doc_offsets = np.zeros(stream.n_docs + 1, dtype=np.int64)
+    np.cumsum(chunks_per_doc, out=doc_offsets[1:])
+    n_chunks = int(doc_offsets[-1])
+
+    doc_ids = np.repeat(np.arange(stream.n_docs, dtype=np.int64), chunks_per_doc)
+    position = np.arange(n_chunks, dtype=np.int64) - doc_offsets[doc_ids]  # chunk's place in doc
+    lengths = np.minimum(m, doc_lengths[doc_ids] - position * m).astype(np.int32)
+
+    # Gather each chunk's tokens from the stream; positions past its length read its doc's eod
+    # or later tokens and are overwritten with eod.
+    starts = stream.doc_offsets[doc_ids] + position * m
+    columns = np.arange(m, dtype=np.int64)
+    gather = np.minimum(starts[:, None] + columns[None, :], len(stream.tokens) - 1)
+    tokens = np.asarray(stream.tokens)[gather]
+    tokens[columns[None, :] >= lengths[:, None]] = eod_id
+
+    arrays = {"tokens": tokens, "lengths": lengths, "doc_ids": doc_ids, "doc_offsets": doc_offsets}
+    for name, array in arrays.items():
+        save_npy_atomically(root / CHUNK_FILES[name], array)
+    return list(CHUNK_FILES.values())
+
+
+@dataclass(frozen=True)
+class ChunkStore:
+    """The memory-mapped chunk files."""
+
+    tokens: np.ndarray  # (N, m) uint16 or int32, eod-padded
+    lengths: np.ndarray  # (N,) int32
+    doc_ids: np.ndarray  # (N,) int64
+    doc_offsets: np.ndarray  # (n_docs + 1,) int64
+    eod_id: int
+
+    @classmethod
+    def open(cls, root: Path, eod_id: int) -> ChunkStore:
+        return cls(*(load_npy(root / CHUNK_FILES[name]) for name in CHUNK_FILES), eod_id=eod_id)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.tokens.shape[1]
+
+    def continuation(self, ids: np.ndarray) -> np.ndarray:
+        """Same shape as ids (int64, -1 = none): the next chunk of the same document, or -1.
+
+        -1 in ids (no neighbour) gives -1.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        nxt = ids + 1
+        valid = (ids >= 0) & (nxt < len(self))
+        same_doc = np.zeros(ids.shape, dtype=bool)
+        same_doc[valid] = self.doc_ids[nxt[valid]] == self.doc_ids[ids[valid]]
+        return np.where(same_doc, nxt, -1)
+
+    def neighbour_values(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and lengths of the neighbour values of chunk ids.
+
+        Args:
+            ids: (...,) int64 chunk ids, -1 for none.
+
+        Returns:
+            tokens (..., 2m) int64: chunk then continuation, real tokens first, eod after them;
+            lengths (...,) int32: real tokens (0 where the id is -1).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        m = self.chunk_size
+        tokens = np.full((*ids.shape, 2 * m), self.eod_id, dtype=np.int64)
+        lengths = np.zeros(ids.shape, dtype=np.int32)
+        found = ids >= 0
+        tokens[found, :m] = self.tokens[ids[found]]
+        lengths[found] = self.lengths[ids[found]]
+        nxt = self.continuation(ids)
+        # Only a full chunk can have a continuation, so the real tokens stay contiguous.
+        has_next = nxt >= 0
+        tokens[has_next, m:] = self.tokens[nxt[has_next]]
+        lengths[has_next] += self.lengths[nxt[has_next]]
+        return tokens, lengths

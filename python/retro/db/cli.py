@@ -1,0 +1,111 @@
+"""``retro db build|info|show|query``: a thin layer over retro.db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from retro.db.build import BuildConfig, build_db
+from retro.db.database import open_db
+from retro.db.info import RECALL_SAMPLE, neighbour_recall, show_query, summary
+from retro.db.query_set import query_db
+
+DEFAULTS = BuildConfig()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``retro db`` and its subcommands."""
+    db = subparsers.add_parser("db", help="build and inspect the retrieval database")
+    commands = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+
+    build = commands.add_parser("build", help="corpus -> chunks -> embeddings -> index -> neighbours")
+    build.add_argument("--corpus", nargs="+", default=list(DEFAULTS.corpus),
+                       help="'default' (Wikipedia leads), 'factbook', 'kjv', or .txt/.jsonl/.parquet "
+                            "files and directories (default: %(default)s)")
+    build.add_argument("--out", type=Path, required=True, help="database directory (resumed if it exists)")
+    build.add_argument("--tokenizer", default=DEFAULTS.tokenizer, help="'gpt2' or a tokenizer.json")
+    build.add_argument("--embedder", default=DEFAULTS.embedder,
+                       help="'default' (all-MiniLM-L6-v2) or a sentence-transformers/HF model directory")
+    build.add_argument("--index", default=DEFAULTS.index,
+                       help="'auto' (chosen from the number of chunks), 'Flat' or 'IVF<nlist>,PQ<pq_m>'")
+    build.add_argument("--nprobe", type=int, default=None, help="lists visited per query")
+    build.add_argument("--n-nbrs", type=int, default=DEFAULTS.n_nbrs, help="neighbours per query chunk")
+    build.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="tokens per chunk")
+    build.add_argument("--block-size", type=int, default=DEFAULTS.block_size,
+                       help="tokens per training sample, a multiple of the chunk size")
+    build.add_argument("--valid-fraction", type=float, default=DEFAULTS.valid_fraction,
+                       help="share of documents held out for validation")
+    build.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    build.add_argument("--text-field", default=DEFAULTS.text_field, help="text field of .jsonl/.parquet")
+    build.add_argument("--block", type=int, default=DEFAULTS.block,
+                       help="rows per resumable block of the embedding and neighbour stages")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
+    build.set_defaults(func=run_build)
+
+    info = commands.add_parser("info", help="counts, parameters, timings, sizes and neighbour recall")
+    info.add_argument("dir", type=Path)
+    info.add_argument("--recall-sample", type=int, default=RECALL_SAMPLE,
+                      help="query chunks per split checked against exact search (0: skip)")
+    info.add_argument("--json", action="store_true", help="print the manifest and recall as JSON")
+    info.set_defaults(func=run_info)
+
+    show = commands.add_parser("show", help="a query chunk and its neighbours as text")
+    show.add_argument("dir", type=Path)
+    show.add_argument("--query", type=int, required=True, help="query chunk number")
+    show.add_argument("--split", default="train")
+    show.set_defaults(func=run_show)
+
+    query = commands.add_parser("query", help="neighbours for another corpus against a database")
+    query.add_argument("dir", type=Path, help="the database")
+    query.add_argument("--corpus", nargs="+", required=True)
+    query.add_argument("--out", type=Path, required=True, help="the query set's directory")
+    query.add_argument("--name", default="eval", help="the query set's split name")
+    query.add_argument("--block-size", type=int, default=None, help="default: the database's")
+    query.add_argument("--embedder", default=None, help="default: the database's")
+    query.add_argument("--text-field", default=DEFAULTS.text_field)
+    query.add_argument("--no-progress", action="store_true")
+    query.set_defaults(func=run_query)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    config = BuildConfig(
+        corpus=tuple(args.corpus), text_field=args.text_field, tokenizer=args.tokenizer,
+        embedder=args.embedder, index=args.index, nprobe=args.nprobe, n_nbrs=args.n_nbrs,
+        chunk_size=args.chunk_size, block_size=args.block_size,
+        valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
+    )
+    db = build_db(args.out, config, progress=not args.no_progress)
+    print(summary(db.manifest))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    db = open_db(args.dir)
+    recall = {
+        split: neighbour_recall(db, split, args.recall_sample)
+        for split in db.splits
+        if args.recall_sample > 0
+    }
+    if args.json:
+        print(json.dumps({"manifest": db.manifest.to_json(), "recall": recall}, indent=2))
+        return 0
+    print(summary(db.manifest))
+    for split, value in recall.items():
+        print(f"recall@{db.n_nbrs} of the stored {split} neighbours vs exact search "
+              f"({min(args.recall_sample, db.manifest.counts[f'{split}_queries'])} queries): {value:.4f}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    print(show_query(open_db(args.dir), args.split, args.query))
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    query_set = query_db(
+        args.dir, args.corpus, args.out, name=args.name, text_field=args.text_field,
+        block_size=args.block_size, embedder=args.embedder, progress=not args.no_progress,
+    )
+    print(summary(query_set.manifest))
+    return 0

@@ -1,0 +1,346 @@
+"""The build stages and the runner that skips complete ones and records finished ones.
+
+A stage is complete when the manifest lists it with the same inputs (checksums of the files and
+parameters it is computed from) and every output file still has its recorded checksum. The runner
+redoes any other stage; since every stage is deterministic, a redone stage whose inputs did not
+change writes the same bytes, and the stages after it stay complete.
+
+For tests, the environment variable ``RETRO_DB_FAIL_AT`` makes the build raise
+:class:`InjectedFailure` at a named point: ``<stage>`` once its outputs are written but before the
+manifest records them, ``<stage>:<b>`` once block b of a blocked stage is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retro.data.tokenizer import Tokenizer
+from retro.db.chunks import CHUNK_FILES, ChunkStore, write_chunks
+from retro.db.embed import Embedder, embed_to_file
+from retro.db.files import BlockWriter, save_npy_atomically
+from retro.db.indexing import INDEX_FILE, IndexParams, build_index, open_searcher
+from retro.db.manifest import DatabaseError, Manifest
+from retro.db.retrieval import doc_ranges_to_ids, retrieve_embedded
+from retro.db.streams import TokenStream, stream_files, write_stream
+
+FAIL_AT = "RETRO_DB_FAIL_AT"
+EMBEDDINGS_FILE = "embeddings.npy"
+TOKENIZE_BATCH = 1024  # documents per encode_batch call (one progress step)
+
+
+STAGE_ORDER = ("tokenize", "chunks", "embed", "index", "queries", "neighbours")
+
+
+def stage_order(name: str) -> tuple[int, str]:
+    """Sort key putting stages in build order ("queries.train" with "queries")."""
+    return STAGE_ORDER.index(name.split(".")[0]), name
+
+
+class InjectedFailure(RuntimeError):
+    """Raised where RETRO_DB_FAIL_AT names the current point (tests of resumption)."""
+
+
+def fail_point(name: str) -> None:
+    if os.environ.get(FAIL_AT) == name:
+        raise InjectedFailure(f"injected failure at {name!r} ({FAIL_AT})")
+
+
+def query_files(split: str) -> dict[str, str]:
+    return {
+        "embeddings": f"queries/{split}/embeddings.npy",
+        "sample_docs": f"queries/{split}/sample_docs.npy",
+    }
+
+
+def neighbour_files(split: str) -> dict[str, str]:
+    return {"ids": f"neighbours/{split}/ids.npy", "lengths": f"neighbours/{split}/lengths.npy"}
+
+
+@dataclass
+class StageRunner:
+    """Runs stages against a manifest; see the module docstring."""
+
+    manifest: Manifest
+    progress: bool = True
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+    @property
+    def root(self) -> Path:
+        return self.manifest.root
+
+    def checksums(self, paths: Sequence[str]) -> dict[str, str]:
+        return checksums(self.manifest, paths)
+
+    def is_complete(self, name: str, inputs: dict[str, str]) -> bool:
+        record = self.manifest.stages.get(name)
+        return (
+            record is not None
+            and record["inputs"] == inputs
+            and all(self.manifest.file_is_valid(path) for path in record["outputs"])
+        )
+
+    def run(self, name: str, inputs: dict[str, str], work: Callable[[], tuple[list[str], int]]) -> None:
+        """Runs work() -> (output paths, rows processed) unless the stage is complete."""
+        if self.is_complete(name, inputs):
+            self.log(f"{name}: complete, skipped")
+            return
+        self.manifest.stages.pop(name, None)
+        start = time.perf_counter()
+        outputs, rows = work()
+        seconds = time.perf_counter() - start
+        fail_point(name)
+        for path in outputs:
+            self.manifest.record_file(path)
+        self.manifest.stages[name] = {
+            "inputs": inputs,
+            "outputs": outputs,
+            "rows": rows,
+            "seconds": round(seconds, 3),
+        }
+        self.manifest.save()
+
+    @contextmanager
+    def bar(self, name: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+        """A progress bar with a rate in units/s; yields its update function."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=name, unit=unit, disable=not self.progress, smoothing=0.1) as bar:
+            yield bar.update
+
+
+def split_documents(n_docs: int, valid_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Seeded split by document: {"train": ids, "valid": ids} (sorted int64; no "valid" at 0)."""
+    n_valid = 0 if valid_fraction == 0 else max(1, round(valid_fraction * n_docs))
+    if n_docs - n_valid < 1:
+        raise ValueError(
+            f"{n_docs} document(s) leave none for training with valid_fraction={valid_fraction}"
+        )
+    valid = np.sort(np.random.default_rng(seed).permutation(n_docs)[:n_valid])
+    splits = {"train": np.setdiff1d(np.arange(n_docs), valid)}
+    if n_valid:
+        splits["valid"] = valid
+    return splits
+
+
+def tokenize(
+    runner: StageRunner,
+    documents: Sequence[str],
+    fingerprint: str,
+    splits: dict[str, np.ndarray],
+    tokenizer: Tokenizer,
+    block_size: int,
+) -> None:
+    """Stage "tokenize": every split's documents -> its token stream (see streams.py)."""
+
+    def work() -> tuple[list[str], int]:
+        encoded: list[np.ndarray] = []
+        with runner.bar("tokenize", len(documents), "doc") as update:
+            for start in range(0, len(documents), TOKENIZE_BATCH):
+                batch = documents[start : start + TOKENIZE_BATCH]
+                encoded.extend(tokenizer.encode_batch(batch))
+                update(len(batch))
+        for split, doc_index in splits.items():
+            n_tokens = sum(len(encoded[i]) + 1 for i in doc_index)
+            if n_tokens <= block_size:
+                raise DatabaseError(
+                    f"the {split} split has {n_tokens} tokens, too few for one sample of "
+                    f"block_size + 1 = {block_size + 1}: lower the block size or give more text"
+                )
+        outputs = []
+        for split, doc_index in splits.items():
+            docs = [encoded[i] for i in doc_index]
+            outputs += write_stream(
+                runner.root, split, docs, doc_index, tokenizer.eod_id, tokenizer.token_dtype
+            )
+        return outputs, sum(map(len, encoded))
+
+    inputs = {"corpus": fingerprint, "tokenizer": tokenizer.sha256, "splits": _digest(splits)}
+    runner.run("tokenize", inputs, work)
+
+
+def chunk(runner: StageRunner, tokenizer: Tokenizer, chunk_size: int, block_size: int) -> None:
+    """Stage "chunks": the train documents -> the chunk store (see chunks.py)."""
+
+    def work() -> tuple[list[str], int]:
+        stream = TokenStream.open(runner.root, "train", block_size, chunk_size)
+        outputs = write_chunks(runner.root, stream, tokenizer.eod_id)
+        return outputs, len(np.load(runner.root / CHUNK_FILES["lengths"], mmap_mode="r"))
+
+    inputs = runner.checksums(list(stream_files("train").values()))
+    runner.run("chunks", {**inputs, "chunk_size": str(chunk_size)}, work)
+
+
+def embed_chunks(
+    runner: StageRunner, tokenizer: Tokenizer, embedder: Callable[[], Embedder], block: int
+) -> None:
+    """Stage "embed": each chunk's text -> embeddings.npy (N, dim) float16."""
+    inputs = {
+        **runner.checksums([CHUNK_FILES["tokens"], CHUNK_FILES["lengths"]]),
+        "embedder": _embedder_key(runner.manifest),
+        "block": str(block),
+    }
+
+    def work() -> tuple[list[str], int]:
+        chunks = ChunkStore.open(runner.root, tokenizer.eod_id)
+
+        def texts(start: int, stop: int) -> list[str]:
+            rows = np.asarray(chunks.tokens[start:stop])
+            return tokenizer.texts_without_eod(
+                [row[:length] for row, length in zip(rows, chunks.lengths[start:stop])]
+            )
+
+        with runner.bar("embed", len(chunks), "chunk") as update:
+            embed_to_file(
+                embedder(), runner.root / EMBEDDINGS_FILE, len(chunks), texts,
+                json.dumps(inputs, sort_keys=True), block, update,
+                lambda b: fail_point(f"embed:{b}"),
+            )
+        return [EMBEDDINGS_FILE], len(chunks)
+
+    runner.run("embed", inputs, work)
+
+
+def index(runner: StageRunner, params: IndexParams, seed: int) -> None:
+    """Stage "index": train IVF-PQ on a sample of the embeddings, add all (nothing for Flat)."""
+    inputs = {
+        **runner.checksums([EMBEDDINGS_FILE]),
+        "index": json.dumps(params.to_json(), sort_keys=True),
+        "seed": str(seed),
+    }
+
+    def work() -> tuple[list[str], int]:
+        embeddings = np.load(runner.root / EMBEDDINGS_FILE, mmap_mode="r")
+        if params.is_flat:
+            return [], len(embeddings)
+        with runner.bar("index", len(embeddings), "chunk") as update:
+            built = build_index(params, embeddings, seed, update)
+        built.save(runner.root / INDEX_FILE)
+        return [INDEX_FILE], len(embeddings)
+
+    runner.run("index", inputs, work)
+
+
+def embed_queries(
+    runner: StageRunner,
+    split: str,
+    tokenizer: Tokenizer,
+    embedder: Callable[[], Embedder],
+    chunk_size: int,
+    block_size: int,
+    block: int,
+) -> None:
+    """Stage "queries.<split>": the split's query chunks -> embeddings; samples -> documents."""
+    name = f"queries.{split}"
+    inputs = {
+        **runner.checksums(list(stream_files(split).values())),
+        "embedder": _embedder_key(runner.manifest),
+        "block": str(block),
+        "block_size": str(block_size),
+        "chunk_size": str(chunk_size),
+    }
+    files = query_files(split)
+
+    def work() -> tuple[list[str], int]:
+        stream = TokenStream.open(runner.root, split, block_size, chunk_size)
+        save_npy_atomically(runner.root / files["sample_docs"], stream.sample_doc_ranges())
+
+        def texts(start: int, stop: int) -> list[str]:
+            return tokenizer.texts_without_eod(stream.query_tokens(start, stop))
+
+        with runner.bar(name, stream.n_queries, "chunk") as update:
+            embed_to_file(
+                embedder(), runner.root / files["embeddings"], stream.n_queries, texts,
+                json.dumps(inputs, sort_keys=True), block, update,
+                lambda b: fail_point(f"{name}:{b}"),
+            )
+        return list(files.values()), stream.n_queries
+
+    runner.run(name, inputs, work)
+
+
+def find_neighbours(
+    runner: StageRunner,
+    split: str,
+    db: Manifest,
+    in_database: bool,
+    n_nbrs: int,
+    chunk_size: int,
+    block_size: int,
+    block: int,
+) -> None:
+    """Stage "neighbours.<split>": top n_nbrs chunks of db per query chunk of the split.
+
+    in_database: the split's documents are the database's (the train split), so each query
+    excludes every chunk of every document of its sample.
+    """
+    name = f"neighbours.{split}"
+    params = IndexParams(**db.components["index"])
+    db_files = [EMBEDDINGS_FILE, CHUNK_FILES["doc_ids"], CHUNK_FILES["lengths"]]
+    db_files += [] if params.is_flat else [INDEX_FILE]
+    inputs = {
+        **{f"db:{path}": checksum for path, checksum in checksums(db, db_files).items()},
+        **runner.checksums(list(query_files(split).values())),
+        "index": json.dumps(params.to_json(), sort_keys=True),
+        "n_nbrs": str(n_nbrs),
+        "exclude_sample_docs": str(in_database),
+        "block": str(block),
+    }
+    files = neighbour_files(split)
+
+    def work() -> tuple[list[str], int]:
+        chunks = ChunkStore.open(db.root, db.components["tokenizer"]["eod_id"])
+        search = open_searcher(db.root, params, np.load(db.root / EMBEDDINGS_FILE, mmap_mode="r"))
+        queries = np.load(runner.root / query_files(split)["embeddings"], mmap_mode="r")
+        sample_docs = np.load(runner.root / query_files(split)["sample_docs"])
+        chunks_per_sample = block_size // chunk_size
+        paths = {key: runner.root / path for key, path in files.items()}
+        writer = BlockWriter(
+            {
+                paths["ids"]: ((len(queries), n_nbrs), np.dtype(np.int64)),
+                paths["lengths"]: ((len(queries), n_nbrs), np.dtype(np.int32)),
+            },
+            block,
+            json.dumps(inputs, sort_keys=True),
+        )
+        with runner.bar(name, len(queries), "chunk") as update:
+            update(min(len(queries), writer.blocks_done * block))
+            for b, start, stop in writer.pending():
+                samples = np.arange(start, stop) // chunks_per_sample
+                exclude = doc_ranges_to_ids(sample_docs[samples]) if in_database else None
+                x = np.asarray(queries[start:stop], dtype=np.float32)
+                found = retrieve_embedded(search, chunks, x, n_nbrs, exclude)
+                writer.write(b, {paths["ids"]: found.ids, paths["lengths"]: found.lengths})
+                update(stop - start)
+                fail_point(f"{name}:{b}")
+        writer.finish()
+        return list(files.values()), len(queries)
+
+    runner.run(name, inputs, work)
+
+
+def checksums(manifest: Manifest, paths: Sequence[str]) -> dict[str, str]:
+    """The recorded sha256 of complete files (the inputs of a later stage)."""
+    return {path: manifest.files[path]["sha256"] for path in paths}
+
+
+def _embedder_key(manifest: Manifest) -> str:
+    embedder = manifest.components["embedder"]
+    return f"{embedder['name']}|{embedder['precision']}"
+
+
+def _digest(splits: dict[str, np.ndarray]) -> str:
+    """sha256 of each split's document ids."""
+    return json.dumps(
+        {split: hashlib.sha256(ids.astype(np.int64).tobytes()).hexdigest() for split, ids in splits.items()},
+        sort_keys=True,
+    )

@@ -1,0 +1,120 @@
+"""Token streams: a split's documents joined by end-of-document tokens, cut into samples and queries.
+
+Each document is followed by one end-of-document (eod) token, so document i occupies
+``stream[doc_offsets[i] : doc_offsets[i + 1]]``, its eod last. For the block size T, sample j is
+``stream[j * T : j * T + T + 1]`` (inputs and next-token targets) for j < (len(stream) - 1) // T,
+and query chunk q is ``stream[q * m : (q + 1) * m]`` (m = chunk size) for q < n_samples * T / m:
+the m-token slices of the samples' first T tokens, sample after sample.
+
+Files of split s: ``tokens/<s>/stream.npy`` (n_tokens,) uint16 or int32, ``tokens/<s>/doc_offsets.npy``
+(n_docs + 1,) int64, ``tokens/<s>/doc_index.npy`` (n_docs,) int64 (each document's position in the
+corpus as read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retro.db.files import load_npy, save_npy_atomically
+
+
+def stream_files(split: str) -> dict[str, str]:
+    """Relative paths of a split's stream files."""
+    return {
+        name: f"tokens/{split}/{name}.npy" for name in ("stream", "doc_offsets", "doc_index")
+    }
+
+
+def write_stream(
+    root: Path,
+    split: str,
+    documents: Sequence[np.ndarray],
+    doc_index: np.ndarray,
+    eod_id: int,
+    dtype: np.dtype,
+) -> list[str]:
+    """Joins documents (each (len_i,) int) with an eod after each; returns the written paths."""
+    lengths = np.array([len(doc) + 1 for doc in documents], dtype=np.int64)
+    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    stream = np.full(int(offsets[-1]), eod_id, dtype=dtype)
+    for doc, start in zip(documents, offsets[:-1]):
+        stream[start : start + len(doc)] = doc
+    files = stream_files(split)
+    save_npy_atomically(root / files["stream"], stream)
+    save_npy_atomically(root / files["doc_offsets"], offsets)
+    save_npy_atomically(root / files["doc_index"], np.asarray(doc_index, dtype=np.int64))
+    return list(files.values())
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """One split's stream, memory-mapped, with its sample and query-chunk geometry."""
+
+    tokens: np.ndarray  # (n_tokens,) uint16 or int32
+    doc_offsets: np.ndarray  # (n_docs + 1,) int64
+    doc_index: np.ndarray  # (n_docs,) int64
+    block_size: int  # T
+    chunk_size: int  # m
+
+    @classmethod
+    def open(cls, root: Path, split: str, block_size: int, chunk_size: int) -> TokenStream:
+        files = stream_files(split)
+        return cls(
+            load_npy(root / files["stream"]),
+            load_npy(root / files["doc_offsets"]),
+            load_npy(root / files["doc_index"]),
+            block_size,
+            chunk_size,
+        )
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_index)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples of T + 1 tokens starting every T tokens."""
+        return max(0, (len(self.tokens) - 1) // self.block_size)
+
+    @property
+    def chunks_per_sample(self) -> int:
+        return self.block_size // self.chunk_size
+
+    @property
+    def n_queries(self) -> int:
+        return self.n_samples * self.chunks_per_sample
+
+    def counts(self, split: str) -> dict[str, int]:
+        """Documents, tokens, samples and query chunks, keyed "<split>_docs" etc."""
+        return {
+            f"{split}_docs": self.n_docs,
+            f"{split}_tokens": len(self.tokens),
+            f"{split}_samples": self.n_samples,
+            f"{split}_queries": self.n_queries,
+        }
+
+    def sample(self, j: int) -> np.ndarray:
+        """(T + 1,) tokens of sample j."""
+        start = j * self.block_size
+        return np.asarray(self.tokens[start : start + self.block_size + 1])
+
+    def query_tokens(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, m) tokens of query chunks start .. stop - 1."""
+        m = self.chunk_size
+        return np.asarray(self.tokens[start * m : stop * m]).reshape(stop - start, m)
+
+    def sample_of_query(self) -> np.ndarray:
+        """(n_queries,) int64: the sample each query chunk belongs to."""
+        return np.arange(self.n_queries, dtype=np.int64) // self.chunks_per_sample
+
+    def sample_doc_ranges(self) -> np.ndarray:
+        """(n_samples, 2) int64: documents [first, last) with a token in each sample's T + 1."""
+        starts = np.arange(self.n_samples, dtype=np.int64) * self.block_size
+        first = np.searchsorted(self.doc_offsets, starts, side="right") - 1
+        last = np.searchsorted(self.doc_offsets, starts + self.block_size, side="right")
+        return np.stack([first, last], axis=1).astype(np.int64)
