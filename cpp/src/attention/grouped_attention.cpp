@@ -32,6 +32,12 @@ idx_t total_rows(const std::vector<RowRange>& ranges) {
   return total;
 }
 
+idx_t max_rows(const std::vector<RowRange>& ranges) {
+  idx_t longest = 0;
+  for (const RowRange& r : ranges) longest = std::max(longest, r.rows);
+  return longest;
+}
+
 // Copies head h of the rows in `ranges` into dst (rows, Dh), widened to the accumulation type.
 template <typename T>
 void gather(const std::vector<RowRange>& ranges, const T* src, const AttentionLayout& layout,
@@ -70,6 +76,15 @@ template <typename T>
 void pack_as_columns(const std::vector<RowRange>& ranges, const T* src,
                      const AttentionLayout& layout, idx_t h, idx_t n, Accum<T>* packed) {
   const idx_t dh = layout.head_dim;
+  if constexpr (std::is_same_v<T, float>) {  // the SIMD transpose, from row pointers
+    thread_local std::vector<const float*> pointers;
+    pointers.clear();
+    for (const RowRange& range : ranges)
+      for (idx_t r = range.first; r < range.first + range.rows; ++r)
+        pointers.push_back(src + (r * layout.heads + h) * dh);
+    simd::kernels().pack_columns(n, static_cast<int>(dh), pointers.data(), packed);
+    return;
+  }
   std::fill(packed, packed + packed_floats(n, dh), Accum<T>(0));
   idx_t col = 0;
   for (const RowRange& range : ranges)
@@ -99,21 +114,51 @@ void pack_as_depth(const std::vector<RowRange>& ranges, const T* src,
     }
 }
 
-// The rows of `ranges` as a GEMM left operand: the tensor itself when it is one range of float
-// rows (lda = H Dh), else gathered into `buffer` (lda = Dh).
+// Head h of one range of rows as a matrix (rows, Dh): the tensor itself for float (leading
+// dimension H Dh), else widened into `buffer` (leading dimension Dh).
 template <typename T>
-const Accum<T>* left_operand(const std::vector<RowRange>& ranges, const T* src,
-                             const AttentionLayout& layout, idx_t h, Accum<T>* buffer,
-                             idx_t* lda) {
+const Accum<T>* rows_of(const RowRange& range, const T* src, const AttentionLayout& layout,
+                        idx_t h, Accum<T>* buffer, idx_t* ld) {
   if constexpr (std::is_same_v<T, Accum<T>>) {
-    if (ranges.size() == 1) {
-      *lda = layout.heads * layout.head_dim;
-      return src + (ranges[0].first * layout.heads + h) * layout.head_dim;
-    }
+    *ld = layout.heads * layout.head_dim;
+    return src + (range.first * layout.heads + h) * layout.head_dim;
+  } else {
+    gather({range}, src, layout, h, buffer);
+    *ld = layout.head_dim;
+    return buffer;
   }
-  gather(ranges, src, layout, h, buffer);
-  *lda = layout.head_dim;
-  return buffer;
+}
+
+// C (rows of `ranges`, n) = (head h of those rows) . B^T, B packed (n, Dh): one GEMM per range.
+template <typename T>
+void rows_times_packed(const std::vector<RowRange>& ranges, const T* src,
+                       const AttentionLayout& layout, idx_t h, idx_t n, const Accum<T>* packed,
+                       Accum<T>* buffer, Accum<T>* C) {
+  for (const RowRange& range : ranges) {
+    idx_t ld;
+    const Accum<T>* a = rows_of(range, src, layout, h, buffer, &ld);
+    gemm_packed(range.rows, n, layout.head_dim, a, ld, packed, C, n);
+    C += range.rows * n;
+  }
+}
+
+// Head h of the rows of `ranges` = A (rows, k) . B^T with B packed (Dh, k): written straight
+// into the tensor for float, through `buffer` and a narrowing scatter otherwise.
+template <typename T>
+void product_to_rows(const std::vector<RowRange>& ranges, const Accum<T>* A, idx_t k,
+                     const Accum<T>* packed, const AttentionLayout& layout, idx_t h,
+                     Accum<T>* buffer, T* dst) {
+  const idx_t dh = layout.head_dim;
+  for (const RowRange& range : ranges) {
+    if constexpr (std::is_same_v<T, Accum<T>>) {
+      gemm_packed(range.rows, dh, k, A, k, packed,
+                  dst + (range.first * layout.heads + h) * dh, layout.heads * dh);
+    } else {
+      gemm_packed(range.rows, dh, k, A, k, packed, buffer, dh);
+      scatter({range}, buffer, layout, h, dst);
+    }
+    A += range.rows * k;
+  }
 }
 
 // In place: row = softmax(scale * row); returns log sum_j exp(scale * row[j]).
@@ -187,23 +232,20 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
       const AttentionGroup& group = groups[item / heads];
       const idx_t h = item % heads;
       const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      buffer.resize(2 * nq * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
+      const idx_t longest = max_rows(group.queries);
+      buffer.resize(longest * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
       size_t used = 0;
-      A* q_rows = take(buffer, used, nq * dh);
+      A* rows = take(buffer, used, longest * dh);
       A* keys = take(buffer, used, packed_floats(nk, dh));
       A* values = take(buffer, used, packed_floats(dh, nk));
       A* probs = take(buffer, used, nq * nk);
-      A* oa = take(buffer, used, nq * dh);
       A* row_lse = take(buffer, used, nq);
-      idx_t lda;
-      const A* qa = left_operand(group.queries, q, layout, h, q_rows, &lda);
       pack_as_columns(group.keys, k, layout, h, nk, keys);
-      gemm_packed(nq, nk, dh, qa, lda, keys, probs, nk);  // scores
+      rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
       const A scale = static_cast<A>(layout.scale);
       for (idx_t i = 0; i < nq; ++i) row_lse[i] = softmax_row(nk, probs + i * nk, scale);
       pack_as_depth(group.keys, v, layout, h, nk, values);
-      gemm_packed(nq, dh, nk, probs, nk, values, oa, dh);  // O = P V
-      scatter(group.queries, oa, layout, h, out);
+      product_to_rows(group.queries, probs, nk, values, layout, h, rows, out);  // O = P V
       idx_t i = 0;
       for (const RowRange& range : group.queries)
         for (idx_t r = range.first; r < range.first + range.rows; ++r) lse[r * heads + h] = row_lse[i++];
@@ -230,56 +272,52 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
       const AttentionGroup& group = groups[item / heads];
       const idx_t h = item % heads;
       const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      const size_t key_panels = packed_floats(nk, dh), depth_panels = std::max(
-          packed_floats(dh, nk), packed_floats(dh, nq));
-      buffer.resize(3 * nq * dh + 2 * key_panels + depth_panels + 2 * nk * dh + 3 * nq * nk + nq);
+      const size_t key_panels = packed_floats(nk, dh);
+      const size_t depth_panels = std::max(packed_floats(dh, nk), packed_floats(dh, nq));
+      const idx_t longest = max_rows(group.queries);
+      buffer.resize(longest * dh + 2 * key_panels + depth_panels + nk * dh + 3 * nq * nk + 2 * nq);
       size_t used = 0;
-      A* q_rows = take(buffer, used, nq * dh);
-      A* oa = take(buffer, used, nq * dh);
-      A* dout = take(buffer, used, nq * dh);
+      A* rows = take(buffer, used, longest * dh);
       A* keys = take(buffer, used, key_panels);
       A* values = take(buffer, used, key_panels);
       A* depth = take(buffer, used, depth_panels);
-      A* dk = take(buffer, used, nk * dh);
-      A* dv = take(buffer, used, nk * dh);
+      A* key_rows = take(buffer, used, nk * dh);  // narrowing buffer of dK, dV rows
       A* probs = take(buffer, used, nq * nk);
       A* dscores = take(buffer, used, nq * nk);
       A* transposed = take(buffer, used, nq * nk);
       A* row_lse = take(buffer, used, nq);
-      idx_t lda;
-      const A* qa = left_operand(group.queries, q, layout, h, q_rows, &lda);
-      gather(group.queries, out, layout, h, oa);
-      gather(group.queries, grad_out, layout, h, dout);
+      A* row_dot = take(buffer, used, nq);  // <dO, O> of each query row
       idx_t i = 0;
       for (const RowRange& range : group.queries)
-        for (idx_t r = range.first; r < range.first + range.rows; ++r) row_lse[i++] = lse[r * heads + h];
+        for (idx_t r = range.first; r < range.first + range.rows; ++r, ++i) {
+          row_lse[i] = lse[r * heads + h];
+          const T* o = out + (r * heads + h) * dh;
+          const T* g = grad_out + (r * heads + h) * dh;
+          A dot = 0;
+          for (idx_t d = 0; d < dh; ++d) dot += widen_value(g[d]) * widen_value(o[d]);
+          row_dot[i] = dot;
+        }
 
       const A scale = static_cast<A>(layout.scale);
       pack_as_columns(group.keys, k, layout, h, nk, keys);
-      gemm_packed(nq, nk, dh, qa, lda, keys, probs, nk);  // scores
+      rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
       for (i = 0; i < nq; ++i) exp_row(nk, probs + i * nk, scale, row_lse[i]);  // P
       pack_as_columns(group.keys, v, layout, h, nk, values);
-      gemm_packed(nq, nk, dh, dout, dh, values, dscores, nk);  // dP = dO V^T
+      rows_times_packed(group.queries, grad_out, layout, h, nk, values, rows, dscores);  // dP
       for (i = 0; i < nq; ++i) {  // dS = scale * P * (dP - <dO, O>)
-        A dot = 0;
-        for (idx_t d = 0; d < dh; ++d) dot += dout[i * dh + d] * oa[i * dh + d];
         A* ds = dscores + i * nk;
         const A* p = probs + i * nk;
-        for (idx_t j = 0; j < nk; ++j) ds[j] = scale * p[j] * (ds[j] - dot);
+        for (idx_t j = 0; j < nk; ++j) ds[j] = scale * p[j] * (ds[j] - row_dot[i]);
       }
       // dV = P^T dO and dK = dS^T Q: the transposed scores times rows packed as depth
       pack_as_depth(group.queries, grad_out, layout, h, nq, depth);
       transpose(nq, nk, probs, nk, transposed);
-      gemm_packed(nk, dh, nq, transposed, nq, depth, dv, dh);
+      product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_v);
       pack_as_depth(group.queries, q, layout, h, nq, depth);
       transpose(nq, nk, dscores, nk, transposed);
-      gemm_packed(nk, dh, nq, transposed, nq, depth, dk, dh);
+      product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_k);
       pack_as_depth(group.keys, k, layout, h, nk, depth);
-      A* dq = oa;  // O is no longer needed
-      gemm_packed(nq, dh, nk, dscores, nk, depth, dq, dh);  // dQ = dS K
-      scatter(group.queries, dq, layout, h, grad_q);
-      scatter(group.keys, dk, layout, h, grad_k);
-      scatter(group.keys, dv, layout, h, grad_v);
+      product_to_rows(group.queries, dscores, nk, depth, layout, h, rows, grad_q);  // dQ = dS K
     }
   }
 }

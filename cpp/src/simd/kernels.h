@@ -62,6 +62,9 @@ struct Kernels {
   // In place: row = softmax(scale * row) (n >= 1 finite values); returns the log of the
   // denominator, log sum_j exp(scale * row[j]).
   float (*softmax)(size_t n, float* row, float scale);
+  // packed[(p k + t) kPanel + j] = rows[p kPanel + j][t] for the n rows (k floats each) given by
+  // pointer, zero past n: the right-hand side of gemm_packed, transposed from scattered rows.
+  void (*pack_columns)(idx_t n, int k, const float* const* rows, float* packed);
 };
 
 const Kernels& kernels();                    // for active_simd_level()
