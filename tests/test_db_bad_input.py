@@ -64,6 +64,17 @@ def test_unknown_corpus_and_file_type(tmp_path):
         read_corpus([str(tmp_path / "doc.csv")])
 
 
+def test_parquet_documents_and_a_missing_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"body": ["first document", "", "second one"], "id": [1, 2, 3]}), path)
+    assert read_corpus([str(path)], text_field="body") == ["first document", "second one"]
+    with pytest.raises(CorpusError, match=r"no column 'text' \(found \['body', 'id'\]\); name the column with --text-field"):
+        read_corpus([str(path)])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
 def test_parquet_without_pyarrow(tmp_path):
     (tmp_path / "docs.parquet").write_bytes(b"PAR1")
