@@ -210,6 +210,19 @@ void fill_uncovered(const std::vector<AttentionGroup>& groups, Side side, idx_t 
   }
 }
 
+// body(group, h, scratch) for every (group, head) pair, spread over the OpenMP threads; each
+// thread keeps one scratch buffer across its pairs.
+template <typename A, typename Body>
+void for_each_group_head(const std::vector<AttentionGroup>& groups, idx_t heads, Body body) {
+  const idx_t items = static_cast<idx_t>(groups.size()) * heads;
+#pragma omp parallel
+  {
+    std::vector<A> buffer;
+#pragma omp for schedule(dynamic)
+    for (idx_t item = 0; item < items; ++item) body(groups[item / heads], item % heads, buffer);
+  }
+}
+
 constexpr auto kQueries = &AttentionGroup::queries;
 constexpr auto kKeys = &AttentionGroup::keys;
 
@@ -223,34 +236,27 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
   const idx_t heads = layout.heads, dh = layout.head_dim;
   fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, out, narrow<T>(0));
   fill_uncovered(groups, kQueries, layout.query_rows, heads, lse, -std::numeric_limits<A>::infinity());
-  const idx_t items = static_cast<idx_t>(groups.size()) * heads;
-#pragma omp parallel
-  {
-    std::vector<A> buffer;
-#pragma omp for schedule(dynamic)
-    for (idx_t item = 0; item < items; ++item) {
-      const AttentionGroup& group = groups[item / heads];
-      const idx_t h = item % heads;
-      const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      const idx_t longest = max_rows(group.queries);
-      buffer.resize(longest * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
-      size_t used = 0;
-      A* rows = take(buffer, used, longest * dh);
-      A* keys = take(buffer, used, packed_floats(nk, dh));
-      A* values = take(buffer, used, packed_floats(dh, nk));
-      A* probs = take(buffer, used, nq * nk);
-      A* row_lse = take(buffer, used, nq);
-      pack_as_columns(group.keys, k, layout, h, nk, keys);
-      rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
-      const A scale = static_cast<A>(layout.scale);
-      for (idx_t i = 0; i < nq; ++i) row_lse[i] = softmax_row(nk, probs + i * nk, scale);
-      pack_as_depth(group.keys, v, layout, h, nk, values);
-      product_to_rows(group.queries, probs, nk, values, layout, h, rows, out);  // O = P V
-      idx_t i = 0;
-      for (const RowRange& range : group.queries)
-        for (idx_t r = range.first; r < range.first + range.rows; ++r) lse[r * heads + h] = row_lse[i++];
-    }
-  }
+  for_each_group_head<A>(groups, heads, [&](const AttentionGroup& group, idx_t h,
+                                           std::vector<A>& buffer) {
+    const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
+    const idx_t longest = max_rows(group.queries);
+    buffer.resize(longest * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
+    size_t used = 0;
+    A* rows = take(buffer, used, longest * dh);
+    A* keys = take(buffer, used, packed_floats(nk, dh));
+    A* values = take(buffer, used, packed_floats(dh, nk));
+    A* probs = take(buffer, used, nq * nk);
+    A* row_lse = take(buffer, used, nq);
+    pack_as_columns(group.keys, k, layout, h, nk, keys);
+    rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
+    const A scale = static_cast<A>(layout.scale);
+    for (idx_t i = 0; i < nq; ++i) row_lse[i] = softmax_row(nk, probs + i * nk, scale);
+    pack_as_depth(group.keys, v, layout, h, nk, values);
+    product_to_rows(group.queries, probs, nk, values, layout, h, rows, out);  // O = P V
+    idx_t i = 0;
+    for (const RowRange& range : group.queries)
+      for (idx_t r = range.first; r < range.first + range.rows; ++r) lse[r * heads + h] = row_lse[i++];
+  });
 }
 
 template <typename T>
@@ -263,63 +269,56 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
   fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, grad_q, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_k, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_v, narrow<T>(0));
-  const idx_t items = static_cast<idx_t>(groups.size()) * heads;
-#pragma omp parallel
-  {
-    std::vector<A> buffer;
-#pragma omp for schedule(dynamic)
-    for (idx_t item = 0; item < items; ++item) {
-      const AttentionGroup& group = groups[item / heads];
-      const idx_t h = item % heads;
-      const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-      const size_t key_panels = packed_floats(nk, dh);
-      const size_t depth_panels = std::max(packed_floats(dh, nk), packed_floats(dh, nq));
-      const idx_t longest = max_rows(group.queries);
-      buffer.resize(longest * dh + 2 * key_panels + depth_panels + nk * dh + 3 * nq * nk + 2 * nq);
-      size_t used = 0;
-      A* rows = take(buffer, used, longest * dh);
-      A* keys = take(buffer, used, key_panels);
-      A* values = take(buffer, used, key_panels);
-      A* depth = take(buffer, used, depth_panels);
-      A* key_rows = take(buffer, used, nk * dh);  // narrowing buffer of dK, dV rows
-      A* probs = take(buffer, used, nq * nk);
-      A* dscores = take(buffer, used, nq * nk);
-      A* transposed = take(buffer, used, nq * nk);
-      A* row_lse = take(buffer, used, nq);
-      A* row_dot = take(buffer, used, nq);  // <dO, O> of each query row
-      idx_t i = 0;
-      for (const RowRange& range : group.queries)
-        for (idx_t r = range.first; r < range.first + range.rows; ++r, ++i) {
-          row_lse[i] = lse[r * heads + h];
-          const T* o = out + (r * heads + h) * dh;
-          const T* g = grad_out + (r * heads + h) * dh;
-          A dot = 0;
-          for (idx_t d = 0; d < dh; ++d) dot += widen_value(g[d]) * widen_value(o[d]);
-          row_dot[i] = dot;
-        }
-
-      const A scale = static_cast<A>(layout.scale);
-      pack_as_columns(group.keys, k, layout, h, nk, keys);
-      rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
-      for (i = 0; i < nq; ++i) exp_row(nk, probs + i * nk, scale, row_lse[i]);  // P
-      pack_as_columns(group.keys, v, layout, h, nk, values);
-      rows_times_packed(group.queries, grad_out, layout, h, nk, values, rows, dscores);  // dP
-      for (i = 0; i < nq; ++i) {  // dS = scale * P * (dP - <dO, O>)
-        A* ds = dscores + i * nk;
-        const A* p = probs + i * nk;
-        for (idx_t j = 0; j < nk; ++j) ds[j] = scale * p[j] * (ds[j] - row_dot[i]);
+  for_each_group_head<A>(groups, heads, [&](const AttentionGroup& group, idx_t h,
+                                           std::vector<A>& buffer) {
+    const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
+    const size_t key_panels = packed_floats(nk, dh);
+    const size_t depth_panels = std::max(packed_floats(dh, nk), packed_floats(dh, nq));
+    const idx_t longest = max_rows(group.queries);
+    buffer.resize(longest * dh + 2 * key_panels + depth_panels + nk * dh + 3 * nq * nk + 2 * nq);
+    size_t used = 0;
+    A* rows = take(buffer, used, longest * dh);
+    A* keys = take(buffer, used, key_panels);
+    A* values = take(buffer, used, key_panels);
+    A* depth = take(buffer, used, depth_panels);
+    A* key_rows = take(buffer, used, nk * dh);  // narrowing buffer of dK, dV rows
+    A* probs = take(buffer, used, nq * nk);
+    A* dscores = take(buffer, used, nq * nk);
+    A* transposed = take(buffer, used, nq * nk);
+    A* row_lse = take(buffer, used, nq);
+    A* row_dot = take(buffer, used, nq);  // <dO, O> of each query row
+    idx_t i = 0;
+    for (const RowRange& range : group.queries)
+      for (idx_t r = range.first; r < range.first + range.rows; ++r, ++i) {
+        row_lse[i] = lse[r * heads + h];
+        const T* o = out + (r * heads + h) * dh;
+        const T* g = grad_out + (r * heads + h) * dh;
+        A dot = 0;
+        for (idx_t d = 0; d < dh; ++d) dot += widen_value(g[d]) * widen_value(o[d]);
+        row_dot[i] = dot;
       }
-      // dV = P^T dO and dK = dS^T Q: the transposed scores times rows packed as depth
-      pack_as_depth(group.queries, grad_out, layout, h, nq, depth);
-      transpose(nq, nk, probs, nk, transposed);
-      product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_v);
-      pack_as_depth(group.queries, q, layout, h, nq, depth);
-      transpose(nq, nk, dscores, nk, transposed);
-      product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_k);
-      pack_as_depth(group.keys, k, layout, h, nk, depth);
-      product_to_rows(group.queries, dscores, nk, depth, layout, h, rows, grad_q);  // dQ = dS K
+
+    const A scale = static_cast<A>(layout.scale);
+    pack_as_columns(group.keys, k, layout, h, nk, keys);
+    rows_times_packed(group.queries, q, layout, h, nk, keys, rows, probs);  // scores
+    for (i = 0; i < nq; ++i) exp_row(nk, probs + i * nk, scale, row_lse[i]);  // P
+    pack_as_columns(group.keys, v, layout, h, nk, values);
+    rows_times_packed(group.queries, grad_out, layout, h, nk, values, rows, dscores);  // dP
+    for (i = 0; i < nq; ++i) {  // dS = scale * P * (dP - <dO, O>)
+      A* ds = dscores + i * nk;
+      const A* p = probs + i * nk;
+      for (idx_t j = 0; j < nk; ++j) ds[j] = scale * p[j] * (ds[j] - row_dot[i]);
     }
-  }
+    // dV = P^T dO and dK = dS^T Q: the transposed scores times rows packed as depth
+    pack_as_depth(group.queries, grad_out, layout, h, nq, depth);
+    transpose(nq, nk, probs, nk, transposed);
+    product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_v);
+    pack_as_depth(group.queries, q, layout, h, nq, depth);
+    transpose(nq, nk, dscores, nk, transposed);
+    product_to_rows(group.keys, transposed, nq, depth, layout, h, key_rows, grad_k);
+    pack_as_depth(group.keys, k, layout, h, nk, depth);
+    product_to_rows(group.queries, dscores, nk, depth, layout, h, rows, grad_q);  // dQ = dS K
+  });
 }
 
 #define RETRO_INSTANTIATE(T)                                                                      \
