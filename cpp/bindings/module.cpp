@@ -26,6 +26,7 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style>;
 using IdArray = py::array_t<int64_t, py::array::c_style>;
+using CodeArray = py::array_t<uint8_t, py::array::c_style>;
 
 retro::Metric parse_metric(const std::string& name) {
   if (name == "l2" || name == "L2") return retro::Metric::L2;
@@ -45,6 +46,12 @@ idx_t rows(const py::array& x, int d, const char* what) {
     throw py::value_error(std::string(what) + " has dimension " + std::to_string(x.shape(1)) +
                           " but the index has d=" + std::to_string(d));
   return static_cast<idx_t>(x.shape(0));
+}
+
+std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
 const idx_t* ids_pointer(const std::optional<IdArray>& ids, idx_t n) {
@@ -237,6 +244,49 @@ PYBIND11_MODULE(_core, m) {
                     c.mutable_data());
         return c;
       })
+      .def("pq_centroids", [](const retro::IvfPqIndex& index) {
+        FloatArray c({static_cast<idx_t>(index.is_trained() ? index.pq_m() : 0),
+                      static_cast<idx_t>(index.ksub()), static_cast<idx_t>(index.dsub())});
+        if (index.is_trained())
+          std::copy(index.pq_centroids(), index.pq_centroids() + c.size(), c.mutable_data());
+        return c;
+      })
+      .def("list_codes", [](const retro::IvfPqIndex& index, idx_t list) {
+        CodeArray codes({index.list_size(list), static_cast<idx_t>(index.pq_m())});
+        index.list_codes(list, codes.mutable_data());
+        return codes;
+      }, py::arg("list"))
+      .def("list_ids", [](const retro::IvfPqIndex& index, idx_t list) {
+        IdArray ids(index.list_size(list));
+        std::copy(index.list_ids(list), index.list_ids(list) + ids.size(), ids.mutable_data());
+        return ids;
+      }, py::arg("list"))
+      .def("set_trained", [](retro::IvfPqIndex& index, const FloatArray& coarse,
+                             const FloatArray& pq) {
+        const std::string want_coarse =
+            "(nlist=" + std::to_string(index.nlist()) + ", d=" + std::to_string(index.d()) + ")";
+        if (coarse.ndim() != 2 || coarse.shape(0) != index.nlist() || coarse.shape(1) != index.d())
+          throw py::value_error("coarse centroids must have shape " + want_coarse + ", got " +
+                                shape_of(coarse));
+        if (pq.ndim() != 3 || pq.shape(0) != index.pq_m() || pq.shape(1) != index.ksub() ||
+            pq.shape(2) != index.dsub())
+          throw py::value_error("PQ centroids must have shape (pq_m=" +
+                                std::to_string(index.pq_m()) + ", ksub=" +
+                                std::to_string(index.ksub()) + ", dsub=" +
+                                std::to_string(index.dsub()) + "), got " + shape_of(pq));
+        py::gil_scoped_release release;
+        index.set_trained(coarse.data(), pq.data());
+      }, py::arg("coarse_centroids"), py::arg("pq_centroids"))
+      .def("add_encoded", [](retro::IvfPqIndex& index, idx_t list, const CodeArray& codes,
+                             const IdArray& ids) {
+        if (codes.ndim() != 2 || codes.shape(1) != index.pq_m())
+          throw py::value_error("codes must be a 2-D uint8 array (n, pq_m=" +
+                                std::to_string(index.pq_m()) + "), got shape " + shape_of(codes));
+        const idx_t n = codes.shape(0);
+        const idx_t* id_ptr = ids_pointer(ids, n);
+        py::gil_scoped_release release;
+        index.add_encoded(list, n, codes.data(), id_ptr);
+      }, py::arg("list"), py::arg("codes"), py::arg("ids"))
       .def("train", [](retro::IvfPqIndex& index, const FloatArray& x) {
         const idx_t n = rows(x, index.d(), "training data");
         py::gil_scoped_release release;

@@ -47,6 +47,17 @@ void IvfPqIndex::check_trained(const char* what) const {
   RETRO_CHECK(is_trained_, "index is not trained: call train() before %s()", what);
 }
 
+void IvfPqIndex::check_writable(const char* what) const {
+  RETRO_CHECK(!is_mmapped(),
+              "this index was loaded with mmap=True and is read-only: load it with mmap=False to "
+              "call %s()", what);
+}
+
+void IvfPqIndex::check_list(idx_t list) const {
+  RETRO_CHECK_ARG(list >= 0 && list < nlist_, "list %lld is out of range: the index has nlist=%lld",
+                  static_cast<long long>(list), static_cast<long long>(nlist_));
+}
+
 void IvfPqIndex::train(idx_t n, const float* x) {
   RETRO_CHECK_ARG(n >= nlist_, "training needs at least nlist=%lld points, got %lld",
                   static_cast<long long>(nlist_), static_cast<long long>(n));
@@ -124,10 +135,65 @@ void IvfPqIndex::encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes)
   }
 }
 
+void IvfPqIndex::set_trained(const float* coarse_centroids, const float* pq_centroids) {
+  RETRO_CHECK(ntotal_ == 0, "set_trained() needs an empty index: this one holds %lld vectors "
+              "encoded with the current quantizers (call reset() first)",
+              static_cast<long long>(ntotal_));
+  check_vectors(nlist_, d_, coarse_centroids, "coarse centroids");
+  check_vectors(static_cast<idx_t>(pq_m_) * ksub(), dsub(), pq_centroids, "PQ centroids");
+  coarse_centroids_.assign(coarse_centroids, coarse_centroids + static_cast<size_t>(nlist_) * d_);
+  pq_centroids_.assign(pq_centroids, pq_centroids + static_cast<size_t>(pq_m_) * ksub() * dsub());
+  coarse_objective_ = 0.0;
+  is_trained_ = true;
+  rebuild_derived();
+}
+
+void IvfPqIndex::append(idx_t list, const uint8_t* code, idx_t id) {
+  OwnedList& owned = owned_[list];
+  const idx_t size = static_cast<idx_t>(owned.ids.size());
+  const idx_t block = size / kBlock, lane = size % kBlock;
+  if (lane == 0) owned.codes.resize(static_cast<size_t>(block + 1) * pq_m_ * kBlock, 0);
+  for (int m = 0; m < pq_m_; ++m) owned.codes[(block * pq_m_ + m) * kBlock + lane] = code[m];
+  owned.ids.push_back(id);
+  if (metric_ == Metric::L2) {
+    if (lane == 0) owned.terms.resize(static_cast<size_t>(block + 1) * kBlock, 0.0f);
+    owned.terms[block * kBlock + lane] = reconstruction_term(list, code);
+  }
+}
+
+void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const idx_t* ids) {
+  check_trained("add_encoded");
+  check_writable("add_encoded");
+  check_list(list);
+  RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
+  RETRO_CHECK_ARG(n == 0 || (codes != nullptr && ids != nullptr),
+                  "add_encoded() needs codes and ids");
+  for (idx_t i = 0; i < n; ++i) append(list, codes + i * pq_m_, ids[i]);
+  ntotal_ += n;
+  rebuild_list_views();
+}
+
+void IvfPqIndex::list_codes(idx_t list, uint8_t* codes) const {
+  check_list(list);
+  const List& l = lists_[list];
+  for (idx_t i = 0; i < l.size; ++i)
+    for (int m = 0; m < pq_m_; ++m)
+      codes[i * pq_m_ + m] = l.codes[((i / kBlock) * pq_m_ + m) * kBlock + i % kBlock];
+}
+
+idx_t IvfPqIndex::list_size(idx_t list) const {
+  check_list(list);
+  return lists_[list].size;
+}
+
+const idx_t* IvfPqIndex::list_ids(idx_t list) const {
+  check_list(list);
+  return lists_[list].ids;
+}
+
 void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
   check_trained("add");
-  RETRO_CHECK(!is_mmapped(),
-              "this index was loaded with mmap=True and is read-only: load it with mmap=False to add");
+  check_writable("add");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   check_vectors(n, d_, x, "added vectors");
   std::vector<idx_t> list_of(kEncodeBatch);
@@ -137,22 +203,10 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
     encode(nb, x + i0 * d_, list_of.data(), codes.data());
     // Each list is appended by one thread, in input order: the layout is deterministic.
 #pragma omp parallel for schedule(dynamic, 64)
-    for (idx_t l = 0; l < nlist_; ++l) {
-      OwnedList& owned = owned_[l];
-      for (idx_t i = 0; i < nb; ++i) {
-        if (list_of[i] != l) continue;
-        const idx_t size = static_cast<idx_t>(owned.ids.size());
-        const idx_t block = size / kBlock, lane = size % kBlock;
-        if (lane == 0) owned.codes.resize(static_cast<size_t>(block + 1) * pq_m_ * kBlock, 0);
-        for (int m = 0; m < pq_m_; ++m)
-          owned.codes[(block * pq_m_ + m) * kBlock + lane] = codes[i * pq_m_ + m];
-        owned.ids.push_back(ids != nullptr ? ids[i0 + i] : ntotal_ + i0 + i);
-        if (metric_ == Metric::L2) {
-          if (lane == 0) owned.terms.resize(static_cast<size_t>(block + 1) * kBlock, 0.0f);
-          owned.terms[block * kBlock + lane] = reconstruction_term(l, &codes[i * pq_m_]);
-        }
-      }
-    }
+    for (idx_t l = 0; l < nlist_; ++l)
+      for (idx_t i = 0; i < nb; ++i)
+        if (list_of[i] == l)
+          append(l, &codes[i * pq_m_], ids != nullptr ? ids[i0 + i] : ntotal_ + i0 + i);
   }
   ntotal_ += n;
   rebuild_list_views();

@@ -2,6 +2,7 @@
 
 - The retrieval index: :class:`IvfPqIndex` (IVF-PQ, faiss-compatible parameters), :class:`FlatIndex`
   (exact search) and :func:`index_factory` for faiss-style strings (numpy only).
+- faiss interop: :func:`to_faiss` / :func:`from_faiss` (an ``IndexIVFPQ`` with a flat quantizer).
 - The retrieval database: :func:`build_db`, :func:`open_db` (:mod:`retro.db`, CLI ``retro db``).
 - The model (needs torch, imported on first use): :class:`RetroConfig`, :class:`Retro`,
   :class:`GPT`, :func:`from_gpt`; the attention ops in :mod:`retro.ops`.
@@ -10,6 +11,7 @@
 from retro import _core
 from retro.db import build_db, open_db
 from retro.factory import index_factory
+from retro.faiss_interop import from_faiss, to_faiss
 from retro.index import FlatIndex, IvfPqIndex
 
 __version__: str = _core.__version__
@@ -23,6 +25,7 @@ __all__ = [
     "Retro",
     "RetroConfig",
     "build_db",
+    "from_faiss",
     "from_gpt",
     "cuda_available",
     "get_num_threads",
@@ -32,6 +35,7 @@ __all__ = [
     "set_num_threads",
     "set_simd_level",
     "simd_level",
+    "to_faiss",
 ]
 
 

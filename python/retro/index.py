@@ -41,6 +41,39 @@ class IvfPqIndex:
         self._index = core_index
         return self
 
+    @classmethod
+    def from_trained(
+        cls, coarse_centroids: Any, pq_centroids: Any, metric: Metric = "l2", seed: int = 0
+    ) -> IvfPqIndex:
+        """An empty index trained with the given quantizers (e.g. another library's).
+
+        Args:
+            coarse_centroids: (nlist, d) float32.
+            pq_centroids: (pq_m, 2**pq_bits, d // pq_m) float32; sub-quantizer m codes the
+                residual's dimensions [m * dsub, (m + 1) * dsub), as in faiss.
+            metric: "l2" or "ip"; vectors go to the list of the nearest (l2) or largest inner
+                product (ip) coarse centroid.
+            seed: recorded for a later :meth:`train`.
+        """
+        coarse = as_float32_matrix(coarse_centroids, "coarse centroids")
+        pq = np.asarray(pq_centroids)
+        if pq.ndim != 3 or pq.dtype.kind != "f":
+            raise ValueError(
+                f"PQ centroids must be a 3-D float array (pq_m, ksub, dsub), got {pq.dtype} "
+                f"of shape {pq.shape}"
+            )
+        pq_m, ksub, dsub = pq.shape
+        if ksub < 1 or ksub & (ksub - 1):
+            raise ValueError(f"PQ centroids: ksub={ksub} is not a power of 2")
+        if pq_m * dsub != coarse.shape[1]:
+            raise ValueError(
+                f"PQ centroids {pq.shape} cover pq_m * dsub = {pq_m * dsub} dimensions but the "
+                f"coarse centroids have d={coarse.shape[1]}"
+            )
+        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed)
+        self._index.set_trained(coarse, np.ascontiguousarray(pq, dtype=np.float32))
+        return self
+
     d = property(lambda self: self._index.d, doc="Vector dimension.")
     nlist = property(lambda self: self._index.nlist, doc="Number of inverted lists.")
     pq_m = property(lambda self: self._index.pq_m, doc="Sub-quantizers per vector.")
@@ -80,6 +113,35 @@ class IvfPqIndex:
     def coarse_centroids(self) -> np.ndarray:
         """(nlist, d) float32 coarse centroids (empty before training)."""
         return self._index.coarse_centroids()
+
+    def pq_centroids(self) -> np.ndarray:
+        """(pq_m, 2**pq_bits, d // pq_m) float32 PQ centroids (pq_m rows only once trained)."""
+        return self._index.pq_centroids()
+
+    def list_codes(self, list_no: int) -> np.ndarray:
+        """(list_size, pq_m) uint8: the PQ codes of list list_no's residuals, one row per vector."""
+        return self._index.list_codes(int(list_no))
+
+    def list_ids(self, list_no: int) -> np.ndarray:
+        """(list_size,) int64: the ids of list list_no, in the order of :meth:`list_codes`."""
+        return self._index.list_ids(int(list_no))
+
+    def add_encoded(self, list_no: int, codes: Any, ids: Any) -> None:
+        """Appends vectors already encoded to list list_no.
+
+        Args:
+            list_no: the list, 0 <= list_no < nlist.
+            codes: (n, pq_m) uint8 PQ codes of the residuals to that list's coarse centroid.
+            ids: (n,) int64 ids.
+        """
+        codes = np.asarray(codes)
+        if codes.dtype != np.uint8:
+            raise ValueError(f"codes must be uint8, got dtype {codes.dtype}")
+        if codes.ndim != 2 or codes.shape[1] != self.pq_m:
+            raise ValueError(f"codes must have shape (n, pq_m={self.pq_m}), got {codes.shape}")
+        self._index.add_encoded(
+            int(list_no), np.ascontiguousarray(codes), as_int64_vector(ids, codes.shape[0])
+        )
 
     def train(self, x: Any) -> None:
         """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 256."""

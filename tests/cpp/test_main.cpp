@@ -362,5 +362,44 @@ TEST(Errors, CarryTheirKindAndMessage) {
   std::remove(path.c_str());
 }
 
+// --- list contents ---------------------------------------------------------------------------
+
+TEST(IvfPqLists, CodesMoveToAnIndexWithTheSameQuantizers) {
+  const int d = 16, pq_m = 4, k = 5;
+  const idx_t nlist = 6, nb = 701, nq = 20;  // lists of ~117: a full and a partial code block
+  const std::vector<float> points = clustered(nb + nq, d, 16, 0.5f, 9);
+  const float* xq = points.data() + nb * d;
+  IvfPqIndex index(d, nlist, pq_m);
+  index.train_params.niter = 5;
+  index.train(nb, points.data());
+  index.add(nb, points.data());
+
+  IvfPqIndex copy(d, nlist, pq_m);
+  copy.set_trained(index.coarse_centroids(), index.pq_centroids());
+  for (idx_t l = 0; l < nlist; ++l) {
+    const idx_t size = index.list_size(l);
+    std::vector<uint8_t> codes(size * pq_m), back(size * pq_m);
+    index.list_codes(l, codes.data());
+    copy.add_encoded(l, size, codes.data(), index.list_ids(l));
+    ASSERT_EQ(copy.list_size(l), size);
+    copy.list_codes(l, back.data());
+    EXPECT_EQ(back, codes);
+    EXPECT_EQ(0, std::memcmp(copy.list_ids(l), index.list_ids(l), size * sizeof(idx_t)));
+  }
+  EXPECT_EQ(copy.ntotal(), nb);
+
+  std::vector<float> dist(nq * k), dist2(nq * k);
+  std::vector<idx_t> labels(nq * k), labels2(nq * k);
+  index.search(nq, xq, k, dist.data(), labels.data());
+  copy.search(nq, xq, k, dist2.data(), labels2.data());
+  EXPECT_EQ(labels2, labels);
+  EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+
+  expect_error(ErrorKind::InvalidArgument, "list 6 is out of range",
+               [&] { copy.list_size(nlist); });
+  expect_error(ErrorKind::Runtime, "needs an empty index",
+               [&] { copy.set_trained(index.coarse_centroids(), index.pq_centroids()); });
+}
+
 }  // namespace
 }  // namespace retro

@@ -56,6 +56,16 @@ class IvfPqIndex {
               const IvfPqSearchParams& params = {}) const;
   void reset();  // drops the stored vectors, keeps the training
 
+  // Makes an empty index trained with the given quantizers (e.g. another library's):
+  // coarse_centroids (nlist, d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
+  // x[m * dsub, (m + 1) * dsub).
+  void set_trained(const float* coarse_centroids, const float* pq_centroids);
+  // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m), ids (n,).
+  void add_encoded(idx_t list, idx_t n, const uint8_t* codes, const idx_t* ids);
+  // codes: (list_size(list), pq_m), vector-major, copied out of the blocked layout.
+  void list_codes(idx_t list, uint8_t* codes) const;
+  const idx_t* list_ids(idx_t list) const;  // (list_size(list),)
+
   void save(const std::string& path) const;  // atomic: temp file + rename
   static std::unique_ptr<IvfPqIndex> load(const std::string& path, bool mmap, bool verify);
 
@@ -70,7 +80,7 @@ class IvfPqIndex {
   bool is_trained() const { return is_trained_; }
   bool is_mmapped() const { return mapped_ != nullptr; }
   idx_t ntotal() const { return ntotal_; }
-  idx_t list_size(idx_t list) const { return lists_[list].size; }
+  idx_t list_size(idx_t list) const;  // throws on a list out of [0, nlist)
   const float* coarse_centroids() const { return coarse_centroids_.data(); }  // (nlist, d)
   const float* pq_centroids() const { return pq_centroids_.data(); }  // (pq_m, ksub, dsub)
   // k-means objective (sum of squared distances) after the last coarse training iteration
@@ -92,6 +102,9 @@ class IvfPqIndex {
   struct Derived;  // packed quantizers and tables, rebuilt from the trained parameters
 
   void check_trained(const char* what) const;
+  void check_writable(const char* what) const;
+  void check_list(idx_t list) const;
+  void append(idx_t list, const uint8_t* code, idx_t id);  // one vector; the caller owns `list`
   void rebuild_derived();
   void rebuild_list_views();
   void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;

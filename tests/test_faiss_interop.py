@@ -1,0 +1,251 @@
+"""retro.faiss_interop: IvfPqIndex <-> faiss IndexIVFPQ both ways, and the accessors it rests on
+(pq_centroids, list_codes, list_ids, from_trained, add_encoded)."""
+
+import sys
+
+import numpy as np
+import pytest
+from support import clustered, recall_at
+
+import retro
+from retro.faiss_interop import from_faiss, to_faiss
+
+# Odd sizes: lists of ~81 vectors (two code blocks, the second partial), dsub = 4.
+D, NLIST, PQ_M, N_BASE, N_QUERIES, K, NPROBE = 24, 37, 6, 3001, 123, 10, 5
+METRICS = ["l2", "ip"]
+
+
+@pytest.fixture(scope="module")
+def faiss():
+    return pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def points():
+    x = clustered(N_BASE + N_QUERIES, D, n_centres=97, spread=0.5, seed=11)
+    return x[:N_BASE], x[N_BASE:]
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.default_rng(5).permutation(N_BASE).astype(np.int64) * 3 + 7  # not 0 .. n-1
+
+
+@pytest.fixture(scope="module")
+def ours(points, ids):
+    """metric -> our trained index over the base points."""
+    base, _ = points
+    out = {}
+    for metric in METRICS:
+        index = retro.IvfPqIndex(D, NLIST, PQ_M, metric=metric, seed=4)
+        index.niter = 10
+        index.train(base)
+        index.add(base, ids)
+        out[metric] = index
+    return out
+
+
+def truth(points, ids, metric):
+    base, queries = points
+    flat = retro.FlatIndex(D, metric)
+    flat.add(base, ids)
+    return flat.search(queries, K)[1]
+
+
+def faiss_search(faiss_index, queries, nprobe=NPROBE):
+    faiss_index.nprobe = nprobe
+    return faiss_index.search(queries, K)
+
+
+def assert_same_search(a, b, truth_labels):
+    """Same results up to rounding: the order of ties and of near-ties at place k may differ."""
+    (d_a, i_a), (d_b, i_b) = a, b
+    assert (i_a >= 0).all() and (i_b >= 0).all()
+    # observed with faiss 1.15.1: the same label sets for every query, recall equal to 4 places,
+    # distances within 1.3e-6 of the largest
+    same_sets = np.mean([set(x) == set(y) for x, y in zip(i_a, i_b)])
+    assert same_sets >= 0.97, same_sets
+    assert abs(recall_at(i_a, truth_labels) - recall_at(i_b, truth_labels)) <= 0.005
+    np.testing.assert_allclose(d_a, d_b, rtol=1e-5, atol=1e-5 * np.abs(d_a).max())
+
+
+def assert_identical_search(a, b, queries):
+    d_a, i_a = a.search(queries, K, nprobe=NPROBE)
+    d_b, i_b = b.search(queries, K, nprobe=NPROBE)
+    assert np.array_equal(i_a, i_b) and np.array_equal(d_a, d_b)
+
+
+def assert_same_contents(a, b):
+    assert (a.d, a.nlist, a.pq_m, a.metric, a.ntotal) == (b.d, b.nlist, b.pq_m, b.metric, b.ntotal)
+    assert np.array_equal(a.coarse_centroids(), b.coarse_centroids())
+    assert np.array_equal(a.pq_centroids(), b.pq_centroids())
+    for list_no in range(a.nlist):
+        assert np.array_equal(a.list_codes(list_no), b.list_codes(list_no))
+        assert np.array_equal(a.list_ids(list_no), b.list_ids(list_no))
+
+
+# --- accessors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_lists_hold_every_vector_once_and_move_between_indexes(ours, points, ids, metric):
+    index = ours[metric]
+    assert index.pq_centroids().shape == (PQ_M, 256, D // PQ_M)
+    all_ids = np.concatenate([index.list_ids(list_no) for list_no in range(NLIST)])
+    assert np.array_equal(np.sort(all_ids), np.sort(ids))
+    assert index.list_codes(0).shape == (index.list_sizes()[0], PQ_M)
+    assert index.list_codes(0).dtype == np.uint8 and index.list_ids(0).dtype == np.int64
+
+    copy = retro.IvfPqIndex.from_trained(
+        index.coarse_centroids(), index.pq_centroids(), metric=metric
+    )
+    assert copy.is_trained and copy.ntotal == 0
+    for list_no in range(NLIST):
+        copy.add_encoded(list_no, index.list_codes(list_no), index.list_ids(list_no))
+    assert_same_contents(copy, index)
+    assert_identical_search(copy, index, points[1])  # the L2 terms are recomputed bit-exactly
+
+
+def test_accessors_refuse_bad_input(ours, tmp_path):
+    index = ours["l2"]
+    copy = retro.IvfPqIndex.from_trained(index.coarse_centroids(), index.pq_centroids())
+    codes, ids = index.list_codes(3), index.list_ids(3)
+    for bad_list in (-1, NLIST):
+        with pytest.raises(ValueError, match=f"list {bad_list} is out of range"):
+            index.list_codes(bad_list)
+        with pytest.raises(ValueError, match="out of range"):
+            index.list_ids(bad_list)
+        with pytest.raises(ValueError, match="out of range"):
+            copy.add_encoded(bad_list, codes, ids)
+    with pytest.raises(ValueError, match="codes must be uint8"):
+        copy.add_encoded(3, codes.astype(np.int32), ids)
+    with pytest.raises(ValueError, match=r"codes must have shape \(n, pq_m=6\)"):
+        copy.add_encoded(3, codes[:, :4], ids)
+    with pytest.raises(ValueError, match="ids must have shape"):
+        copy.add_encoded(3, codes, ids[:-1])
+    assert copy.ntotal == 0
+
+    with pytest.raises(ValueError, match="PQ centroids .* cover pq_m \\* dsub = 20"):
+        retro.IvfPqIndex.from_trained(index.coarse_centroids(), index.pq_centroids()[:5])
+    with pytest.raises(ValueError, match="ksub=255 is not a power of 2"):
+        retro.IvfPqIndex.from_trained(index.coarse_centroids(), index.pq_centroids()[:, :255])
+    bad = index.pq_centroids().copy()
+    bad[2, 7, 1] = np.nan
+    with pytest.raises(ValueError, match="PQ centroids contains NaN or inf"):
+        retro.IvfPqIndex.from_trained(index.coarse_centroids(), bad)
+    with pytest.raises(RuntimeError, match="needs an empty index"):
+        index._index.set_trained(index.coarse_centroids(), index.pq_centroids())
+
+    index.save(tmp_path / "index")
+    mapped = retro.IvfPqIndex.load(tmp_path / "index", mmap=True)
+    assert np.array_equal(mapped.list_codes(3), codes) and np.array_equal(mapped.list_ids(3), ids)
+    with pytest.raises(RuntimeError, match="read-only"):
+        mapped.add_encoded(3, codes, ids)
+
+
+def test_missing_faiss_is_named(ours, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        to_faiss(ours["l2"])
+
+
+# --- retro -> faiss -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exported_index_searches_like_ours(faiss, ours, points, ids, metric):
+    index = ours[metric]
+    exported = to_faiss(index)
+    assert type(exported) is faiss.IndexIVFPQ and exported.ntotal == N_BASE
+    want_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    assert exported.metric_type == want_metric
+    queries = points[1]
+    assert_same_search(
+        index.search(queries, K, nprobe=NPROBE), faiss_search(exported, queries),
+        truth(points, ids, metric),
+    )
+    assert_same_contents(from_faiss(exported), index)
+    assert_identical_search(from_faiss(exported), index, queries)
+
+
+def test_exported_index_survives_write_and_read(faiss, ours, points, tmp_path):
+    exported = to_faiss(ours["l2"])
+    faiss.write_index(exported, str(tmp_path / "faiss.index"))
+    loaded = faiss.read_index(str(tmp_path / "faiss.index"))
+    d_a, i_a = faiss_search(exported, points[1])
+    d_b, i_b = faiss_search(loaded, points[1])
+    assert np.array_equal(i_a, i_b) and np.array_equal(d_a, d_b)
+    assert_identical_search(from_faiss(loaded), ours["l2"], points[1])
+
+
+# --- faiss -> retro -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_imported_faiss_index_searches_like_faiss(faiss, points, ids, metric):
+    base, queries = points
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    # np: no polysemous training (a code permutation, 30x the training time here)
+    reference = faiss.index_factory(D, f"IVF{NLIST},PQ{PQ_M}np", faiss_metric)
+    reference.cp.niter = 10
+    reference.pq.cp.niter = 10
+    reference.train(base)
+    reference.add_with_ids(base, ids)
+    imported = from_faiss(reference)
+    assert imported.metric == metric and imported.ntotal == N_BASE
+    invlists = reference.invlists
+    for list_no in range(NLIST):
+        n = invlists.list_size(list_no)
+        codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), n * PQ_M).reshape(n, PQ_M)
+        assert np.array_equal(imported.list_codes(list_no), codes)
+    assert_same_search(
+        imported.search(queries, K, nprobe=NPROBE), faiss_search(reference, queries),
+        truth(points, ids, metric),
+    )
+
+
+@pytest.mark.parametrize(
+    "factory, kind",
+    [
+        ("IVF8,Flat", "IndexIVFFlat"),
+        ("IVF8,PQ4x4fs", "IndexIVFPQFastScan"),
+        ("OPQ4,IVF8,PQ4", "IndexPreTransform"),
+        ("IVF8_HNSW16,PQ4", "IndexHNSWFlat quantizer"),
+        ("IVF8,PQ4x6", "8-bit PQ codes, got pq.nbits=6"),
+        ("PQ4", "IndexPQ"),
+    ],
+)
+def test_other_kinds_are_refused_by_name(faiss, factory, kind):
+    with pytest.raises(ValueError, match=kind):
+        from_faiss(faiss.index_factory(D, factory))
+
+
+def test_refuses_an_index_without_residuals(faiss):
+    index = faiss.index_factory(D, f"IVF{NLIST},PQ{PQ_M}")
+    faiss.downcast_index(index).by_residual = False
+    with pytest.raises(ValueError, match="by_residual"):
+        from_faiss(index)
+
+
+# --- empty and untrained ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_empty_and_untrained_indexes_round_trip(faiss, ours, points, metric):
+    empty = retro.IvfPqIndex.from_trained(
+        ours[metric].coarse_centroids(), ours[metric].pq_centroids(), metric=metric
+    )
+    exported = to_faiss(empty)
+    assert exported.is_trained and exported.ntotal == 0
+    assert (faiss_search(exported, points[1])[1] == -1).all()
+    back = from_faiss(exported)
+    assert_same_contents(back, empty)
+    assert (back.search(points[1], K)[1] == -1).all()
+
+    untrained = retro.IvfPqIndex(D, NLIST, PQ_M, metric=metric)
+    exported = to_faiss(untrained)
+    assert not exported.is_trained
+    back = from_faiss(exported)
+    assert not back.is_trained and (back.d, back.nlist, back.pq_m, back.metric) == (
+        D, NLIST, PQ_M, metric
+    )
