@@ -4,6 +4,8 @@
   (exact search) and :func:`index_factory` for faiss-style strings (numpy only).
 - faiss interop: :func:`to_faiss` / :func:`from_faiss` (an ``IndexIVFPQ`` with a flat quantizer).
 - The retrieval database: :func:`build_db`, :func:`open_db` (:mod:`retro.db`, CLI ``retro db``).
+- Training, evaluation, generation (need torch; ``retro train|eval|generate|demo``):
+  :class:`TrainConfig` with :func:`retro.train.train`, :func:`evaluate`, :func:`generate`.
 - The model (needs torch, imported on first use): :class:`RetroConfig`, :class:`Retro`,
   :class:`GPT`, :func:`from_gpt`; the attention ops in :mod:`retro.ops`.
 """
@@ -16,7 +18,16 @@ from retro.index import FlatIndex, IvfPqIndex
 
 __version__: str = _core.__version__
 
-_MODEL_NAMES = ("GPT", "Retro", "RetroConfig", "from_gpt")
+# torch-backed names, imported on first use: name -> module
+_LAZY = {
+    "GPT": "retro.model",
+    "Retro": "retro.model",
+    "RetroConfig": "retro.model",
+    "from_gpt": "retro.model",
+    "generate": "retro.generation",
+    "evaluate": "retro.eval",
+    "TrainConfig": "retro.train",
+}
 
 __all__ = [
     "FlatIndex",
@@ -24,9 +35,12 @@ __all__ = [
     "IvfPqIndex",
     "Retro",
     "RetroConfig",
+    "TrainConfig",
     "build_db",
+    "evaluate",
     "from_faiss",
     "from_gpt",
+    "generate",
     "cuda_available",
     "get_num_threads",
     "has_cuda",
@@ -70,9 +84,9 @@ def set_num_threads(n: int) -> None:
 
 
 def __getattr__(name: str):
-    """The model's names, imported on first use so that the index needs no torch."""
-    if name in _MODEL_NAMES:
-        from retro import model
+    """The torch-backed names, imported on first use so that the index needs no torch."""
+    if name in _LAZY:
+        import importlib
 
-        return getattr(model, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'retro' has no attribute {name!r}")

@@ -8,7 +8,13 @@ Keys (format version 1):
   checkpoint), ``data_position`` (samples consumed, for an exact resume), ``rng`` (states of
   python, numpy and torch), ``train_args`` (the run's settings as plain values);
 - ``db`` (what the model was trained against: path, tokenizer, chunk_size, block_size, embedder
-  name and dimension), so that evaluation and generation can refuse a mismatched database.
+  name and dimension), so that evaluation and generation can refuse a mismatched database;
+  :func:`db_identity` makes it (adding ``tokenizer_sha256``, ``eod_id``, ``vocab_size``,
+  ``n_nbrs`` and ``train_data``, a sha256 over the train stream and its neighbour ids) and
+  :func:`db_mismatches` compares it with a database.
+
+Optional keys written by ``retro train``: ``frozen`` (names of the parameters that were not
+trained, e.g. the decoder in RETRO-fit; absent or empty: all trained).
 
 The same directory holds ``log.jsonl`` (one JSON object per logged step) and plots.
 """
@@ -16,6 +22,7 @@ The same directory holds ``log.jsonl`` (one JSON object per logged step) and plo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -96,3 +103,37 @@ def load_model(run: str | os.PathLike, map_location: str | torch.device = "cpu")
 def config_dict(config: RetroConfig) -> dict[str, Any]:
     """The config as plain values, as stored under ``config``."""
     return dataclasses.asdict(config)
+
+
+# What a model depends on in a database (the rest of db_identity says which data it was fitted to).
+MODEL_DB_KEYS = ("tokenizer", "tokenizer_sha256", "chunk_size", "block_size")
+
+
+def db_identity(db: Any) -> dict[str, Any]:
+    """The ``db`` field of a checkpoint for a :class:`retro.db.Database`."""
+    manifest = db.manifest
+    tokenizer, embedder = manifest.components["tokenizer"], manifest.components["embedder"]
+    train_files = ("tokens/train/stream.npy", "neighbours/train/ids.npy")
+    train_data = hashlib.sha256(
+        "".join(manifest.files[name]["sha256"] for name in train_files).encode()).hexdigest()
+    return {
+        "path": str(Path(db.root).resolve()),
+        "tokenizer": manifest.config["tokenizer"],
+        "tokenizer_sha256": tokenizer["sha256"],
+        "eod_id": int(tokenizer["eod_id"]),
+        "vocab_size": int(tokenizer["vocab_size"]),
+        "chunk_size": db.chunk_size,
+        "block_size": db.block_size,
+        "n_nbrs": db.n_nbrs,
+        "embedder": embedder["name"],
+        "embedder_dim": int(embedder["dim"]),
+        "train_data": train_data,
+    }
+
+
+def db_mismatches(stored: dict[str, Any], db: Any,
+                  keys: tuple[str, ...] = MODEL_DB_KEYS) -> list[str]:
+    """Lines "key: the run has X, the database Y" for each of keys where db differs from stored."""
+    current = db_identity(db)
+    return [f"{key}: the run has {stored.get(key)!r}, the database {current[key]!r}"
+            for key in keys if stored.get(key) != current[key]]

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from retro.data.corpus import CorpusError
 
-COMMAND_GROUPS = ("retro.db.cli",)
+COMMAND_GROUPS = (
+    "retro.db.cli",
+    "retro.train.cli",
+    "retro.eval.cli",
+    "retro.generation.cli",
+    "retro.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,46 @@
+"""``retro eval RUN [--db DIR] [--gpt RUN] [--json]``: a thin layer over retro.eval.evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from retro.checkpoint import checkpoint_path
+from retro.eval.evaluate import evaluate, results_table
+from retro.eval.leakage import leakage_table, plot_leakage
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``retro eval``."""
+    parser = subparsers.add_parser(
+        "eval", help="validation loss, perplexity and bits per byte, with and without retrieval")
+    parser.add_argument("run", help="a training run directory (RETRO or GPT)")
+    parser.add_argument("--db", default=None, help="the database (default: the run's own)")
+    parser.add_argument("--gpt", default=None, help="a GPT run to compare on the same samples")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-samples", type=int, default=None, help="default: the whole split")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="leakage plot PNG (default: RUN/leakage.png)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    result = evaluate(args.run, args.db, args.gpt, args.split, args.batch_size, args.max_samples,
+                      args.device)
+    plot = args.plot or checkpoint_path(args.run).parent / "leakage.png"
+    result["leakage"]["plot"] = str(plot_leakage(result["leakage"], plot))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['split']}: {result['samples']} samples, {result['tokens']} tokens, "
+          f"{result['bytes']} bytes ({result['db']})")
+    print(results_table(result))
+    print("\nLeakage-filtered bits per byte (DeepMind §4.4): chunks whose longest common token run "
+          "with RET(C_{u-1}) is <= alpha * chunk_size")
+    print(leakage_table(result["leakage"]))
+    print(f"plot: {result['leakage']['plot']}")
+    return 0

@@ -1,0 +1,15 @@
+"""Training RETRO and its GPT baseline on a retrieval database (CLI ``retro train``).
+
+    from retro.train import TrainConfig, train
+    run = train(TrainConfig(db="db", out="runs/retro", model="retro", max_iters=200,
+                            model_args={"block_size": 256}))
+
+config.py holds the settings and the typed overrides, data.py the samples with their
+neighbours, optim.py AdamW and the schedule, loop.py the loop, log.py RUN/log.jsonl.
+"""
+
+from retro.train.config import TrainConfig
+from retro.train.log import read_log
+from retro.train.loop import train
+
+__all__ = ["TrainConfig", "read_log", "train"]

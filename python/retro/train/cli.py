@@ -1,0 +1,78 @@
+"""``retro train``: a thin layer over retro.train.train.
+
+Every TrainConfig setting and RetroConfig field is an option ``--key=value`` (nanoGPT's names,
+typed by the field: ``--max_iters=200 --n_layer=4 --cca_layers=2,4``). ``--resume`` continues the
+run in --out with its stored settings, changed only by the options given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+PREFIX = "set:"  # dest of the --key=value options
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``retro train`` (without torch installed, one that says so)."""
+    try:
+        from retro.model import PRESETS
+        from retro.train.config import MODELS, TrainConfig, settable_fields
+    except ImportError as error:  # torch is an optional dependency; `retro db` works without it
+        parser = subparsers.add_parser("train", help="train RETRO (needs torch)")
+        parser.set_defaults(func=lambda args: _missing(error))
+        return
+    parser = subparsers.add_parser(
+        "train", help="train RETRO or the GPT baseline on a database", allow_abbrev=False,
+        description="Train RETRO (or the GPT baseline, the same decoder) on a retrieval "
+                    "database's samples and their stored neighbours.")
+    parser.add_argument("--db", help="the database directory (default when resuming: the run's)")
+    parser.add_argument("--model", choices=MODELS, help="default: retro")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: tiny")
+    parser.add_argument("--out", required=True, help="the run directory (ckpt.pt, log.jsonl)")
+    parser.add_argument("--init-from", help="RETRO-fit: start from this GPT run's decoder")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --init-from: train only CCA and the encoder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    defaults = TrainConfig(db="", out="")
+    groups = {"train": parser.add_argument_group("training settings (--key=value)"),
+              "model": parser.add_argument_group("model fields, RetroConfig (--key=value)")}
+    for name, (group, hint) in settable_fields().items():
+        default = getattr(defaults, name) if group == "train" else "preset"
+        groups[group].add_argument(f"--{name}", dest=PREFIX + name, default=argparse.SUPPRESS,
+                                   metavar=_metavar(hint), help=f"default: {default}")
+    parser.set_defaults(func=run_train)
+
+
+def _metavar(hint: typing.Any) -> str:
+    names = [getattr(option, "__name__", "ints") for option in typing.get_args(hint) or (hint,)]
+    return "|".join(name.upper() for name in names).replace("NONETYPE", "NONE")
+
+
+def _missing(error: ImportError) -> int:
+    raise ValueError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from retro.checkpoint import load_checkpoint
+    from retro.train.config import TrainConfig, apply_overrides
+    from retro.train.loop import train
+
+    overrides = {key.removeprefix(PREFIX): value for key, value in vars(args).items()
+                 if key.startswith(PREFIX)}
+    given = {key: value for key, value in
+             (("db", args.db), ("model", args.model), ("preset", args.preset),
+              ("init_from", args.init_from)) if value is not None}
+    if args.freeze:
+        given["freeze"] = True
+    if args.resume:
+        stored = TrainConfig(**load_checkpoint(args.out)["train_args"])
+        config = dataclasses.replace(stored, **given, out=args.out, resume=True, stop_after=None)
+    else:
+        if args.db is None:
+            raise ValueError("--db is required (the database to train on)")
+        config = TrainConfig(**given, out=args.out)
+    run = train(apply_overrides(config, overrides))
+    print(f"trained: {run}")
+    return 0

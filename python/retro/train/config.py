@@ -1,0 +1,185 @@
+"""TrainConfig: a training run's settings (flat, nanoGPT style) and typed ``key=value`` overrides.
+
+Every field of :class:`TrainConfig` and of :class:`retro.model.RetroConfig` can be set from the
+command line as ``--key=value``; the value is parsed by the field's annotation (int, float, bool,
+str, ``X | None`` with "none", tuples as "3,6"), so ``--n_layer=two`` fails with the field's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retro.model import RetroConfig
+
+MODELS = ("retro", "gpt")
+DTYPES = ("auto", "float32", "bfloat16")
+# Settings a resumed run must keep: they decide the model, the data order or the optimisation.
+RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "seed", "batch_size",
+                "grad_accum", "learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
+                "beta1", "beta2", "grad_clip")
+
+
+@dataclass
+class TrainConfig:
+    """A training run (``retro train``); ``retro.train.train(config)`` runs it."""
+
+    db: str  # the retrieval database directory (retro db build)
+    out: str  # the run directory: ckpt.pt, log.jsonl
+    model: str = "retro"  # "retro" or "gpt" (the same decoder without retrieval)
+    preset: str | None = None  # RetroConfig preset; None: "tiny", or the init_from run's config
+    model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
+    init_from: str | None = None  # a GPT run to RETRO-fit (its decoder, fresh CCA and encoder)
+    freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
+    resume: bool = False  # continue the run in `out` from its checkpoint
+    # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
+    max_iters: int = 2000  # optimizer steps
+    batch_size: int = 8  # samples per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 6e-4  # the paper's for 'small'
+    min_lr_ratio: float = 0.1  # cosine floor, as a share of learning_rate
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # end of the cosine; None: max_iters
+    weight_decay: float = 0.1  # on 2-D weights only (matrices and embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0: off
+    # evaluation, logging, checkpoints
+    eval_interval: int = 200  # steps between validation losses (and at the end)
+    eval_batches: int = 20  # validation batches of batch_size, spread evenly over the valid split
+    log_interval: int = 10  # steps between log.jsonl lines (and at the end)
+    checkpoint_interval: int = 500  # steps between checkpoints (and at the end)
+    stop_after: int | None = None  # end this invocation after this step, checkpointed (resumable)
+    # execution
+    seed: int = 1337  # model init and data order
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # autocast: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16"
+    num_workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch CPU threads; None: leave torch's setting
+    progress: bool = True  # tqdm bar with loss, tokens/s and ETA
+
+    def __post_init__(self) -> None:
+        self.db, self.out = str(self.db), str(self.out)
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
+        _check(self.model in MODELS, f"model must be one of {MODELS}, not {self.model!r}")
+        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_batches",
+                    "log_interval", "checkpoint_interval")
+        for name in positive:
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("warmup_iters", "num_workers", "weight_decay", "grad_clip", "learning_rate"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, not {getattr(self, name)}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0,
+               f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
+        _check(self.freeze is False or self.init_from is not None,
+               "freeze needs init_from (the GPT run whose decoder is frozen)")
+        _check(self.init_from is None or self.model == "retro",
+               "init_from RETRO-fits a GPT run: it needs model='retro'")
+        fields = {f.name for f in dataclasses.fields(RetroConfig)}
+        unknown = sorted(set(self.model_args) - fields)
+        _check(not unknown, "unknown model setting(s) " + ", ".join(
+            f"{key!r}{_suggest(key, fields)}" for key in unknown))
+        hints = typing.get_type_hints(RetroConfig)
+        self.model_args = {key: coerce(key, value, hints[key])
+                           for key, value in self.model_args.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored in a checkpoint's ``train_args``."""
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """value as the annotated type hint; a str is parsed ("3,6" for tuples, "none" for None).
+
+    Raises ValueError naming the field when the value does not fit.
+    """
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or \
+        typing.get_origin(hint) is typing.Union else (hint,)
+    if type(None) in options and (value is None or str(value).lower() == "none"):
+        return None
+    for option in (o for o in options if o is not type(None)):
+        try:
+            return _as(option, value)
+        except (TypeError, ValueError):
+            continue
+    expected = " or ".join(_type_name(o) for o in options)
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _as(kind: Any, value: Any) -> Any:
+    """value as kind (bool, int, float, str, tuple[int, ...]); raises ValueError/TypeError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise ValueError(value)
+    if kind in (int, float):
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise TypeError(value)
+        return kind(value)
+    if kind is str:
+        if not isinstance(value, (str, Path)):
+            raise TypeError(value)
+        return str(value)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        parts = value.strip("()[] ").split(",") if isinstance(value, str) else list(value)
+        return tuple(_as(item, part.strip() if isinstance(part, str) else part)
+                     for part in parts if part != "")
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        return value
+    raise TypeError(value)
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "none"
+    if typing.get_origin(kind) is tuple:
+        return "a comma-separated list of ints"
+    name = getattr(kind, "__name__", str(kind))
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def settable_fields() -> dict[str, tuple[str, Any]]:
+    """{name: ("train" | "model", type hint)} of every field a ``--key=value`` override may set."""
+    train_hints = typing.get_type_hints(TrainConfig)
+    model_hints = typing.get_type_hints(RetroConfig)
+    dedicated = {"db", "out", "model", "preset", "model_args", "init_from", "freeze", "resume"}
+    fields = {f.name: ("model", model_hints[f.name]) for f in dataclasses.fields(RetroConfig)}
+    fields.update({f.name: ("train", train_hints[f.name]) for f in dataclasses.fields(TrainConfig)
+                   if f.name not in dedicated})
+    return fields
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """config with ``{key: value}`` overrides of TrainConfig settings and RetroConfig fields
+    (values parsed as in :func:`coerce`); unknown keys raise ValueError with a suggestion."""
+    fields = settable_fields()
+    train_values, model_values = {}, dict(config.model_args)
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown setting {key!r}{_suggest(key, fields)}")
+        group, hint = fields[key]
+        (train_values if group == "train" else model_values)[key] = coerce(key, value, hint)
+    return dataclasses.replace(config, **train_values, model_args=model_values)
+

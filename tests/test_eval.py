@@ -1,0 +1,126 @@
+"""retro.eval and ``retro eval``: longest common runs, bits per byte by hand, per-chunk losses,
+the leakage filter, and RETRO with and without retrieval against GPT on the tiny runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_run_support import tiny_runs
+
+from retro.checkpoint import load_checkpoint, load_model, save_checkpoint
+from retro.cli import main
+from retro.data.tokenizer import load_tokenizer
+from retro.eval import chunk_overlaps, evaluate, filtered_bpb, longest_common_run
+from retro.eval.bytes import bits_per_byte, group_bytes
+from retro.eval.losses import chunk_losses, samples, stored_neighbours
+from retro.run_db import open_run_db
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tiny_runs(tmp_path_factory.getbasetemp())
+
+
+def brute_force_run(a: list[int], b: list[int]) -> int:
+    return max((n for i in range(len(a)) for j in range(len(b)) for n in range(1, len(a) - i + 1)
+                if a[i:i + n] == b[j:j + n]), default=0)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=12),
+       st.lists(st.integers(0, 3), min_size=1, max_size=16))
+def test_longest_common_run_matches_brute_force(a, b):
+    assert longest_common_run(np.array(a), np.array(b)) == brute_force_run(a, b)
+
+
+def test_overlaps_count_real_neighbour_tokens_only():
+    chunks = np.array([[5, 6, 7, 8], [1, 2, 3, 4]])
+    nbrs = np.array([[[9, 5, 6, 7, 8, 0], [5, 6, 0, 0, 0, 0]],
+                     [[1, 2, 3, 4, 0, 0], [2, 3, 0, 0, 0, 0]]])
+    lens = np.array([[4, 2], [2, 6]])  # chunk 0's first neighbour is cut after 5, 6, 7
+    np.testing.assert_array_equal(chunk_overlaps(chunks, nbrs, lens), [3, 2])
+    np.testing.assert_array_equal(chunk_overlaps(chunks, nbrs, np.zeros((2, 2))), [0, 0])
+
+
+def test_bits_per_byte_by_hand():
+    tokenizer = load_tokenizer("gpt2")
+    hello = tokenizer.encode_batch(["héllo wörld"])[0]  # 13 UTF-8 bytes
+    eod = tokenizer.eod_id
+    groups = [hello, np.concatenate([hello, [eod], hello]), np.array([eod])]
+    np.testing.assert_array_equal(group_bytes(tokenizer, groups), [13, 27, 1])
+    # 10 tokens at ln(4) nats each over 5 bytes: 10 * 2 bits / 5 bytes
+    assert bits_per_byte(10 * math.log(4), 5) == pytest.approx(4.0)
+
+
+def test_chunk_losses_sum_to_the_models_loss(runs):
+    model, state = load_model(runs[1])
+    db = open_run_db(model, state)
+    tokens = samples(db, "valid", 2)
+    nbr_tokens, nbr_lens = stored_neighbours(db, "valid", 2, db.n_nbrs)
+    nats = chunk_losses(model, tokens, nbr_tokens, nbr_lens, batch_size=1)
+    assert nats.shape == (2, 256 // 64 + 1) and (nats > 0).all()
+    with torch.no_grad():
+        x, y = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:])
+        _, loss = model(x, torch.from_numpy(nbr_tokens), torch.from_numpy(nbr_lens), targets=y)
+    assert nats.sum() / y.numel() == pytest.approx(float(loss), rel=1e-5)
+    # group 0 holds targets 1..63, groups 1-3 64 targets each, group 4 the last target alone
+    per_token = nats / np.array([63, 64, 64, 64, 1])
+    assert np.all(np.abs(np.log(per_token[:, :4]) - np.log(float(loss))) < 0.2)
+
+
+def test_filtered_bpb_by_hand():
+    overlaps = np.array([[0.0, 0.3, 1.0]])  # chunks 1, 2, 3 of one sample
+    nats = {"a": np.array([[1.0, 2.0, 4.0, 8.0, 16.0]]) * math.log(2)}  # bits per group
+    n_bytes = np.array([[1, 2, 2, 4, 1]])
+    result = filtered_bpb(overlaps, nats, n_bytes, alphas=(0.125, 0.5, 1.0))
+    assert result["chunks"] == [1, 2, 3]
+    assert result["bpb"]["a"] == pytest.approx([2 / 2, 6 / 4, 14 / 8])
+    assert result["chunk0"]["bpb"]["a"] == pytest.approx(1.0)
+
+
+def test_evaluate_retro_retro_off_and_gpt(runs):
+    db_dir, retro_run, gpt_run = runs
+    result = evaluate(retro_run, gpt_run=gpt_run, batch_size=2)
+    assert list(result["models"]) == ["retro", "retro_no_retrieval", "gpt"]
+    assert result["samples"] == 3 and result["tokens"] == 768 and result["bytes"] > 768
+    for s in result["models"].values():
+        assert all(math.isfinite(v) and v > 0 for v in s.values())
+        # untrained: about uniform over the padded vocabulary (observed loss 10.81-10.83)
+        assert abs(s["loss"] - math.log(50304)) < 0.2
+        assert s["perplexity"] == pytest.approx(math.exp(s["loss"]))
+        assert s["bpb"] == pytest.approx(s["loss"] * result["tokens"] / math.log(2) / result["bytes"])
+    # neighbours change the output (the untrained CCA is not zero)
+    assert result["models"]["retro"]["loss"] != result["models"]["retro_no_retrieval"]["loss"]
+    leakage = result["leakage"]
+    assert leakage["chunks"][-1] == 3 * 3 and leakage["chunk0"]["chunks"] == 3
+    assert all(math.isfinite(v) for values in leakage["bpb"].values() for v in values)
+
+
+def test_cli_json_and_plot(runs, tmp_path, capsys):
+    _, retro_run, gpt_run = runs
+    plot = tmp_path / "leak.png"
+    assert main(["eval", str(retro_run), "--gpt", str(gpt_run), "--json", "--plot", str(plot),
+                 "--max-samples", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 2 and set(result["models"]["gpt"]) == {"loss", "perplexity", "bpb"}
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 5000
+    assert main(["eval", str(retro_run), "--max-samples", "1", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "| retro_no_retrieval |" in out and "| chunk 0 (no neighbours) | 1 |" in out
+
+
+def test_mismatched_database_is_refused(runs, tmp_path, capsys):
+    _, retro_run, _ = runs
+    state = load_checkpoint(retro_run)
+    state["db"] = {**state["db"], "block_size": 512}
+    save_checkpoint(tmp_path / "run", state)
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the database of this run" in err and "block_size: the run has 512" in err
