@@ -1,13 +1,18 @@
 # The two commands of the README, and the pieces they are made of.
-#   make demo   set up .venv and run the main job (now: the IVF-PQ benchmark on synthetic data)
+#   make demo   set up .venv and run `retro demo`: database, GPT vs RETRO, eval, generation
 #   make test   set up .venv and run every test: Python (pytest) and C++ (GoogleTest via ctest)
 PYTHON ?= .venv/bin/python
 JOBS ?= 2
 CPP_BUILD := build/cpp
 
-.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench bench-db bench-ops clean
+.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench bench-quick bench-db bench-ops clean
 
-demo: setup-bench
+demo:
+	bash scripts/setup_env.sh data,bench
+	$(PYTHON) -m retro demo --out runs/demo
+
+# The IVF-PQ benchmark on 100k synthetic vectors against faiss (~3 minutes).
+bench-quick: setup-bench
 	$(PYTHON) bench/ivfpq.py --quick
 
 test: setup-test test-python test-cpp
