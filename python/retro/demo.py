@@ -27,7 +27,7 @@ DEFAULT_OUT = Path("runs") / "demo"
 class DemoConfig:
     out: str = str(DEFAULT_OUT)  # runs, plots and summary.json go here
     db: str | None = None  # an existing database; None: OUT/db, built (or resumed) first
-    steps: int = 60  # optimizer steps of each model (~13 minutes for both on 2 cores, float32)
+    steps: int = 50  # optimizer steps of each model (~11 minutes for both on 2 cores, float32)
     batch_size: int = 8  # samples of block_size tokens per step
     preset: str = "tiny"
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
