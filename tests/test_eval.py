@@ -124,3 +124,15 @@ def test_mismatched_database_is_refused(runs, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "is not the database of this run" in err and "block_size: the run has 512" in err
+
+
+def test_cli_text_quality(runs, tmp_path, capsys):
+    """Sampled continuations for retro, retro without retrieval and gpt, measured."""
+    _, retro_run, gpt_run = runs
+    assert main(["eval", str(retro_run), "--gpt", str(gpt_run), "--json", "--max-samples", "1",
+                 "--plot", str(tmp_path / "leak.png"), "--text-quality", "3", "--new-tokens", "12"]) == 0
+    scores = json.loads(capsys.readouterr().out)["text_quality"]
+    assert set(scores) == {"retro", "retro_no_retrieval", "gpt"}
+    for s in scores.values():
+        assert s["continuations"] == 3 and 0 <= s["repetition_rate"] <= 1 and 0 <= s["self_bleu"] <= 1
+        assert s["zipf_coefficient"] == s["zipf_coefficient"]  # finite, not NaN

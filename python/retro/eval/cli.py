@@ -9,6 +9,7 @@ from pathlib import Path
 from retro.checkpoint import checkpoint_path
 from retro.eval.evaluate import evaluate, results_table
 from retro.eval.leakage import leakage_table, plot_leakage
+from retro.eval.text_quality import text_quality_of_runs, text_quality_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="leakage plot PNG (default: RUN/leakage.png)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--text-quality", type=int, default=0, metavar="N",
+                        help="also sample N continuations per model (nucleus p=0.9) and report "
+                        "repetition, self-BLEU and Zipf (paper Table 3)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens per sampled continuation")
     parser.set_defaults(func=run_eval)
 
 
@@ -33,6 +38,9 @@ def run_eval(args: argparse.Namespace) -> int:
                       args.device)
     plot = args.plot or checkpoint_path(args.run).parent / "leakage.png"
     result["leakage"]["plot"] = str(plot_leakage(result["leakage"], plot))
+    if args.text_quality:
+        result["text_quality"] = text_quality_of_runs(args.run, args.db, args.gpt, args.text_quality,
+                                                      args.new_tokens)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -43,4 +51,7 @@ def run_eval(args: argparse.Namespace) -> int:
           "with RET(C_{u-1}) is <= alpha * chunk_size")
     print(leakage_table(result["leakage"]))
     print(f"plot: {result['leakage']['plot']}")
+    if "text_quality" in result:
+        print("\nText quality of sampled continuations (nucleus p = 0.9):")
+        print(text_quality_table(result["text_quality"]))
     return 0
