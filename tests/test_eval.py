@@ -135,4 +135,4 @@ def test_cli_text_quality(runs, tmp_path, capsys):
     assert set(scores) == {"retro", "retro_no_retrieval", "gpt"}
     for s in scores.values():
         assert s["continuations"] == 3 and 0 <= s["repetition_rate"] <= 1 and 0 <= s["self_bleu"] <= 1
-        assert s["zipf_coefficient"] == s["zipf_coefficient"]  # finite, not NaN
+        assert math.isfinite(s["zipf_coefficient"])

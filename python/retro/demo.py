@@ -127,12 +127,17 @@ def finished_steps(run: Path) -> int | None:
 
 
 def training_flops(run: Path, config: DemoConfig, block_size: int) -> float:
-    """6 * parameters * tokens (forward and backward) of a run: the usual estimate."""
+    """6 * parameters * tokens they process (forward and backward), attention scores left out:
+    the decoder's parameters see the block_size tokens of a sample, the encoder's the K * R
+    neighbour tokens of each of its L chunks."""
     from retro.checkpoint import load_model
 
     model, _ = load_model(run)
-    parameters = sum(p.numel() for p in model.parameters())
-    return 6.0 * parameters * config.steps * config.batch_size * block_size
+    encoder = sum(p.numel() for p in model.encoder.parameters()) if model.encoder is not None else 0
+    decoder = sum(p.numel() for p in model.parameters()) - encoder
+    c = model.config
+    per_sample = decoder * block_size + encoder * (block_size // c.chunk_size) * c.n_nbrs * c.nbr_len
+    return 6.0 * per_sample * config.steps * config.batch_size
 
 
 def generate_sample(model: Any, db: Any, config: DemoConfig) -> dict[str, Any]:

@@ -45,14 +45,12 @@ def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: st
             "models": scores, "leakage": filtered_bpb(overlaps, nats, n_bytes, alphas)}
 
 
-def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
-             gpt_run: str | os.PathLike | None = None, split: str = "valid", batch_size: int = 4,
-             max_samples: int | None = None, device: str = "cpu") -> dict[str, Any]:
-    """``retro eval``: a RETRO run with retrieval ("retro") and without ("retro_no_retrieval"), or
-    a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
-
-    Every run is checked against the database (see retro.run_db.open_run_db).
-    """
+def run_models(run: str | os.PathLike, db: str | os.PathLike | None = None,
+               gpt_run: str | os.PathLike | None = None,
+               device: str = "cpu") -> tuple[dict[str, tuple[GPT, bool]], Database]:
+    """The models a comparison runs, name -> (model, with retrieval), and their database: a RETRO
+    run as "retro" and "retro_no_retrieval" (or a GPT run as "gpt"), plus gpt_run as "gpt" (or
+    "gpt_2"). Every run is checked against the database (retro.run_db.open_run_db)."""
     model, state = load_model(run, map_location=device)
     database = open_run_db(model, state, db)
     if model.encoder is not None:
@@ -63,6 +61,18 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
         gpt, gpt_state = load_model(gpt_run, map_location=device)
         open_run_db(gpt, gpt_state, database.root)
         models["gpt" if "gpt" not in models else "gpt_2"] = (gpt, False)
+    return models, database
+
+
+def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
+             gpt_run: str | os.PathLike | None = None, split: str = "valid", batch_size: int = 4,
+             max_samples: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """``retro eval``: a RETRO run with retrieval ("retro") and without ("retro_no_retrieval"), or
+    a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
+
+    Every run is checked against the database (see retro.run_db.open_run_db).
+    """
+    models, database = run_models(run, db, gpt_run, device)
     result = evaluate_models(models, database, split, batch_size, max_samples)
     result["run"], result["db"] = str(run), str(database.root)
     return result

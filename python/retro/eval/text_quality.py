@@ -97,19 +97,9 @@ def text_quality(model: Any, db: Any, n_prompts: int = 20, max_new_tokens: int =
 def text_quality_of_runs(run: str, db_dir: str | None = None, gpt_run: str | None = None,
                          n_prompts: int = 20, max_new_tokens: int = 128) -> dict[str, dict]:
     """text_quality for a RETRO run with and without retrieval (or a GPT run), and gpt_run."""
-    from retro.checkpoint import load_model
-    from retro.run_db import open_run_db
+    from retro.eval.evaluate import run_models
 
-    model, state = load_model(run)
-    db = open_run_db(model, state, db_dir)
-    if model.encoder is not None:
-        models = {"retro": (model, True), "retro_no_retrieval": (model, False)}
-    else:
-        models = {"gpt": (model, False)}
-    if gpt_run is not None:
-        gpt, gpt_state = load_model(gpt_run)
-        open_run_db(gpt, gpt_state, db.root)
-        models["gpt"] = (gpt, False)
+    models, db = run_models(run, db_dir, gpt_run)
     return {name: text_quality(m, db, n_prompts, max_new_tokens, retrieval=r)
             for name, (m, r) in models.items()}
 

@@ -9,13 +9,13 @@ kernels land. Shapes and semantics: :mod:`retro.ops.reference`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from retro import _core
 from retro.ops import reference
+from retro.ops.reference import _scale
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
@@ -146,10 +146,6 @@ def _check(op: _Op, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nbr_lens:
             )
         if nbr_lens.device != q.device:
             raise ValueError(f"{op.name}: nbr_lens is on {nbr_lens.device}, q on {q.device}")
-
-
-def _scale(scale: float | None, head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def chunked_cross_attention(
