@@ -1,14 +1,20 @@
-"""RETRO's attention ops on the CPU: the core's kernels (retro.ops) against the fastest PyTorch
-formulations of the same math, forward and forward+backward, at the 'tiny' preset's shapes and at
-a larger one, with 1 and 2 threads, in one process on the same inputs.
+"""RETRO's attention ops: the core's kernels (retro.ops) against the fastest PyTorch formulations of
+the same math, forward and forward+backward, in one process on the same inputs.
+
+CPU: the 'tiny' preset's shapes and a larger one, 1 and 2 threads, float32 and bfloat16.
+CUDA: the paper's training shapes (B 32, T 2048, K 2, R 128, d = 768, 1024, 2048, 4096) in
+bfloat16, against every SDPA backend that takes the mask, and the share of the bandwidth floor
+(each input read once, each output written once) at the copy rate measured in the same run.
 
 PyTorch anchors (each gives the same result as retro.ops.*_ref; the per-token gather of the
 reference itself is far slower and is not timed):
   einsum  per-chunk grouping (queries shifted by chunk_size - 1 into chunks), masked softmax, einsum
   sdpa    the same grouping through torch.nn.functional.scaled_dot_product_attention with a mask
 
-    python bench/ops.py            # writes bench/results/ops_cpu.json and the table in docs/PERFORMANCE.md
-    python bench/ops.py --quick    # small shapes, 1 repeat, no files
+    python bench/ops.py                 # writes bench/results/ops_cpu.json and its table in docs/PERFORMANCE.md
+    python bench/ops.py --quick         # small shapes, 1 repeat, no files
+    python bench/ops.py --device cuda --out ops_cuda.json   # on the GPU machine (bench/gpu_check.sh)
+    python bench/ops.py --render bench/results/ops_cuda.json  # its table into docs/PERFORMANCE.md
 """
 
 from __future__ import annotations
@@ -56,6 +62,13 @@ SHAPES = [
     Shape("medium-layer (B1 T2048 H16 Dh64)", 1, 2048, 16, 64),
 ]
 QUICK_SHAPES = [Shape("quick (B2 T256 H4 Dh32)", 2, 256, 4, 32)]
+GPU_SHAPES = [
+    Shape("d768 (B32 T2048 H12 Dh64)", 32, 2048, 12, 64),
+    Shape("d1024 (B32 T2048 H16 Dh64)", 32, 2048, 16, 64),
+    Shape("d2048 (B32 T2048 H16 Dh128)", 32, 2048, 16, 128),
+    Shape("d4096 (B32 T2048 H32 Dh128)", 32, 2048, 32, 128),
+]
+QUICK_GPU_SHAPES = [Shape("quick (B4 T512 H16 Dh64)", 4, 512, 16, 64)]
 
 
 # --- the PyTorch anchors -------------------------------------------------------------------------
@@ -82,7 +95,7 @@ def _cca_grouped(attend, q, k, v, nbr_lens, m, scale):
     queries = shifted.reshape(b * n_chunks, m, h, d).transpose(1, 2)
     keys = k.reshape(b * n_chunks, n_nbrs * r, h, d).transpose(1, 2)
     values = v.reshape(b * n_chunks, n_nbrs * r, h, d).transpose(1, 2)
-    real = torch.arange(r).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)
+    real = torch.arange(r, device=q.device).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)
     mask = real.reshape(b * n_chunks, 1, 1, n_nbrs * r)
     out = attend(queries, keys, values, mask, scale).transpose(1, 2).reshape(b, n_chunks * m, h, d)
     return F.pad(out[:, : t - m + 1], (0, 0, 0, 0, m - 1, 0))
@@ -91,7 +104,7 @@ def _cca_grouped(attend, q, k, v, nbr_lens, m, scale):
 def _self_grouped(attend, q, k, v, nbr_lens, scale):
     b, n_chunks, n_nbrs, r, h, d = q.shape
     flat = lambda x: x.reshape(-1, r, h, d).transpose(1, 2)  # noqa: E731
-    real = (torch.arange(r).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)).reshape(-1, 1, r)
+    real = (torch.arange(r, device=q.device).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)).reshape(-1, 1, r)
     mask = (real.unsqueeze(-1) & real.unsqueeze(-2))  # (N, 1, R, R): padding rows see nothing
     out = attend(flat(q), flat(k), flat(v), mask, scale)
     return out.transpose(1, 2).reshape(q.shape)
@@ -102,16 +115,34 @@ def _cross_grouped(attend, q, k, v, nbr_lens, m, scale):
     queries = q.reshape(b * n_chunks, n_nbrs * r, h, d).transpose(1, 2)
     keys = k.reshape(b * n_chunks, m, h, d).transpose(1, 2)
     values = v.reshape(b * n_chunks, m, h, d).transpose(1, 2)
-    real = (torch.arange(r).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)).reshape(b * n_chunks, 1, n_nbrs * r, 1)
+    real = (torch.arange(r, device=q.device).view(1, 1, 1, r) < nbr_lens.unsqueeze(-1)).reshape(b * n_chunks, 1, n_nbrs * r, 1)
     out = attend(queries, keys, values, real.expand(-1, -1, -1, m), scale)
     return out.transpose(1, 2).reshape(q.shape)
 
 
-def anchors(op: str, m: int, scale: float) -> dict[str, Callable]:
+def _sdpa_backend(backend):
+    """SDPA restricted to one backend (CUDA): the GPU anchors time each backend apart."""
+    from torch.nn.attention import sdpa_kernel
+
+    def attend(q, k, v, mask, scale):
+        with sdpa_kernel(backend):
+            return _sdpa(q, k, v, mask, scale)
+
+    return attend
+
+
+def anchors(op: str, m: int, scale: float, device: str = "cpu") -> dict[str, Callable]:
     grouped = {"cca": lambda a: lambda q, k, v, l: _cca_grouped(a, q, k, v, l, m, scale),
                "self": lambda a: lambda q, k, v, l: _self_grouped(a, q, k, v, l, scale),
                "cross": lambda a: lambda q, k, v, l: _cross_grouped(a, q, k, v, l, m, scale)}[op]
-    return {"torch einsum": grouped(_masked_softmax_einsum), "torch sdpa": grouped(_sdpa)}
+    if device == "cpu":
+        return {"torch einsum": grouped(_masked_softmax_einsum), "torch sdpa": grouped(_sdpa)}
+    from torch.nn.attention import SDPBackend
+
+    backends = {"sdpa cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "sdpa flash": SDPBackend.FLASH_ATTENTION, "sdpa math": SDPBackend.MATH}
+    return {"torch einsum": grouped(_masked_softmax_einsum),
+            **{name: grouped(_sdpa_backend(b)) for name, b in backends.items()}}
 
 
 def ours(op: str, m: int, scale: float) -> Callable:
@@ -123,13 +154,15 @@ def ours(op: str, m: int, scale: float) -> Callable:
 # --- timing --------------------------------------------------------------------------------------
 
 
-def inputs(op: str, s: Shape, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    dec = lambda: torch.randn(s.batch, s.tokens, s.heads, s.head_dim, generator=g).to(dtype)  # noqa: E731
-    nbr = lambda: torch.randn(s.batch, s.chunks, s.neighbours, s.neighbour_len, s.heads, s.head_dim, generator=g).to(dtype)  # noqa: E731
+def inputs(op: str, s: Shape, dtype: torch.dtype, seed: int = 0, device: str = "cpu"):
+    g = torch.Generator(device).manual_seed(seed)
+    dec = lambda: torch.randn(s.batch, s.tokens, s.heads, s.head_dim, generator=g, device=device).to(dtype)  # noqa: E731
+    nbr = lambda: torch.randn(s.batch, s.chunks, s.neighbours, s.neighbour_len, s.heads, s.head_dim,  # noqa: E731
+                              generator=g, device=device).to(dtype)
     q, k, v = {"cca": (dec, nbr, nbr), "self": (nbr, nbr, nbr), "cross": (nbr, dec, dec)}[op]
     # a realistic mix: most neighbours full (chunk + continuation), some only the chunk
-    lens = torch.where(torch.rand(s.batch, s.chunks, s.neighbours, generator=g) < 0.8, s.neighbour_len, s.chunk_size)
+    lens = torch.where(torch.rand(s.batch, s.chunks, s.neighbours, generator=g, device=device) < 0.8,
+                       s.neighbour_len, s.chunk_size)
     return q(), k(), v(), lens.to(torch.int32)
 
 
@@ -188,6 +221,133 @@ def bench_case(op: str, s: Shape, dtype: torch.dtype, threads: int, repeats: int
     return rows
 
 
+# --- CUDA ----------------------------------------------------------------------------------------
+
+CUDA_RESULTS_TABLE = "ops-cuda"
+
+
+def cuda_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of fn on the GPU between CUDA events, after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return statistics.median(samples)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate of a 1 GiB buffer, bytes/s counting bytes read and written."""
+    src = torch.randn(2**29, device="cuda", dtype=torch.float16)
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), 20)
+    return 2 * src.numel() * src.element_size() / (ms / 1000)
+
+
+@dataclass
+class GpuRow:
+    op: str
+    shape: str
+    dtype: str
+    mode: str
+    engine: str
+    ms: float | None  # None: the engine refused the call (note says why)
+    floor_ms: float  # each input read once, each output written once, at the measured copy rate
+    max_error: float | None  # vs float32 math on batch element 0 (forward output)
+    note: str = ""
+
+
+def floor_bytes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, int]:
+    """Fewest bytes each mode must move: forward reads q, k, v and writes out; the backward also
+    reads out and grad_out and writes a gradient per input."""
+    size = lambda x: x.numel() * x.element_size()  # noqa: E731
+    inputs_, out = size(q) + size(k) + size(v), size(q)
+    return {"forward": inputs_ + out, "forward+backward": 3 * inputs_ + 3 * out}
+
+
+def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwidth: float) -> list[GpuRow]:
+    scale = 1.0 / s.head_dim**0.5
+    q, k, v, lens = inputs(op, s, dtype, device="cuda")
+    engines = {"retro": ours(op, s.chunk_size, scale), **anchors(op, s.chunk_size, scale, "cuda")}
+    exact = engines["torch einsum"](*(x[:1].float() for x in (q, k, v)), lens[:1])
+    floors = floor_bytes(q, k, v)
+    grad = torch.randn_like(q)
+    rows = []
+    for mode in ("forward", "forward+backward"):
+        leaves = [x.detach().requires_grad_(mode != "forward") for x in (q, k, v)]
+
+        def run(fn):
+            if mode == "forward":
+                with torch.no_grad():
+                    return fn(*leaves, lens)
+            return torch.autograd.grad(fn(*leaves, lens), leaves, grad)
+
+        for name, fn in engines.items():
+            ms, error, note = None, None, ""
+            try:
+                ms = cuda_ms(lambda: run(fn), repeats)
+                with torch.no_grad():
+                    error = (fn(q[:1], k[:1], v[:1], lens[:1]).float() - exact).abs().max().item()
+            except (RuntimeError, torch.OutOfMemoryError) as e:  # e.g. flash attention takes no mask
+                note = str(e).splitlines()[0][:120]
+            torch.cuda.empty_cache()
+            rows.append(GpuRow(op, s.name, str(dtype).removeprefix("torch."), mode, name, ms,
+                               1000 * floors[mode] / bandwidth, error, note))
+    return rows
+
+
+def markdown_cuda(rows: list[dict], machine: dict) -> str:
+    """The GPU table: retro against the fastest SDPA backend, and retro's share of the floor."""
+    begin, end = report.markers(CUDA_RESULTS_TABLE)
+    lines = [begin, f"Card: {machine['gpu']}, torch {machine['torch']}, copy rate {machine['copy_tb_s']:.2f} TB/s "
+             f"(read + write, measured in the same run), commit `{machine['git_commit']}`, {machine['date']}. "
+             f"Command: `python {machine['command']}` (from `bench/gpu_check.sh`). Median ms over CUDA events; "
+             "floor = bytes that must move / copy rate.", "",
+             "| op | shape | mode | retro ms | best SDPA ms (backend) | einsum ms | vs best SDPA | % of floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["op"], r["shape"], r["mode"]), {})[r["engine"]] = r
+    for (op, shape, mode), by_engine in keyed.items():
+        ours_ = by_engine["retro"]
+        sdpa = [r for name, r in by_engine.items() if name.startswith("sdpa") and r["ms"] is not None]
+        best = min(sdpa, key=lambda r: r["ms"]) if sdpa else None
+        fmt = lambda ms: "-" if ms is None else f"{ms:.3f}"  # noqa: E731
+        speedup = "-" if best is None or ours_["ms"] is None else f"**{best['ms'] / ours_['ms']:.2f}x**"
+        share = "-" if ours_["ms"] is None else f"{100 * ours_['floor_ms'] / ours_['ms']:.0f}%"
+        best_text = "-" if best is None else f"{best['ms']:.3f} ({best['engine'].removeprefix('sdpa ')})"
+        lines.append(f"| {op} | {shape} | {mode} | {fmt(ours_['ms'])} | {best_text} | "
+                     f"{fmt(by_engine['torch einsum']['ms'])} | {speedup} | {share} |")
+    lines.append(end)
+    return "\n".join(lines)
+
+
+def run_cuda(args) -> None:
+    bandwidth = copy_bandwidth()
+    machine = {**report.machine_info(), "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+               "copy_tb_s": bandwidth / 1e12}
+    print(f"{machine['gpu']}: copy {bandwidth / 1e12:.2f} TB/s", flush=True)
+    rows: list[GpuRow] = []
+    for s in QUICK_GPU_SHAPES if args.quick else GPU_SHAPES:
+        for op in ("cca", "self", "cross"):
+            case = bench_case_cuda(op, s, torch.bfloat16, args.repeats, bandwidth)
+            rows += case
+            for r in case:
+                ms = "refused" if r.ms is None else f"{r.ms:8.3f} ms"
+                print(f"{r.op:5s} {r.shape:30s} {r.mode:16s} {r.engine:15s} {ms}  floor {r.floor_ms:.3f} ms"
+                      f"  err {r.max_error if r.max_error is None else f'{r.max_error:.1e}'} {r.note}", flush=True)
+    result = {"machine": machine, "rows": [asdict(r) for r in rows]}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown_cuda(result["rows"], machine))
+    print(f"wrote {args.out}")
+
+
 def markdown(rows: list[Row], machine: dict) -> str:
     lines = [TABLE_BEGIN, f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
              f"commit `{machine['git_commit']}`, {machine['date']}. Command: `python {machine['command']}`. "
@@ -213,7 +373,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2])
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default=str(RESULTS.parent / "ops_cuda.json"), help="the CUDA run's JSON")
+    parser.add_argument("--render", metavar="JSON", help="write the table of a CUDA run's JSON into docs/PERFORMANCE.md")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        report.update_performance_md(CUDA_RESULTS_TABLE, markdown_cuda(result["rows"], result["machine"]))
+        return
+    if args.device == "cuda":
+        return run_cuda(args)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     repeats = 1 if args.quick else args.repeats
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]

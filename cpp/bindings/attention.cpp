@@ -6,6 +6,9 @@
 #include <string>
 
 #include "retro/attention.h"
+#if defined(RETRO_WITH_CUDA)
+#include "retro/cuda.h"
+#endif
 
 namespace py = pybind11;
 
@@ -22,13 +25,51 @@ retro::DType parse_dtype(const std::string& name) {
   if (name == "float32") return retro::DType::Float32;
   if (name == "float64") return retro::DType::Float64;
   if (name == "bfloat16") return retro::DType::BFloat16;
-  throw py::value_error("attention supports float32, float64 and bfloat16, got " + name);
+  if (name == "float16") return retro::DType::Float16;
+  throw py::value_error("attention supports float32, float64, bfloat16 and float16, got " + name);
 }
 
 template <typename T>
 T* pointer(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
+
+#if defined(RETRO_WITH_CUDA)
+// The same entry points on device buffers, queued on a CUDA stream (retro/cuda.h).
+void bind_cuda_attention(py::module_& m) {
+  m.attr("CUDA_ATTENTION_MAX_KEY_SLOTS") = retro::cuda::attention_max_key_slots();
+  m.def("cuda_attention_unsupported", &retro::cuda::attention_unsupported, py::arg("params"),
+        "Why the CUDA kernels cannot run this call, or '' if they can.");
+  m.def("cuda_attention_forward",
+        [](const retro::RetroAttentionParams& p, uintptr_t q, uintptr_t k, uintptr_t v,
+           uintptr_t out, uintptr_t lse, int device, uintptr_t stream) {
+          py::gil_scoped_release release;
+          retro::cuda::attention_forward(
+              p, {pointer<const void>(q), pointer<const void>(k), pointer<const void>(v),
+                  pointer<void>(out), pointer<void>(lse)},
+              device, stream);
+        },
+        py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("device"), py::arg("stream"),
+        "Queues the forward on `stream` (device addresses; lse float32).");
+  m.def("cuda_attention_backward",
+        [](const retro::RetroAttentionParams& p, uintptr_t q, uintptr_t k, uintptr_t v,
+           uintptr_t out, uintptr_t lse, uintptr_t grad_out, uintptr_t grad_q, uintptr_t grad_k,
+           uintptr_t grad_v, uintptr_t delta, int device, uintptr_t stream) {
+          py::gil_scoped_release release;
+          retro::cuda::attention_backward(
+              p, {pointer<const void>(q), pointer<const void>(k), pointer<const void>(v),
+                  pointer<const void>(out), pointer<const void>(lse),
+                  pointer<const void>(grad_out), pointer<void>(grad_q), pointer<void>(grad_k),
+                  pointer<void>(grad_v)},
+              pointer<float>(delta), device, stream);
+        },
+        py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("grad_out"), py::arg("grad_q"), py::arg("grad_k"),
+        py::arg("grad_v"), py::arg("delta"), py::arg("device"), py::arg("stream"),
+        "Queues the backward on `stream`; delta is a (query rows, H) float32 scratch buffer.");
+}
+#endif
 
 }  // namespace
 
@@ -87,4 +128,7 @@ void bind_attention(py::module_& m) {
         py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("grad_out"), py::arg("grad_q"), py::arg("grad_k"),
         py::arg("grad_v"), "Writes grad_q, grad_k, grad_v (addresses of contiguous buffers).");
+#if defined(RETRO_WITH_CUDA)
+  bind_cuda_attention(m);
+#endif
 }

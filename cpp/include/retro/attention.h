@@ -22,8 +22,9 @@ namespace retro {
 
 enum class RetroAttention { ChunkedCross, NeighbourSelf, NeighbourCross };
 
-// float32 and bfloat16 compute in float32; float64 in float64 (for gradcheck).
-enum class DType { Float32, Float64, BFloat16 };
+// float32 and bfloat16 compute in float32; float64 in float64 (for gradcheck). float16 is for the
+// CUDA kernels only (retro/cuda.h).
+enum class DType { Float32, Float64, BFloat16, Float16 };
 
 struct RetroAttentionParams {
   RetroAttention op = RetroAttention::ChunkedCross;

@@ -2,12 +2,26 @@
 // with a CUDA compiler (RETRO_WITH_CUDA); the CUDA runtime is linked statically, so a CUDA build
 // imports and runs its CPU paths on machines without a GPU or driver.
 #pragma once
+#include <cstdint>
 #include <string>
+
+#include "retro/attention.h"
 
 namespace retro::cuda {
 
 int device_count();                     // 0 when no usable GPU or driver is present
 std::string device_name(int device);    // e.g. "NVIDIA H100 80GB HBM3 (sm_90)"
 std::string cutlass_version();          // the CUTLASS headers the kernels were compiled with
+
+// RETRO's attentions on the GPU (cuda/attention.cu): bfloat16 or float16, head_dim 64 or 128,
+// lse float32; pointers are device memory of `device`, work is queued on `stream` (a
+// cudaStream_t). nbr_lens stays on the device: lengths outside [0, R] are clamped, not checked.
+std::string attention_unsupported(const RetroAttentionParams& params);  // "" when supported
+int attention_max_key_slots();  // the widest group: K R for CCA, R for self, m for cross
+void attention_forward(const RetroAttentionParams& params, const AttentionForward& tensors,
+                       int device, uintptr_t stream);
+// delta: a (query rows, H) float32 scratch buffer.
+void attention_backward(const RetroAttentionParams& params, const AttentionBackward& tensors,
+                        float* delta, int device, uintptr_t stream);
 
 }  // namespace retro::cuda

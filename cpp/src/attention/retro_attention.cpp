@@ -99,6 +99,18 @@ std::vector<AttentionGroup> groups_of(const RetroAttentionParams& p) {
   return groups;
 }
 
+// Calls run(T*) for the element type of the CPU kernels.
+template <typename Run>
+void with_element_type(DType dtype, Run&& run) {
+  switch (dtype) {
+    case DType::Float32: return run(static_cast<float*>(nullptr));
+    case DType::Float64: return run(static_cast<double*>(nullptr));
+    case DType::BFloat16: return run(static_cast<bfloat16*>(nullptr));
+    case DType::Float16: break;
+  }
+  RETRO_CHECK_ARG(false, "float16 attention runs on CUDA only: use float32, bfloat16 or float64 on the CPU");
+}
+
 AttentionLayout layout_of(const RetroAttentionParams& p) {
   return AttentionLayout{query_rows(p), key_rows(p), p.heads, p.head_dim, p.scale};
 }
@@ -124,11 +136,7 @@ void attention_forward(const RetroAttentionParams& p, const AttentionForward& t)
                                  static_cast<const T*>(t.k), static_cast<const T*>(t.v),
                                  static_cast<T*>(t.out), static_cast<Accum<T>*>(t.lse));
   };
-  switch (p.dtype) {
-    case DType::Float32: return run(static_cast<float*>(nullptr));
-    case DType::Float64: return run(static_cast<double*>(nullptr));
-    case DType::BFloat16: return run(static_cast<bfloat16*>(nullptr));
-  }
+  with_element_type(p.dtype, run);
 }
 
 void attention_backward(const RetroAttentionParams& p, const AttentionBackward& t) {
@@ -142,11 +150,7 @@ void attention_backward(const RetroAttentionParams& p, const AttentionBackward& 
         static_cast<const Accum<T>*>(t.lse), static_cast<const T*>(t.grad_out),
         static_cast<T*>(t.grad_q), static_cast<T*>(t.grad_k), static_cast<T*>(t.grad_v));
   };
-  switch (p.dtype) {
-    case DType::Float32: return run(static_cast<float*>(nullptr));
-    case DType::Float64: return run(static_cast<double*>(nullptr));
-    case DType::BFloat16: return run(static_cast<bfloat16*>(nullptr));
-  }
+  with_element_type(p.dtype, run);
 }
 
 }  // namespace retro

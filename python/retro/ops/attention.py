@@ -1,10 +1,12 @@
-"""RETRO's attentions as torch ops backed by the core's CPU kernels (cpp/include/retro/attention.h).
+"""RETRO's attentions as torch ops backed by the core's kernels (cpp/include/retro/attention.h on
+the CPU, cuda/attention.cu on the GPU).
 
 Each op is registered as ``torch.ops.retro.<name>`` (forward, returning the output and the
 log-sum-exp of each query row) and ``torch.ops.retro.<name>_backward``, with fake (meta) kernels
-for ``torch.compile`` and autograd through the core's backward kernel. float32, bfloat16 (float32
-accumulation) and float64 run on the CPU; CUDA tensors take the PyTorch reference until the CUDA
-kernels land. Shapes and semantics: :mod:`retro.ops.reference`.
+for ``torch.compile`` and autograd through the core's backward kernel. On the CPU: float32,
+bfloat16 (float32 accumulation) and float64. On CUDA (a build with nvcc): bfloat16 and float16
+with head_dim 64 or 128 and at most ``CUDA_MAX_KEY_SLOTS`` keys per group run the fused kernels;
+other CUDA calls take the PyTorch reference. Shapes and semantics: :mod:`retro.ops.reference`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from retro import _core
 from retro.ops import reference
 from retro.ops.reference import _scale
 
-_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_CUDA_DTYPES = (torch.bfloat16, torch.float16)
+_CUDA_HEAD_DIMS = (64, 128)
+CUDA_MAX_KEY_SLOTS: int = getattr(_core, "CUDA_ATTENTION_MAX_KEY_SLOTS", 0)  # 0: no CUDA kernels built
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,19 @@ class _Op:
         b, n_chunks, n_nbrs, r, h, dh = nbr.shape
         return dict(batch=b, tokens=tokens, heads=h, head_dim=dh, chunks=n_chunks, neighbours=n_nbrs, neighbour_len=r)
 
+    def key_slots(self, q: torch.Tensor, k: torch.Tensor, chunk_size: int) -> int:
+        """Keys of the widest group: K R for CCA, R for the encoder's self-attention, m for its cross."""
+        if self.k_rank == 4:
+            return chunk_size
+        return k.shape[2] * k.shape[3] if self.q_rank == 4 else k.shape[3]
+
+    def runs_cuda_kernel(self, q: torch.Tensor, k: torch.Tensor, chunk_size: int) -> bool:
+        """True when this CUDA call takes the fused kernels (a static decision: compile-friendly)."""
+        return (
+            CUDA_MAX_KEY_SLOTS > 0 and q.dtype in _CUDA_DTYPES and q.shape[-1] in _CUDA_HEAD_DIMS
+            and self.key_slots(q, k, chunk_size) <= CUDA_MAX_KEY_SLOTS
+        )
+
 
 CHUNKED_CROSS = _Op("chunked_cross_attention", "chunked_cross", 4, 6)
 NEIGHBOUR_SELF = _Op("neighbour_self_attention", "neighbour_self", 6, 6)
@@ -51,6 +69,11 @@ def _params(op: _Op, q, k, nbr_lens, chunk_size: int, q_offset: int, scale: floa
         op.core, _DTYPES[q.dtype], **op.sizes(q, k), chunk_size=chunk_size, q_offset=q_offset,
         scale=scale, nbr_lens=0 if nbr_lens is None else nbr_lens.data_ptr(),
     )
+
+
+def _stream(t: torch.Tensor) -> tuple[int, int]:
+    """(device index, cudaStream_t address) of the current torch stream on t's device."""
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
 
 
 def _register(op: _Op) -> None:
@@ -78,6 +101,29 @@ def _register(op: _Op) -> None:
         )
         return tuple(grads)
 
+    def forward_cuda(q, k, v, nbr_lens, chunk_size, q_offset, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        lens = None if nbr_lens is None else nbr_lens.contiguous()
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        params = _params(op, q, k, lens, chunk_size, q_offset, scale)
+        _core.cuda_attention_forward(
+            params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), *_stream(q)
+        )
+        return out, lse
+
+    def backward_cuda(q, k, v, nbr_lens, out, lse, grad_out, chunk_size, q_offset, scale):
+        q, k, v, out, lse, grad_out = (t.contiguous() for t in (q, k, v, out, lse, grad_out))
+        lens = None if nbr_lens is None else nbr_lens.contiguous()
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        delta = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        params = _params(op, q, k, lens, chunk_size, q_offset, scale)
+        _core.cuda_attention_backward(
+            params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+            grad_out.data_ptr(), *(g.data_ptr() for g in grads), delta.data_ptr(), *_stream(q),
+        )
+        return tuple(grads)
+
     forward_op = torch.library.custom_op(
         lib, forward, mutates_args=(), device_types="cpu", schema=f"({args}) -> (Tensor, Tensor)"
     )
@@ -86,6 +132,9 @@ def _register(op: _Op) -> None:
         schema="(Tensor q, Tensor k, Tensor v, Tensor? nbr_lens, Tensor out, Tensor lse, Tensor grad_out, "
         "int chunk_size, int q_offset, float scale) -> (Tensor, Tensor, Tensor)",
     )
+    if CUDA_MAX_KEY_SLOTS > 0:
+        forward_op.register_kernel("cuda", forward_cuda)
+        backward_op.register_kernel("cuda", backward_cuda)
 
     @forward_op.register_fake
     def _(q, k, v, nbr_lens, chunk_size, q_offset, scale):
@@ -124,8 +173,8 @@ def _check(op: _Op, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nbr_lens:
         raise ValueError(f"{op.name}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.dtype != k.dtype or q.dtype != v.dtype:
         raise ValueError(f"{op.name}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"{op.name}: dtype must be float32, bfloat16 or float64, got {q.dtype}")
+    if q.dtype not in _DTYPES or (q.dtype == torch.float16 and q.device.type == "cpu"):
+        raise ValueError(f"{op.name}: dtype must be float32, bfloat16 or float64 (or float16 on CUDA), got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"{op.name}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     nbr = q if op.q_rank == 6 else k
@@ -146,6 +195,11 @@ def _check(op: _Op, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nbr_lens:
             )
         if nbr_lens.device != q.device:
             raise ValueError(f"{op.name}: nbr_lens is on {nbr_lens.device}, q on {q.device}")
+
+
+def _runs_core(op: _Op, q: torch.Tensor, k: torch.Tensor, chunk_size: int) -> bool:
+    """CPU tensors always run the core; CUDA tensors when the fused kernels take the call."""
+    return q.device.type == "cpu" or (q.device.type == "cuda" and op.runs_cuda_kernel(q, k, chunk_size))
 
 
 def chunked_cross_attention(
@@ -172,7 +226,7 @@ def chunked_cross_attention(
         (B, T, H, Dh); zero where a token has nothing to attend to.
     """
     _check(CHUNKED_CROSS, q, k, v, nbr_lens)
-    if q.device.type != "cpu":
+    if not _runs_core(CHUNKED_CROSS, q, k, chunk_size):
         return reference.chunked_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size, q_offset=q_offset, scale=scale)
     return torch.ops.retro.chunked_cross_attention(q, k, v, nbr_lens, chunk_size, q_offset, _scale(scale, q.shape[-1]))[0]
 
@@ -196,7 +250,7 @@ def neighbour_self_attention(
         (B, L, K, R, H, Dh); zero for padding tokens (r >= nbr_lens).
     """
     _check(NEIGHBOUR_SELF, q, k, v, nbr_lens)
-    if q.device.type != "cpu":
+    if not _runs_core(NEIGHBOUR_SELF, q, k, 0):
         return reference.neighbour_self_attention_ref(q, k, v, nbr_lens, scale=scale)
     return torch.ops.retro.neighbour_self_attention(q, k, v, nbr_lens, 0, 0, _scale(scale, q.shape[-1]))[0]
 
@@ -223,6 +277,6 @@ def neighbour_cross_attention(
         (B, L, K, R, H, Dh); zero for padding tokens and chunks without decoder positions.
     """
     _check(NEIGHBOUR_CROSS, q, k, v, nbr_lens)
-    if q.device.type != "cpu":
+    if not _runs_core(NEIGHBOUR_CROSS, q, k, chunk_size):
         return reference.neighbour_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size, scale=scale)
     return torch.ops.retro.neighbour_cross_attention(q, k, v, nbr_lens, chunk_size, 0, _scale(scale, q.shape[-1]))[0]

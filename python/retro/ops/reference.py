@@ -27,17 +27,19 @@ def _scale(scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
-def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                      upcast: bool = True) -> torch.Tensor:
     """softmax(q k^T * scale, masked) v over the last two dims; rows with no allowed key -> 0.
 
-    q (..., Nq, Dh), k/v (..., Nk, Dh), mask (..., Nq, Nk) bool (True = may attend).
+    q (..., Nq, Dh), k/v (..., Nk, Dh), mask (..., Nq, Nk) bool (True = may attend). upcast: compute
+    16-bit inputs in float32 (False: in their own dtype, the low-precision baseline of the tests).
     """
-    scores = torch.matmul(q.float() if q.dtype in (torch.float16, torch.bfloat16) else q,
-                          (k.float() if k.dtype in (torch.float16, torch.bfloat16) else k).transpose(-1, -2)) * scale
+    wide = (lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x) if upcast else (lambda x: x)
+    scores = torch.matmul(wide(q), wide(k).transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
     any_key = mask.any(-1, keepdim=True)
     probs = torch.softmax(scores.masked_fill(~any_key, 0.0), dim=-1) * any_key
-    out = torch.matmul(probs, v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
+    out = torch.matmul(probs, wide(v))
     return out.to(q.dtype)
 
 
@@ -56,6 +58,7 @@ def chunked_cross_attention_ref(
     chunk_size: int = 64,
     q_offset: int = 0,
     scale: float | None = None,
+    upcast: bool = True,
 ) -> torch.Tensor:
     """Chunked cross-attention (RETRO's CCA) by dense masking. See the module docstring."""
     b, t, h, dh = q.shape
@@ -78,6 +81,7 @@ def chunked_cross_attention_ref(
         values.permute(0, 1, 3, 2, 4),
         real.unsqueeze(2).unsqueeze(3),  # (B, T, 1, 1, K*R)
         _scale(scale, dh),
+        upcast,
     )
     return out.squeeze(3)
 
@@ -89,6 +93,7 @@ def neighbour_self_attention_ref(
     nbr_lens: torch.Tensor | None = None,
     *,
     scale: float | None = None,
+    upcast: bool = True,
 ) -> torch.Tensor:
     """Bidirectional attention inside each neighbour, limited to its real tokens."""
     b, n_chunks, n_nbrs, r, h, dh = q.shape
@@ -97,7 +102,7 @@ def neighbour_self_attention_ref(
     mask = real.unsqueeze(-1) & real.unsqueeze(-2)  # (B, L, K, Rq, Rk)
     out = _masked_attention(
         q.permute(0, 1, 2, 4, 3, 5), k.permute(0, 1, 2, 4, 3, 5), v.permute(0, 1, 2, 4, 3, 5),
-        mask.unsqueeze(3), _scale(scale, dh),
+        mask.unsqueeze(3), _scale(scale, dh), upcast,
     )  # (B, L, K, H, R, Dh)
     return out.permute(0, 1, 2, 4, 3, 5)
 
@@ -110,6 +115,7 @@ def neighbour_cross_attention_ref(
     *,
     chunk_size: int = 64,
     scale: float | None = None,
+    upcast: bool = True,
 ) -> torch.Tensor:
     """Neighbour tokens attending to the decoder states of the chunk they were retrieved for."""
     b, n_chunks, n_nbrs, r, h, dh = q.shape
@@ -130,5 +136,6 @@ def neighbour_cross_attention_ref(
         v.permute(0, 1, 3, 2, 4).unsqueeze(2),
         mask.unsqueeze(3),  # (B, L, K, 1, R, m)
         _scale(scale, dh),
+        upcast,
     )
     return out.permute(0, 1, 2, 4, 3, 5)

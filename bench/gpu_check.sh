@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Everything the GPU machine checks, in one call within its own time budget:
+#   bash bench/gpu_check.sh [BUDGET_SECONDS] [STEPS]
+# builds retro with the CUDA kernels, runs the GPU tests, compute-sanitizer on the attention
+# kernels and the GPU benchmarks (STEPS: a comma list of build,tests,sanitize,ops,train; default
+# all). Writes to $OUT (default bench/results/gpu): gpu_check.json (card, commit, command, each
+# step's exit status and seconds), gpu_check.log (every step's output), junit.xml, and the
+# benchmarks' ops_cuda.json and train_cuda.json. A step starts only if 20 s of budget are left,
+# and is cut at its own limit or the budget's end. The machine has no network: the CUTLASS wheel
+# travels in .whl/ (see docs/PERFORMANCE.md, "GPU runs").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+budget=${1:-480}
+wanted=${2:-build,tests,sanitize,ops,train}
+out=${OUT:-bench/results/gpu}
+mkdir -p "$out"
+log=$out/gpu_check.log
+: >"$log"
+started=$(date +%s)
+records=()
+
+left() { echo $((budget - ($(date +%s) - started))); }
+
+# step NAME LIMIT COMMAND...: runs COMMAND (output to the log) under the smaller of LIMIT and the
+# budget left; records its exit status (124: cut by the limit) and seconds.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  if [[ ",$wanted," != *",$name,"* ]]; then return; fi
+  local remaining
+  remaining=$(left)
+  if ((remaining < 20)); then
+    records+=("{\"step\": \"$name\", \"rc\": null, \"seconds\": 0, \"note\": \"skipped: budget spent\"}")
+    return
+  fi
+  ((limit > remaining)) && limit=$remaining
+  echo "=== $name (limit ${limit} s)" | tee -a "$log"
+  local t0 rc
+  t0=$(date +%s)
+  timeout "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1
+  rc=$?
+  echo "=== $name: exit $rc after $(($(date +%s) - t0)) s" | tee -a "$log"
+  records+=("{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(($(date +%s) - t0))}")
+}
+
+build() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return
+  RETRO_ENABLE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    python3 -m pip install --no-build-isolation --no-deps --no-index . || return
+  python3 -c "import retro; print('retro', retro.__version__, 'cuda build', retro.has_cuda(), 'gpu', retro.cuda_available())"
+}
+
+sanitize() {
+  local rc=0
+  compute-sanitizer --tool memcheck --error-exitcode 3 python3 bench/sanitize_attention.py || rc=$?
+  compute-sanitizer --tool racecheck --error-exitcode 3 --kernel-name kns=retro python3 bench/sanitize_attention.py || rc=$?
+  return $rc
+}
+
+export -f build sanitize
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi -L >>"$log" 2>&1
+step build 240 build
+step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q -W default -p no:cacheprovider \
+  --junitxml="$out/junit.xml"
+step sanitize 150 sanitize
+step ops 180 python3 bench/ops.py --device cuda --repeats 20 --out "$out/ops_cuda.json"
+step train 300 python3 bench/train.py --device cuda --preset small --out "$out/train_cuda.json"
+
+python3 - "$out" "$budget" "$wanted" "$(IFS=,; echo "${records[*]}")" <<'EOF'
+import json, subprocess, sys, os, time
+out, budget, wanted, records = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(f"[{sys.argv[4]}]")
+try:
+    card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+except OSError:
+    card = "no GPU"
+summary = {"card": card, "git_commit": os.environ.get("RETRO_GIT_COMMIT", "unknown"),
+           "command": f"bash bench/gpu_check.sh {budget} {wanted}", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "steps": records}
+open(f"{out}/gpu_check.json", "w").write(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
+EOF
