@@ -61,7 +61,7 @@ export -f build sanitize
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi -L >>"$log" 2>&1
 step build 240 build
-step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q -W default -p no:cacheprovider \
+step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q -p no:cacheprovider \
   --junitxml="$out/junit.xml"
 step sanitize 150 sanitize
 step ops 180 python3 bench/ops.py --device cuda --repeats 20 --out "$out/ops_cuda.json"

@@ -7,9 +7,11 @@
 // gradient row has one writer. Slots map to tensor rows by index arithmetic (the shift of CCA by
 // m - 1, the chunk boundaries, the neighbour lengths), so there are no copies around the kernels.
 //
-// Products run on the tensor cores through WMMA (16 x 16 x 16 tiles of bf16 or fp16, fp32
-// accumulation), both operands staged in shared memory; softmax and the gradients' elementwise
-// steps are fp32. Each warp owns 16 rows of a 64-row tile.
+// Tiles move from global to shared memory with cp.async (16 bytes per copy, rows that are not
+// real slots zero-filled). The forward keeps scores, probabilities and the output in registers
+// (mma.sync m16n8k16 fragments, fp32 accumulation; the K and V tiles double-buffered), with a
+// running softmax over the group's key tiles. The backward kernels stage their products in shared
+// memory through WMMA. Each warp owns 16 rows of a 64-row tile.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -125,18 +127,40 @@ __device__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfl
 template <>
 __device__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
-// Copies slots [first, first + kTile) of one side (head h) into a kTile x (Dh + pad) tile; slots
-// that are not real become zero rows, so masked keys add nothing and NaN padding cannot leak.
+// ---- asynchronous copies into shared memory -------------------------------------------------
+
+// Starts a 16-byte copy global -> shared; a slot that is not real zero-fills (reads nothing).
+__device__ void copy16_async(void* shared, const void* global, bool real) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global),
+               "r"(real ? 16 : 0)
+               : "memory");
+}
+
+__device__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most `Pending` committed groups of this thread's copies are still in flight.
+template <int Pending>
+__device__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+// flags[i] = whether slot first + i is real, for i < count.
+__device__ void mark_real(uint8_t* flags, const Slots& s, int first, int count) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) flags[i] = s.real(first + i);
+}
+
+// Starts copying slots [first, first + kTile) of one side (head h) into a kTile x (Dh + pad) tile;
+// rows whose flag (real[r], from mark_real) is 0 become zeros, so masked keys add nothing and NaN
+// padding cannot leak.
 template <typename T, int Dh>
-__device__ void load_tile(T* tile, const T* tensor, const Slots& s, int first, int64_t heads,
-                          int h) {
+__device__ void copy_tile(T* tile, const T* tensor, const Slots& s, const uint8_t* real,
+                          int first, int64_t heads, int h) {
   constexpr int kVectors = Dh / 8;  // 16-byte vectors per row
   for (int i = threadIdx.x; i < kTile * kVectors; i += blockDim.x) {
     const int r = i / kVectors, c = i % kVectors;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (s.real(first + r))
-      value = *reinterpret_cast<const uint4*>(tensor + ((s.row0 + first + r) * heads + h) * Dh + c * 8);
-    *reinterpret_cast<uint4*>(tile + r * (Dh + kHalfPad) + c * 8) = value;
+    const T* source = real[r] ? tensor + ((s.row0 + first + r) * heads + h) * Dh + c * 8 : tensor;
+    copy16_async(tile + r * (Dh + kHalfPad) + c * 8, source, real[r]);
   }
 }
 
@@ -157,6 +181,57 @@ __device__ void store_rows(T* tensor, const float* rows, int ld, const Slots& s,
 }
 
 // ---- the two warp-level products -----------------------------------------------------------
+
+// ---- register fragments of mma.sync m16n8k16 (the forward) -----------------------------------
+// A (16 x 16, row-major): lane l holds rows l/4 and l/4 + 8, columns 2(l%4) + {0, 1} and + 8.
+// B (16 x 8, k-major): columns l/4, rows 2(l%4) + {0, 1} and + 8. C (16 x 8 fp32): rows l/4 and
+// l/4 + 8, columns 2(l%4) + {0, 1}; two adjacent C tiles of P are one A tile of the next product.
+
+template <typename T>
+__device__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8 x 8 tiles of 16-bit values; lane l gives the address of row l % 8 of tile l / 8.
+__device__ void load_matrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// The same, each 8 x 8 tile transposed.
+__device__ void load_matrix_x4_transposed(uint32_t (&r)[4], const void* row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Two floats as one register of two 16-bit values (lo in the low half).
+template <typename T>
+__device__ uint32_t pack(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+// ---- WMMA products through shared memory (the backward) --------------------------------------
 
 using Accumulator = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
@@ -206,16 +281,6 @@ __device__ void stage(float* rows, int ld, Accumulator (&acc)[Cols / 16]) {
   __syncwarp();
 }
 
-__device__ float warp_max(float x) {
-  for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-__device__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 template <typename T>
 struct Tensors {
   const T* q;
@@ -236,75 +301,142 @@ struct Tensors {
 
 // ---- forward --------------------------------------------------------------------------------
 
-// One CTA: a 64-slot query tile of one group and one head, against all the group's keys.
+// One CTA: a 64-slot query tile of one group and one head, against all the group's keys, in
+// tiles of 64 with a running softmax. Warp w owns query rows 16w .. 16w + 15 of the tile.
 template <typename T, int Dh>
-__global__ void __launch_bounds__(128) forward_kernel(Geometry geo, Tensors<T> t, int score_cols) {
+__global__ void __launch_bounds__(128) forward_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = Dh + kHalfPad;
-  const int lds = max(score_cols, Dh) + kFloatPad;
   extern __shared__ __align__(128) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);
-  T* kv_tile = q_tile + kTile * ld;
-  float* scores = reinterpret_cast<float*>(kv_tile + kTile * ld);
-  uint8_t* key_real = reinterpret_cast<uint8_t*>(scores + kTile * lds);
+  T* k_tiles = q_tile + kTile * ld;       // two buffers
+  T* v_tiles = k_tiles + 2 * kTile * ld;  // two buffers
+  uint8_t* q_real = reinterpret_cast<uint8_t*>(v_tiles + 2 * kTile * ld);
+  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Queries);
   const int q_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
   if (q_first >= g.q.slots) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int key_tiles = (g.k.slots + kTile - 1) / kTile, cols = key_tiles * kTile;
-  float* my_scores = scores + warp * 16 * lds;
+  const int lane = threadIdx.x % 32, row0 = (threadIdx.x / 32) * 16;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+  const int key_tiles = (g.k.slots + kTile - 1) / kTile;
 
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) key_real[c] = g.k.real(c);
-  load_tile<T, Dh>(q_tile, t.q, g.q, q_first, t.heads, h);
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    __syncthreads();
-    load_tile<T, Dh>(kv_tile, t.k, g.k, kt * kTile, t.heads, h);
-    __syncthreads();
-    product_abt<T, Dh>(q_tile + warp * 16 * ld, ld, kv_tile, ld, my_scores + kt * kTile, lds);
+  mark_real(q_real, g.q, q_first, kTile);
+  mark_real(key_real, g.k, 0, key_tiles * kTile);
+  __syncthreads();
+  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
+  if (key_tiles > 0) {
+    copy_tile<T, Dh>(k_tiles, t.k, g.k, key_real, 0, t.heads, h);
+    copy_tile<T, Dh>(v_tiles, t.v, g.k, key_real, 0, t.heads, h);
   }
-  __syncthreads();  // key_real is complete even when the group has no keys
+  commit_copies();
 
-  // Softmax of each of the warp's rows; P (as T) overwrites the row's floats in place, 64 columns
-  // at a time: P's column c lands on float c / 2, which was read in an earlier or this block.
-  for (int r = 0; r < 16; ++r) {
-    const int slot = q_first + warp * 16 + r;
-    float* row = my_scores + r * lds;
-    float top = -INFINITY;
-    for (int c = lane; c < cols; c += 32)
-      if (key_real[c]) top = fmaxf(top, row[c] * t.scale);
-    top = warp_max(top);
-    float sum = 0.0f;
-    for (int c = lane; c < cols; c += 32)
-      if (key_real[c]) sum += __expf(row[c] * t.scale - top);
-    sum = warp_sum(sum);
-    const bool empty = !g.q.real(slot) || top == -INFINITY;
-    const float inv = empty ? 0.0f : 1.0f / sum;
-    T* p = reinterpret_cast<T*>(row);
-    for (int c0 = 0; c0 < cols; c0 += kTile) {
-      const int a = c0 + lane, b = c0 + 32 + lane;
-      const float pa = key_real[a] ? __expf(row[a] * t.scale - top) * inv : 0.0f;
-      const float pb = key_real[b] ? __expf(row[b] * t.scale - top) * inv : 0.0f;
-      __syncwarp();
-      p[a] = from_float<T>(pa);
-      p[b] = from_float<T>(pb);
-      __syncwarp();
+  uint32_t q_frag[Dh / 16][4];
+  float out[Dh / 8][4] = {};
+  float top[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};  // rows quad_row, quad_row + 8
+  for (int kt = 0; kt < key_tiles; ++kt) {
+    const int buffer = kt % 2;
+    if (kt + 1 < key_tiles) {  // prefetch the next tile into the other buffer
+      const int next = (kt + 1) * kTile;
+      copy_tile<T, Dh>(k_tiles + (1 - buffer) * kTile * ld, t.k, g.k, key_real + next, next, t.heads, h);
+      copy_tile<T, Dh>(v_tiles + (1 - buffer) * kTile * ld, t.v, g.k, key_real + next, next, t.heads, h);
     }
-    if (lane == 0 && slot < g.q.slots)
-      t.lse_out[(g.q.row0 + slot) * t.heads + h] = empty ? -INFINITY : top + logf(sum);
-  }
+    commit_copies();
+    wait_copies<1>();  // everything but the prefetch has landed
+    __syncthreads();
+    if (kt == 0)
+#pragma unroll
+      for (int kk = 0; kk < Dh / 16; ++kk)
+        load_matrix_x4(q_frag[kk], q_tile + (row0 + lane % 16) * ld + kk * 16 + (lane / 16) * 8);
+    const T* keys = k_tiles + buffer * kTile * ld;
+    const T* values = v_tiles + buffer * kTile * ld;
 
-  Accumulator acc[Dh / 16];
-  for (auto& f : acc) wmma::fill_fragment(f, 0.0f);
-  const T* my_probs = reinterpret_cast<const T*>(my_scores);
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    __syncthreads();
-    load_tile<T, Dh>(kv_tile, t.v, g.k, kt * kTile, t.heads, h);
-    __syncthreads();
-    product_ab<T, Dh>(acc, my_probs + kt * kTile, 2 * lds, kv_tile, ld);
+    float score[kTile / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < Dh / 16; ++kk)
+#pragma unroll
+      for (int jp = 0; jp < kTile / 16; ++jp) {  // keys 16 jp .. 16 jp + 15
+        uint32_t b[4];
+        load_matrix_x4(b, keys + (16 * jp + lane % 8 + (lane / 16) * 8) * ld + kk * 16 + ((lane / 8) % 2) * 8);
+        mma_16x8x16<T>(score[2 * jp], q_frag[kk], b[0], b[1]);
+        mma_16x8x16<T>(score[2 * jp + 1], q_frag[kk], b[2], b[3]);
+      }
+
+    float tile_top[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool real = key_real[kt * kTile + 8 * j + quad_col + (e & 1)];
+        score[j][e] = real ? score[j][e] * t.scale : -INFINITY;
+        tile_top[e / 2] = fmaxf(tile_top[e / 2], score[j][e]);
+      }
+    float rescale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // the four lanes of a quad share a row
+      tile_top[r] = fmaxf(tile_top[r], __shfl_xor_sync(0xffffffffu, tile_top[r], 1));
+      tile_top[r] = fmaxf(tile_top[r], __shfl_xor_sync(0xffffffffu, tile_top[r], 2));
+      const float new_top = fmaxf(top[r], tile_top[r]);
+      rescale[r] = new_top == -INFINITY ? 1.0f : __expf(top[r] - new_top);
+      top[r] = new_top;
+      sum[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int j = 0; j < Dh / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[j][e] *= rescale[e / 2];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = top[e / 2] == -INFINITY ? 0.0f : __expf(score[j][e] - top[e / 2]);
+        sum[e / 2] += p;
+        score[j][e] = p;
+      }
+
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {  // keys 16 kk .. 16 kk + 15
+      const uint32_t a[4] = {pack<T>(score[2 * kk][0], score[2 * kk][1]),
+                             pack<T>(score[2 * kk][2], score[2 * kk][3]),
+                             pack<T>(score[2 * kk + 1][0], score[2 * kk + 1][1]),
+                             pack<T>(score[2 * kk + 1][2], score[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < Dh / 16; ++dp) {  // output columns 16 dp .. 16 dp + 15
+        uint32_t b[4];
+        load_matrix_x4_transposed(b, values + (16 * kk + lane % 8 + ((lane / 8) % 2) * 8) * ld + 16 * dp + (lane / 16) * 8);
+        mma_16x8x16<T>(out[2 * dp], a, b[0], b[1]);
+        mma_16x8x16<T>(out[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
+  wait_copies<0>();
+  __syncthreads();  // q_tile is free (and fully landed) for staging the output
+
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+    sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+    const int row = row0 + quad_row + 8 * r, slot = q_first + row;
+    const bool attends = q_real[row] && top[r] != -INFINITY && sum[r] > 0.0f;
+    inv[r] = attends ? 1.0f / sum[r] : 0.0f;
+    if (lane % 4 == 0 && slot < g.q.slots)
+      t.lse_out[(g.q.row0 + slot) * t.heads + h] = attends ? top[r] + logf(sum[r]) : -INFINITY;
+  }
+#pragma unroll
+  for (int j = 0; j < Dh / 8; ++j)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      *reinterpret_cast<uint32_t*>(q_tile + (row0 + quad_row + 8 * r) * ld + 8 * j + quad_col) =
+          pack<T>(out[j][2 * r] * inv[r], out[j][2 * r + 1] * inv[r]);
   __syncwarp();
-  stage<Dh>(my_scores, lds, acc);  // the warp's P rows are spent: reuse them for its output
-  store_rows<T, Dh>(t.result, my_scores, lds, g.q, q_first + warp * 16, t.heads, h);
+  constexpr int kVectors = Dh / 8;
+  for (int i = lane; i < 16 * kVectors; i += 32) {
+    const int r = row0 + i / kVectors, c = i % kVectors, slot = q_first + r;
+    if (slot < g.q.slots)
+      *reinterpret_cast<uint4*>(t.result + ((g.q.row0 + slot) * t.heads + h) * Dh + c * 8) =
+          *reinterpret_cast<const uint4*>(q_tile + r * ld + c * 8);
+  }
 }
 
 // ---- backward -------------------------------------------------------------------------------
@@ -362,24 +494,29 @@ __global__ void __launch_bounds__(128) grad_q_kernel(Geometry geo, Tensors<T> t)
   float* grad_p = scores + kTile * ldf;
   float* lse = grad_p + kTile * ldf;
   float* delta = lse + kTile;
-  uint8_t* key_real = reinterpret_cast<uint8_t*>(delta + kTile);
+  uint8_t* q_real = reinterpret_cast<uint8_t*>(delta + kTile);
+  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Queries);
   const int q_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
   if (q_first >= g.q.slots) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = warp * 16;
+  const int key_tiles = (g.k.slots + kTile - 1) / kTile;
 
-  load_tile<T, Dh>(q_tile, t.q, g.q, q_first, t.heads, h);
-  load_tile<T, Dh>(go_tile, t.grad_out, g.q, q_first, t.heads, h);
+  mark_real(q_real, g.q, q_first, kTile);
+  mark_real(key_real, g.k, 0, key_tiles * kTile);
   load_row_stats(lse, delta, t, g.q, q_first, h);
+  __syncthreads();
+  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
+  copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, q_first, t.heads, h);
   Accumulator acc[Dh / 16];
   for (auto& f : acc) wmma::fill_fragment(f, 0.0f);
-  const int key_tiles = (g.k.slots + kTile - 1) / kTile;
   for (int kt = 0; kt < key_tiles; ++kt) {
     __syncthreads();
-    load_tile<T, Dh>(k_tile, t.k, g.k, kt * kTile, t.heads, h);
-    load_tile<T, Dh>(v_tile, t.v, g.k, kt * kTile, t.heads, h);
-    for (int c = threadIdx.x; c < kTile; c += blockDim.x) key_real[c] = g.k.real(kt * kTile + c);
+    copy_tile<T, Dh>(k_tile, t.k, g.k, key_real + kt * kTile, kt * kTile, t.heads, h);
+    copy_tile<T, Dh>(v_tile, t.v, g.k, key_real + kt * kTile, kt * kTile, t.heads, h);
+    commit_copies();
+    wait_copies<0>();
     __syncthreads();
     product_abt<T, Dh>(q_tile + row0 * ld, ld, k_tile, ld, scores + row0 * ldf, ldf);
     product_abt<T, Dh>(go_tile + row0 * ld, ld, v_tile, ld, grad_p + row0 * ldf, ldf);
@@ -387,12 +524,14 @@ __global__ void __launch_bounds__(128) grad_q_kernel(Geometry geo, Tensors<T> t)
     for (int e = lane; e < 16 * kTile; e += 32) {
       const int r = row0 + e / kTile, c = e % kTile;
       const ScoreGradient s(scores[r * ldf + c], grad_p[r * ldf + c], lse[r], delta[r],
-                            key_real[c], t.scale);
+                            key_real[kt * kTile + c], t.scale);
       ds_tile[r * ldp + c] = from_float<T>(s.ds);
     }
     __syncwarp();
     product_ab<T, Dh>(acc, ds_tile + row0 * ldp, ldp, k_tile, ld);
   }
+  commit_copies();  // a group without keys still started its query copies
+  wait_copies<0>();
   __syncwarp();
   stage<Dh>(scores + row0 * ldf, ldf, acc);
   store_rows<T, Dh>(t.result, scores + row0 * ldf, ldf, g.q, q_first + row0, t.heads, h);
@@ -416,6 +555,7 @@ __global__ void __launch_bounds__(256) grad_kv_kernel(Geometry geo, Tensors<T> t
   float* lse = grad_p_t + kTile * ldf;
   float* delta = lse + kTile;
   uint8_t* key_real = reinterpret_cast<uint8_t*>(delta + kTile);
+  uint8_t* q_real = key_real + kTile;
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Keys);
   const int k_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
@@ -423,17 +563,22 @@ __global__ void __launch_bounds__(256) grad_kv_kernel(Geometry geo, Tensors<T> t
   const int warp = threadIdx.x / 32, row0 = (warp % 4) * 16;
   const bool value_warp = warp < 4;
 
-  load_tile<T, Dh>(k_tile, t.k, g.k, k_first, t.heads, h);
-  load_tile<T, Dh>(v_tile, t.v, g.k, k_first, t.heads, h);
-  for (int r = threadIdx.x; r < kTile; r += blockDim.x) key_real[r] = g.k.real(k_first + r);
+  mark_real(key_real, g.k, k_first, kTile);
+  __syncthreads();
+  copy_tile<T, Dh>(k_tile, t.k, g.k, key_real, k_first, t.heads, h);
+  copy_tile<T, Dh>(v_tile, t.v, g.k, key_real, k_first, t.heads, h);
   Accumulator acc[Dh / 16];
   for (auto& f : acc) wmma::fill_fragment(f, 0.0f);
   const int query_tiles = (g.q.slots + kTile - 1) / kTile;
   for (int qt = 0; qt < query_tiles; ++qt) {
     __syncthreads();
-    load_tile<T, Dh>(q_tile, t.q, g.q, qt * kTile, t.heads, h);
-    load_tile<T, Dh>(go_tile, t.grad_out, g.q, qt * kTile, t.heads, h);
+    mark_real(q_real, g.q, qt * kTile, kTile);
     load_row_stats(lse, delta, t, g.q, qt * kTile, h);
+    __syncthreads();
+    copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, qt * kTile, t.heads, h);
+    copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, qt * kTile, t.heads, h);
+    commit_copies();
+    wait_copies<0>();
     __syncthreads();
     if (value_warp)
       product_abt<T, Dh>(k_tile + row0 * ld, ld, q_tile, ld, scores_t + row0 * ldf, ldf);
@@ -453,6 +598,8 @@ __global__ void __launch_bounds__(256) grad_kv_kernel(Geometry geo, Tensors<T> t
     else
       product_ab<T, Dh>(acc, ds_t + row0 * ldp, ldp, q_tile, ld);  // grad_k += dS^T q
   }
+  commit_copies();  // a key tile without queries still started its copies
+  wait_copies<0>();
   __syncthreads();
   float* staged = (value_warp ? scores_t : grad_p_t) + row0 * ldf;
   stage<Dh>(staged, ldf, acc);
@@ -511,16 +658,15 @@ void check_launch(const char* what) {
               cudaGetErrorString(status));
 }
 
-size_t forward_smem(int head_dim, int score_cols) {
-  const size_t ld = head_dim + kHalfPad, lds = std::max(score_cols, head_dim) + kFloatPad;
-  return 2 * kTile * ld * 2 + kTile * lds * 4 + score_cols;
+size_t forward_smem(int head_dim) {
+  return 5 * kTile * (head_dim + kHalfPad) * 2 + kTile + kMaxKeySlots;  // Q, 2 K, 2 V, flags
 }
 
 size_t backward_smem(int head_dim, int half_tiles, int float_tiles) {
   const size_t ld = head_dim + kHalfPad, ldf = std::max(head_dim, kTile) + kFloatPad,
                ldp = kTile + kHalfPad;
   return 4 * kTile * ld * 2 + half_tiles * kTile * ldp * 2 + float_tiles * kTile * ldf * 4 +
-         2 * kTile * 4 + kTile;
+         2 * kTile * 4 + kTile + kMaxKeySlots;
 }
 
 template <typename... Args>
@@ -551,9 +697,8 @@ void run_forward(const RetroAttentionParams& p, const AttentionForward& f, cudaS
   t.scale = static_cast<float>(p.scale);
   t.tiles = static_cast<int>(ceil_div(std::max<int64_t>(max_query_slots(p), 1), kTile));
   const Geometry g = geometry_of(p, Cover::Queries);
-  const int score_cols = static_cast<int>(ceil_div(std::max<int64_t>(max_key_slots(p), 1), kTile) * kTile);
   launch(forward_kernel<T, Dh>, p.batch * g.groups_per_batch, t.tiles, p.heads, 128,
-         forward_smem(Dh, score_cols), stream, "forward", g, t, score_cols);
+         forward_smem(Dh), stream, "forward", g, t);
 }
 
 template <typename T, int Dh>

@@ -78,7 +78,8 @@ def test_kernels_match_the_reference(name, shape, dtype, dh):
         our_error = (a.double() - e).abs().max().item()
         ref_error = (b.double() - e).abs().max().item()
         scale = e.abs().max().item()
-        assert our_error <= 2 * ref_error + 1e-3 * scale, (what, our_error, ref_error, scale)
+        # the floor covers gradients that are exactly zero in float64 (one key: dS = 0)
+        assert our_error <= 2 * ref_error + 1e-3 * scale + 1e-4, (what, our_error, ref_error, scale)
 
 
 def poisoned_call(name, shape, dtype, dh, stream):
@@ -93,7 +94,7 @@ def poisoned_call(name, shape, dtype, dh, stream):
         lse = torch.full(q.shape[:-1], math.nan, dtype=torch.float32, device=q.device)
         _core.cuda_attention_forward(params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                                      lse.data_ptr(), *where)
-        grad_out = torch.randn_like(q)
+        grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(q)
         grads = [torch.full_like(x, math.nan) for x in (q, k, v)]
         delta = torch.full(q.shape[:-1], math.nan, dtype=torch.float32, device=q.device)
         _core.cuda_attention_backward(params, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
