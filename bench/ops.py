@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 import retro
 import retro.ops as ops
+from retro import _core
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402  (bench/report.py)
@@ -274,7 +275,9 @@ def floor_bytes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, 
 def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwidth: float) -> list[GpuRow]:
     scale = 1.0 / s.head_dim**0.5
     q, k, v, lens = inputs(op, s, dtype, device="cuda")
-    engines = {"retro": ours(op, s.chunk_size, scale), **anchors(op, s.chunk_size, scale, "cuda")}
+    split = "retro split-backward"  # the same kernels with the backward forced to two kernels
+    engines = {"retro": ours(op, s.chunk_size, scale), split: ours(op, s.chunk_size, scale),
+               **anchors(op, s.chunk_size, scale, "cuda")}
     exact = engines["torch einsum"](*(x[:1].float() for x in (q, k, v)), lens[:1])
     floors = floor_bytes(q, k, v)
     grad = torch.randn_like(q)
@@ -289,6 +292,9 @@ def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwid
             return torch.autograd.grad(fn(*leaves, lens), leaves, grad)
 
         for name, fn in engines.items():
+            if name == split and mode == "forward":
+                continue
+            _core.cuda_set_fused_backward(name != split)
             ms, error, note = None, None, ""
             try:
                 ms = cuda_ms(lambda: run(fn), repeats)
@@ -296,6 +302,7 @@ def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwid
                     error = (fn(q[:1], k[:1], v[:1], lens[:1]).float() - exact).abs().max().item()
             except (RuntimeError, torch.OutOfMemoryError) as e:  # e.g. flash attention takes no mask
                 note = str(e).splitlines()[0][:120]
+            _core.cuda_set_fused_backward(True)
             torch.cuda.empty_cache()
             rows.append(GpuRow(op, s.name, str(dtype).removeprefix("torch."), mode, name, ms,
                                1000 * floors[mode] / bandwidth, error, note))
@@ -309,8 +316,9 @@ def markdown_cuda(rows: list[dict], machine: dict) -> str:
              f"(read + write, measured in the same run), commit `{machine['git_commit']}`, {machine['date']}. "
              f"Command: `python {machine['command']}` (from `bench/gpu_check.sh`). Median ms over CUDA events; "
              "floor = bytes that must move / copy rate.", "",
-             "| op | shape | mode | retro ms | best SDPA ms (backend) | einsum ms | vs best SDPA | % of floor |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| op | shape | mode | retro ms | best SDPA ms (backend) | einsum ms | vs best SDPA | % of floor "
+             "| retro, two-kernel backward ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         keyed.setdefault((r["op"], r["shape"], r["mode"]), {})[r["engine"]] = r
@@ -322,8 +330,9 @@ def markdown_cuda(rows: list[dict], machine: dict) -> str:
         speedup = "-" if best is None or ours_["ms"] is None else f"**{best['ms'] / ours_['ms']:.2f}x**"
         share = "-" if ours_["ms"] is None else f"{100 * ours_['floor_ms'] / ours_['ms']:.0f}%"
         best_text = "-" if best is None else f"{best['ms']:.3f} ({best['engine'].removeprefix('sdpa ')})"
+        split = by_engine.get("retro split-backward", {}).get("ms")
         lines.append(f"| {op} | {shape} | {mode} | {fmt(ours_['ms'])} | {best_text} | "
-                     f"{fmt(by_engine['torch einsum']['ms'])} | {speedup} | {share} |")
+                     f"{fmt(by_engine['torch einsum']['ms'])} | {speedup} | {share} | {fmt(split)} |")
     lines.append(end)
     return "\n".join(lines)
 

@@ -5,13 +5,15 @@ missing and full neighbours."""
 import torch
 
 import retro.ops as ops
+from retro import _core
 
 
 def main() -> None:
     g = torch.Generator().manual_seed(0)
     b, t, h, n_chunks, n_nbrs, r, m = 1, 75, 2, 2, 2, 20, 32
-    for dtype in (torch.bfloat16, torch.float16):
-        for dh in (64, 128):
+    for fused in (True, False):
+        _core.cuda_set_fused_backward(fused)
+        for dtype, dh in ((torch.bfloat16, 64), (torch.float16, 64), (torch.bfloat16, 128)):
             dec = lambda: torch.randn(b, t, h, dh, generator=g).to("cuda", dtype).requires_grad_()  # noqa: E731
             nbr = lambda: torch.randn(b, n_chunks, n_nbrs, r, h, dh, generator=g).to("cuda", dtype).requires_grad_()  # noqa: E731
             lens = torch.tensor([[[0, 20], [7, 20]]], dtype=torch.int32, device="cuda")

@@ -105,6 +105,22 @@ void run_forward(const RetroAttentionParams& p, const AttentionForward& f, cudaS
          shared_bytes(Dh, 5, 0, kTile + kMaxKeySlots), stream, "forward", g, t);
 }
 
+bool fused_backward_enabled = true;
+
+// Whether one CTA per group can write every gradient row: the group's queries fit one tile, and
+// the query cover's groups hold every key row (CCA: the call covers all chunks, as in training).
+bool takes_fused_backward(const RetroAttentionParams& p, const Geometry& by_query) {
+  if (!fused_backward_enabled || max_query_slots(p) > kTile) return false;
+  switch (p.op) {
+    case RetroAttention::ChunkedCross:
+      return by_query.first_chunk <= 0 &&
+             by_query.first_chunk + by_query.groups_per_batch - 1 >= p.chunks - 1;
+    case RetroAttention::NeighbourSelf: return true;
+    case RetroAttention::NeighbourCross: return false;  // decoder rows past the chunks
+  }
+  return false;
+}
+
 template <typename T, int Dh>
 void run_backward(const RetroAttentionParams& p, const AttentionBackward& b, float* delta,
                   cudaStream_t stream) {
@@ -129,6 +145,15 @@ void run_backward(const RetroAttentionParams& p, const AttentionBackward& b, flo
     check_launch("backward (delta)");
   }
   const Geometry by_query = geometry_of(p, Cover::Queries);
+  if constexpr (Dh == 64) {  // at 128 the three accumulators would not fit the registers
+    if (takes_fused_backward(p, by_query)) {
+      t.tiles = 1;
+      launch(grad_fused_kernel<T, Dh>, p.batch * by_query.groups_per_batch, 1, p.heads, kThreads,
+             shared_bytes(Dh, 6, 2, kTile + kMaxKeySlots) + 2 * kTile * kRowStride<kTile>, stream,
+             "backward (fused)", by_query, t);
+      return;
+    }
+  }
   t.tiles = static_cast<int>(ceil_div(std::max<int64_t>(max_query_slots(p), 1), kTile));
   launch(grad_q_kernel<T, Dh>, p.batch * by_query.groups_per_batch, t.tiles, p.heads, kThreads,
          shared_bytes(Dh, 6, 2, kTile + kMaxKeySlots), stream, "backward (grad q)", by_query, t);
@@ -160,6 +185,8 @@ void check(const RetroAttentionParams& p, int device) {
 }  // namespace
 
 int attention_max_key_slots() { return kMaxKeySlots; }
+
+void set_fused_backward(bool enabled) { fused_backward_enabled = enabled; }
 
 std::string attention_unsupported(const RetroAttentionParams& p) {
   if (p.dtype != DType::BFloat16 && p.dtype != DType::Float16)

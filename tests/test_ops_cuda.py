@@ -51,6 +51,14 @@ def make_inputs(name, shape, dh, seed=0):
     return [x.cuda() for x in (q(), k(), v(), nbr_lens)], opts
 
 
+@pytest.fixture(params=["fused", "split"])
+def backward(request):
+    """Runs a test with the one-kernel backward allowed (where it applies) and with two kernels."""
+    _core.cuda_set_fused_backward(request.param == "fused")
+    yield request.param
+    _core.cuda_set_fused_backward(True)
+
+
 def forward_backward(fn, q, k, v, nbr_lens, opts, grad, **extra):
     q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
     out = fn(q, k, v, nbr_lens, **opts, **extra)
@@ -62,7 +70,7 @@ def forward_backward(fn, q, k, v, nbr_lens, opts, grad, **extra):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dh", [64, 128])
-def test_kernels_match_the_reference(name, shape, dtype, dh):
+def test_kernels_match_the_reference(name, shape, dtype, dh, backward):
     """Error against float64 within 2x that of the reference computed in `dtype` (no upcast)."""
     op, ref, spec = OPS[name]
     (q, k, v, nbr_lens), opts = make_inputs(name, shape, dh, seed=dh + len(shape))

@@ -38,6 +38,8 @@ T* pointer(uintptr_t address) {
 // The same entry points on device buffers, queued on a CUDA stream (retro/cuda.h).
 void bind_cuda_attention(py::module_& m) {
   m.attr("CUDA_ATTENTION_MAX_KEY_SLOTS") = retro::cuda::attention_max_key_slots();
+  m.def("cuda_set_fused_backward", &retro::cuda::set_fused_backward, py::arg("enabled"),
+        "Allow (default) or forbid the one-kernel backward of CCA and short self-attention.");
   m.def("cuda_attention_unsupported", &retro::cuda::attention_unsupported, py::arg("params"),
         "Why the CUDA kernels cannot run this call, or '' if they can.");
   m.def("cuda_attention_forward",

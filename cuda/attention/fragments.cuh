@@ -51,13 +51,13 @@ __device__ void load_matrix_x4_transposed(uint32_t (&r)[4], const void* row) {
                : "memory");
 }
 
-// A fragments of the 16 x Dh tile rows starting at `rows`.
-template <typename T, int Dh>
-__device__ void load_rows(uint32_t (&a)[Dh / 16][4], const T* rows) {
+// A fragments of the 16 x Width tile rows starting at `rows`.
+template <typename T, int Width>
+__device__ void load_rows(uint32_t (&a)[Width / 16][4], const T* rows) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int kk = 0; kk < Dh / 16; ++kk)
-    load_matrix_x4(a[kk], rows + (lane % 16) * kRowStride<Dh> + kk * 16 + (lane / 16) * 8);
+  for (int kk = 0; kk < Width / 16; ++kk)
+    load_matrix_x4(a[kk], rows + (lane % 16) * kRowStride<Width> + kk * 16 + (lane / 16) * 8);
 }
 
 // acc (16 x N) += a (16 x Dh) b^T, b the N x Dh tile rows starting at `b`: scores and the
@@ -78,26 +78,37 @@ __device__ void rows_times_tile(float (&acc)[N / 8][4], const uint32_t (&a)[Dh /
     }
 }
 
-// acc (16 x Dh) += p (16 x N, C layout, rounded to T) b, b the N x Dh tile rows starting at `b`:
-// outputs and the gradients of q, k and v.
+// acc (16 x Dh) += a (16 x N, A fragments) b, b the N x Dh tile rows starting at `b`.
 template <typename T, int Dh, int N>
-__device__ void probs_times_tile(float (&acc)[Dh / 8][4], const float (&p)[N / 8][4],
+__device__ void frags_times_tile(float (&acc)[Dh / 8][4], const uint32_t (&a)[N / 16][4],
                                  const T* b) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int kk = 0; kk < N / 16; ++kk) {  // b rows 16 kk .. 16 kk + 15
-    const uint32_t a[4] = {pack<T>(p[2 * kk][0], p[2 * kk][1]), pack<T>(p[2 * kk][2], p[2 * kk][3]),
-                           pack<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                           pack<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+  for (int kk = 0; kk < N / 16; ++kk)  // b rows 16 kk .. 16 kk + 15
 #pragma unroll
     for (int dp = 0; dp < Dh / 16; ++dp) {  // output columns 16 dp .. 16 dp + 15
       uint32_t f[4];
       load_matrix_x4_transposed(f, b + (16 * kk + lane % 8 + ((lane / 8) % 2) * 8) * kRowStride<Dh> +
                                        16 * dp + (lane / 16) * 8);
-      mma_16x8x16<T>(acc[2 * dp], a, f[0], f[1]);
-      mma_16x8x16<T>(acc[2 * dp + 1], a, f[2], f[3]);
+      mma_16x8x16<T>(acc[2 * dp], a[kk], f[0], f[1]);
+      mma_16x8x16<T>(acc[2 * dp + 1], a[kk], f[2], f[3]);
     }
+}
+
+// acc (16 x Dh) += p (16 x N, C layout, rounded to T) b, b the N x Dh tile rows starting at `b`:
+// outputs and the gradients of q, k and v.
+template <typename T, int Dh, int N>
+__device__ void probs_times_tile(float (&acc)[Dh / 8][4], const float (&p)[N / 8][4],
+                                 const T* b) {
+  uint32_t a[N / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    a[kk][0] = pack<T>(p[2 * kk][0], p[2 * kk][1]);
+    a[kk][1] = pack<T>(p[2 * kk][2], p[2 * kk][3]);
+    a[kk][2] = pack<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[kk][3] = pack<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
   }
+  frags_times_tile<T, Dh, N>(acc, a, b);
 }
 
 }  // namespace

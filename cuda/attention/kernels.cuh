@@ -244,6 +244,41 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<
   write_rows<T, Dh>(t.result, q_tile, row0, g.q, q_first, t.heads, h);
 }
 
+// The backward of a warp's 16 key rows against kSub query rows (lse and delta point at theirs):
+// grad_v += P^T grad_out and grad_k += dS^T q; dS^T (keys x queries, C layout) is left in ds_t.
+template <typename T, int Dh>
+__device__ void key_rows_backward(float (&grad_k)[Dh / 8][4], float (&grad_v)[Dh / 8][4],
+                                  float (&ds_t)[kSub / 8][4], const T* key_rows,
+                                  const T* value_rows, const T* queries, const T* grads_out,
+                                  const float* lse, const float* delta, const bool (&row_real)[2],
+                                  float scale) {
+  float p_t[kSub / 8][4] = {};
+  {
+    uint32_t k_frag[Dh / 16][4];
+    load_rows<T, Dh>(k_frag, key_rows);
+    rows_times_tile<T, Dh, kSub>(p_t, k_frag, queries);
+  }
+#pragma unroll
+  for (int j = 0; j < kSub / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) ds_t[j][e] = 0.0f;
+  {
+    uint32_t v_frag[Dh / 16][4];
+    load_rows<T, Dh>(v_frag, value_rows);
+    rows_times_tile<T, Dh, kSub>(ds_t, v_frag, grads_out);  // dP^T
+  }
+#pragma unroll
+  for (int j = 0; j < kSub / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = column_of(j, e);
+      p_t[j][e] = probability(p_t[j][e], lse[c], row_real[e / 2], scale);
+      ds_t[j][e] = p_t[j][e] * (ds_t[j][e] - delta[c]) * scale;
+    }
+  probs_times_tile<T, Dh, kSub>(grad_v, p_t, grads_out);  // grad_v += P^T grad_out
+  probs_times_tile<T, Dh, kSub>(grad_k, ds_t, queries);   // grad_k += dS^T q
+}
+
 template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) grad_kv_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>;
@@ -281,29 +316,10 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(Geometry geo, Tensors
     __syncthreads();
 #pragma unroll
     for (int sub = 0; sub < kTile; sub += kSub) {
-      const T* queries = q_tile + sub * ld;
-      const T* grads_out = go_tile + sub * ld;
-      float p_t[kSub / 8][4] = {}, ds_t[kSub / 8][4] = {};  // P^T, dS^T: keys x queries
-      {
-        uint32_t k_frag[Dh / 16][4];
-        load_rows<T, Dh>(k_frag, k_tile + row0 * ld);
-        rows_times_tile<T, Dh, kSub>(p_t, k_frag, queries);
-      }
-      {
-        uint32_t v_frag[Dh / 16][4];
-        load_rows<T, Dh>(v_frag, v_tile + row0 * ld);
-        rows_times_tile<T, Dh, kSub>(ds_t, v_frag, grads_out);
-      }
-#pragma unroll
-      for (int j = 0; j < kSub / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = sub + column_of(j, e);
-          p_t[j][e] = probability(p_t[j][e], lse[c], row_real[e / 2], t.scale);
-          ds_t[j][e] = p_t[j][e] * (ds_t[j][e] - delta[c]) * t.scale;
-        }
-      probs_times_tile<T, Dh, kSub>(grad_v, p_t, grads_out);  // grad_v += P^T grad_out
-      probs_times_tile<T, Dh, kSub>(grad_k, ds_t, queries);   // grad_k += dS^T q
+      float ds_t[kSub / 8][4];
+      key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, k_tile + row0 * ld, v_tile + row0 * ld,
+                               q_tile + sub * ld, go_tile + sub * ld, lse + sub, delta + sub,
+                               row_real, t.scale);
     }
   }
   commit_copies();  // a key tile without queries still started its copies
@@ -313,6 +329,89 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(Geometry geo, Tensors
   write_rows<T, Dh>(t.grad_v, q_tile, row0, g.k, k_first, t.heads, h);
   stage_rows<T, Dh>(q_tile, row0, grad_k, {1.0f, 1.0f});
   write_rows<T, Dh>(t.grad_k, q_tile, row0, g.k, k_first, t.heads, h);
+}
+
+// grad q, k and v in one CTA per group, for groups whose queries fit one tile (CCA with m <= 64
+// when the call covers every chunk, as in training; the encoder's self-attention with R <= 64):
+// K and V are read once. Warp w owns key rows 16w .. of each key tile for grad k and v, then
+// query rows 16w .. for grad q, through dS staged in shared memory.
+template <typename T, int Dh>
+__global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tensors<T> t) {
+  constexpr int ld = kRowStride<Dh>, lds = kRowStride<kTile>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_tile = reinterpret_cast<T*>(smem);
+  T* go_tile = q_tile + kTile * ld;
+  T* k_tiles = go_tile + kTile * ld;      // two buffers
+  T* v_tiles = k_tiles + 2 * kTile * ld;  // two buffers
+  T* ds_tile = v_tiles + 2 * kTile * ld;  // dS (queries x keys) of one key tile
+  float* lse = reinterpret_cast<float*>(ds_tile + kTile * lds);
+  float* delta = lse + kTile;
+  uint8_t* q_real = reinterpret_cast<uint8_t*>(delta + kTile);
+  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
+
+  const Group g = group_of(geo, blockIdx.x, Cover::Queries);
+  const int h = blockIdx.y;
+  if (g.q.slots == 0) return;
+  const int row0 = (threadIdx.x / 32) * 16;
+  const int key_tiles = (g.k.slots + kTile - 1) / kTile;
+
+  mark_real(q_real, g.q, 0, kTile);
+  mark_real(key_real, g.k, 0, key_tiles * kTile);
+  load_row_stats(lse, delta, t, g.q, 0, h);
+  __syncthreads();
+  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, 0, t.heads, h);
+  copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, 0, t.heads, h);
+  if (key_tiles > 0) {
+    copy_tile<T, Dh>(k_tiles, t.k, g.k, key_real, 0, t.heads, h);
+    copy_tile<T, Dh>(v_tiles, t.v, g.k, key_real, 0, t.heads, h);
+  }
+  commit_copies();
+
+  float grad_q[Dh / 8][4] = {};
+  for (int kt = 0; kt < key_tiles; ++kt) {
+    const int buffer = kt % 2;
+    if (kt + 1 < key_tiles) {
+      const int next = (kt + 1) * kTile;
+      copy_tile<T, Dh>(k_tiles + (1 - buffer) * kTile * ld, t.k, g.k, key_real + next, next, t.heads, h);
+      copy_tile<T, Dh>(v_tiles + (1 - buffer) * kTile * ld, t.v, g.k, key_real + next, next, t.heads, h);
+    }
+    commit_copies();
+    wait_copies<1>();
+    __syncthreads();
+    T* keys = k_tiles + buffer * kTile * ld;
+    T* values = v_tiles + buffer * kTile * ld;
+    const bool row_real[2] = {key_real[kt * kTile + row0 + row_of(0)] != 0,
+                              key_real[kt * kTile + row0 + row_of(2)] != 0};
+    float grad_k[Dh / 8][4] = {}, grad_v[Dh / 8][4] = {};
+#pragma unroll
+    for (int sub = 0; sub < kTile; sub += kSub) {
+      float ds_t[kSub / 8][4];
+      key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, keys + row0 * ld, values + row0 * ld,
+                               q_tile + sub * ld, go_tile + sub * ld, lse + sub, delta + sub,
+                               row_real, t.scale);
+#pragma unroll
+      for (int j = 0; j < kSub / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          ds_tile[(sub + column_of(j, e)) * lds + row0 + row_of(e)] = from_float<T>(ds_t[j][e]);
+    }
+    __syncthreads();  // dS of the whole tile is staged
+    {
+      uint32_t ds_frag[kTile / 16][4];
+      load_rows<T, kTile>(ds_frag, ds_tile + row0 * lds);
+      frags_times_tile<T, Dh, kTile>(grad_q, ds_frag, keys);  // grad_q += dS k
+    }
+    __syncthreads();  // every warp is done with this tile's keys and dS
+    stage_rows<T, Dh>(values, row0, grad_v, {1.0f, 1.0f});
+    write_rows<T, Dh>(t.grad_v, values, row0, g.k, kt * kTile, t.heads, h);
+    stage_rows<T, Dh>(keys, row0, grad_k, {1.0f, 1.0f});
+    write_rows<T, Dh>(t.grad_k, keys, row0, g.k, kt * kTile, t.heads, h);
+    __syncthreads();  // the buffer is free for the tile after next
+  }
+  wait_copies<0>();
+  __syncthreads();
+  stage_rows<T, Dh>(q_tile, row0, grad_q, {1.0f, 1.0f});
+  write_rows<T, Dh>(t.result, q_tile, row0, g.q, 0, t.heads, h);
 }
 
 }  // namespace

@@ -21,6 +21,12 @@ constexpr int kRowStride = Dh + kHalfPad;  // elements per shared row of a tile
 __device__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ float to_float(__half x) { return __half2float(x); }
 
+template <typename T>
+__device__ T from_float(float x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
 // Two floats as one register of two 16-bit values (lo in the low half).
 template <typename T>
 __device__ uint32_t pack(float lo, float hi) {

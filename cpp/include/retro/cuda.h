@@ -20,6 +20,9 @@ std::string attention_unsupported(const RetroAttentionParams& params);  // "" wh
 int attention_max_key_slots();  // the widest group: K R for CCA, R for self, m for cross
 void attention_forward(const RetroAttentionParams& params, const AttentionForward& tensors,
                        int device, uintptr_t stream);
+// Whether the backward may run grad q, k and v in one kernel where that covers every row (CCA in
+// training, self-attention with R <= 64; head_dim 64); default on. Else two kernels.
+void set_fused_backward(bool enabled);
 // delta: a (query rows, H) float32 scratch buffer.
 void attention_backward(const RetroAttentionParams& params, const AttentionBackward& tensors,
                         float* delta, int device, uintptr_t stream);
