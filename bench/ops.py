@@ -309,8 +309,9 @@ def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwid
     return rows
 
 
-def markdown_cuda(rows: list[dict], machine: dict) -> str:
+def markdown_cuda(result: dict) -> str:
     """The GPU table: retro against the fastest SDPA backend, and retro's share of the floor."""
+    rows, machine = result["rows"], result["machine"]
     begin, end = report.markers(CUDA_RESULTS_TABLE)
     lines = [begin, f"Card: {machine['gpu']}, torch {machine['torch']}, copy rate {machine['copy_tb_s']:.2f} TB/s "
              f"(read + write, measured in the same run), commit `{machine['git_commit']}`, {machine['date']}. "
@@ -333,8 +334,55 @@ def markdown_cuda(rows: list[dict], machine: dict) -> str:
         split = by_engine.get("retro split-backward", {}).get("ms")
         lines.append(f"| {op} | {shape} | {mode} | {fmt(ours_['ms'])} | {best_text} | "
                      f"{fmt(by_engine['torch einsum']['ms'])} | {speedup} | {share} | {fmt(split)} |")
+    if "cca_layer" in result:
+        layer = result["cca_layer"]
+        lines.append("")
+        lines.append(f"The whole CCA layer of the model at {layer['shape']} (projections, core, output projection; "
+                     "target: its projection GEMMs alone + 1.25 x the core's floor): " + "; ".join(
+                         f"{mode} {layer[mode]['layer_ms']:.3f} ms vs target {layer[mode]['target_ms']:.3f} ms "
+                         f"(projections {layer[mode]['projections_ms']:.3f} ms)" for mode in ("forward", "forward+backward")) + ".")
     lines.append(end)
     return "\n".join(lines)
+
+
+def bench_cca_layer_cuda(s: Shape, repeats: int, bandwidth: float, device: str = "cuda") -> dict:
+    """The model's whole CCA layer (projections, core, output projection) against its projection
+    GEMMs alone plus 1.25x the core's bandwidth floor: what the layer spends beyond that is copies
+    around the core."""
+    from retro.model import ChunkedCrossAttention, NeighbourMemory, RetroConfig
+
+    d = s.heads * s.head_dim
+    config = RetroConfig(n_embd=d, n_head=s.heads, chunk_size=s.chunk_size, n_nbrs=s.neighbours,
+                         nbr_len=s.neighbour_len, block_size=s.tokens, bias=False, dropout=0.0)
+    layer = ChunkedCrossAttention(config).to(device, torch.bfloat16)
+    new = lambda *shape: torch.randn(*shape, device=device, dtype=torch.bfloat16)  # noqa: E731
+    x = new(s.batch, s.tokens, d).requires_grad_()
+    encoded = new(s.batch, s.chunks, s.neighbours, s.neighbour_len, d).requires_grad_()
+    lens = torch.full((s.batch, s.chunks, s.neighbours), s.neighbour_len, dtype=torch.int32, device=device)
+    attends = (torch.arange(s.tokens, device=device) >= s.chunk_size - 1).to(torch.bfloat16)
+    memory = NeighbourMemory(encoded, lens, 0, False, s.chunks, attends.view(1, -1, 1).expand(s.batch, -1, -1))
+    leaves = [x, encoded, *layer.parameters()]
+    parts = {"layer": lambda: (layer(x, memory, None),),
+             "projections": lambda: (layer.c_q(x), layer.c_k(encoded), layer.c_v(encoded), layer.c_proj(x))}
+    grads = {name: [torch.randn_like(o) for o in fn()] for name, fn in parts.items()}
+    meta = lambda *shape: torch.empty(*shape, dtype=torch.bfloat16, device="meta")  # noqa: E731
+    floors = floor_bytes(meta(s.batch, s.tokens, s.heads, s.head_dim),
+                         *[meta(s.batch, s.chunks, s.neighbours, s.neighbour_len, s.heads, s.head_dim)] * 2)
+    result = {"shape": s.name}
+    for mode in ("forward", "forward+backward"):
+        def run(name):
+            if mode == "forward":
+                with torch.no_grad():
+                    return parts[name]()
+            return torch.autograd.grad(parts[name](), leaves, grads[name], allow_unused=True)
+
+        layer_ms, proj_ms = cuda_ms(lambda: run("layer"), repeats), cuda_ms(lambda: run("projections"), repeats)
+        floor_ms = 1000 * floors[mode] / bandwidth
+        result[mode] = {"layer_ms": layer_ms, "projections_ms": proj_ms, "core_floor_ms": floor_ms,
+                        "target_ms": proj_ms + 1.25 * floor_ms}
+        print(f"cca layer {s.name} {mode}: {layer_ms:.3f} ms; target = projections {proj_ms:.3f} ms "
+              f"+ 1.25 x core floor {floor_ms:.3f} ms = {proj_ms + 1.25 * floor_ms:.3f} ms", flush=True)
+    return result
 
 
 def run_cuda(args) -> None:
@@ -351,9 +399,10 @@ def run_cuda(args) -> None:
                 ms = "refused" if r.ms is None else f"{r.ms:8.3f} ms"
                 print(f"{r.op:5s} {r.shape:30s} {r.mode:16s} {r.engine:15s} {ms}  floor {r.floor_ms:.3f} ms"
                       f"  err {r.max_error if r.max_error is None else f'{r.max_error:.1e}'} {r.note}", flush=True)
-    result = {"machine": machine, "rows": [asdict(r) for r in rows]}
+    layer = bench_cca_layer_cuda(QUICK_GPU_SHAPES[0] if args.quick else GPU_SHAPES[1], args.repeats, bandwidth)
+    result = {"machine": machine, "rows": [asdict(r) for r in rows], "cca_layer": layer}
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(markdown_cuda(result["rows"], machine))
+    print(markdown_cuda(result))
     print(f"wrote {args.out}")
 
 
@@ -388,7 +437,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         result = json.loads(Path(args.render).read_text())
-        report.update_performance_md(CUDA_RESULTS_TABLE, markdown_cuda(result["rows"], result["machine"]))
+        report.update_performance_md(CUDA_RESULTS_TABLE, markdown_cuda(result))
         return
     if args.device == "cuda":
         return run_cuda(args)

@@ -305,8 +305,10 @@ class ChunkedCrossAttention(Attention):
         y = ops.chunked_cross_attention(self.project_q(x), k, v, memory.lens,
                                         chunk_size=self.chunk_size,
                                         q_offset=memory.q_offset)  # (B, T, H, Dh)
-        # Megatron's rule: tokens without neighbours get no CCA output, not even c_proj's bias.
-        return self.output(y) * memory.attends
+        # Megatron's rule: tokens without neighbours get no CCA output, not even c_proj's bias
+        # (without a bias their rows are already exactly 0: the op writes zeros there).
+        out = self.output(y)
+        return out if self.c_proj.bias is None else out * memory.attends
 
 
 class NeighbourSelfAttention(Attention):
