@@ -127,17 +127,14 @@ def finished_steps(run: Path) -> int | None:
 
 
 def training_flops(run: Path, config: DemoConfig, block_size: int) -> float:
-    """6 * parameters * tokens they process (forward and backward), attention scores left out:
-    the decoder's parameters see the block_size tokens of a sample, the encoder's the K * R
-    neighbour tokens of each of its L chunks."""
+    """Model FLOPs of the run's training (retro.flops: every matmul of decoder, encoder, CCA and
+    the attention products, forward and backward) over steps x batch_size samples."""
     from retro.checkpoint import load_model
+    from retro.flops import training_flops_per_token
 
     model, _ = load_model(run)
-    encoder = sum(p.numel() for p in model.encoder.parameters()) if model.encoder is not None else 0
-    decoder = sum(p.numel() for p in model.parameters()) - encoder
-    c = model.config
-    per_sample = decoder * block_size + encoder * (block_size // c.chunk_size) * c.n_nbrs * c.nbr_len
-    return 6.0 * per_sample * config.steps * config.batch_size
+    per_token = training_flops_per_token(model.config, model.encoder is not None, block_size)
+    return per_token * block_size * config.steps * config.batch_size
 
 
 def generate_sample(model: Any, db: Any, config: DemoConfig) -> dict[str, Any]:
