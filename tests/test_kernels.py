@@ -2,11 +2,13 @@
 retro._core, against numpy references."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
-from support import SIMD_LEVELS
+from support import BF16_KERNELS, BF16_ORDER, SIMD_LEVELS
 
+import retro
 from retro import _core
 
 BLOCK = _core._scan_block  # vectors per code block (IvfPqIndex::kBlock)
@@ -116,3 +118,16 @@ def test_simd_level_switching():
     for level in SIMD_LEVELS:
         _core.set_simd_level(level)
         assert _core.simd_level() == level
+
+
+def test_bf16_kernel_switching():
+    assert _core.best_bf16_kernel() == BF16_KERNELS[-1]
+    # the default: AMX where it is there, else the float32 path (AVX512-BF16 only on request)
+    default = "amx" if BF16_KERNELS[-1] == "amx" else "none"
+    assert retro.bf16_kernel() == (os.environ.get("RETRO_BF16") or default)
+    for kernel in BF16_KERNELS:
+        retro.set_bf16_kernel(kernel)
+        assert retro.bf16_kernel() == kernel
+    for kernel in BF16_ORDER[len(BF16_KERNELS):]:
+        with pytest.raises(ValueError, match=f"bf16 kernel {kernel} is not supported by this CPU"):
+            retro.set_bf16_kernel(kernel)

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/bf16_matmul.h"
 #include "checksum.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -257,6 +259,117 @@ TEST_P(Kernels, PqScan8IsBitExact) {
 
 INSTANTIATE_TEST_SUITE_P(Levels, Kernels, ::testing::ValuesIn(supported_levels()),
                          [](const auto& info) { return std::string(simd_level_name(info.param)); });
+
+// --- bfloat16 products ------------------------------------------------------------------------
+
+// Every bf16 product kernel this CPU can run (None, the float32 path, is not one).
+std::vector<Bf16Kernel> supported_bf16_kernels() {
+  std::vector<Bf16Kernel> kernels;
+  for (int l = 1; l <= static_cast<int>(best_bf16_kernel()); ++l)
+    kernels.push_back(static_cast<Bf16Kernel>(l));
+  return kernels;
+}
+
+std::vector<bfloat16> random_bf16(size_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<bfloat16> x(n);
+  for (bfloat16& v : x) v = to_bfloat16(normal(rng));
+  return x;
+}
+
+class Bf16Products : public ::testing::TestWithParam<Bf16Kernel> {};
+
+// C = A . B^T against double sums, with B packed from its rows (pack_rows) or from the rows of B^T
+// (pack_depth); A's rows past m are NaN (don't-care rows must not leak into real ones).
+TEST_P(Bf16Products, GemmMatchesAScalarReferenceOnOddSizes) {
+  std::mt19937_64 rng(17);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int sizes[] = {1, 5, 16, 17, 33, 64, 97};
+  for (bool from_depth : {false, true})
+    for (int m : sizes)
+      for (int n : sizes)
+        for (int k : sizes) {
+          const idx_t lda = bf16::padded_depth(k) + 32, rows = bf16::padded_rows(m);
+          const idx_t ldc = bf16::padded_rows(n) + 3;  // the last 3 columns must stay untouched
+          std::vector<bfloat16> A = random_bf16(rows * lda, rng), B = random_bf16(n * k, rng);
+          for (idx_t i = 0; i < rows; ++i)
+            for (idx_t t = k; t < lda; ++t) A[i * lda + t] = bfloat16{0};
+          for (idx_t i = m; i < rows; ++i) A[i * lda] = to_bfloat16(nan);
+          std::vector<bfloat16> transposed(n * k);  // B^T (k, n)
+          for (int j = 0; j < n; ++j)
+            for (int t = 0; t < k; ++t) transposed[t * n + j] = B[j * k + t];
+          std::vector<const bfloat16*> pointers;
+          for (int r = 0; r < (from_depth ? k : n); ++r)
+            pointers.push_back(from_depth ? &transposed[r * n] : &B[r * k]);
+          std::vector<bfloat16> packed(bf16::packed_size(n, k), to_bfloat16(nan));
+          if (from_depth)
+            bf16::pack_depth(k, n, pointers.data(), packed.data());
+          else
+            bf16::pack_rows(n, k, pointers.data(), packed.data());
+          std::vector<float> C(rows * ldc, nan);
+          bf16::gemm(GetParam(), m, n, k, A.data(), lda, packed.data(), C.data(), ldc);
+          for (int i = 0; i < m; ++i) {
+            for (int j = 0; j < n; ++j) {
+              double exact = 0.0, magnitude = 0.0;
+              for (int t = 0; t < k; ++t) {
+                const double product = static_cast<double>(to_float(A[i * lda + t])) *
+                                       to_float(B[j * k + t]);
+                exact += product;
+                magnitude += std::abs(product);
+              }
+              ASSERT_LE(std::abs(C[i * ldc + j] - exact), (k + 1) * 1.2e-7 * magnitude)
+                  << "m=" << m << " n=" << n << " k=" << k << " depth=" << from_depth << " at "
+                  << i << "," << j;
+            }
+            for (idx_t j = n; j < bf16::padded_rows(n); ++j) ASSERT_EQ(C[i * ldc + j], 0.0f);
+            for (idx_t j = bf16::padded_rows(n); j < ldc; ++j) ASSERT_TRUE(std::isnan(C[i * ldc + j]));
+          }
+        }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, Bf16Products, ::testing::ValuesIn(supported_bf16_kernels()),
+                         [](const auto& info) { return std::string(bf16_kernel_name(info.param)); });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(Bf16Products);  // a CPU without AVX512-BF16
+
+// The row conversions need AVX512-BF16 (every bf16 kernel has it).
+TEST(Bf16Rows, ExpNarrowAndCopyMatchScalarReferences) {
+  if (best_bf16_kernel() == Bf16Kernel::None) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937_64 rng(19);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 15, 16, 17, 32, 64, 100}) {
+    const idx_t padded = bf16::padded_depth(n);
+    std::vector<float> scores(n);
+    for (float& s : scores) s = 4.0f * normal(rng);
+    const float scale = 0.7f;
+    std::vector<bfloat16> probs(padded + 5, to_bfloat16(-1.0f));
+    float shift;
+    const float sum = bf16::exp_row(n, padded, scores.data(), scale, probs.data(), &shift);
+    const double top = *std::max_element(scores.begin(), scores.end());
+    EXPECT_FLOAT_EQ(shift, static_cast<float>(scale * top));
+    double exact_sum = 0.0;
+    for (int j = 0; j < n; ++j) {
+      const double e = std::exp(scale * (static_cast<double>(scores[j]) - top));
+      exact_sum += e;
+      ASSERT_NEAR(to_float(probs[j]), e, e * (1.0 / 256)) << "n=" << n << " j=" << j;  // bf16
+    }
+    EXPECT_NEAR(sum, exact_sum, 1e-6 * exact_sum) << "n=" << n;
+    for (idx_t j = n; j < padded; ++j) ASSERT_EQ(probs[j].bits, 0) << "n=" << n;
+    for (idx_t j = padded; j < padded + 5; ++j) ASSERT_EQ(to_float(probs[j]), -1.0f);
+
+    std::vector<bfloat16> narrowed(padded + 5, to_bfloat16(-1.0f)), copied(padded + 5, to_bfloat16(-1.0f));
+    bf16::narrow_row(n, padded, scores.data(), 0.3f, narrowed.data());
+    std::vector<bfloat16> source(n);
+    for (int j = 0; j < n; ++j) source[j] = to_bfloat16(scores[j]);
+    bf16::copy_row(n, padded, source.data(), copied.data());
+    for (int j = 0; j < n; ++j) {
+      ASSERT_EQ(narrowed[j].bits, to_bfloat16(0.3f * scores[j]).bits) << "n=" << n << " j=" << j;
+      ASSERT_EQ(copied[j].bits, source[j].bits);
+    }
+    for (idx_t j = n; j < padded; ++j) ASSERT_EQ(narrowed[j].bits | copied[j].bits, 0);
+    for (idx_t j = padded; j < padded + 5; ++j)
+      ASSERT_EQ(to_float(narrowed[j]) + to_float(copied[j]), -2.0f);
+  }
+}
 
 // --- IvfPqIndex end to end -------------------------------------------------------------------
 
