@@ -3,6 +3,8 @@ retro._core, against numpy references."""
 
 import itertools
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +133,12 @@ def test_bf16_kernel_switching():
     for kernel in BF16_ORDER[len(BF16_KERNELS):]:
         with pytest.raises(ValueError, match=f"bf16 kernel {kernel} is not supported by this CPU"):
             retro.set_bf16_kernel(kernel)
+
+
+def test_retro_bf16_forces_the_kernel_at_start():
+    """RETRO_BF16 is read once, at the first use (here: a fresh interpreter)."""
+    for kernel in BF16_KERNELS:
+        env = {**os.environ, "RETRO_BF16": kernel}
+        shown = subprocess.run([sys.executable, "-c", "import retro; print(retro.bf16_kernel())"],
+                               env=env, capture_output=True, text=True, check=True).stdout.strip()
+        assert shown == kernel

@@ -371,6 +371,58 @@ TEST(Bf16Rows, ExpNarrowAndCopyMatchScalarReferences) {
   }
 }
 
+// The backward's pieces: the split softmax gradient row, the dot product and the transpose.
+TEST(Bf16Rows, GradientRowDotAndTransposeMatchScalarReferences) {
+  if (best_bf16_kernel() == Bf16Kernel::None) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 15, 16, 17, 33, 64, 100}) {
+    const idx_t padded = bf16::padded_depth(n);
+    std::vector<float> scores(n), dprobs(n), lse(n), dots(n);
+    for (int i = 0; i < n; ++i) {
+      scores[i] = normal(rng);
+      dprobs[i] = normal(rng);
+      dots[i] = normal(rng);
+      lse[i] = 1.0f + std::abs(normal(rng));
+    }
+    const float scale = 0.6f;
+    std::vector<bfloat16> probs(2 * padded, to_bfloat16(-1.0f)), dscores(2 * padded, to_bfloat16(-1.0f));
+    bf16::softmax_gradient_row(n, padded, scores.data(), dprobs.data(), lse.data(), dots.data(),
+                               scale, probs.data(), dscores.data());
+    for (int i = 0; i < n; ++i) {
+      const double p = std::exp(scale * static_cast<double>(scores[i]) - lse[i]);
+      const double ds = scale * p * (static_cast<double>(dprobs[i]) - dots[i]);
+      // hi + lo carries about 16 bits: 2^-16 relative, plus the float32 arithmetic
+      ASSERT_NEAR(to_float(probs[i]) + to_float(probs[padded + i]), p, 2e-5 * p) << n << " " << i;
+      ASSERT_NEAR(to_float(dscores[i]) + to_float(dscores[padded + i]), ds, 2e-5 * std::abs(ds) + 1e-7)
+          << n << " " << i;
+      ASSERT_EQ(probs[i].bits, to_bfloat16(static_cast<float>(p)).bits) << n << " " << i;
+    }
+    for (idx_t i = n; i < padded; ++i)
+      ASSERT_EQ(probs[i].bits | probs[padded + i].bits | dscores[i].bits | dscores[padded + i].bits, 0);
+
+    std::vector<bfloat16> x = random_bf16(n, rng), y = random_bf16(n, rng);
+    double exact = 0.0, magnitude = 0.0;
+    for (int i = 0; i < n; ++i) {
+      exact += static_cast<double>(to_float(x[i])) * to_float(y[i]);
+      magnitude += std::abs(static_cast<double>(to_float(x[i])) * to_float(y[i]));
+    }
+    EXPECT_NEAR(bf16::dot(n, x.data(), y.data()), exact, (n + 1) * 1.2e-7 * magnitude) << n;
+
+    for (int cols : {1, 2, 7, 40}) {  // src (n, cols) with a wider stride, the last column alone
+      const idx_t lds = cols + 3, ldd = padded + 7;
+      std::vector<bfloat16> src = random_bf16(n * lds, rng);
+      std::vector<bfloat16> dst(cols * ldd, to_bfloat16(-1.0f));
+      bf16::transpose(n, cols, src.data(), lds, dst.data(), ldd, padded);
+      for (int c = 0; c < cols; ++c) {
+        for (int i = 0; i < n; ++i) ASSERT_EQ(dst[c * ldd + i].bits, src[i * lds + c].bits);
+        for (idx_t i = n; i < padded; ++i) ASSERT_EQ(dst[c * ldd + i].bits, 0);
+        for (idx_t i = padded; i < ldd; ++i) ASSERT_EQ(to_float(dst[c * ldd + i]), -1.0f);
+      }
+    }
+  }
+}
+
 // --- IvfPqIndex end to end -------------------------------------------------------------------
 
 class IvfPqRoundTrip : public ::testing::TestWithParam<Metric> {};

@@ -52,6 +52,32 @@ constexpr PairIndex make_pair_index() {
 }
 constexpr PairIndex kPairIndex = make_pair_index();
 
+// The inverse: vpermt2w indices that take the even (first of each pair) or odd 16-bit lanes of two
+// vectors, 16 from each.
+struct Deinterleave {
+  uint16_t even[32], odd[32];
+};
+constexpr Deinterleave make_deinterleave() {
+  Deinterleave index{};
+  for (int lane = 0; lane < 32; ++lane) {
+    index.even[lane] = static_cast<uint16_t>(2 * lane);
+    index.odd[lane] = static_cast<uint16_t>(2 * lane + 1);
+  }
+  return index;
+}
+constexpr Deinterleave kDeinterleave = make_deinterleave();
+
+// Column c of 16 rows (at `first` + row_offsets, in bfloat16 elements) in the low half of 32-bit
+// lanes, read alone (its right neighbour may lie past the end of the matrix).
+__m512i gather_column(__mmask16 rows, __m512i row_offsets, const bfloat16* first) {
+  alignas(64) int32_t lanes[16] = {};
+  alignas(64) int32_t offsets[16];
+  _mm512_store_si512(offsets, row_offsets);
+  for (int r = 0; r < 16; ++r)
+    if ((rows >> r) & 1) lanes[r] = first[offsets[r]].bits;
+  return _mm512_load_si512(lanes);
+}
+
 // The tile registers: 0-3 accumulate C (row tile i, column tile j in 2 i + j), 4-5 hold A and 6-7
 // hold B, each 16 rows of 64 bytes.
 struct alignas(64) TileConfig {
@@ -230,10 +256,10 @@ void narrow_row(idx_t n, idx_t padded, const float* src, float factor, bfloat16*
 
 namespace {
 
-// exp(x) for x <= 0 as 2^k e^r with k = round(x / ln 2) and |r| <= ln 2 / 2: the degree-6 Taylor
+// exp(x) for x <= 88 as 2^k e^r with k = round(x / ln 2) and |r| <= ln 2 / 2: the degree-6 Taylor
 // polynomial of e^r (truncation error < 1.3e-7 relative) scaled by vscalefps, which needs no
 // exponent bit tricks and gives 0 for large negative k. Below -88 the result is 0 or denormal.
-__m512 exp_nonpositive(__m512 x) {
+__m512 exp_approx(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -250,6 +276,20 @@ __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
+// x (32 floats in two vectors) as hi = bfloat16(x) at `hi` and lo = bfloat16(x - hi) at `lo`.
+void store_split(__mmask32 lanes, const __m512* x, bfloat16* hi, bfloat16* lo) {
+  const __m512bh rounded = _mm512_cvtne2ps_pbh(x[1], x[0]);
+  // widening bfloat16 is a 16-bit shift left: the low and high 16 lanes of `rounded`
+  const __m512i bits = (__m512i)rounded;
+  const __m512 low = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+  const __m512 high = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+  _mm512_mask_storeu_epi16(hi, lanes, bits);
+  _mm512_mask_storeu_epi16(lo, lanes, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x[1], high),
+                                                                   _mm512_sub_ps(x[0], low)));
+}
+
 }  // namespace
 
 float exp_row(idx_t n, idx_t padded, const float* scores, float scale, bfloat16* probs,
@@ -263,16 +303,81 @@ float exp_row(idx_t n, idx_t padded, const float* scores, float scale, bfloat16*
   for (idx_t j = 0; j < padded; j += 2 * kTile) {
     const __mmask16 low_lanes = first16(n - j), high_lanes = first16(n - j - kTile);
     const __m512 low = _mm512_maskz_mov_ps(
-        low_lanes, exp_nonpositive(_mm512_fmadd_ps(
+        low_lanes, exp_approx(_mm512_fmadd_ps(
                        s, _mm512_maskz_loadu_ps(low_lanes, scores + j), minus_shift)));
     const __m512 high = _mm512_maskz_mov_ps(
-        high_lanes, exp_nonpositive(_mm512_fmadd_ps(
+        high_lanes, exp_approx(_mm512_fmadd_ps(
                         s, _mm512_maskz_loadu_ps(high_lanes, scores + j + kTile), minus_shift)));
     sum = _mm512_add_ps(sum, _mm512_add_ps(low, high));
     _mm512_mask_storeu_epi16(probs + j, first32(padded - j),
                              (__m512i)_mm512_cvtne2ps_pbh(high, low));
   }
   return _mm512_reduce_add_ps(sum);
+}
+
+void softmax_gradient_row(idx_t n, idx_t padded, const float* scores, const float* dprobs,
+                          const float* lse, const float* dots, float scale, bfloat16* probs,
+                          bfloat16* dscores) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (idx_t j = 0; j < padded; j += 2 * kTile) {
+    __m512 p[2], ds[2];
+    for (int half = 0; half < 2; ++half) {
+      const idx_t at = j + half * kTile;
+      const __mmask16 lanes = first16(n - at);
+      const __m512 x = _mm512_fmsub_ps(s, _mm512_maskz_loadu_ps(lanes, scores + at),
+                                       _mm512_maskz_loadu_ps(lanes, lse + at));
+      p[half] = _mm512_maskz_mov_ps(lanes, exp_approx(x));
+      const __m512 centred = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, dprobs + at),
+                                           _mm512_maskz_loadu_ps(lanes, dots + at));
+      ds[half] = _mm512_mul_ps(_mm512_mul_ps(s, p[half]), centred);
+    }
+    const __mmask32 lanes = first32(padded - j);
+    store_split(lanes, p, probs + j, probs + padded + j);
+    store_split(lanes, ds, dscores + j, dscores + padded + j);
+  }
+}
+
+float dot(idx_t n, const bfloat16* x, const bfloat16* y) {
+  __m512 sum = _mm512_setzero_ps();
+  for (idx_t j = 0; j < n; j += 2 * kTile) {
+    const __mmask32 lanes = first32(n - j);
+    sum = _mm512_dpbf16_ps(sum, (__m512bh)_mm512_maskz_loadu_epi16(lanes, x + j),
+                           (__m512bh)_mm512_maskz_loadu_epi16(lanes, y + j));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+void transpose(idx_t rows, idx_t cols, const bfloat16* src, idx_t lds, bfloat16* dst, idx_t ldd,
+               idx_t padded) {
+  // 32 source rows at a time: one 32-bit gather per 16 rows fetches two adjacent columns, split
+  // into two destination rows by vpermt2w (even 16-bit lanes, then odd).
+  const __m512i even = _mm512_loadu_si512(kDeinterleave.even);
+  const __m512i odd = _mm512_loadu_si512(kDeinterleave.odd);
+  const __m512i row_offsets = _mm512_mullo_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+      _mm512_set1_epi32(static_cast<int>(lds)));
+  for (idx_t i0 = 0; i0 < padded; i0 += 2 * kTile) {
+    const __mmask16 low = first16(rows - i0), high = first16(rows - i0 - kTile);
+    const bfloat16* block = src + i0 * lds;
+    for (idx_t c = 0; c < cols; c += 2) {
+      // the pair (c, c + 1) of each row; past the last column only c is read
+      const bool single = c + 1 == cols;
+      __m512i a, b;
+      if (single) {
+        a = gather_column(low, row_offsets, block + c);
+        b = gather_column(high, row_offsets, block + kTile * lds + c);
+      } else {
+        a = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), low, row_offsets, block + c, 2);
+        b = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), high, row_offsets,
+                                        block + kTile * lds + c, 2);
+      }
+      const __mmask32 lanes = first32(padded - i0);
+      _mm512_mask_storeu_epi16(dst + c * ldd + i0, lanes, _mm512_permutex2var_epi16(a, even, b));
+      if (!single)
+        _mm512_mask_storeu_epi16(dst + (c + 1) * ldd + i0, lanes,
+                                 _mm512_permutex2var_epi16(a, odd, b));
+    }
+  }
 }
 
 #else  // no x86 kernels: best_bf16_kernel() is None, so nothing calls these
@@ -293,6 +398,16 @@ void narrow_row(idx_t, idx_t, const float*, float, bfloat16*) {
   RETRO_CHECK(false, "this build has no bf16 kernels");
 }
 float exp_row(idx_t, idx_t, const float*, float, bfloat16*, float*) {
+  RETRO_CHECK(false, "this build has no bf16 kernels");
+}
+void softmax_gradient_row(idx_t, idx_t, const float*, const float*, const float*, const float*,
+                          float, bfloat16*, bfloat16*) {
+  RETRO_CHECK(false, "this build has no bf16 kernels");
+}
+float dot(idx_t, const bfloat16*, const bfloat16*) {
+  RETRO_CHECK(false, "this build has no bf16 kernels");
+}
+void transpose(idx_t, idx_t, const bfloat16*, idx_t, bfloat16*, idx_t, idx_t) {
   RETRO_CHECK(false, "this build has no bf16 kernels");
 }
 

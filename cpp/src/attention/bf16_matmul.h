@@ -42,5 +42,19 @@ void narrow_row(idx_t n, idx_t padded, const float* src, float factor, bfloat16*
 // unrounded exponentials and sets *shift (n >= 1 finite scores; exp relative error < 2e-7).
 float exp_row(idx_t n, idx_t padded, const float* scores, float scale, bfloat16* probs,
               float* shift);
+// The backward's row of key j, over the n queries i (transposed scores S^T and dP^T):
+// p = exp(scale * scores[i] - lse[i]) and ds = scale * p * (dprobs[i] - dots[i]), each written as
+// two bfloat16 terms, x = hi + lo with hi = bfloat16(x), lo = bfloat16(x - hi): hi at [i] and lo
+// at [padded + i], zero from n to padded in both halves. (One bfloat16 rounding of dS before the
+// products, as PyTorch does, costs up to 5x the error of float32 on small cases.)
+void softmax_gradient_row(idx_t n, idx_t padded, const float* scores, const float* dprobs,
+                          const float* lse, const float* dots, float scale, bfloat16* probs,
+                          bfloat16* dscores);
+// sum_j x[j] y[j] in float32.
+float dot(idx_t n, const bfloat16* x, const bfloat16* y);
+// dst (cols rows of stride ldd) = src (rows, cols; stride lds)^T, each dst row zero from `rows` to
+// `padded` (<= ldd).
+void transpose(idx_t rows, idx_t cols, const bfloat16* src, idx_t lds, bfloat16* dst, idx_t ldd,
+               idx_t padded);
 
 }  // namespace retro::bf16

@@ -7,13 +7,20 @@
 #include <cstring>
 #include <limits>
 
-#include "attention/bf16_matmul.h"
+#include "attention/bf16_group.h"
 #include "attention/small_matmul.h"
 #include "retro/error.h"
 #include "retro/simd.h"
 #include "simd/kernels.h"
 
 namespace retro {
+
+idx_t total_rows(const std::vector<RowRange>& ranges) {
+  idx_t total = 0;
+  for (const RowRange& r : ranges) total += r.rows;
+  return total;
+}
+
 namespace {
 
 inline float widen_value(float x) { return x; }
@@ -26,12 +33,6 @@ T narrow(Accum<T> x) {
     return to_bfloat16(x);
   else
     return x;
-}
-
-idx_t total_rows(const std::vector<RowRange>& ranges) {
-  idx_t total = 0;
-  for (const RowRange& r : ranges) total += r.rows;
-  return total;
 }
 
 idx_t max_rows(const std::vector<RowRange>& ranges) {
@@ -71,18 +72,6 @@ void scatter(const std::vector<RowRange>& ranges, const Accum<T>* src, const Att
 }
 
 constexpr idx_t kPanel = simd::kPanel;
-
-// Pointers to head h of the rows in `ranges`, in order (valid until the next call on this thread).
-template <typename T>
-const T* const* row_pointers(const std::vector<RowRange>& ranges, const T* src,
-                             const AttentionLayout& layout, idx_t h) {
-  thread_local std::vector<const T*> pointers;
-  pointers.clear();
-  for (const RowRange& range : ranges)
-    for (idx_t r = range.first; r < range.first + range.rows; ++r)
-      pointers.push_back(src + (r * layout.heads + h) * layout.head_dim);
-  return pointers.data();
-}
 
 // Head h of the rows in `ranges` packed as the columns of a GEMM operand (C = A . rows^T):
 // packed[(p Dh + t) kPanel + j] = row_{p kPanel + j}[t], zero past the last row.
@@ -193,61 +182,6 @@ double exp_row(idx_t n, double* row, double scale, double shift) {
   return sum;
 }
 
-// The next `size` elements of a scratch buffer sized beforehand for all of them.
-template <typename A>
-A* take(std::vector<A>& buffer, size_t& used, size_t size) {
-  RETRO_CHECK(used + size <= buffer.size(), "attention scratch buffer too small (internal error)");
-  A* p = buffer.data() + used;
-  used += size;
-  return p;
-}
-
-// The forward of one (group, head) in bfloat16 on the bf16 products (attention/bf16_matmul.h):
-// S = Q K^T and O = P V accumulate in float32, the softmax runs in float32, and P is rounded to
-// bfloat16 as the operand of P V (as PyTorch's bfloat16 SDPA rounds it).
-void forward_group_bf16(Bf16Kernel kernel, const AttentionGroup& group, idx_t h,
-                        const AttentionLayout& layout, const bfloat16* q, const bfloat16* k,
-                        const bfloat16* v, bfloat16* out, float* lse) {
-  const idx_t heads = layout.heads, dh = layout.head_dim;
-  const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
-  const idx_t rows = bf16::padded_rows(nq), dh_depth = bf16::padded_depth(dh);
-  const idx_t nk_depth = bf16::padded_depth(nk), score_cols = bf16::padded_rows(nk);
-  const idx_t out_cols = bf16::padded_rows(dh);
-  thread_local std::vector<bfloat16> operands;
-  thread_local std::vector<float> products;
-  const size_t key_size = bf16::packed_size(nk, dh), value_size = bf16::packed_size(dh, nk);
-  operands.resize(rows * dh_depth + key_size + value_size + rows * nk_depth);
-  products.resize(rows * (score_cols + out_cols) + 2 * nq);
-  size_t used = 0;
-  bfloat16* queries = take(operands, used, rows * dh_depth);
-  bfloat16* keys = take(operands, used, key_size);
-  bfloat16* values = take(operands, used, value_size);
-  bfloat16* probs = take(operands, used, rows * nk_depth);
-  used = 0;
-  float* scores = take(products, used, rows * score_cols);
-  float* outputs = take(products, used, rows * out_cols);
-  float* sums = take(products, used, nq);
-  float* shifts = take(products, used, nq);
-
-  const bfloat16* const* query_rows = row_pointers(group.queries, q, layout, h);
-  for (idx_t i = 0; i < nq; ++i) bf16::copy_row(dh, dh_depth, query_rows[i], queries + i * dh_depth);
-  bf16::pack_rows(nk, dh, row_pointers(group.keys, k, layout, h), keys);
-  bf16::gemm(kernel, nq, nk, dh, queries, dh_depth, keys, scores, score_cols);
-  bf16::pack_depth(nk, dh, row_pointers(group.keys, v, layout, h), values);
-  // P unnormalized (its largest entry 1), each output row divided by its sum at the end
-  const float scale = static_cast<float>(layout.scale);
-  for (idx_t i = 0; i < nq; ++i)
-    sums[i] = bf16::exp_row(nk, nk_depth, scores + i * score_cols, scale, probs + i * nk_depth,
-                            &shifts[i]);
-  bf16::gemm(kernel, nq, dh, nk, probs, nk_depth, values, outputs, out_cols);
-  idx_t i = 0;
-  for (const RowRange& range : group.queries)
-    for (idx_t r = range.first; r < range.first + range.rows; ++r, ++i) {
-      bf16::narrow_row(dh, dh, outputs + i * out_cols, 1.0f / sums[i], out + (r * heads + h) * dh);
-      lse[r * heads + h] = shifts[i] + std::log(sums[i]);
-    }
-}
-
 
 // Sets to `value` the rows of data (rows x row_size) that no range of any group covers (the rows
 // the kernel does not write): padding tokens, tokens with nothing to attend to.
@@ -298,7 +232,7 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
                                            std::vector<A>& buffer) {
     if constexpr (std::is_same_v<T, bfloat16>)
       if (bf16_kernel != Bf16Kernel::None)
-        return forward_group_bf16(bf16_kernel, group, h, layout, q, k, v, out, lse);
+        return bf16_group_forward(bf16_kernel, group, h, layout, q, k, v, out, lse);
     const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
     const idx_t longest = max_rows(group.queries);
     buffer.resize(longest * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
@@ -330,8 +264,13 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
   fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, grad_q, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_k, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_v, narrow<T>(0));
+  const Bf16Kernel bf16_kernel = active_bf16_kernel();
   for_each_group_head<A>(groups, heads, [&](const AttentionGroup& group, idx_t h,
                                            std::vector<A>& buffer) {
+    if constexpr (std::is_same_v<T, bfloat16>)
+      if (bf16_kernel != Bf16Kernel::None)
+        return bf16_group_backward(bf16_kernel, group, h, layout, q, k, v, out, lse, grad_out,
+                                   grad_q, grad_k, grad_v);
     const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
     const size_t key_panels = packed_floats(nk, dh);
     const size_t depth_panels = std::max(packed_floats(dh, nk), packed_floats(dh, nq));

@@ -3,8 +3,9 @@
 Each op is registered as ``torch.ops.retro.<name>`` (forward, returning the output and the
 log-sum-exp of each query row) and ``torch.ops.retro.<name>_backward``, with fake (meta) kernels
 for ``torch.compile`` and autograd through the core's backward kernel. float32, bfloat16 (float32
-accumulation) and float64 run on the CPU; CUDA tensors take the PyTorch reference until the CUDA
-kernels land. Shapes and semantics: :mod:`retro.ops.reference`.
+accumulation; AMX tile products where the CPU has them, see ``retro.bf16_kernel()``) and float64
+run on the CPU; CUDA tensors take the PyTorch reference until the CUDA kernels land. Shapes and
+semantics: :mod:`retro.ops.reference`.
 """
 
 from __future__ import annotations
