@@ -50,7 +50,7 @@ struct Scratch {
   std::vector<float> products;
   size_t operands_used = 0, products_used = 0;
 
-  void reserve(size_t operand_size, size_t product_size) {
+  void reset(size_t operand_size, size_t product_size) {
     operands.resize(operand_size);
     products.resize(product_size);
     operands_used = products_used = 0;
@@ -74,7 +74,7 @@ void bf16_group_forward(Bf16Kernel kernel, const AttentionGroup& group, idx_t h,
   const idx_t nk_depth = bf16::padded_depth(nk), score_cols = bf16::padded_rows(nk);
   const idx_t out_cols = bf16::padded_rows(dh);
   const size_t key_size = bf16::packed_size(nk, dh), value_size = bf16::packed_size(dh, nk);
-  scratch.reserve(rows * dh_depth + key_size + value_size + rows * nk_depth,
+  scratch.reset(rows * dh_depth + key_size + value_size + rows * nk_depth,
                   rows * (score_cols + out_cols) + 2 * nq);
   bfloat16* queries = scratch.operand(rows * dh_depth);
   bfloat16* keys = scratch.operand(key_size);
@@ -122,7 +122,7 @@ void bf16_group_backward(Bf16Kernel kernel, const AttentionGroup& group, idx_t h
   const size_t query_depth = bf16::packed_size(dh, 2 * nq_depth);  // split: twice the depth
   const size_t key_depth = bf16::packed_size(dh, 2 * nk_depth);
   const idx_t longest = key_rows > query_rows ? key_rows : query_rows;
-  scratch.reserve(2 * key_rows * dh_depth + 2 * (query_cols + query_depth) + key_depth +
+  scratch.reset(2 * key_rows * dh_depth + 2 * (query_cols + query_depth) + key_depth +
                       4 * key_rows * nq_depth + 2 * query_rows * nk_depth + dh,
                   2 * key_rows * query_rows + longest * dh_cols + 2 * query_rows);
   bfloat16* keys = scratch.operand(key_rows * dh_depth);

@@ -23,9 +23,17 @@ idx_t round_up(idx_t x, idx_t to) { return (x + to - 1) / to * to; }
 
 idx_t padded_rows(idx_t m) { return round_up(m, kTile); }
 idx_t padded_depth(idx_t k) { return round_up(k, kDepth); }
-size_t packed_size(idx_t n, idx_t k) { return static_cast<size_t>(padded_rows(n) * padded_depth(k)); }
+size_t packed_size(idx_t n, idx_t k) {
+  return static_cast<size_t>(padded_rows(n) * padded_depth(k));
+}
 
 #if defined(RETRO_HAVE_X86_KERNELS)
+// GCC 12's AVX-512 headers start some intrinsics from a self-initialized `__Y` (GCC bug 105593,
+// fixed in 13): a false "used uninitialized" at every inlined use.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 namespace {
 
 // Masks of the first `count` lanes (none for count <= 0).
@@ -197,7 +205,8 @@ void pack_rows(idx_t n, idx_t k, const bfloat16* const* rows, bfloat16* packed) 
     __m512i high_at = _mm512_maskz_loadu_epi64(high, rows + c0 + 8);
     idx_t p = 0;
     for (; p < whole_pairs; ++p) {
-      const __m256i a = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), low, low_at, nullptr, 1);
+      const __m256i a =
+          _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), low, low_at, nullptr, 1);
       const __m256i b =
           _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), high, high_at, nullptr, 1);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + p * 2 * kTile), a);
@@ -248,7 +257,8 @@ void narrow_row(idx_t n, idx_t padded, const float* src, float factor, bfloat16*
   const __m512 f = _mm512_set1_ps(factor);
   for (idx_t j = 0; j < padded; j += 2 * kTile) {
     const __m512 low = _mm512_mul_ps(f, _mm512_maskz_loadu_ps(first16(n - j), src + j));
-    const __m512 high = _mm512_mul_ps(f, _mm512_maskz_loadu_ps(first16(n - j - kTile), src + j + kTile));
+    const __m512 high =
+        _mm512_mul_ps(f, _mm512_maskz_loadu_ps(first16(n - j - kTile), src + j + kTile));
     _mm512_mask_storeu_epi16(dst + j, first32(padded - j),
                              (__m512i)_mm512_cvtne2ps_pbh(high, low));
   }

@@ -1,5 +1,5 @@
-// A run-time choice among ordered kernel levels, each needing the ones below it: a default (the best
-// the CPU has unless said otherwise), or the one an environment variable names, until set()
+// A run-time choice among ordered kernel levels, each needing the ones below it: a default (the
+// best the CPU has unless said otherwise), or the one an environment variable names, until set()
 // replaces it.
 #pragma once
 #include <atomic>
