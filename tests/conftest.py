@@ -25,11 +25,12 @@ class Built:
 
 @pytest.fixture(autouse=True)
 def restore_global_settings():
-    """Tests may change the thread count and SIMD level; put them back afterwards."""
-    threads, level = retro.get_num_threads(), retro.simd_level()
+    """Tests may change the thread count, SIMD level and bf16 kernel; put them back afterwards."""
+    threads, level, bf16 = retro.get_num_threads(), retro.simd_level(), retro.bf16_kernel()
     yield
     retro.set_num_threads(threads)
     retro.set_simd_level(level)
+    retro.set_bf16_kernel(bf16)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,9 @@ N_BASE, N_QUERIES, K = 5000, 200, 10
 SIMD_ORDER = ["scalar", "avx2", "avx512"]
 # Every kernel set this CPU can run, e.g. ["scalar", "avx2", "avx512"].
 SIMD_LEVELS = SIMD_ORDER[: SIMD_ORDER.index(_core.best_simd_level()) + 1]
+BF16_ORDER = ["none", "avx512bf16", "amx"]
+# Every bf16 product kernel this CPU can run, e.g. ["none", "avx512bf16", "amx"].
+BF16_KERNELS = BF16_ORDER[: BF16_ORDER.index(_core.best_bf16_kernel()) + 1]
 
 
 def clustered(

@@ -153,6 +153,8 @@ def test_bad_rerank_arguments(filled, x, small_data):
 def test_global_settings_refuse_bad_values():
     with pytest.raises(ValueError, match="unknown SIMD level 'sse'"):
         retro.set_simd_level("sse")
+    with pytest.raises(ValueError, match="unknown bf16 kernel 'fp8'"):
+        retro.set_bf16_kernel("fp8")
     with pytest.raises(ValueError, match="the number of threads must be >= 1"):
         retro.set_num_threads(0)
     with pytest.raises(ValueError, match="niter must be >= 1"):

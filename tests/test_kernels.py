@@ -2,11 +2,15 @@
 retro._core, against numpy references."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from support import SIMD_LEVELS
+from support import BF16_KERNELS, BF16_ORDER, SIMD_LEVELS
 
+import retro
 from retro import _core
 
 BLOCK = _core._scan_block  # vectors per code block (IvfPqIndex::kBlock)
@@ -116,3 +120,25 @@ def test_simd_level_switching():
     for level in SIMD_LEVELS:
         _core.set_simd_level(level)
         assert _core.simd_level() == level
+
+
+def test_bf16_kernel_switching():
+    assert _core.best_bf16_kernel() == BF16_KERNELS[-1]
+    # the default: AMX where it is there, else the float32 path (AVX512-BF16 only on request)
+    default = "amx" if BF16_KERNELS[-1] == "amx" else "none"
+    assert retro.bf16_kernel() == (os.environ.get("RETRO_BF16") or default)
+    for kernel in BF16_KERNELS:
+        retro.set_bf16_kernel(kernel)
+        assert retro.bf16_kernel() == kernel
+    for kernel in BF16_ORDER[len(BF16_KERNELS):]:
+        with pytest.raises(ValueError, match=f"bf16 kernel {kernel} is not supported by this CPU"):
+            retro.set_bf16_kernel(kernel)
+
+
+def test_retro_bf16_forces_the_kernel_at_start():
+    """RETRO_BF16 is read once, at the first use (here: a fresh interpreter)."""
+    for kernel in BF16_KERNELS:
+        env = {**os.environ, "RETRO_BF16": kernel}
+        shown = subprocess.run([sys.executable, "-c", "import retro; print(retro.bf16_kernel())"],
+                               env=env, capture_output=True, text=True, check=True).stdout.strip()
+        assert shown == kernel

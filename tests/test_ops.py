@@ -11,7 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from support import BF16_KERNELS  # noqa: E402
 
+import retro  # noqa: E402
 import retro.ops as ops  # noqa: E402
 from retro import _core  # noqa: E402
 from retro.ops.attention import CHUNKED_CROSS, NEIGHBOUR_CROSS, NEIGHBOUR_SELF, _params  # noqa: E402
@@ -58,14 +60,32 @@ def forward_backward(fn, q, k, v, nbr_lens, opts, grad):
     return [out.detach(), q.grad, k.grad, v.grad]
 
 
+# float32, and bfloat16 on every bf16 product kernel this CPU has
+DTYPE_KERNELS = [(torch.float32, "none")] + [(torch.bfloat16, kernel) for kernel in BF16_KERNELS]
+
+
 @pytest.mark.parametrize("name", OPS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype, bf16_kernel", DTYPE_KERNELS)
 @pytest.mark.parametrize("q_offset", [0, 7])
 @pytest.mark.parametrize("dh", [12, 40])  # 40: the 16 x 16 SIMD transposes and a tail of 8
-def test_forward_and_gradients_match_the_reference(name, dtype, q_offset, dh):
+def test_forward_and_gradients_match_the_reference(name, dtype, bf16_kernel, q_offset, dh):
     """Error against the float64 reference within 2x that of the reference run in `dtype`."""
-    q, k, v, nbr_lens = make_inputs(name, torch.float64, seed=q_offset, dh=dh)
-    opts = options(name, q_offset=q_offset)
+    check_against_the_reference(name, dtype, bf16_kernel, dh=dh, seed=q_offset, q_offset=q_offset)
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("bf16_kernel", BF16_KERNELS)
+@pytest.mark.parametrize("sizes", [dict(dh=1, r=1, m=1, t=3), dict(dh=33, r=17, m=5, t=23), dict(dh=64, r=37, m=19, t=61)])
+def test_bf16_odd_sizes_match_the_reference(name, bf16_kernel, sizes):
+    """Tails of every tile dimension: rows, keys and head widths off the multiples of 16 and 32."""
+    dh, r, m, t = sizes["dh"], sizes["r"], sizes["m"], sizes["t"]
+    check_against_the_reference(name, torch.bfloat16, bf16_kernel, dh=dh, r=r, m=m, t=t, n_chunks=-(-t // m), seed=dh)
+
+
+def check_against_the_reference(name, dtype, bf16_kernel, *, seed, q_offset=0, m=32, **sizes):
+    retro.set_bf16_kernel(bf16_kernel)
+    q, k, v, nbr_lens = make_inputs(name, torch.float64, seed=seed, m=m, **sizes)
+    opts = options(name, m=m, q_offset=q_offset)
     op, ref = OPS[name]
     grad = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     exact = forward_backward(ref, q, k, v, nbr_lens, opts, grad)
@@ -131,8 +151,9 @@ def poisoned_call(name, dtype):
 
 
 @pytest.mark.parametrize("name", OPS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_every_output_element_is_written(name, dtype):
+@pytest.mark.parametrize("dtype, bf16_kernel", [(torch.float64, "none"), *DTYPE_KERNELS])
+def test_every_output_element_is_written(name, dtype, bf16_kernel):
+    retro.set_bf16_kernel(bf16_kernel)
     out, lse, grads = poisoned_call(name, dtype)
     assert not out.isnan().any() and not lse.isnan().any()
     for g in grads:

@@ -112,6 +112,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd_level",
         [](const std::string& name) { retro::set_simd_level(retro::parse_simd_level(name)); },
         py::arg("level"), "Force 'scalar', 'avx2' or 'avx512' (as RETRO_SIMD does).");
+  m.def("bf16_kernel", [] { return retro::bf16_kernel_name(retro::active_bf16_kernel()); },
+        "Kernel of the bfloat16 attention products: 'none', 'avx512bf16' or 'amx'.");
+  m.def("best_bf16_kernel", [] { return retro::bf16_kernel_name(retro::best_bf16_kernel()); });
+  m.def("set_bf16_kernel",
+        [](const std::string& name) { retro::set_bf16_kernel(retro::parse_bf16_kernel(name)); },
+        py::arg("kernel"), "Force 'none', 'avx512bf16' or 'amx' (as RETRO_BF16 does).");
   m.def("get_num_threads", [] { return omp_get_max_threads(); });
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("the number of threads must be >= 1");

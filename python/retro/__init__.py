@@ -47,6 +47,8 @@ __all__ = [
     "index_factory",
     "open_db",
     "set_num_threads",
+    "bf16_kernel",
+    "set_bf16_kernel",
     "set_simd_level",
     "simd_level",
     "to_faiss",
@@ -71,6 +73,16 @@ def simd_level() -> str:
 def set_simd_level(level: str) -> None:
     """Forces "scalar", "avx2" or "avx512" kernels; raises ValueError if the CPU lacks them."""
     _core.set_simd_level(level)
+
+
+def bf16_kernel() -> str:
+    """The kernel of the bfloat16 attention products: "none", "avx512bf16" or "amx" (RETRO_BF16)."""
+    return _core.bf16_kernel()
+
+
+def set_bf16_kernel(kernel: str) -> None:
+    """Forces "none", "avx512bf16" or "amx"; raises ValueError if the CPU (or OS) lacks it."""
+    _core.set_bf16_kernel(kernel)
 
 
 def get_num_threads() -> int:

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/bf16_matmul.h"
 #include "checksum.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -257,6 +259,175 @@ TEST_P(Kernels, PqScan8IsBitExact) {
 
 INSTANTIATE_TEST_SUITE_P(Levels, Kernels, ::testing::ValuesIn(supported_levels()),
                          [](const auto& info) { return std::string(simd_level_name(info.param)); });
+
+// --- bfloat16 products ------------------------------------------------------------------------
+
+// Every bf16 product kernel this CPU can run (None, the float32 path, is not one).
+std::vector<Bf16Kernel> supported_bf16_kernels() {
+  std::vector<Bf16Kernel> kernels;
+  for (int l = 1; l <= static_cast<int>(best_bf16_kernel()); ++l)
+    kernels.push_back(static_cast<Bf16Kernel>(l));
+  return kernels;
+}
+
+std::vector<bfloat16> random_bf16(size_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<bfloat16> x(n);
+  for (bfloat16& v : x) v = to_bfloat16(normal(rng));
+  return x;
+}
+
+class Bf16Products : public ::testing::TestWithParam<Bf16Kernel> {};
+
+// C = A . B^T against double sums, with B packed from its rows (pack_rows) or from the rows of B^T
+// (pack_depth); A's rows past m are NaN (don't-care rows must not leak into real ones).
+TEST_P(Bf16Products, GemmMatchesAScalarReferenceOnOddSizes) {
+  std::mt19937_64 rng(17);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int sizes[] = {1, 5, 16, 17, 33, 64, 97};
+  for (bool from_depth : {false, true})
+    for (int m : sizes)
+      for (int n : sizes)
+        for (int k : sizes) {
+          const idx_t lda = bf16::padded_depth(k) + 32, rows = bf16::padded_rows(m);
+          const idx_t ldc = bf16::padded_rows(n) + 3;  // the last 3 columns must stay untouched
+          std::vector<bfloat16> A = random_bf16(rows * lda, rng), B = random_bf16(n * k, rng);
+          for (idx_t i = 0; i < rows; ++i)
+            for (idx_t t = k; t < lda; ++t) A[i * lda + t] = bfloat16{0};
+          for (idx_t i = m; i < rows; ++i) A[i * lda] = to_bfloat16(nan);
+          std::vector<bfloat16> transposed(n * k);  // B^T (k, n)
+          for (int j = 0; j < n; ++j)
+            for (int t = 0; t < k; ++t) transposed[t * n + j] = B[j * k + t];
+          std::vector<const bfloat16*> pointers;
+          for (int r = 0; r < (from_depth ? k : n); ++r)
+            pointers.push_back(from_depth ? &transposed[r * n] : &B[r * k]);
+          std::vector<bfloat16> packed(bf16::packed_size(n, k), to_bfloat16(nan));
+          if (from_depth)
+            bf16::pack_depth(k, n, pointers.data(), packed.data());
+          else
+            bf16::pack_rows(n, k, pointers.data(), packed.data());
+          std::vector<float> C(rows * ldc, nan);
+          bf16::gemm(GetParam(), m, n, k, A.data(), lda, packed.data(), C.data(), ldc);
+          for (int i = 0; i < m; ++i) {
+            for (int j = 0; j < n; ++j) {
+              double exact = 0.0, magnitude = 0.0;
+              for (int t = 0; t < k; ++t) {
+                const double product = static_cast<double>(to_float(A[i * lda + t])) *
+                                       to_float(B[j * k + t]);
+                exact += product;
+                magnitude += std::abs(product);
+              }
+              ASSERT_LE(std::abs(C[i * ldc + j] - exact), (k + 1) * 1.2e-7 * magnitude)
+                  << "m=" << m << " n=" << n << " k=" << k << " depth=" << from_depth << " at "
+                  << i << "," << j;
+            }
+            for (idx_t j = n; j < bf16::padded_rows(n); ++j) ASSERT_EQ(C[i * ldc + j], 0.0f);
+            for (idx_t j = bf16::padded_rows(n); j < ldc; ++j)
+              ASSERT_TRUE(std::isnan(C[i * ldc + j]));
+          }
+        }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, Bf16Products, ::testing::ValuesIn(supported_bf16_kernels()),
+                         [](const auto& info) { return bf16_kernel_name(info.param); });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(Bf16Products);  // a CPU without AVX512-BF16
+
+// The row conversions need AVX512-BF16 (every bf16 kernel has it).
+TEST(Bf16Rows, ExpNarrowAndCopyMatchScalarReferences) {
+  if (best_bf16_kernel() == Bf16Kernel::None) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937_64 rng(19);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 15, 16, 17, 32, 64, 100}) {
+    const idx_t padded = bf16::padded_depth(n);
+    std::vector<float> scores(n);
+    for (float& s : scores) s = 4.0f * normal(rng);
+    const float scale = 0.7f;
+    std::vector<bfloat16> probs(padded + 5, to_bfloat16(-1.0f));
+    float shift;
+    const float sum = bf16::exp_row(n, padded, scores.data(), scale, probs.data(), &shift);
+    const double top = *std::max_element(scores.begin(), scores.end());
+    EXPECT_FLOAT_EQ(shift, static_cast<float>(scale * top));
+    double exact_sum = 0.0;
+    for (int j = 0; j < n; ++j) {
+      const double e = std::exp(scale * (static_cast<double>(scores[j]) - top));
+      exact_sum += e;
+      ASSERT_NEAR(to_float(probs[j]), e, e * (1.0 / 256)) << "n=" << n << " j=" << j;  // bf16
+    }
+    EXPECT_NEAR(sum, exact_sum, 1e-6 * exact_sum) << "n=" << n;
+    for (idx_t j = n; j < padded; ++j) ASSERT_EQ(probs[j].bits, 0) << "n=" << n;
+    for (idx_t j = padded; j < padded + 5; ++j) ASSERT_EQ(to_float(probs[j]), -1.0f);
+
+    const bfloat16 sentinel = to_bfloat16(-1.0f);
+    std::vector<bfloat16> narrowed(padded + 5, sentinel), copied(padded + 5, sentinel);
+    bf16::narrow_row(n, padded, scores.data(), 0.3f, narrowed.data());
+    std::vector<bfloat16> source(n);
+    for (int j = 0; j < n; ++j) source[j] = to_bfloat16(scores[j]);
+    bf16::copy_row(n, padded, source.data(), copied.data());
+    for (int j = 0; j < n; ++j) {
+      ASSERT_EQ(narrowed[j].bits, to_bfloat16(0.3f * scores[j]).bits) << "n=" << n << " j=" << j;
+      ASSERT_EQ(copied[j].bits, source[j].bits);
+    }
+    for (idx_t j = n; j < padded; ++j) ASSERT_EQ(narrowed[j].bits | copied[j].bits, 0);
+    for (idx_t j = padded; j < padded + 5; ++j)
+      ASSERT_EQ(to_float(narrowed[j]) + to_float(copied[j]), -2.0f);
+  }
+}
+
+// The backward's pieces: the split softmax gradient row, the dot product and the transpose.
+TEST(Bf16Rows, GradientRowDotAndTransposeMatchScalarReferences) {
+  if (best_bf16_kernel() == Bf16Kernel::None) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 15, 16, 17, 33, 64, 100}) {
+    const idx_t padded = bf16::padded_depth(n);
+    std::vector<float> scores(n), dprobs(n), lse(n), dots(n);
+    for (int i = 0; i < n; ++i) {
+      scores[i] = normal(rng);
+      dprobs[i] = normal(rng);
+      dots[i] = normal(rng);
+      lse[i] = 1.0f + std::abs(normal(rng));
+    }
+    const float scale = 0.6f;
+    const bfloat16 sentinel = to_bfloat16(-1.0f);
+    std::vector<bfloat16> probs(2 * padded, sentinel), dscores(2 * padded, sentinel);
+    bf16::softmax_gradient_row(n, padded, scores.data(), dprobs.data(), lse.data(), dots.data(),
+                               scale, probs.data(), dscores.data());
+    for (int i = 0; i < n; ++i) {
+      const double p = std::exp(scale * static_cast<double>(scores[i]) - lse[i]);
+      const double ds = scale * p * (static_cast<double>(dprobs[i]) - dots[i]);
+      // hi + lo carries about 16 bits: 2^-16 relative, plus the float32 arithmetic
+      ASSERT_NEAR(to_float(probs[i]) + to_float(probs[padded + i]), p, 2e-5 * p) << n << " " << i;
+      ASSERT_NEAR(to_float(dscores[i]) + to_float(dscores[padded + i]), ds,
+                  2e-5 * std::abs(ds) + 1e-7)
+          << n << " " << i;
+      ASSERT_EQ(probs[i].bits, to_bfloat16(static_cast<float>(p)).bits) << n << " " << i;
+    }
+    for (idx_t i = n; i < padded; ++i)
+      ASSERT_EQ(probs[i].bits | probs[padded + i].bits, 0);
+    for (idx_t i = n; i < padded; ++i)
+      ASSERT_EQ(dscores[i].bits | dscores[padded + i].bits, 0);
+
+    std::vector<bfloat16> x = random_bf16(n, rng), y = random_bf16(n, rng);
+    double exact = 0.0, magnitude = 0.0;
+    for (int i = 0; i < n; ++i) {
+      exact += static_cast<double>(to_float(x[i])) * to_float(y[i]);
+      magnitude += std::abs(static_cast<double>(to_float(x[i])) * to_float(y[i]));
+    }
+    EXPECT_NEAR(bf16::dot(n, x.data(), y.data()), exact, (n + 1) * 1.2e-7 * magnitude) << n;
+
+    for (int cols : {1, 2, 7, 40}) {  // src (n, cols) with a wider stride, the last column alone
+      const idx_t lds = cols + 3, ldd = padded + 7;
+      std::vector<bfloat16> src = random_bf16(n * lds, rng);
+      std::vector<bfloat16> dst(cols * ldd, to_bfloat16(-1.0f));
+      bf16::transpose(n, cols, src.data(), lds, dst.data(), ldd, padded);
+      for (int c = 0; c < cols; ++c) {
+        for (int i = 0; i < n; ++i) ASSERT_EQ(dst[c * ldd + i].bits, src[i * lds + c].bits);
+        for (idx_t i = n; i < padded; ++i) ASSERT_EQ(dst[c * ldd + i].bits, 0);
+        for (idx_t i = padded; i < ldd; ++i) ASSERT_EQ(to_float(dst[c * ldd + i]), -1.0f);
+      }
+    }
+  }
+}
 
 // --- IvfPqIndex end to end -------------------------------------------------------------------
 

@@ -22,8 +22,11 @@ namespace retro {
 
 enum class RetroAttention { ChunkedCross, NeighbourSelf, NeighbourCross };
 
-// float32 and bfloat16 compute in float32; float64 in float64 (for gradcheck). float16 is for the
-// CUDA kernels only (retro/cuda.h).
+// float32 and bfloat16 compute in float32; float64 in float64 (for gradcheck). With a bf16 kernel
+// (retro/simd.h: Bf16Kernel) bfloat16 runs its products on bfloat16 operands with float32
+// accumulation: the forward rounds the softmax numerators to bfloat16 (as PyTorch's SDPA does),
+// the backward passes P and dS as two bfloat16 terms each (float32-path accuracy). float16 is for
+// the CUDA kernels only (retro/cuda.h).
 enum class DType { Float32, Float64, BFloat16, Float16 };
 
 struct RetroAttentionParams {

@@ -7,11 +7,20 @@
 #include <cstring>
 #include <limits>
 
+#include "attention/bf16_group.h"
 #include "attention/small_matmul.h"
 #include "retro/error.h"
+#include "retro/simd.h"
 #include "simd/kernels.h"
 
 namespace retro {
+
+idx_t total_rows(const std::vector<RowRange>& ranges) {
+  idx_t total = 0;
+  for (const RowRange& r : ranges) total += r.rows;
+  return total;
+}
+
 namespace {
 
 inline float widen_value(float x) { return x; }
@@ -24,12 +33,6 @@ T narrow(Accum<T> x) {
     return to_bfloat16(x);
   else
     return x;
-}
-
-idx_t total_rows(const std::vector<RowRange>& ranges) {
-  idx_t total = 0;
-  for (const RowRange& r : ranges) total += r.rows;
-  return total;
 }
 
 idx_t max_rows(const std::vector<RowRange>& ranges) {
@@ -77,12 +80,8 @@ void pack_as_columns(const std::vector<RowRange>& ranges, const T* src,
                      const AttentionLayout& layout, idx_t h, idx_t n, Accum<T>* packed) {
   const idx_t dh = layout.head_dim;
   if constexpr (std::is_same_v<T, float>) {  // the SIMD transpose, from row pointers
-    thread_local std::vector<const float*> pointers;
-    pointers.clear();
-    for (const RowRange& range : ranges)
-      for (idx_t r = range.first; r < range.first + range.rows; ++r)
-        pointers.push_back(src + (r * layout.heads + h) * dh);
-    simd::kernels().pack_columns(n, static_cast<int>(dh), pointers.data(), packed);
+    simd::kernels().pack_columns(n, static_cast<int>(dh), row_pointers(ranges, src, layout, h),
+                                 packed);
     return;
   }
   std::fill(packed, packed + packed_floats(n, dh), Accum<T>(0));
@@ -183,14 +182,6 @@ double exp_row(idx_t n, double* row, double scale, double shift) {
   return sum;
 }
 
-// The next `size` elements of a scratch buffer sized beforehand for all of them.
-template <typename A>
-A* take(std::vector<A>& buffer, size_t& used, size_t size) {
-  RETRO_CHECK(used + size <= buffer.size(), "attention scratch buffer too small (internal error)");
-  A* p = buffer.data() + used;
-  used += size;
-  return p;
-}
 
 // Sets to `value` the rows of data (rows x row_size) that no range of any group covers (the rows
 // the kernel does not write): padding tokens, tokens with nothing to attend to.
@@ -236,8 +227,12 @@ void grouped_attention_forward(const std::vector<AttentionGroup>& groups,
   const idx_t heads = layout.heads, dh = layout.head_dim;
   fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, out, narrow<T>(0));
   fill_uncovered(groups, kQueries, layout.query_rows, heads, lse, -std::numeric_limits<A>::infinity());
+  const Bf16Kernel bf16_kernel = active_bf16_kernel();
   for_each_group_head<A>(groups, heads, [&](const AttentionGroup& group, idx_t h,
                                            std::vector<A>& buffer) {
+    if constexpr (std::is_same_v<T, bfloat16>)
+      if (bf16_kernel != Bf16Kernel::None)
+        return bf16_group_forward(bf16_kernel, group, h, layout, q, k, v, out, lse);
     const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
     const idx_t longest = max_rows(group.queries);
     buffer.resize(longest * dh + packed_floats(nk, dh) + packed_floats(dh, nk) + nq * nk + nq);
@@ -269,8 +264,13 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
   fill_uncovered(groups, kQueries, layout.query_rows, heads * dh, grad_q, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_k, narrow<T>(0));
   fill_uncovered(groups, kKeys, layout.key_rows, heads * dh, grad_v, narrow<T>(0));
+  const Bf16Kernel bf16_kernel = active_bf16_kernel();
   for_each_group_head<A>(groups, heads, [&](const AttentionGroup& group, idx_t h,
                                            std::vector<A>& buffer) {
+    if constexpr (std::is_same_v<T, bfloat16>)
+      if (bf16_kernel != Bf16Kernel::None)
+        return bf16_group_backward(bf16_kernel, group, h, layout, q, k, v, out, lse, grad_out,
+                                   grad_q, grad_k, grad_v);
     const idx_t nq = total_rows(group.queries), nk = total_rows(group.keys);
     const size_t key_panels = packed_floats(nk, dh);
     const size_t depth_panels = std::max(packed_floats(dh, nk), packed_floats(dh, nq));

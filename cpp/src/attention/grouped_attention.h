@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention/bfloat16.h"
+#include "retro/error.h"
 #include "retro/types.h"
 
 namespace retro {
@@ -47,5 +48,30 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
                                 const AttentionLayout& layout, const T* q, const T* k, const T* v,
                                 const T* out, const Accum<T>* lse, const T* grad_out, T* grad_q,
                                 T* grad_k, T* grad_v);
+
+// Helpers of the kernel's implementation files.
+
+idx_t total_rows(const std::vector<RowRange>& ranges);
+
+// Pointers to head h of the rows in `ranges`, in order (valid until the next call on this thread).
+template <typename T>
+const T* const* row_pointers(const std::vector<RowRange>& ranges, const T* src,
+                             const AttentionLayout& layout, idx_t h) {
+  thread_local std::vector<const T*> pointers;
+  pointers.clear();
+  for (const RowRange& range : ranges)
+    for (idx_t r = range.first; r < range.first + range.rows; ++r)
+      pointers.push_back(src + (r * layout.heads + h) * layout.head_dim);
+  return pointers.data();
+}
+
+// The next `size` elements of a scratch buffer sized beforehand for all of them.
+template <typename A>
+A* take(std::vector<A>& buffer, size_t& used, size_t size) {
+  RETRO_CHECK(used + size <= buffer.size(), "attention scratch buffer too small (internal error)");
+  A* p = buffer.data() + used;
+  used += size;
+  return p;
+}
 
 }  // namespace retro

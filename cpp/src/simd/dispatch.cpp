@@ -1,10 +1,9 @@
 // Picks the kernel set: the best the CPU supports, or the one named by RETRO_SIMD.
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
 
 #include "retro/error.h"
 #include "simd/kernels.h"
+#include "simd/level_choice.h"
 
 namespace retro::simd {
 namespace scalar { extern const Kernels table; }
@@ -46,22 +45,6 @@ void pack_panels(idx_t n, int k, const float* B, idx_t ldb, float* packed) {
 }  // namespace retro::simd
 
 namespace retro {
-namespace {
-
-std::atomic<int> g_level{-1};
-
-SimdLevel initial_level() {
-  const char* env = std::getenv("RETRO_SIMD");
-  if (env != nullptr && *env != '\0') {
-    SimdLevel wanted = parse_simd_level(env);
-    RETRO_CHECK_ARG(wanted <= best_simd_level(), "RETRO_SIMD=%s is not supported by this CPU",
-                    env);
-    return wanted;
-  }
-  return best_simd_level();
-}
-
-}  // namespace
 
 SimdLevel best_simd_level() {
 #if defined(RETRO_HAVE_X86_KERNELS)
@@ -75,20 +58,17 @@ SimdLevel best_simd_level() {
   return SimdLevel::Scalar;
 }
 
-SimdLevel active_simd_level() {
-  int level = g_level.load(std::memory_order_relaxed);
-  if (level < 0) {
-    level = static_cast<int>(initial_level());
-    g_level.store(level, std::memory_order_relaxed);
-  }
-  return static_cast<SimdLevel>(level);
+namespace {
+simd::LevelChoice<SimdLevel>& simd_choice() {
+  static simd::LevelChoice<SimdLevel> choice("SIMD level", "RETRO_SIMD", best_simd_level,
+                                             parse_simd_level, simd_level_name);
+  return choice;
 }
+}  // namespace
 
-void set_simd_level(SimdLevel level) {
-  RETRO_CHECK_ARG(level <= best_simd_level(), "SIMD level %s is not supported by this CPU",
-                  simd_level_name(level));
-  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
-}
+SimdLevel active_simd_level() { return simd_choice().get(); }
+
+void set_simd_level(SimdLevel level) { simd_choice().set(level); }
 
 const char* simd_level_name(SimdLevel level) {
   switch (level) {

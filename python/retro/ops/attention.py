@@ -4,9 +4,10 @@ the CPU, cuda/attention.cu on the GPU).
 Each op is registered as ``torch.ops.retro.<name>`` (forward, returning the output and the
 log-sum-exp of each query row) and ``torch.ops.retro.<name>_backward``, with fake (meta) kernels
 for ``torch.compile`` and autograd through the core's backward kernel. On the CPU: float32,
-bfloat16 (float32 accumulation) and float64. On CUDA (a build with nvcc): bfloat16 and float16
-with head_dim 64 or 128 and at most ``CUDA_MAX_KEY_SLOTS`` keys per group run the fused kernels;
-other CUDA calls take the PyTorch reference. Shapes and semantics: :mod:`retro.ops.reference`.
+bfloat16 (float32 accumulation; AMX tile products where the CPU has them, see
+``retro.bf16_kernel()``) and float64. On CUDA (a build with nvcc): bfloat16 and float16 with
+head_dim 64 or 128 and at most ``CUDA_MAX_KEY_SLOTS`` keys per group run the fused kernels; other
+CUDA calls take the PyTorch reference. Shapes and semantics: :mod:`retro.ops.reference`.
 """
 
 from __future__ import annotations
