@@ -467,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 3 CUDA, 1 CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile anchor, gpt and retro (default: on CUDA only)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="our models recompute each block in the backward (not the anchor)")
     parser.add_argument("--budget-s", type=float, default=270.0,
                         help="no configuration starts unless the longest so far still fits")
     parser.add_argument("--db", default=None, help="a retrieval database: time its DataLoader too")
@@ -517,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                        cuda=torch.version.cuda, retro_cuda_kernels=ops.attention.CUDA_MAX_KEY_SLOTS > 0)
     machine["peak_tflops"] = None if peak is None else peak / 1e12
     settings = ("preset", "configs", "batch_size", "block_size", "steps", "warmup", "compile",
-                "budget_s", "seed")
+                "activation_checkpointing", "budget_s", "seed")
     result = {"machine": machine, "settings": {k: getattr(args, k) for k in settings},
               "results": [], "ratios": {}, "compile_check": None,
               "loader": {"note": "skipped: no --db given"}, "skipped": [], "seconds": 0.0}
@@ -529,7 +531,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     durations: list[float] = []
     for preset in args.preset.split(","):
         sizes = {"block_size": args.block_size} if args.block_size else {}
-        config = RetroConfig.preset(preset, **sizes)
+        config = RetroConfig.preset(preset, **sizes,
+                                    activation_checkpointing=args.activation_checkpointing)
         for name in args.configs.split(","):
             # the mean so far: compiled configs cost more than the eager retro-ref that ends a preset
             expected = statistics.mean(durations) if durations else 0.0

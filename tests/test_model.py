@@ -205,6 +205,24 @@ def test_backward_reaches_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("cls", [GPT, Retro])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(cls):
+    results = []
+    for recompute in (False, True):
+        model = make_model(cls, dropout=0.1, activation_checkpointing=recompute,
+                           **VARIANTS["rope-gate-narrow-encoder"]).train()
+        idx, nbr_tokens, nbr_lens = make_batch(model.config)
+        neighbours = (nbr_tokens, nbr_lens) if cls is Retro else ()
+        torch.manual_seed(3)  # the same dropout masks; recomputation replays them
+        _, loss = model(idx, *neighbours, targets=idx)
+        loss.backward()
+        results.append((loss, {name: p.grad for name, p in model.named_parameters()}))
+    (loss, grads), (loss_r, grads_r) = results
+    torch.testing.assert_close(loss_r, loss, rtol=0, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_r[name], grad, rtol=1e-12, atol=1e-14, msg=name)
+
+
 def _compile_available() -> str | None:
     """None if torch.compile works on this build, else why not."""
     if not torch._dynamo.is_dynamo_supported():

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from retro import ops
 
@@ -69,6 +70,8 @@ class RetroConfig:
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
     enc_n_head: int | None = None  # None: n_head
+    # training: recompute each block's activations in the backward pass (memory for compute)
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.cca_layers is not None:
@@ -158,6 +161,14 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
     cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (N, 1, Dh/2): for every head
     x1, x2 = x.to(dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def run_block(block: nn.Module, recompute: bool, *args) -> torch.Tensor:
+    """block(*args); with recompute, while training with gradients, its activations are not kept
+    but recomputed in the backward pass (non-reentrant: same dropout masks, torch.compile-able)."""
+    if recompute and block.training and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 class MLP(nn.Module):
@@ -351,6 +362,7 @@ class Encoder(nn.Module):
     def __init__(self, config: RetroConfig) -> None:
         super().__init__()
         width = config.enc_width
+        self.recompute = config.activation_checkpointing
         self.c_in = None
         if width != config.n_embd:
             self.c_in = nn.Linear(config.n_embd, width, bias=config.bias)
@@ -370,7 +382,8 @@ class Encoder(nn.Module):
             x = self.c_in(x)
         context = self.ln_context(context)
         for block in self.h:
-            x = block(x, (nbr_lens,), None if block.cross is None else (context, nbr_lens))
+            x = run_block(block, self.recompute, x, (nbr_lens,),
+                          None if block.cross is None else (context, nbr_lens))
         return self.ln_f(x)
 
 
@@ -509,7 +522,8 @@ class GPT(nn.Module):
             if i == self.first_cca:
                 memory = self._neighbour_memory(x, nbr_tokens, nbr_lens, cache)
             cross_args = None if memory is None or block.cross is None else (memory, layer_cache)
-            x = block(x, (pos, layer_cache), cross_args)
+            x = run_block(block, self.config.activation_checkpointing, x, (pos, layer_cache),
+                          cross_args)
         if cache is not None:
             cache.pos += idx.shape[1]
         x = self.transformer.ln_f(x)
