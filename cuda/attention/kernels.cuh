@@ -61,6 +61,31 @@ __device__ float probability(float score, float lse, bool key_real, float scale)
   return key_real && lse != -INFINITY ? __expf(score * scale - lse) : 0.0f;
 }
 
+// The group's key and value tiles are double-buffered (two 64-slot buffers each): tile 0 starts
+// before the loop over key tiles (the caller commits it with its own copies) ...
+template <typename T, int Dh>
+__device__ void first_key_tile(T* k_tiles, T* v_tiles, const Tensors<T>& t, const Slots& k,
+                               const uint8_t* key_real, int key_tiles, int h) {
+  if (key_tiles == 0) return;
+  copy_tile<T, Dh>(k_tiles, t.k, k, key_real, 0, t.heads, h);
+  copy_tile<T, Dh>(v_tiles, t.v, k, key_real, 0, t.heads, h);
+}
+
+// ... and at the top of iteration kt, tile kt + 1 (if any) starts into the buffers tile kt is not
+// in; then the CTA waits until tile kt and every earlier copy have landed.
+template <typename T, int Dh>
+__device__ void next_key_tile(T* k_tiles, T* v_tiles, const Tensors<T>& t, const Slots& k,
+                              const uint8_t* key_real, int kt, int key_tiles, int h) {
+  if (kt + 1 < key_tiles) {
+    const int next = (kt + 1) * kTile, other = (1 - kt % 2) * kTile * kRowStride<Dh>;
+    copy_tile<T, Dh>(k_tiles + other, t.k, k, key_real + next, next, t.heads, h);
+    copy_tile<T, Dh>(v_tiles + other, t.v, k, key_real + next, next, t.heads, h);
+  }
+  commit_copies();
+  wait_copies<1>();
+  __syncthreads();
+}
+
 template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>;
@@ -81,10 +106,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
   mark_real(key_real, g.k, 0, key_tiles * kTile);
   __syncthreads();
   copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
-  if (key_tiles > 0) {
-    copy_tile<T, Dh>(k_tiles, t.k, g.k, key_real, 0, t.heads, h);
-    copy_tile<T, Dh>(v_tiles, t.v, g.k, key_real, 0, t.heads, h);
-  }
+  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
   commit_copies();
 
   uint32_t q_frag[Dh / 16][4];
@@ -92,14 +114,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
   float top[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};  // per row_of(e) / 8
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    if (kt + 1 < key_tiles) {  // prefetch the next tile into the other buffer
-      const int next = (kt + 1) * kTile;
-      copy_tile<T, Dh>(k_tiles + (1 - buffer) * kTile * ld, t.k, g.k, key_real + next, next, t.heads, h);
-      copy_tile<T, Dh>(v_tiles + (1 - buffer) * kTile * ld, t.v, g.k, key_real + next, next, t.heads, h);
-    }
-    commit_copies();
-    wait_copies<1>();  // everything but the prefetch has landed
-    __syncthreads();
+    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
     if (kt == 0) load_rows<T, Dh>(q_frag, q_tile + row0 * ld);
 
     float score[kTile / 8][4] = {};
@@ -196,10 +211,7 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<
   __syncthreads();
   copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
   copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, q_first, t.heads, h);
-  if (key_tiles > 0) {
-    copy_tile<T, Dh>(k_tiles, t.k, g.k, key_real, 0, t.heads, h);
-    copy_tile<T, Dh>(v_tiles, t.v, g.k, key_real, 0, t.heads, h);
-  }
+  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
   commit_copies();
   const float row_lse[2] = {lse[row0 + row_of(0)], lse[row0 + row_of(2)]};
   const float row_delta[2] = {delta[row0 + row_of(0)], delta[row0 + row_of(2)]};
@@ -208,14 +220,7 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<
   float grad[Dh / 8][4] = {};
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    if (kt + 1 < key_tiles) {
-      const int next = (kt + 1) * kTile;
-      copy_tile<T, Dh>(k_tiles + (1 - buffer) * kTile * ld, t.k, g.k, key_real + next, next, t.heads, h);
-      copy_tile<T, Dh>(v_tiles + (1 - buffer) * kTile * ld, t.v, g.k, key_real + next, next, t.heads, h);
-    }
-    commit_copies();
-    wait_copies<1>();
-    __syncthreads();
+    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
     if (kt == 0) {
       load_rows<T, Dh>(q_frag, q_tile + row0 * ld);
       load_rows<T, Dh>(go_frag, go_tile + row0 * ld);
@@ -361,23 +366,13 @@ __global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tens
   __syncthreads();
   copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, 0, t.heads, h);
   copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, 0, t.heads, h);
-  if (key_tiles > 0) {
-    copy_tile<T, Dh>(k_tiles, t.k, g.k, key_real, 0, t.heads, h);
-    copy_tile<T, Dh>(v_tiles, t.v, g.k, key_real, 0, t.heads, h);
-  }
+  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
   commit_copies();
 
   float grad_q[Dh / 8][4] = {};
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    if (kt + 1 < key_tiles) {
-      const int next = (kt + 1) * kTile;
-      copy_tile<T, Dh>(k_tiles + (1 - buffer) * kTile * ld, t.k, g.k, key_real + next, next, t.heads, h);
-      copy_tile<T, Dh>(v_tiles + (1 - buffer) * kTile * ld, t.v, g.k, key_real + next, next, t.heads, h);
-    }
-    commit_copies();
-    wait_copies<1>();
-    __syncthreads();
+    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
     T* keys = k_tiles + buffer * kTile * ld;
     T* values = v_tiles + buffer * kTile * ld;
     const bool row_real[2] = {key_real[kt * kTile + row0 + row_of(0)] != 0,
