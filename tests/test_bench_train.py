@@ -13,7 +13,7 @@ from pathlib import Path
 from test_db_support import reference_db
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train.py"
-CONFIGS = ["anchor", "gpt", "retro", "retro-ref"]
+CONFIGS = {"anchor", "gpt", "retro", "retro-ref"}
 
 
 def test_cpu_run_writes_every_measurement(tmp_path):
@@ -29,7 +29,7 @@ def test_cpu_run_writes_every_measurement(tmp_path):
     assert {"git_commit", "command", "cpu", "torch", "date"} <= result["machine"].keys()
     assert "--block-size 128" in result["machine"]["command"]
     assert result["machine"]["peak_tflops"] is None
-    assert [r["config"] for r in result["results"]] == CONFIGS and result["skipped"] == []
+    assert {r["config"] for r in result["results"]} == CONFIGS and result["skipped"] == []
     for r in result["results"]:
         assert r["batch_size"] == 1 and r["block_size"] == 128 and r["steps"] == 2
         assert r["compiled"] is False and r["mfu"] is None
