@@ -246,3 +246,19 @@ def test_distributed_bad_input_raises_on_every_rank(two_ranks):
         assert set(rank_out["errors"]) == set(expected)
         for case, message in expected.items():
             assert message in rank_out["errors"][case], (case, rank_out["errors"][case])
+
+
+def test_cli_shard(built, data, tmp_path, capsys):
+    import retro.cli
+
+    built["ip"].index.save(tmp_path / "ip.ivfpq")
+    assert retro.cli.main(["index", "shard", "--shards", "2", str(tmp_path / "ip.ivfpq"),
+                           str(tmp_path / "shards")]) == 0
+    assert "shard-00001.ivfpq: 2,500 vectors, ids 2500 .. 4999" in capsys.readouterr().out
+    shards, _, _ = load_shards(tmp_path / "shards")
+    got = ShardedIndex(shards).search(data.queries, 10, nprobe=16)
+    assert_same(got, built["ip"].index.search(data.queries, 10, nprobe=16))
+    assert retro.cli.main(["index", "shard", "--shards", "0", str(tmp_path / "ip.ivfpq"),
+                           str(tmp_path / "bad")]) == 2
+    assert "retro: error: --shards must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / SHARDS_FILE).exists()

@@ -9,10 +9,9 @@ Searching S shards and merging their top-k gives the unsharded index's results e
 bit-identical distances): a vector's ADC distance depends only on the query, its list and its code,
 which are the same in any shard, and the core orders results by ``(distance, id)`` (smaller id
 first on equal distance; for inner product by ``(-score, id)``), so the global top-k is the top-k
-of the union of the per-shard top-k under that same order. Re-ranking stays exact too: each shard
-returns its top ``k * k_factor`` PQ candidates with their PQ and exact distances, the merge keeps
-the global top ``k * k_factor`` by PQ distance (the unsharded candidate set) and then the top k of
-those by exact distance. This costs each shard two scans of its lists per re-ranked search.
+of the union of the per-shard top-k under that same order. Re-ranking stays exact too: the merge
+keeps the global top ``k * k_factor`` PQ candidates (the unsharded candidate set), which the
+core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as a re-ranked search does.
 
 - :func:`split_index` / :func:`save_shards` / :func:`shard_index`: make and write shards.
 - :class:`ShardedIndex`: all shards in one process.
@@ -226,45 +225,31 @@ def load_shards(
 
 @dataclass
 class _Candidates:
-    """Per-query results before the final selection, m columns, ordered by (key, id).
+    """Per-query PQ results before the final selection: m columns ordered by (key, id).
 
     ids: (n, m) int64, -1 where missing. key: (n, m) float32 PQ distance in the core's order
-    (smaller is better: the L2 distance or minus the inner product; +inf where missing). exact:
-    (n, m) float32 exact distance in the same order when re-ranking, else None.
+    (smaller is better: the L2 distance or minus the inner product; +inf where missing).
     """
 
     ids: np.ndarray
     key: np.ndarray
-    exact: np.ndarray | None
 
     @staticmethod
     def concat(parts: Sequence[_Candidates]) -> _Candidates:
-        columns = zip(*(p.arrays() for p in parts))
-        return _Candidates(*(None if c[0] is None else np.concatenate(c, 1) for c in columns))
-
-    def top(self, m: int, by_exact: bool = False) -> _Candidates:
-        """The best m columns of each row by (key or exact, id), padded with missing results."""
-        primary = self.exact if by_exact else self.key
-        id_key = np.where(self.ids == -1, _NO_ID, self.ids)
-        order = np.lexsort((id_key, primary), axis=1)[:, :m]  # lexsort: last key is the primary
-        out = _Candidates(
-            *(None if a is None else np.take_along_axis(a, order, 1) for a in self.arrays())
+        return _Candidates(
+            np.concatenate([p.ids for p in parts], 1), np.concatenate([p.key for p in parts], 1)
         )
-        return out if out.ids.shape[1] == m else out._pad(m)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        return self.ids, self.key, self.exact
-
-    def _pad(self, m: int) -> _Candidates:
-        n, have = self.ids.shape
+    def top(self, m: int) -> _Candidates:
+        """The best m columns of each row by (key, id), padded with missing results."""
+        id_key = np.where(self.ids == -1, _NO_ID, self.ids)
+        order = np.lexsort((id_key, self.key), axis=1)[:, :m]  # lexsort: last key is the primary
+        n, have = order.shape
         ids = np.full((n, m), -1, np.int64)
         key = np.full((n, m), np.inf, np.float32)
-        ids[:, :have], key[:, :have] = self.ids, self.key
-        exact = None
-        if self.exact is not None:
-            exact = np.full((n, m), np.inf, np.float32)
-            exact[:, :have] = self.exact
-        return _Candidates(ids, key, exact)
+        ids[:, :have] = np.take_along_axis(self.ids, order, 1)
+        key[:, :have] = np.take_along_axis(self.key, order, 1)
+        return _Candidates(ids, key)
 
 
 def _to_key(distances: np.ndarray, metric: str) -> np.ndarray:
@@ -358,7 +343,7 @@ class ShardedIndex:
         """
         request = _request(k, nprobe, rerank, k_factor)
         x = as_float32_matrix(x, "queries")
-        return _finish(self._candidates(x, request), request, self.metric)
+        return _finish(self._candidates(x, request), request, x, self.shards[0])
 
     def _candidates(self, x: np.ndarray, request: _Request) -> _Candidates:
         """The best request.m candidates of x (n, d) over this process's shards."""
@@ -384,38 +369,21 @@ def check_disjoint(id_ranges: Sequence[tuple[int, int] | None]) -> None:
 
 
 def _shard_candidates(shard: IvfPqIndex, x: np.ndarray, request: _Request) -> _Candidates:
-    """One shard's best request.m candidates of x (n, d), ordered by (PQ distance, id)."""
-    d_pq, ids = shard.search(x, request.m, nprobe=request.nprobe)
-    key = _to_key(d_pq, shard.metric)
-    if request.rerank is None:
-        return _Candidates(ids, key, None)
-    # The same m candidates with exact distances; pair them up by id (a repeated id has one exact
-    # distance, so any pairing of its copies is right).
-    d_exact, ids_exact = shard.search(x, request.m, request.nprobe, request.rerank, k_factor=1)
-    by_id = np.argsort(ids, axis=1, kind="stable")
-    by_id_exact = np.argsort(ids_exact, axis=1, kind="stable")
-    ids_sorted = np.take_along_axis(ids, by_id, 1)
-    if not np.array_equal(ids_sorted, np.take_along_axis(ids_exact, by_id_exact, 1)):
-        raise RuntimeError("re-ranking returned other candidates than the PQ search")
-    exact = np.take_along_axis(_to_key(d_exact, shard.metric), by_id_exact, 1)
-    return _Candidates(ids_sorted, np.take_along_axis(key, by_id, 1), exact)
+    """One shard's best request.m PQ candidates of x (n, d), ordered by (PQ distance, id)."""
+    distances, ids = shard.search(x, request.m, nprobe=request.nprobe)
+    return _Candidates(ids, _to_key(distances, shard.metric))
 
 
 def _finish(
-    candidates: _Candidates, request: _Request, metric: str
+    candidates: _Candidates, request: _Request, x: np.ndarray, index: IvfPqIndex
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merged candidates -> (D (n, k) float32, I (n, k) int64) as the unsharded search returns."""
+    """Merged candidates of x (n, d) -> (D (n, k) float32, I (n, k) int64) as the unsharded search
+    returns them; index is any shard (re-ranking needs only its metric and dimension)."""
     best = candidates.top(request.m)
     if request.rerank is not None:
-        best = best.top(request.k, by_exact=True)
-        key = best.exact
-    else:
-        key = best.key
-    assert key is not None
-    distances = key if metric == "l2" else -key
-    return np.ascontiguousarray(distances[:, : request.k], np.float32), np.ascontiguousarray(
-        best.ids[:, : request.k]
-    )
+        return index.rerank_candidates(x, best.ids, request.k, request.rerank)
+    distances = best.key if index.metric == "l2" else -best.key
+    return np.ascontiguousarray(distances), best.ids
 
 
 class DistributedIndex:
@@ -427,9 +395,11 @@ class DistributedIndex:
     current CUDA device); the shards themselves are searched on the CPU.
     """
 
-    def __init__(self, local: ShardedIndex, n_shards: int, group: Any = None) -> None:
-        self.local = local
-        self.n_shards = n_shards
+    def __init__(
+        self, local: ShardedIndex, id_ranges: Sequence[tuple[int, int] | None], group: Any = None
+    ) -> None:
+        self.local = local  # this rank's shards
+        self.id_ranges = list(id_ranges)  # every shard's, in shard order
         self.group = group
 
     @classmethod
@@ -446,6 +416,7 @@ class DistributedIndex:
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         local: Any = None
         seen: tuple[int, str] | None = None
+        ranges: list[tuple[int, int] | None] = []
         try:
             manifest = read_manifest(directory)
             seen = (len(manifest["shards"]), manifest["quantizer_sha256"])
@@ -454,9 +425,10 @@ class DistributedIndex:
                     f"{seen[0]} shards for a world of {world} ranks: every rank needs at least "
                     "one shard (split into a multiple of the world size)"
                 )
-            check_disjoint(_manifest_ranges(manifest))
-            shards, ranges, _ = load_shards(directory, range(rank, seen[0], world), mmap=mmap)
-            local = ShardedIndex(shards, ranges)
+            ranges = _manifest_ranges(manifest)
+            check_disjoint(ranges)
+            shards, own_ranges, _ = load_shards(directory, range(rank, seen[0], world), mmap=mmap)
+            local = ShardedIndex(shards, own_ranges)
             outcome: tuple = ("ok", seen)
         except (ValueError, OSError, RuntimeError) as e:
             outcome = ("error", f"rank {rank}: {e}")
@@ -471,16 +443,15 @@ class DistributedIndex:
                 "ranks see different shard directories (n_shards, quantizer sha256): "
                 + str([o[1] for o in outcomes])
             )
-        assert seen is not None
-        return cls(local, seen[0], group)
+        return cls(local, ranges, group)
 
     @property
     def metric(self) -> str:
         return self.local.metric
 
     def _check_rerank_rows(self, rerank: Any) -> None:
-        """Re-ranking reads row id of rerank for every id of this rank's shards: all must exist."""
-        top = max((r[1] for r in self.local.id_ranges if r is not None), default=-1)
+        """Re-ranking may read row id of rerank for any id of any shard: all must exist."""
+        top = max((r[1] for r in self.id_ranges if r is not None), default=-1)
         if rerank is not None and len(rerank) <= top:
             raise ValueError(f"rerank vectors have {len(rerank)} rows but the shards hold id {top}")
 
@@ -544,9 +515,11 @@ class DistributedIndex:
         queries = buffer.cpu().numpy()
 
         local = self.local._candidates(queries, request)
-        gathered = [_gather(a, self.group, device) for a in local.arrays()]
-        merged = _Candidates(*(None if g is None else np.concatenate(g, 1) for g in gathered))
-        return _finish(merged, request, self.metric)
+        merged = _Candidates(
+            np.concatenate(_gather(local.ids, self.group, device), 1),
+            np.concatenate(_gather(local.key, self.group, device), 1),
+        )
+        return _finish(merged, request, queries, self.local.shards[0])
 
 
 def _manifest_ranges(manifest: dict) -> list[tuple[int, int] | None]:
@@ -565,10 +538,8 @@ def _comm_device(group: Any) -> Any:
     return torch.device("cpu")
 
 
-def _gather(array: np.ndarray | None, group: Any, device: Any) -> list[np.ndarray] | None:
+def _gather(array: np.ndarray, group: Any, device: Any) -> list[np.ndarray]:
     """All-gathers one (n, m) array of equal shape on every rank: W arrays, in rank order."""
-    if array is None:
-        return None
     import torch
     import torch.distributed as dist
 
