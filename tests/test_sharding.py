@@ -174,8 +174,10 @@ def rank_main(rank: int, world: int, init_method: str, work: str) -> None:
             call()
         except ValueError as e:
             out["errors"][case] = str(e)
-    # the group still works after the errors
+    # the group still works after the errors; 1 query leaves rank 1 no slice to finish, 3 uneven
     out["after"] = index.search(queries, 3, nprobe=4)
+    out["1 query"] = index.search(queries[:1], 5, nprobe=4, rerank=base)
+    out["3 queries"] = index.search(queries[:3], 5, nprobe=4)
     dist.destroy_process_group()
     (root / f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
 
@@ -229,7 +231,10 @@ def test_distributed_search_equals_unsharded(two_ranks, built, data):
         for (name, k, nprobe, rerank), got in rank_out["results"].items():
             index = built[name.split("-")[0]].index
             assert_same(got, searched(index, data.queries, k, nprobe, rerank, data.base))
-        assert_same(rank_out["after"], built["l2"].index.search(data.queries, 3, nprobe=4))
+        index = built["l2"].index
+        assert_same(rank_out["after"], index.search(data.queries, 3, nprobe=4))
+        assert_same(rank_out["1 query"], index.search(data.queries[:1], 5, 4, rerank=data.base))
+        assert_same(rank_out["3 queries"], index.search(data.queries[:3], 5, nprobe=4))
 
 
 def test_distributed_bad_input_raises_on_every_rank(two_ranks):

@@ -17,7 +17,8 @@ core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as a re-ranked search
 - :class:`ShardedIndex`: all shards in one process.
 - :class:`DistributedIndex`: under ``torch.distributed`` (gloo or NCCL), rank r holds shards
   r, r + W, r + 2W, ...; queries are broadcast from one rank, each rank merges its shards' top-k,
-  the per-rank results are all-gathered and merged again, and every rank gets the full result.
+  the per-rank top-k are all-gathered, each rank merges (and re-ranks) one slice of the queries,
+  and the slices are all-gathered, so every rank gets the full result.
 """
 
 from __future__ import annotations
@@ -515,11 +516,22 @@ class DistributedIndex:
         queries = buffer.cpu().numpy()
 
         local = self.local._candidates(queries, request)
-        merged = _Candidates(
-            np.concatenate(_gather(local.ids, self.group, device), 1),
-            np.concatenate(_gather(local.key, self.group, device), 1),
+        ids = np.concatenate(_gather(local.ids, self.group, device), 1)  # (n, W * m)
+        key = np.concatenate(_gather(local.key, self.group, device), 1)
+        # Each rank finishes (merges, re-ranks) one slice of the queries, then the slices are
+        # gathered: the re-ranking is split over the ranks instead of repeated on each.
+        n, rows = len(queries), -(-len(queries) // world)
+        mine = slice(min(n, rank * rows), min(n, (rank + 1) * rows))
+        distances, labels = _finish(
+            _Candidates(ids[mine], key[mine]), request, queries[mine], self.local.shards[0]
         )
-        return _finish(merged, request, queries, self.local.shards[0])
+        pad = rows - len(labels)  # the last slices can be short or empty
+        distances = np.pad(distances, ((0, pad), (0, 0)))
+        labels = np.pad(labels, ((0, pad), (0, 0)))
+        return (
+            np.concatenate(_gather(distances, self.group, device))[:n],
+            np.concatenate(_gather(labels, self.group, device))[:n],
+        )
 
 
 def _manifest_ranges(manifest: dict) -> list[tuple[int, int] | None]:
