@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,39 +97,44 @@ def split_index(
 
     Returns:
         S in-memory indexes; list l of shard s holds list l's codes whose ids are in its range, in
-        their original order.
+        their original order. (:func:`shard_index` holds one shard at a time instead.)
     """
+    cuts = _cut_points(index, n_shards, bounds)
+    return [_shard(index, cuts, s) for s in range(n_shards)]
+
+
+def _cut_points(
+    index: IvfPqIndex, n_shards: int, bounds: Sequence[int] | np.ndarray | None
+) -> np.ndarray:
+    """(n_shards - 1,) int64 validated cut points (see :func:`split_index`)."""
     if not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
         raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
     if not index.is_trained:
         raise ValueError(f"only a trained index can be split: {index!r}")
     if bounds is None:
-        cuts = equal_count_bounds(index, int(n_shards))
-    else:
-        cuts = np.asarray(bounds)
-        if cuts.dtype.kind not in "iu" or cuts.shape != (n_shards - 1,):
-            raise ValueError(
-                f"bounds must be {n_shards - 1} integers (n_shards - 1), got {cuts.dtype} of "
-                f"shape {cuts.shape}"
-            )
-        cuts = cuts.astype(np.int64)
-        if np.any(np.diff(cuts) < 0):
-            raise ValueError(f"bounds must be non-decreasing, got {cuts.tolist()}")
-    coarse, pq = index.coarse_centroids(), index.pq_centroids()
-    shards = [
-        IvfPqIndex.from_trained(coarse, pq, metric=index.metric, seed=index.seed)
-        for _ in range(n_shards)
-    ]
+        return equal_count_bounds(index, int(n_shards))
+    cuts = np.asarray(bounds)
+    if cuts.dtype.kind not in "iu" or cuts.shape != (n_shards - 1,):
+        raise ValueError(
+            f"bounds must be {n_shards - 1} integers (n_shards - 1), got {cuts.dtype} of "
+            f"shape {cuts.shape}"
+        )
+    if np.any(np.diff(cuts.astype(np.int64)) < 0):
+        raise ValueError(f"bounds must be non-decreasing, got {cuts.tolist()}")
+    return cuts.astype(np.int64)
+
+
+def _shard(index: IvfPqIndex, cuts: np.ndarray, s: int) -> IvfPqIndex:
+    """Shard s of index under cuts: the codes of the ids in [cuts[s-1], cuts[s]), list by list."""
+    shard = IvfPqIndex.from_trained(
+        index.coarse_centroids(), index.pq_centroids(), metric=index.metric, seed=index.seed
+    )
     for list_no in range(index.nlist):
         ids = index.list_ids(list_no)
-        if len(ids) == 0:
-            continue
-        codes = index.list_codes(list_no)
-        owner = np.searchsorted(cuts, ids, side="right")  # shard of each id
-        for s in np.unique(owner):
-            rows = owner == s
-            shards[s].add_encoded(list_no, codes[rows], ids[rows])
-    return shards
+        rows = np.searchsorted(cuts, ids, side="right") == s  # the shard of each id
+        if rows.any():
+            shard.add_encoded(list_no, index.list_codes(list_no)[rows], ids[rows])
+    return shard
 
 
 def save_shards(shards: Sequence[IvfPqIndex], directory: str | os.PathLike) -> Path:
@@ -139,11 +144,32 @@ def save_shards(shards: Sequence[IvfPqIndex], directory: str | os.PathLike) -> P
     directory with a manifest is complete. Returns the manifest's path.
     """
     sharded = ShardedIndex(shards)
+    return _write_shards(iter(sharded.shards), sharded.fingerprint, directory)
+
+
+def shard_index(
+    index: IvfPqIndex,
+    n_shards: int,
+    directory: str | os.PathLike,
+    bounds: Sequence[int] | np.ndarray | None = None,
+) -> Path:
+    """:func:`split_index` + :func:`save_shards`, holding one shard in memory at a time (index
+    itself can be memory-mapped); returns the manifest's path."""
+    cuts = _cut_points(index, n_shards, bounds)
+    shards = (_shard(index, cuts, s) for s in range(n_shards))
+    return _write_shards(shards, quantizer_fingerprint(index), directory)
+
+
+def _write_shards(
+    shards: Iterator[IvfPqIndex], fingerprint: str, directory: str | os.PathLike
+) -> Path:
+    """Saves each shard as it comes, then ``shards.json`` (last: its presence means complete)."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     entries = []
-    for s, (shard, ids) in enumerate(zip(sharded.shards, sharded.id_ranges)):
+    for s, shard in enumerate(shards):
         shard.save(root / shard_file(s))
+        ids = id_range(shard)
         entries.append(
             {
                 "file": shard_file(s),
@@ -152,25 +178,20 @@ def save_shards(shards: Sequence[IvfPqIndex], directory: str | os.PathLike) -> P
                 "id_hi": None if ids is None else ids[1],
             }
         )
-    first = sharded.shards[0]
+        last = shard
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "d": first.d,
-        "nlist": first.nlist,
-        "pq_m": first.pq_m,
-        "pq_bits": first.pq_bits,
-        "metric": first.metric,
-        "quantizer_sha256": sharded.fingerprint,
+        "d": last.d,
+        "nlist": last.nlist,
+        "pq_m": last.pq_m,
+        "pq_bits": last.pq_bits,
+        "metric": last.metric,
+        "quantizer_sha256": fingerprint,
         "shards": entries,
     }
     write_json_atomically(root / SHARDS_FILE, manifest)
     return root / SHARDS_FILE
-
-
-def shard_index(index: IvfPqIndex, n_shards: int, directory: str | os.PathLike) -> Path:
-    """:func:`split_index` (equal-count bounds), then :func:`save_shards`; returns the manifest."""
-    return save_shards(split_index(index, n_shards), directory)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
