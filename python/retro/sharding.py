@@ -225,6 +225,7 @@ def load_shards(
     entries = manifest["shards"]
     which = range(len(entries)) if which is None else which
     shards, ranges = [], []
+    all_ranges = _manifest_ranges(manifest)
     for s in which:
         entry = entries[s]
         shard = IvfPqIndex.load(root / entry["file"], mmap=mmap)
@@ -235,11 +236,9 @@ def load_shards(
                 f"{root / entry['file']} holds {shard.ntotal} vectors, {SHARDS_FILE} says "
                 f"{entry['ntotal']}"
             )
-        expected = _manifest_ranges(manifest)[s]
-        if check_ids and id_range(shard) != expected:
-            raise ValueError(
-                f"{root / entry['file']} holds ids {id_range(shard)}, {SHARDS_FILE} says {expected}"
-            )
+        path, expected = root / entry["file"], all_ranges[s]
+        if check_ids and (found := id_range(shard)) != expected:
+            raise ValueError(f"{path} holds ids {found}, {SHARDS_FILE} says {expected}")
         shards.append(shard)
         ranges.append(expected)
     return shards, ranges, manifest
