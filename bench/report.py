@@ -40,14 +40,15 @@ def machine_info() -> dict:
     }
 
 
-def update_performance_md(name: str, section: str) -> None:
-    """Replaces the text between the markers of `name` (section must start and end with them)."""
+def update_performance_md(name: str, section: str, page: Path = PERFORMANCE_MD) -> None:
+    """Replaces the text between the markers of `name` in page (docs/PERFORMANCE.md by default;
+    section must start and end with the markers)."""
     begin, end = markers(name)
-    text = PERFORMANCE_MD.read_text() if PERFORMANCE_MD.exists() else ""
+    text = page.read_text() if page.exists() else ""
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
         text += "\n" + section + "\n"
-    PERFORMANCE_MD.parent.mkdir(parents=True, exist_ok=True)
-    PERFORMANCE_MD.write_text(text)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)

@@ -64,3 +64,31 @@ def test_ids_outside_the_rerank_rows_are_refused(make_small, small_data):
     index.add(small_data.base, np.arange(len(small_data.base), dtype=np.int64) + 10)
     with pytest.raises(ValueError, match="rerank vectors have 2000 rows but the index holds id"):
         index.search(small_data.queries, K, nprobe=4, rerank=small_data.base)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_rerank_candidates_is_the_second_half_of_a_reranked_search(built, data, metric):
+    index = built[metric].index
+    _, candidates = index.search(data.queries, 4 * K, nprobe=NPROBE)
+    shuffled = np.random.default_rng(0).permuted(candidates, axis=1)  # the order does not matter
+    shuffled[:, -3:] = -1  # missing candidates are skipped
+    got = index.rerank_candidates(data.queries, shuffled, K, data.base)
+    expected = index.search(data.queries, K, nprobe=NPROBE, rerank=data.base, k_factor=4)
+    kept = index.rerank_candidates(data.queries, candidates, K, data.base)
+    assert np.array_equal(kept[1], expected[1]) and np.array_equal(kept[0], expected[0])
+    assert np.all(np.isin(got[1], shuffled)) and got[0].dtype == np.float32
+
+
+def test_rerank_candidates_refuses_bad_input(built, data):
+    index, x = built["l2"].index, data.queries[:3]
+    ids = np.zeros((3, 5), np.int64)
+    with pytest.raises(ValueError, match=r"candidates must have shape \(n, k_candidates\) with n=3"):
+        index.rerank_candidates(x, ids[:2], K, data.base)
+    with pytest.raises(ValueError, match="candidates must be integer ids, got dtype float64"):
+        index.rerank_candidates(x, ids.astype(np.float64), K, data.base)
+    with pytest.raises(ValueError, match="k must be positive, got 0"):
+        index.rerank_candidates(x, ids, 0, data.base)
+    with pytest.raises(ValueError, match="rerank vectors have 10 rows but the index holds id 10"):
+        index.rerank_candidates(x, ids + 10, K, data.base[:10])
+    with pytest.raises(ValueError, match="rerank vectors must be float32 or float16"):
+        index.rerank_candidates(x, ids, K, data.base.astype(np.float64))

@@ -61,6 +61,28 @@ const idx_t* ids_pointer(const std::optional<IdArray>& ids, idx_t n) {
   return ids->data();
 }
 
+// Points params at the (rows, d) float32 or float16 re-ranking vectors; the returned array owns
+// them for as long as the caller keeps it.
+py::array set_rerank_vectors(retro::IvfPqSearchParams& params, const py::object& rerank, int d) {
+  py::array rerank_array = py::array::ensure(rerank);
+  if (!rerank_array || rerank_array.ndim() != 2 || rerank_array.shape(1) != d)
+    throw py::value_error("rerank vectors must be a 2-D array (n, d) with d=" + std::to_string(d));
+  if (!(rerank_array.flags() & py::array::c_style))
+    throw py::value_error("rerank vectors must be C-contiguous");
+  const auto dtype = rerank_array.dtype();
+  if (dtype.is(py::dtype::of<float>())) {
+    params.rerank_fp16 = false;
+  } else if (dtype.kind() == 'f' && dtype.itemsize() == 2) {
+    params.rerank_fp16 = true;
+  } else {
+    throw py::value_error("rerank vectors must be float32 or float16, got " +
+                          std::string(py::str(dtype)));
+  }
+  params.rerank_vectors = rerank_array.data();
+  params.rerank_rows = rerank_array.shape(0);
+  return rerank_array;
+}
+
 template <class Index, class Search>
 py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, Search&& search) {
   if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
@@ -309,31 +331,25 @@ PYBIND11_MODULE(_core, m) {
         retro::IvfPqSearchParams params;
         params.nprobe = nprobe;
         params.k_factor = k_factor;
-        py::array rerank_array;
-        if (!rerank.is_none()) {
-          rerank_array = py::array::ensure(rerank);
-          if (!rerank_array || rerank_array.ndim() != 2 || rerank_array.shape(1) != index.d())
-            throw py::value_error("rerank vectors must be a 2-D array (n, d) with d=" +
-                                  std::to_string(index.d()));
-          if (!(rerank_array.flags() & py::array::c_style))
-            throw py::value_error("rerank vectors must be C-contiguous");
-          const auto dtype = rerank_array.dtype();
-          if (dtype.is(py::dtype::of<float>())) {
-            params.rerank_fp16 = false;
-          } else if (dtype.kind() == 'f' && dtype.itemsize() == 2) {
-            params.rerank_fp16 = true;
-          } else {
-            throw py::value_error("rerank vectors must be float32 or float16, got " +
-                                  std::string(py::str(dtype)));
-          }
-          params.rerank_vectors = rerank_array.data();
-          params.rerank_rows = rerank_array.shape(0);
-        }
+        py::array rerank_array;  // keeps the vectors alive while the search reads them
+        if (!rerank.is_none()) rerank_array = set_rerank_vectors(params, rerank, index.d());
         return search_into_arrays(index, x, k, [&](const float* xp, float* D, idx_t* I, idx_t n) {
           index.search(n, xp, k, D, I, params);
         });
       }, py::arg("x"), py::arg("k"), py::arg("nprobe") = 8, py::arg("rerank") = py::none(),
          py::arg("k_factor") = 4)
+      .def("rerank_candidates", [](const retro::IvfPqIndex& index, const FloatArray& x,
+                                   const IdArray& candidates, idx_t k, const py::object& rerank) {
+        retro::IvfPqSearchParams params;
+        py::array rerank_array = set_rerank_vectors(params, rerank, index.d());
+        if (candidates.ndim() != 2 || candidates.shape(0) != x.shape(0))
+          throw py::value_error("candidates must have shape (n, k_candidates) with n=" +
+                                std::to_string(x.shape(0)) + ", got " + shape_of(candidates));
+        const idx_t k_candidates = candidates.shape(1);
+        return search_into_arrays(index, x, k, [&](const float* xp, float* D, idx_t* I, idx_t n) {
+          index.rerank_candidates(n, xp, k, k_candidates, candidates.data(), params, D, I);
+        });
+      }, py::arg("x"), py::arg("candidates"), py::arg("k"), py::arg("rerank"))
       .def("reset", &retro::IvfPqIndex::reset)
       .def("save", [](const retro::IvfPqIndex& index, const std::string& path) {
         py::gil_scoped_release release;

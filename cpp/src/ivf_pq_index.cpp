@@ -410,6 +410,19 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
   }
 }
 
+void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_candidates,
+                                   const idx_t* cand_labels, const IvfPqSearchParams& params,
+                                   float* distances, idx_t* labels) const {
+  RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
+  RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
+  RETRO_CHECK_ARG(k_candidates >= 0, "k_candidates must be non-negative");
+  RETRO_CHECK_ARG(params.rerank_vectors != nullptr, "rerank_candidates needs rerank vectors");
+  check_vectors(n, d_, x, "queries");
+  rerank(n, x, k, k_candidates, cand_labels, params, distances, labels);
+  if (metric_ == Metric::InnerProduct)
+    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+}
+
 void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
                         const IvfPqSearchParams& params) const {
   check_trained("search");

@@ -15,6 +15,7 @@ from retro.data.corpus import CorpusError
 
 COMMAND_GROUPS = (
     "retro.db.cli",
+    "retro.index_cli",
     "retro.train.cli",
     "retro.eval.cli",
     "retro.generation.cli",

@@ -176,11 +176,32 @@ class IvfPqIndex:
         """
         if not isinstance(nprobe, (int, np.integer)) or nprobe <= 0:
             raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
-        if rerank is not None and type(rerank).__module__.startswith("torch"):
-            rerank = rerank.detach().cpu().numpy()
         return self._index.search(
-            as_float32_matrix(x, "queries"), int(k), int(nprobe), rerank, int(k_factor)
+            as_float32_matrix(x, "queries"), int(k), int(nprobe), _as_rerank(rerank), int(k_factor)
         )
+
+    def rerank_candidates(
+        self, x: Any, candidates: Any, k: int, rerank: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact re-scoring step of a re-ranked :meth:`search`, on candidates found
+        elsewhere (e.g. merged from shards of this index, see :mod:`retro.sharding`).
+
+        Args:
+            x: queries (n, d).
+            candidates: (n, c) int64 ids, -1 skipped; rerank row id is the vector of id.
+            k: results per query (> 0).
+            rerank: (N, d) float32 or float16 vectors by id, as in :meth:`search`.
+
+        Returns:
+            D (n, k) float32 and I (n, k) int64, best first by (exact distance, id), as
+            :meth:`search` with ``rerank`` returns them for the same candidates.
+        """
+        x = as_float32_matrix(x, "queries")
+        candidates = np.asarray(candidates)
+        if candidates.dtype.kind not in "iu":
+            raise ValueError(f"candidates must be integer ids, got dtype {candidates.dtype}")
+        candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+        return self._index.rerank_candidates(x, candidates, int(k), _as_rerank(rerank))
 
     def reset(self) -> None:
         """Removes all stored vectors; the training is kept."""
@@ -210,6 +231,13 @@ class IvfPqIndex:
             f"IvfPqIndex(d={self.d}, nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
             f"metric={self.metric!r}, ntotal={self.ntotal}, trained={self.is_trained})"
         )
+
+
+def _as_rerank(rerank: Any) -> Any:
+    """Re-ranking vectors as numpy (a CPU copy of a torch tensor); None stays None."""
+    if rerank is not None and type(rerank).__module__.startswith("torch"):
+        return rerank.detach().cpu().numpy()
+    return rerank
 
 
 class FlatIndex:

@@ -485,6 +485,39 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
   std::remove(path.c_str());
 }
 
+TEST_P(IvfPqRoundTrip, RerankCandidatesIsTheSecondHalfOfAReRankedSearch) {
+  const Metric metric = GetParam();
+  const int d = 16, pq_m = 4, k = 5, k_factor = 3;
+  const idx_t nlist = 8, nb = 1000, nq = 30, kc = k * k_factor;
+  const std::vector<float> points = clustered(nb + nq, d, 32, 0.5f, 11);
+  const float* xq = points.data() + nb * d;
+  IvfPqIndex index(d, nlist, pq_m, 8, metric, 2);
+  index.train_params.niter = 5;
+  index.train(nb, points.data());
+  index.add(nb, points.data());
+
+  IvfPqSearchParams params;
+  params.nprobe = 3;
+  std::vector<float> cand_dist(nq * kc);
+  std::vector<idx_t> candidates(nq * kc);
+  index.search(nq, xq, kc, cand_dist.data(), candidates.data(), params);
+  params.rerank_vectors = points.data();
+  params.rerank_rows = nb;
+  params.k_factor = k_factor;
+  std::vector<float> dist(nq * k), dist2(nq * k);
+  std::vector<idx_t> labels(nq * k), labels2(nq * k);
+  index.search(nq, xq, k, dist.data(), labels.data(), params);
+  index.rerank_candidates(nq, xq, k, kc, candidates.data(), params, dist2.data(), labels2.data());
+  EXPECT_EQ(labels2, labels);
+  EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+
+  params.rerank_vectors = nullptr;
+  expect_error(ErrorKind::InvalidArgument, "needs rerank vectors", [&] {
+    index.rerank_candidates(nq, xq, k, kc, candidates.data(), params, dist2.data(),
+                            labels2.data());
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Metrics, IvfPqRoundTrip,
                          ::testing::Values(Metric::L2, Metric::InnerProduct),
                          [](const auto& info) {

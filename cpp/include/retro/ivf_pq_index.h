@@ -54,6 +54,12 @@ class IvfPqIndex {
   // than k results exist.
   void search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
               const IvfPqSearchParams& params = {}) const;
+  // The second half of a re-ranked search, for candidates gathered elsewhere (e.g. merged from
+  // shards): cand_labels (n, k_candidates), -1 skipped, re-scored exactly against
+  // params.rerank_vectors -> distances, labels (n, k) as search returns them.
+  void rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_candidates,
+                         const idx_t* cand_labels, const IvfPqSearchParams& params,
+                         float* distances, idx_t* labels) const;
   void reset();  // drops the stored vectors, keeps the training
 
   // Makes an empty index trained with the given quantizers (e.g. another library's):
