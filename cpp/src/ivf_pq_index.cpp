@@ -9,6 +9,7 @@
 
 #include "distances.h"
 #include "index_file.h"
+#include "ivf_pq_internal.h"
 #include "kmeans.h"
 #include "quantized_table.h"
 #include "retro/error.h"
@@ -16,12 +17,6 @@
 #include "top_k.h"
 
 namespace retro {
-
-struct IvfPqIndex::Derived {
-  PackedVectors coarse;           // (nlist, d) for coarse assignment
-  std::vector<PackedVectors> pq;  // pq_m x (ksub, dsub) for encoding
-  std::vector<float> pq_t;        // (pq_m, dsub, ksub): query tables are rows contiguous in j
-};
 
 namespace {
 constexpr idx_t kEncodeBatch = 16384;  // vectors encoded at a time (bounds the residual buffer)
@@ -33,8 +28,8 @@ IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric,
   RETRO_CHECK_ARG(nlist > 0, "nlist must be positive, got %lld", static_cast<long long>(nlist));
   RETRO_CHECK_ARG(pq_m > 0, "pq_m must be positive, got %d", pq_m);
   RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
-  RETRO_CHECK_ARG(pq_bits == 8, "pq_bits must be 8, got %d (4-bit fast-scan codes are not supported yet)",
-                  pq_bits);
+  RETRO_CHECK_ARG(pq_bits == 8 || pq_bits == 4,
+                  "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got %d", pq_bits);
   RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
                   static_cast<unsigned>(metric));
   lists_.resize(nlist);
@@ -116,6 +111,23 @@ void IvfPqIndex::rebuild_derived() {
     for (int j = 0; j < K; ++j)
       for (int t = 0; t < dsub; ++t) derived->pq_t[(static_cast<size_t>(m) * dsub + t) * K + j] = c[j * dsub + t];
   }
+  if (pq_bits_ == 4 && metric_ == Metric::L2) {
+    // terms[l][m][j] = ||r_mj||^2 + 2<c_lm, r_mj>: with the query's -2<x_m, r_mj> it makes
+    // ||x - c - r||^2 - ||x - c||^2, row by row
+    const simd::Kernels& kern = simd::kernels();
+    std::vector<float> norms(static_cast<size_t>(pq_m_) * K, 0.0f);
+    for (size_t i = 0; i < norms.size(); ++i)
+      for (int t = 0; t < dsub; ++t) norms[i] += pq_centroids_[i * dsub + t] * pq_centroids_[i * dsub + t];
+    derived->list_terms.resize(static_cast<size_t>(nlist_) * pq_m_ * K);
+#pragma omp parallel for schedule(static) if (worth_threads(double(nlist_) * d_ * K))
+    for (idx_t l = 0; l < nlist_; ++l)
+      for (int m = 0; m < pq_m_; ++m) {
+        float* out = &derived->list_terms[(static_cast<size_t>(l) * pq_m_ + m) * K];
+        kern.inner_products_t(dsub, K, &coarse_centroids_[l * d_ + m * dsub],
+                              &derived->pq_t[static_cast<size_t>(m) * dsub * K], 2.0f, out);
+        for (int j = 0; j < K; ++j) out[j] += norms[m * K + j];
+      }
+  }
   derived_ = std::move(derived);
 }
 
@@ -151,13 +163,14 @@ void IvfPqIndex::set_trained(const float* coarse_centroids, const float* pq_cent
 void IvfPqIndex::append(idx_t list, const uint8_t* code, idx_t id) {
   OwnedList& owned = owned_[list];
   const idx_t size = static_cast<idx_t>(owned.ids.size());
-  const idx_t block = size / kBlock, lane = size % kBlock;
-  if (lane == 0) owned.codes.resize(static_cast<size_t>(block + 1) * pq_m_ * kBlock, 0);
-  for (int m = 0; m < pq_m_; ++m) owned.codes[(block * pq_m_ + m) * kBlock + lane] = code[m];
+  const CodeLayout layout = layout_of(*this);
+  const bool new_block = size % layout.block() == 0;
+  if (new_block) owned.codes.resize(layout.bytes(size + 1), 0);
+  layout.put(owned.codes.data(), size, code);
   owned.ids.push_back(id);
-  if (metric_ == Metric::L2) {
-    if (lane == 0) owned.terms.resize(static_cast<size_t>(block + 1) * kBlock, 0.0f);
-    owned.terms[block * kBlock + lane] = reconstruction_term(list, code);
+  if (has_terms()) {
+    if (new_block) owned.terms.resize(layout.padded(size + 1), 0.0f);
+    owned.terms[size] = reconstruction_term(list, code);
   }
 }
 
@@ -168,6 +181,9 @@ void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const id
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(n == 0 || (codes != nullptr && ids != nullptr),
                   "add_encoded() needs codes and ids");
+  for (idx_t i = 0; i < n * pq_m_; ++i)
+    RETRO_CHECK_ARG(codes[i] < ksub(), "code %d of vector %lld is out of range for %d-bit codes",
+                    codes[i], static_cast<long long>(i / pq_m_), pq_bits_);
   for (idx_t i = 0; i < n; ++i) append(list, codes + i * pq_m_, ids[i]);
   ntotal_ += n;
   rebuild_list_views();
@@ -176,9 +192,8 @@ void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const id
 void IvfPqIndex::list_codes(idx_t list, uint8_t* codes) const {
   check_list(list);
   const List& l = lists_[list];
-  for (idx_t i = 0; i < l.size; ++i)
-    for (int m = 0; m < pq_m_; ++m)
-      codes[i * pq_m_ + m] = l.codes[((i / kBlock) * pq_m_ + m) * kBlock + i % kBlock];
+  const CodeLayout layout = layout_of(*this);
+  for (idx_t i = 0; i < l.size; ++i) layout.get(l.codes, i, codes + i * pq_m_);
 }
 
 idx_t IvfPqIndex::list_size(idx_t list) const {
@@ -251,12 +266,6 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
                           scale, lut + static_cast<size_t>(m) * K);
 }
 
-// Per-thread scratch of a scan: one padded list's distances, or the filter's survivors.
-struct IvfPqIndex::ScanBuffers {
-  std::vector<float> list_dist;
-  std::vector<uint32_t> survivors;
-};
-
 namespace {
 
 constexpr idx_t kFilterChunk = 8 * IvfPqIndex::kBlock;  // vectors per filter call (limit refresh)
@@ -280,6 +289,7 @@ float scan_one(int pq_m, const uint8_t* codes, const float* terms, const float* 
 void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
                             const float* probe_dist, int p0, int p1, TopK& heap,
                             ScanBuffers& buffers) const {
+  if (pq_bits_ == 4) return fast_scan_lists(lut, probes, probe_dist, p0, p1, heap, buffers);
   const simd::Kernels& kern = simd::kernels();
   for (int p = p0; p < p1; ++p) {
     const idx_t l = probes[p];
@@ -317,12 +327,20 @@ void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, cons
 void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                                     const float* probe_dist, int nprobe, float* distances,
                                     idx_t* labels) const {
-  const bool filtering = simd::kernels().pq_filter8 != nullptr && pq_m_ <= QuantizedTable::kMaxPqM;
+  const bool filtering = pq_bits_ == 8 && simd::kernels().pq_filter8 != nullptr &&
+                         pq_m_ <= QuantizedTable::kMaxPqM;
   idx_t max_list = 0;
   for (const List& list : lists_) max_list = std::max(max_list, list.size);
   const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
   auto make_buffers = [&] {
     ScanBuffers buffers;
+    if (pq_bits_ == 4) {
+      buffers.survivors.resize(kFastScanChunk);
+      buffers.sums.resize(kFastScanChunk);
+      buffers.list_lut.resize(table_size);
+      buffers.table4 = std::make_unique<QuantizedTable>(pq_m_, ksub());
+      return buffers;
+    }
     if (filtering) buffers.survivors.resize(kFilterChunk);
     buffers.list_dist.resize((max_list + kBlock - 1) / kBlock * kBlock);
     return buffers;

@@ -8,16 +8,18 @@
 namespace retro {
 
 // A float sum of N terms is off by < (N - 1) 2^-24 of the sum of their magnitudes; x3 for safety.
-QuantizedTable::QuantizedTable(int pq_m)
+QuantizedTable::QuantizedTable(int pq_m, int width)
     : pq_m_(pq_m),
-      codes_(static_cast<size_t>(pq_m) * 256),
+      width_(width),
+      max_code_(std::min(255, 65535 / pq_m)),
+      codes_(static_cast<size_t>(pq_m + pq_m % 2) * width, 0),
       lows_(pq_m),
       highs_(pq_m),
       relative_rounding_(3.0f * static_cast<float>(pq_m + 8) * std::ldexp(1.0f, -24)) {}
 
 void QuantizedTable::build(const float* lut) {
   const simd::Kernels& kern = simd::kernels();
-  kern.row_ranges(pq_m_, lut, lows_.data(), highs_.data());
+  kern.row_ranges(pq_m_, width_, lut, lows_.data(), highs_.data());
   float widest = 0.0f;
   double offset = 0.0, magnitude = 0.0;
   for (int m = 0; m < pq_m_; ++m) {
@@ -25,10 +27,10 @@ void QuantizedTable::build(const float* lut) {
     offset += lows_[m];
     magnitude += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
   }
-  step_ = widest > 0.0f ? widest / 255.0f : 1.0f;
+  step_ = widest > 0.0f ? widest / static_cast<float>(max_code_) : 1.0f;
   offset_ = static_cast<float>(offset);
   magnitude_ = static_cast<float>(magnitude);
-  kern.quantize8(pq_m_, lut, lows_.data(), 1.0f / step_, codes_.data());
+  kern.quantize8(pq_m_, width_, lut, lows_.data(), 1.0f / step_, max_code_, codes_.data());
 }
 
 float QuantizedTable::limit(float threshold, float bias) const {

@@ -6,11 +6,19 @@
 // (4 bytes each) rather than per list and code as faiss does: no (nlist, pq_m, 256) table to build
 // or read per probe, and no table that outgrows memory at millions of lists.
 //
-// Codes of each list are stored in blocks of kBlock vectors, sub-quantizer-major inside a block:
+// 8-bit codes (pq_bits = 8) of each list are stored in blocks of kBlock vectors,
+// sub-quantizer-major inside a block:
 //   codes[(block * pq_m + m) * kBlock + lane]
 // so a SIMD scan loads the m-th code of kBlock vectors with one 64-byte load. Where the CPU has
 // AVX-512 VBMI the scan first filters with an 8-bit copy of the table, looked up in registers,
 // and re-scores only the vectors that may enter the top-k (the results are the same).
+//
+// 4-bit codes (pq_bits = 4, faiss's "PQ<m>x4fs" fast-scan) come in blocks of kFastScanBlock = 32
+// vectors, two sub-quantizers per 32 bytes (cpp/src/code_layout.h), scanned with byte shuffles
+// against a table quantized to 8 bits per (query, list): pq_m / 2 bytes per vector and no stored
+// term; for L2 the terms ||r||^2 + 2<c, r> go into the list's table instead (a derived
+// (nlist, pq_m, 16) float table). Its distances are those of the quantized table: approximate,
+// meant to be followed by exact re-ranking (IvfPqSearchParams::rerank_vectors).
 #pragma once
 #include <memory>
 #include <string>
@@ -40,7 +48,8 @@ class TopK;
 
 class IvfPqIndex {
  public:
-  static constexpr int kBlock = 64;
+  static constexpr int kBlock = 64;          // vectors per block of 8-bit codes
+  static constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes
 
   IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
              uint64_t seed = 0);
@@ -60,7 +69,8 @@ class IvfPqIndex {
   // coarse_centroids (nlist, d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
   // x[m * dsub, (m + 1) * dsub).
   void set_trained(const float* coarse_centroids, const float* pq_centroids);
-  // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m), ids (n,).
+  // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m) with values
+  // < 2^pq_bits, ids (n,).
   void add_encoded(idx_t list, idx_t n, const uint8_t* codes, const idx_t* ids);
   // codes: (list_size(list), pq_m), vector-major, copied out of the blocked layout.
   void list_codes(idx_t list, uint8_t* codes) const;
@@ -74,6 +84,7 @@ class IvfPqIndex {
   int pq_m() const { return pq_m_; }
   int pq_bits() const { return pq_bits_; }
   int ksub() const { return 1 << pq_bits_; }
+  int block_size() const { return pq_bits_ == 4 ? kFastScanBlock : kBlock; }
   int dsub() const { return d_ / pq_m_; }
   Metric metric() const { return metric_; }
   uint64_t seed() const { return seed_; }
@@ -89,9 +100,9 @@ class IvfPqIndex {
 
  private:
   struct List {
-    const uint8_t* codes = nullptr;  // blocked, ceil(size / kBlock) * kBlock * pq_m bytes
+    const uint8_t* codes = nullptr;  // blocked as CodeLayout says (code_layout.h)
     const idx_t* ids = nullptr;      // (size,)
-    const float* terms = nullptr;    // L2 only: (ceil(size / kBlock) * kBlock,) ||r||^2 + 2<c, r>
+    const float* terms = nullptr;    // 8-bit L2 only: (size rounded up to kBlock,) ||r||^2 + 2<c, r>
     idx_t size = 0;
   };
   struct OwnedList {
@@ -104,6 +115,7 @@ class IvfPqIndex {
   void check_trained(const char* what) const;
   void check_writable(const char* what) const;
   void check_list(idx_t list) const;
+  bool has_terms() const { return metric_ == Metric::L2 && pq_bits_ == 8; }  // per-vector terms
   void append(idx_t list, const uint8_t* code, idx_t id);  // one vector; the caller owns `list`
   void rebuild_derived();
   void rebuild_list_views();
@@ -113,6 +125,8 @@ class IvfPqIndex {
   struct ScanBuffers;
   void scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
                   const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
+  void fast_scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
+                       int p1, TopK& heap, ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                           const float* probe_dist, int nprobe, float* distances,
                           idx_t* labels) const;
