@@ -38,12 +38,9 @@ void IvfPqIndex::fast_scan_lists(const float* lut, const idx_t* probes, const fl
     const idx_t l = probes[p];
     if (l < 0 || lists_[l].size == 0) continue;
     const List& list = lists_[l];
-    if (per_list) {
-      const float* terms = &derived_->list_terms[static_cast<size_t>(l) * table_size];
-      float* list_lut = buffers.list_lut.data();
-      for (size_t i = 0; i < table_size; ++i) list_lut[i] = lut[i] + terms[i];
-      table.build(list_lut);
-    }
+    if (per_list)
+      table.build(lut, &derived_->list_terms[static_cast<size_t>(l) * table_size],
+                  buffers.list_lut.data());
     const float base = probe_dist[p] + table.offset(), step = table.step();
     for (idx_t first = 0; first < list.size; first += kFastScanChunk) {
       const int32_t limit = sum_limit(heap.threshold(), base, step);

@@ -403,6 +403,7 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                     "rerank vectors have %lld rows but the index holds id %lld",
                     static_cast<long long>(params.rerank_rows),
                     static_cast<long long>(cand_labels[i]));
+  const simd::Kernels& kern = simd::kernels();
 #pragma omp parallel
   {
     std::vector<float> row(d_);
@@ -421,7 +422,8 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
         } else {
           v = static_cast<const float*>(params.rerank_vectors) + id * d_;
         }
-        heap.push(metric_ == Metric::L2 ? l2_distance(d_, xq, v) : -inner_product(d_, xq, v), id);
+        heap.push(metric_ == Metric::L2 ? kern.l2_distance(d_, xq, v) : -kern.inner_product(d_, xq, v),
+                  id);
       }
       heap.write_sorted(distances + q * k, labels + q * k);
     }

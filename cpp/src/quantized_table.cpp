@@ -17,19 +17,22 @@ QuantizedTable::QuantizedTable(int pq_m, int width)
       highs_(pq_m),
       relative_rounding_(3.0f * static_cast<float>(pq_m + 8) * std::ldexp(1.0f, -24)) {}
 
-void QuantizedTable::build(const float* lut) {
+void QuantizedTable::build(const float* lut, const float* addend, float* sum) {
   const simd::Kernels& kern = simd::kernels();
-  kern.row_ranges(pq_m_, width_, lut, lows_.data(), highs_.data());
+  kern.row_ranges(pq_m_, width_, lut, addend, sum, lows_.data(), highs_.data());
+  if (addend != nullptr) lut = sum;
+  // Four partial sums: independent chains of double additions (the order only moves the last
+  // bits of a double, far below the float results).
   float widest = 0.0f;
-  double offset = 0.0, magnitude = 0.0;
+  double offset[4] = {}, magnitude[4] = {};
   for (int m = 0; m < pq_m_; ++m) {
     widest = std::max(widest, highs_[m] - lows_[m]);
-    offset += lows_[m];
-    magnitude += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
+    offset[m % 4] += lows_[m];
+    magnitude[m % 4] += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
   }
   step_ = widest > 0.0f ? widest / static_cast<float>(max_code_) : 1.0f;
-  offset_ = static_cast<float>(offset);
-  magnitude_ = static_cast<float>(magnitude);
+  offset_ = static_cast<float>((offset[0] + offset[1]) + (offset[2] + offset[3]));
+  magnitude_ = static_cast<float>((magnitude[0] + magnitude[1]) + (magnitude[2] + magnitude[3]));
   kern.quantize8(pq_m_, width_, lut, lows_.data(), 1.0f / step_, max_code_, codes_.data());
 }
 

@@ -30,6 +30,11 @@ struct Kernels {
   // sub-quantizer's row of a query's look-up table.
   void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float scale,
                            float* out);
+  // Exact distances of the re-ranking: squared L2 and inner product of two d-vectors, summed in
+  // 16 interleaved partial sums (j mod 16) combined pairwise (lanes l and l + 8, then + 4, + 2,
+  // + 1): the same order in every build (FMA builds round the products differently).
+  float (*l2_distance)(int d, const float* x, const float* y);
+  float (*inner_product)(int d, const float* x, const float* y);
   // Turns a row of inner products into internal distances, in place:
   // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
   void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
@@ -42,7 +47,9 @@ struct Kernels {
                    const float* terms, float* out);
 
   // low[m], high[m] = min and max of row m of a (rows, width) table; width is a multiple of 16.
-  void (*row_ranges)(int rows, int width, const float* table, float* low, float* high);
+  // With an addend (same shape), the table is table + addend, written to sum first.
+  void (*row_ranges)(int rows, int width, const float* table, const float* addend, float* sum,
+                     float* low, float* high);
   // out[m][j] = round_half_up((table[m][j] - low[m]) * inverse_step), capped at max_code: the
   // 8-bit tables of pq_filter8 and pq_scan4 (table[m][j] >= low[m]); width as row_ranges.
   void (*quantize8)(int rows, int width, const float* table, const float* low, float inverse_step,
