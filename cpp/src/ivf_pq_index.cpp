@@ -112,21 +112,10 @@ void IvfPqIndex::rebuild_derived() {
       for (int t = 0; t < dsub; ++t) derived->pq_t[(static_cast<size_t>(m) * dsub + t) * K + j] = c[j * dsub + t];
   }
   if (pq_bits_ == 4 && metric_ == Metric::L2) {
-    // terms[l][m][j] = ||r_mj||^2 + 2<c_lm, r_mj>: with the query's -2<x_m, r_mj> it makes
-    // ||x - c - r||^2 - ||x - c||^2, row by row
-    const simd::Kernels& kern = simd::kernels();
-    std::vector<float> norms(static_cast<size_t>(pq_m_) * K, 0.0f);
-    for (size_t i = 0; i < norms.size(); ++i)
-      for (int t = 0; t < dsub; ++t) norms[i] += pq_centroids_[i * dsub + t] * pq_centroids_[i * dsub + t];
-    derived->list_terms.resize(static_cast<size_t>(nlist_) * pq_m_ * K);
-#pragma omp parallel for schedule(static) if (worth_threads(double(nlist_) * d_ * K))
-    for (idx_t l = 0; l < nlist_; ++l)
-      for (int m = 0; m < pq_m_; ++m) {
-        float* out = &derived->list_terms[(static_cast<size_t>(l) * pq_m_ + m) * K];
-        kern.inner_products_t(dsub, K, &coarse_centroids_[l * d_ + m * dsub],
-                              &derived->pq_t[static_cast<size_t>(m) * dsub * K], 2.0f, out);
-        for (int j = 0; j < K; ++j) out[j] += norms[m * K + j];
-      }
+    derived->pq_norms.assign(static_cast<size_t>(pq_m_) * K, 0.0f);
+    for (size_t i = 0; i < derived->pq_norms.size(); ++i)
+      for (int t = 0; t < dsub; ++t)
+        derived->pq_norms[i] += pq_centroids_[i * dsub + t] * pq_centroids_[i * dsub + t];
   }
   derived_ = std::move(derived);
 }
@@ -337,6 +326,7 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
     if (pq_bits_ == 4) {
       buffers.survivors.resize(kFastScanChunk);
       buffers.sums.resize(kFastScanChunk);
+      buffers.query_lut.resize(table_size);
       buffers.list_lut.resize(table_size);
       buffers.table4 = std::make_unique<QuantizedTable>(pq_m_, ksub());
       return buffers;

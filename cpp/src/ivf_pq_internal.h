@@ -20,8 +20,7 @@ struct IvfPqIndex::Derived {
   PackedVectors coarse;           // (nlist, d) for coarse assignment
   std::vector<PackedVectors> pq;  // pq_m x (ksub, dsub) for encoding
   std::vector<float> pq_t;        // (pq_m, dsub, ksub): query tables are rows contiguous in j
-  // 4-bit L2 only: (nlist, pq_m, 16) ||r_mj||^2 + 2<c_m, r_mj>, the list's part of its tables
-  std::vector<float> list_terms;
+  std::vector<float> pq_norms;  // 4-bit L2 only: (pq_m, 16) ||r_mj||^2
 };
 
 // Per-thread scratch of a scan: one padded list's distances, or the filter's survivors; for the
@@ -29,7 +28,7 @@ struct IvfPqIndex::Derived {
 struct IvfPqIndex::ScanBuffers {
   std::vector<float> list_dist;
   std::vector<uint32_t> survivors;
-  std::vector<float> list_lut;
+  std::vector<float> query_lut, list_lut;
   std::vector<uint16_t> sums;
   std::unique_ptr<QuantizedTable> table4;
 };

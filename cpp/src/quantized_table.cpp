@@ -17,20 +17,28 @@ QuantizedTable::QuantizedTable(int pq_m, int width)
       highs_(pq_m),
       relative_rounding_(3.0f * static_cast<float>(pq_m + 8) * std::ldexp(1.0f, -24)) {}
 
-void QuantizedTable::build(const float* lut, const float* addend, float* sum) {
+void QuantizedTable::build(const float* lut) {
   const simd::Kernels& kern = simd::kernels();
-  kern.row_ranges(pq_m_, width_, lut, addend, sum, lows_.data(), highs_.data());
-  if (addend != nullptr) lut = sum;
-  // Four partial sums: independent chains of double additions (the order only moves the last
-  // bits of a double, far below the float results).
-  float widest = 0.0f;
-  double offset[4] = {}, magnitude[4] = {};
-  for (int m = 0; m < pq_m_; ++m) {
-    widest = std::max(widest, highs_[m] - lows_[m]);
-    offset[m % 4] += lows_[m];
-    magnitude[m % 4] += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
+  kern.row_ranges(pq_m_, width_, lut, lows_.data(), highs_.data());
+  // Four independent chains: a scalar loop over rows is a visible share of a (query, list) table.
+  // The order of the double additions only moves bits far below the float result.
+  float widest[4] = {}, magnitude[4] = {};
+  double offset[4] = {};
+  int m = 0;
+  for (; m + 4 <= pq_m_; m += 4)
+    for (int u = 0; u < 4; ++u) {
+      const float lo = lows_[m + u], hi = highs_[m + u];
+      widest[u] = std::max(widest[u], hi - lo);
+      offset[u] += lo;
+      magnitude[u] += std::max(std::fabs(lo), std::fabs(hi));
+    }
+  for (; m < pq_m_; ++m) {
+    widest[0] = std::max(widest[0], highs_[m] - lows_[m]);
+    offset[0] += lows_[m];
+    magnitude[0] += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
   }
-  step_ = widest > 0.0f ? widest / static_cast<float>(max_code_) : 1.0f;
+  const float widest_row = std::max(std::max(widest[0], widest[1]), std::max(widest[2], widest[3]));
+  step_ = widest_row > 0.0f ? widest_row / static_cast<float>(max_code_) : 1.0f;
   offset_ = static_cast<float>((offset[0] + offset[1]) + (offset[2] + offset[3]));
   magnitude_ = static_cast<float>((magnitude[0] + magnitude[1]) + (magnitude[2] + magnitude[3]));
   kern.quantize8(pq_m_, width_, lut, lows_.data(), 1.0f / step_, max_code_, codes_.data());

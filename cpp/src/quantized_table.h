@@ -23,9 +23,8 @@ class QuantizedTable {
   // rows = pq_m; width = 2^pq_bits entries per row (a multiple of 16).
   explicit QuantizedTable(int pq_m, int width = 256);
 
-  // lut: (pq_m, width) float table of one query; with an addend (same shape; a list's part of
-  // the table), the table is lut + addend, written to sum.
-  void build(const float* lut, const float* addend = nullptr, float* sum = nullptr);
+  // lut: (pq_m, width) float table of one query (or query and list).
+  void build(const float* lut);
 
   // (pq_m rounded up to even, width); the padding row is zero (pq_scan4 reads rows in pairs)
   const uint8_t* codes() const { return codes_.data(); }

@@ -24,8 +24,11 @@ class IvfPqIndex:
     Args:
         d: vector dimension.
         nlist: number of coarse lists (faiss's rule of thumb: 4 * sqrt(N) .. 16 * sqrt(N)).
-        pq_m: sub-quantizers per vector; d must be divisible by pq_m. Each vector costs pq_m bytes.
-        pq_bits: bits per sub-quantizer code; only 8 is supported.
+        pq_m: sub-quantizers per vector; d must be divisible by pq_m.
+        pq_bits: bits per sub-quantizer code: 8 (pq_m bytes per vector, distances from float
+            tables) or 4 (fast-scan, faiss's "PQ<m>x4fs": ceil(pq_m / 2) bytes per vector, scanned
+            with 8-bit tables in SIMD registers; its distances are approximate, so search it with
+            ``rerank=`` vectors for exact results).
         metric: "l2" (squared Euclidean, smaller is better) or "ip" (inner product, larger is better).
         seed: seeds k-means; training is deterministic for a given seed and any thread count.
     """
@@ -131,7 +134,8 @@ class IvfPqIndex:
 
         Args:
             list_no: the list, 0 <= list_no < nlist.
-            codes: (n, pq_m) uint8 PQ codes of the residuals to that list's coarse centroid.
+            codes: (n, pq_m) uint8 PQ codes (< 2**pq_bits) of the residuals to that list's coarse
+                centroid.
             ids: (n,) int64 ids.
         """
         codes = np.asarray(codes)
@@ -144,7 +148,7 @@ class IvfPqIndex:
         )
 
     def train(self, x: Any) -> None:
-        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 256."""
+        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits."""
         self._index.train(as_float32_matrix(x, "training data"))
 
     def add(self, x: Any, ids: Any = None) -> None:

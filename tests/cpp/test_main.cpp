@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,9 +10,12 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "checksum.h"
+#include "code_layout.h"
+#include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
 #include "retro/ivf_pq_index.h"
@@ -255,16 +259,77 @@ TEST_P(Kernels, PqScan8IsBitExact) {
       }
 }
 
+// The 4-bit scan against sums computed here from the same quantized table, for odd pq_m and
+// vector counts that end inside a block; tables from QuantizedTable, whose code range keeps even
+// pq_m = 300 sub-quantizers (max code 218) inside 16 bits.
+TEST_P(Kernels, PqScan4IsBitExact) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> nibble(0, 15);
+  for (int pq_m : {1, 2, 5, 48, 300})
+    for (idx_t n : {1, 31, 32, 70}) {
+      const CodeLayout layout{pq_m, 4};
+      std::vector<uint8_t> codes(n * pq_m), blocked(layout.bytes(n), 0);
+      for (uint8_t& c : codes) c = static_cast<uint8_t>(nibble(rng));
+      for (idx_t i = 0; i < n; ++i) layout.put(blocked.data(), i, &codes[i * pq_m]);
+      std::vector<float> lut(pq_m * 16);
+      for (float& v : lut) v = normal(rng);
+      QuantizedTable table(pq_m, 16);
+      table.build(lut.data());
+      std::vector<uint32_t> want(n);
+      uint32_t worst = 0;
+      for (int m = 0; m < pq_m; ++m) {
+        uint32_t row_max = 0;
+        for (int j = 0; j < 16; ++j) row_max = std::max<uint32_t>(row_max, table.codes()[m * 16 + j]);
+        worst += row_max;
+        for (idx_t i = 0; i < n; ++i) want[i] += table.codes()[m * 16 + codes[i * pq_m + m]];
+      }
+      ASSERT_LE(worst, 65535u) << "pq_m=" << pq_m;
+      std::vector<uint32_t> sorted(want);
+      std::sort(sorted.begin(), sorted.end());
+      const uint16_t limit = static_cast<uint16_t>(sorted[n / 2]);
+      std::vector<uint16_t> sums(layout.padded(n));
+      std::vector<uint32_t> survivors(layout.padded(n));
+      const size_t count = kern.pq_scan4(n, pq_m, blocked.data(), table.codes(), limit,
+                                         sums.data(), survivors.data());
+      std::vector<uint32_t> want_survivors;
+      for (idx_t i = 0; i < n; ++i) {
+        ASSERT_EQ(sums[i], want[i]) << "pq_m=" << pq_m << " n=" << n << " i=" << i;
+        if (want[i] <= limit) want_survivors.push_back(static_cast<uint32_t>(i));
+      }
+      ASSERT_EQ(std::vector<uint32_t>(survivors.begin(), survivors.begin() + count), want_survivors);
+    }
+}
+
+TEST(CodeLayout, FourBitCodesRoundTrip) {
+  for (int pq_m : {1, 3, 16}) {
+    const CodeLayout layout{pq_m, 4};
+    EXPECT_EQ(layout.block(), 32);
+    EXPECT_EQ(layout.block_bytes(), static_cast<size_t>((pq_m + 1) / 2 * 32));
+    std::vector<uint8_t> blocked(layout.bytes(65), 0), code(pq_m), back(pq_m);
+    for (idx_t i = 0; i < 65; ++i) {
+      for (int m = 0; m < pq_m; ++m) code[m] = static_cast<uint8_t>((i * 7 + m * 3) % 16);
+      layout.put(blocked.data(), i, code.data());
+    }
+    for (idx_t i = 0; i < 65; ++i) {
+      layout.get(blocked.data(), i, back.data());
+      for (int m = 0; m < pq_m; ++m) ASSERT_EQ(back[m], (i * 7 + m * 3) % 16) << i << " " << m;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Levels, Kernels, ::testing::ValuesIn(supported_levels()),
                          [](const auto& info) { return std::string(simd_level_name(info.param)); });
 
 // --- IvfPqIndex end to end -------------------------------------------------------------------
 
-class IvfPqRoundTrip : public ::testing::TestWithParam<Metric> {};
+class IvfPqRoundTrip : public ::testing::TestWithParam<std::tuple<Metric, int>> {};
 
+// 8-bit IVF32,PQ8 and 4-bit IVF32,PQ16x4fs: 8 code bytes per vector either way.
 TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
-  const Metric metric = GetParam();
-  const int d = 32, pq_m = 8, k = 10;
+  const auto [metric, pq_bits] = GetParam();
+  const int d = 32, pq_m = pq_bits == 8 ? 8 : 16, k = 10;
   const idx_t nlist = 32, nb = 4000, nq = 100;
   const std::vector<float> points = clustered(nb + nq, d, 128, 0.5f, 5);
   const float* xb = points.data();
@@ -276,7 +341,7 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
   std::vector<idx_t> truth(nq * k);
   flat.search(nq, xq, k, truth_d.data(), truth.data());
 
-  IvfPqIndex index(d, nlist, pq_m, 8, metric, 3);
+  IvfPqIndex index(d, nlist, pq_m, pq_bits, metric, 3);
   index.train_params.niter = 10;
   index.train(nb, xb);
   ASSERT_TRUE(index.is_trained());
@@ -291,15 +356,25 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
   std::vector<float> dist(nq * k);
   std::vector<idx_t> labels(nq * k);
   index.search(nq, xq, k, dist.data(), labels.data(), params);
-  // observed 0.745 (l2) and 0.772 (inner product)
-  EXPECT_GE(recall(labels, truth, nq, k), 0.72);
+  // observed 8-bit 0.745 (l2) and 0.772 (inner product); 4-bit 0.698 and 0.713
+  EXPECT_GE(recall(labels, truth, nq, k), pq_bits == 8 ? 0.72 : 0.67);
   for (idx_t q = 0; q < nq; ++q)
     for (int j = 1; j < k; ++j) {
       const float prev = dist[q * k + j - 1], cur = dist[q * k + j];
       EXPECT_TRUE(metric == Metric::L2 ? prev <= cur : prev >= cur);
     }
 
-  const std::string path = temp_path(metric == Metric::L2 ? "l2.index" : "ip.index");
+  IvfPqSearchParams rerank = params;
+  rerank.rerank_vectors = xb;
+  rerank.rerank_rows = nb;
+  std::vector<float> dist_rr(nq * k);
+  std::vector<idx_t> labels_rr(nq * k);
+  index.search(nq, xq, k, dist_rr.data(), labels_rr.data(), rerank);
+  // observed 0.998 (8-bit l2, 4-bit l2) and 0.999 (8-bit and 4-bit inner product)
+  EXPECT_GE(recall(labels_rr, truth, nq, k), 0.98);
+
+  const std::string path = temp_path(std::string(metric == Metric::L2 ? "l2_" : "ip_") +
+                                     std::to_string(pq_bits) + ".index");
   index.save(path);
   for (bool mmap : {false, true}) {
     std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, mmap, true);
@@ -310,14 +385,19 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
     loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
     EXPECT_EQ(labels2, labels);
     EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+    loaded->search(nq, xq, k, dist2.data(), labels2.data(), rerank);
+    EXPECT_EQ(labels2, labels_rr);
+    EXPECT_EQ(0, std::memcmp(dist2.data(), dist_rr.data(), dist.size() * sizeof(float)));
   }
   std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Metrics, IvfPqRoundTrip,
-                         ::testing::Values(Metric::L2, Metric::InnerProduct),
+                         ::testing::Combine(::testing::Values(Metric::L2, Metric::InnerProduct),
+                                            ::testing::Values(8, 4)),
                          [](const auto& info) {
-                           return std::string(info.param == Metric::L2 ? "L2" : "InnerProduct");
+                           return std::string(std::get<0>(info.param) == Metric::L2 ? "L2" : "InnerProduct") +
+                                  "_" + std::to_string(std::get<1>(info.param)) + "bit";
                          });
 
 // --- errors ----------------------------------------------------------------------------------
@@ -325,7 +405,8 @@ INSTANTIATE_TEST_SUITE_P(Metrics, IvfPqRoundTrip,
 TEST(Errors, CarryTheirKindAndMessage) {
   expect_error(ErrorKind::InvalidArgument, "d=18 is not divisible by pq_m=4",
                [] { IvfPqIndex(18, 4, 4); });
-  expect_error(ErrorKind::InvalidArgument, "pq_bits must be 8", [] { IvfPqIndex(16, 4, 4, 4); });
+  expect_error(ErrorKind::InvalidArgument, "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got 6",
+               [] { IvfPqIndex(16, 4, 4, 6); });
   expect_error(ErrorKind::InvalidArgument, "nlist must be positive, got 0", [] { IvfPqIndex(16, 0, 4); });
   expect_error(ErrorKind::InvalidArgument, "unknown SIMD level 'sse'",
                [] { parse_simd_level("sse"); });

@@ -30,6 +30,11 @@ struct Kernels {
   // sub-quantizer's row of a query's look-up table.
   void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float scale,
                            float* out);
+  // out[m][j] = base[m][j] + scale * sum_t c[m * dsub + t] * ct[(m * dsub + t) * 16 + j] for
+  // j < 16, summed in t order: a list's 4-bit table from the query's (base) and the list's
+  // centroid c (ct = the PQ centroids as (pq_m, dsub, 16)), all pq_m rows in one call.
+  void (*add_inner_products16)(int pq_m, int dsub, const float* c, const float* ct, float scale,
+                               const float* base, float* out);
   // Exact distances of the re-ranking: squared L2 and inner product of two d-vectors, summed in
   // 16 interleaved partial sums (j mod 16) combined pairwise (lanes l and l + 8, then + 4, + 2,
   // + 1): the same order in every build (FMA builds round the products differently).
@@ -47,9 +52,7 @@ struct Kernels {
                    const float* terms, float* out);
 
   // low[m], high[m] = min and max of row m of a (rows, width) table; width is a multiple of 16.
-  // With an addend (same shape), the table is table + addend, written to sum first.
-  void (*row_ranges)(int rows, int width, const float* table, const float* addend, float* sum,
-                     float* low, float* high);
+  void (*row_ranges)(int rows, int width, const float* table, float* low, float* high);
   // out[m][j] = round_half_up((table[m][j] - low[m]) * inverse_step), capped at max_code: the
   // 8-bit tables of pq_filter8 and pq_scan4 (table[m][j] >= low[m]); width as row_ranges.
   void (*quantize8)(int rows, int width, const float* table, const float* low, float inverse_step,
