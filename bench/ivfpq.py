@@ -1,13 +1,22 @@
 """IVF-PQ on the CPU: retro against faiss IndexIVFPQ on the same data, parameters and threads.
 
     python bench/ivfpq.py                      # full run: 1M x 384 synthetic + real text embeddings
-    python bench/ivfpq.py --quick              # ~2 minutes: 100k x 384 synthetic, the demo
+    python bench/ivfpq.py --quick              # ~3 minutes: 100k x 384 synthetic, the demo
+    python bench/ivfpq.py --families fastscan --nq 1000   # only the 4-bit fast-scan comparison
 
 For each dataset both engines train on the same sample with the same k-means iterations, add the
 same vectors, and search the same queries for nprobe in 1..256 with 1 and 2 threads: recall@10
 against exact search (faiss IndexFlat), queries per second for a batch of queries and for single
-queries (medians of interleaved repeats, each with its CPU share). The full run writes
-bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in docs/PERFORMANCE.md.
+queries (medians of interleaved repeats, each with its CPU share).
+
+Two families of indexes, each against its faiss counterpart with equal code bytes per vector:
+"pq8" is 8-bit PQ (IndexIVFPQ, with IndexRefineFlat re-ranking rows on the text data), "fastscan"
+is 4-bit fast-scan PQ with twice the sub-quantizers ("IVF..,PQ<2m>x4fs") and exact re-ranking of
+k * k_factor candidates against the float32 base vectors (IndexRefineFlat), which is how both reach
+recall@10 0.90 and 0.95; its summary compares the best QPS of each engine over all (nprobe,
+k_factor) at those recalls. The re-ranking vectors (n x d float32) are stored apart from the codes.
+The full run writes bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in
+docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +43,16 @@ import retro  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 TABLE_BEGIN, TABLE_END = report.markers("ivfpq-cpu")
+FAST_SCAN_BEGIN, FAST_SCAN_END = report.markers("ivfpq-fastscan-cpu")
+FAST_SCAN_ENGINES = ("retro-fs", "faiss-fs")  # engine names (and prefixes) of the fast-scan family
+
+
+def is_fast_scan(engine: str) -> bool:
+    return engine.startswith(FAST_SCAN_ENGINES)
 K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
+RECALL_TARGETS = (0.90, 0.95)  # where the fast-scan family is compared
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -98,10 +114,13 @@ def recall_at_k(labels: np.ndarray, truth: np.ndarray) -> float:
 
 
 class RetroEngine:
-    name = "retro"
+    """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers, or 4-bit fast-scan with twice as
+    many (the same code bytes per vector)."""
 
-    def __init__(self, data: Dataset) -> None:
-        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, data.pq_m)
+    def __init__(self, data: Dataset, pq_bits: int = 8) -> None:
+        pq_m = data.pq_m if pq_bits == 8 else 2 * data.pq_m
+        self.name = "retro" if pq_bits == 8 else "retro-fs"
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits)
         self.index.niter = data.niter
 
     def train(self, x: np.ndarray) -> None:
@@ -118,14 +137,19 @@ class RetroEngine:
 
 
 class FaissEngine:
-    name = "faiss"
+    """faiss IndexIVFPQ (8-bit) or IndexIVFPQFastScan ("IVF<nlist>,PQ<2 pq_m>x4fs")."""
 
-    def __init__(self, data: Dataset) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8) -> None:
         import faiss
 
         d = data.base.shape[1]
-        self.quantizer = faiss.IndexFlatL2(d)
-        self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
+        if pq_bits == 8:
+            self.name = "faiss"
+            self.quantizer = faiss.IndexFlatL2(d)
+            self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
+        else:
+            self.name = "faiss-fs"
+            self.index = faiss.index_factory(d, f"IVF{data.nlist},PQ{2 * data.pq_m}x4fs")  # IndexIVFPQFastScan
         self.index.cp.niter = data.niter
         self.index.pq.cp.niter = data.niter
         self.index.cp.verbose = False
@@ -149,7 +173,7 @@ class RetroRerankEngine:
 
     def __init__(self, engine: RetroEngine, base: np.ndarray, k_factor: int) -> None:
         self.engine, self.base, self.k_factor = engine, base, k_factor
-        self.name = f"retro+rerank{k_factor}"
+        self.name = f"{engine.name}+rerank{k_factor}"
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         return self.engine.index.search(x, K, nprobe=nprobe, rerank=self.base, k_factor=self.k_factor)[1]
@@ -164,7 +188,7 @@ class FaissRefineEngine:
         self.engine = engine
         self.refine = faiss.IndexRefineFlat(engine.index, faiss.swig_ptr(base))
         self.refine.k_factor = k_factor
-        self.name = f"faiss+refine{k_factor}"
+        self.name = f"{engine.name}+refine{k_factor}"
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         self.engine.index.nprobe = nprobe
@@ -261,21 +285,21 @@ class DatasetResult:
     search: list[SearchRow] = field(default_factory=list)
 
 
-def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResult):
+def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8):
     """Trains and adds with both engines `repeats` times (interleaved); keeps the last pair."""
     train_x = data.base[: data.train_size]
     engines: dict[str, object] = {}
-    timings: dict[str, list[tuple[float, float]]] = {"retro": [], "faiss": []}
+    timings: dict[str, list[tuple[float, float]]] = {}
     set_threads(threads)
     for repeat in range(repeats):
         for cls in (RetroEngine, FaissEngine) if repeat % 2 == 0 else (FaissEngine, RetroEngine):
             wait_for_idle()
-            engine = cls(data)
+            engine = cls(data, pq_bits)
             train_s, _ = timed(lambda: engine.train(train_x))
             add_s, _ = timed(lambda: engine.add(data.base))
-            timings[engine.name].append((train_s, add_s))
+            timings.setdefault(engine.name, []).append((train_s, add_s))
             engines[engine.name] = engine
-            print(f"  {engine.name:6s} train {train_s:7.2f} s  add {add_s:7.2f} s")
+            print(f"  {engine.name:8s} train {train_s:7.2f} s  add {add_s:7.2f} s")
     for name, samples in timings.items():
         result.build.append(
             BuildRow(
@@ -289,7 +313,9 @@ def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResu
                 data.niter,
             )
         )
-    return engines["retro"], engines["faiss"]
+    ours = next(e for e in engines.values() if isinstance(e, RetroEngine))
+    theirs = next(e for e in engines.values() if isinstance(e, FaissEngine))
+    return ours, theirs
 
 
 def search_grid(
@@ -354,6 +380,26 @@ def qps_at_recall(rows: list[SearchRow], recall: float, attribute: str) -> float
     return None
 
 
+def summarize_fast_scan(result: DatasetResult, threads: int) -> dict:
+    """At each recall target, the best batch QPS of each fast-scan engine over all its (nprobe,
+    k_factor) rows that reach it, that row's single-query QPS, and the ratios retro / faiss."""
+    rows = [r for r in result.search if r.threads == threads]
+    summary: dict = {"family": "fastscan", "threads": threads}
+    for target in RECALL_TARGETS:
+        best = {}
+        for prefix in ("retro-fs+", "faiss-fs+"):
+            reaching = [r for r in rows if r.engine.startswith(prefix) and r.recall >= target]
+            best[prefix[:-1]] = max(reaching, key=lambda r: r.batch_qps, default=None)
+        ours, theirs = best["retro-fs"], best["faiss-fs"]
+        entry = {name: asdict(row) if row else None for name, row in best.items()}
+        if ours and theirs:
+            entry["batch_ratio"] = ours.batch_qps / theirs.batch_qps
+            if ours.single_qps and theirs.single_qps:
+                entry["single_ratio"] = ours.single_qps / theirs.single_qps
+        summary[f"recall_{target:.2f}"] = entry
+    return summary
+
+
 def summarize(result: DatasetResult, threads: int) -> dict:
     rows = [r for r in result.search if r.threads == threads]
     ours = sorted((r for r in rows if r.engine == "retro"), key=lambda r: r.nprobe)
@@ -363,6 +409,7 @@ def summarize(result: DatasetResult, threads: int) -> dict:
     best = max(r.recall for r in theirs)
     anchor = next(r for r in theirs if r.recall >= 0.95 * best)
     summary = {
+        "family": "pq8",
         "threads": threads,
         "faiss_best_recall": best,
         "anchor_nprobe": anchor.nprobe,
@@ -413,14 +460,14 @@ def plot(results: list[DatasetResult], path: Path) -> None:
                 if not rows:
                     continue
                 style = "-" if threads == max(t for _, t in engines) else ":"
-                color = "C0" if engine.startswith("retro") else "C1"
+                color = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3"}[engine.split("+")[0]]
                 marker = "s" if "rerank" in engine or "refine" in engine else "o"
                 ax.plot([r.recall for r in rows], [getattr(r, attribute) for r in rows], style,
                         color=color, marker=marker, label=f"{engine}, {threads} thr")
             ax.set_yscale("log")
             ax.set_xlabel(f"recall@{K}")
             ax.set_ylabel("queries / s")
-            ax.set_title(f"{result.name} (nlist {result.nlist}, PQ{result.pq_m}): {title}")
+            ax.set_title(f"{result.name} (nlist {result.nlist}; PQ{result.pq_m}, PQ{2 * result.pq_m}x4fs): {title}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -440,6 +487,8 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
         lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, IVF{result.nlist},PQ{result.pq_m}", ""]
         lines += ["| engine | threads | train s | add s | k-means objective |", "|---|---|---|---|---|"]
         for b in result.build:
+            if is_fast_scan(b.engine):
+                continue
             lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} | {b.coarse_objective:.6g} |")
         lines += ["", "| threads | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -456,13 +505,13 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
                 f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
                 f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |"
             )
-        rerank = [r for r in result.search if "rerank" in r.engine or "refine" in r.engine]
+        rerank = [r for r in result.search if ("rerank" in r.engine or "refine" in r.engine) and not is_fast_scan(r.engine)]
         if rerank:
             lines += ["", "With exact re-ranking (batch):", "", "| engine | threads | nprobe | recall | batch QPS |", "|---|---|---|---|---|"]
             for r in sorted(rerank, key=lambda r: (r.engine, r.threads, r.nprobe)):
                 lines.append(f"| {r.engine} | {r.threads} | {r.nprobe} | {r.recall:.3f} | {r.batch_qps:,.0f} |")
         for s in summaries.get(result.name, []):
-            if not s:
+            if not s or s["family"] != "pq8":
                 continue
             fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
             lines += ["", f"Summary, {s['threads']} thread(s): faiss reaches 95% of its best recall@{K} "
@@ -476,6 +525,63 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
     return "\n".join(lines)
 
 
+def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: dict) -> str:
+    """The fast-scan family: build times, every (threads, k_factor, nprobe) row side by side, and
+    the best QPS of each engine at the recall targets."""
+    lines = [
+        FAST_SCAN_BEGIN,
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
+        f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
+        f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
+        "faiss IndexFlatL2; both engines re-rank k * k_factor candidates exactly against the float32 "
+        "base vectors (faiss: IndexRefineFlat). Ratio = retro / faiss.",
+        "",
+    ]
+    fmt = lambda v: "-" if not v else f"{v:,.0f}"  # noqa: E731
+    for result in results:
+        rows = [r for r in result.search if is_fast_scan(r.engine)]
+        if not rows:
+            continue
+        fs_m = 2 * result.pq_m
+        lines += [f"### {result.name}: {result.n:,} x {result.d}, IVF{result.nlist},PQ{fs_m}x4fs "
+                  f"({fs_m // 2} code bytes per vector; re-ranking vectors {4 * result.d} bytes per vector, apart)", ""]
+        lines += ["| engine | threads | train s | add s |", "|---|---|---|---|"]
+        for b in result.build:
+            if is_fast_scan(b.engine):
+                lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} |")
+        for s in summaries.get(result.name, []):
+            if s.get("family") != "fastscan":
+                continue
+            for target in RECALL_TARGETS:
+                entry = s[f"recall_{target:.2f}"]
+                ours, theirs = entry["retro-fs"], entry["faiss-fs"]
+                describe = lambda row: (  # noqa: E731
+                    "not reached" if row is None else
+                    f"{row['batch_qps']:,.0f} QPS batch, {fmt(row['single_qps'])} single "
+                    f"({row['engine'].split('+')[1]}, nprobe {row['nprobe']}, recall {row['recall']:.3f})")
+                ratio = (f"**{entry['batch_ratio']:.2f}x** batch, **{entry.get('single_ratio', 0):.2f}x** single"
+                         if "batch_ratio" in entry else "n/a")
+                lines += ["", f"At recall@{K} >= {target:.2f}, {s['threads']} thread(s): retro {describe(ours)}; "
+                          f"faiss {describe(theirs)}; retro / faiss = {ratio}."]
+        lines += ["", "| threads | k_factor | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        by_key = {(r.engine, r.threads, r.nprobe): r for r in rows}
+        ours_rows = [(key, row) for key, row in by_key.items() if key[0].startswith("retro-fs+")]
+        k_factor_of = lambda engine: int(engine.split("rerank")[1])  # noqa: E731
+        for (engine, threads, nprobe), ours in sorted(ours_rows, key=lambda kv: (kv[0][1], k_factor_of(kv[0][0]), kv[0][2])):
+            k_factor = k_factor_of(engine)
+            theirs = by_key.get((f"faiss-fs+refine{k_factor}", threads, nprobe))
+            if theirs is None:
+                continue
+            single = (f"{fmt(ours.single_qps)} | {fmt(theirs.single_qps)} | {ours.single_qps / theirs.single_qps:.2f}"
+                      if ours.single_qps and theirs.single_qps else "- | - | -")
+            lines.append(f"| {threads} | {k_factor} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | "
+                         f"{ours.batch_qps:,.0f} | {theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |")
+        lines.append("")
+    lines.append(FAST_SCAN_END)
+    return "\n".join(lines)
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -485,15 +591,30 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
     truth = ground_truth(data)
     result = DatasetResult(data.name, len(data.base), len(data.queries), data.base.shape[1], data.nlist, data.pq_m)
     threads_list = sorted(args.threads, reverse=True)
-    ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
-    for threads in threads_list:
-        search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
-    if args.rerank and data.name.startswith("text"):
-        rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.rerank] + [
-            FaissRefineEngine(theirs, data.base, f) for f in args.rerank
+    summaries = []
+    if "pq8" in args.families:
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
+        for threads in threads_list:
+            search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
+        if args.rerank and data.name.startswith("text"):
+            rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.rerank] + [
+                FaissRefineEngine(theirs, data.base, f) for f in args.rerank
+            ]
+            search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
+        summaries += [summarize(result, t) for t in threads_list]
+        del ours, theirs
+    if "fastscan" in args.families:
+        print(f"  fast-scan: IVF{data.nlist},PQ{2 * data.pq_m}x4fs + exact re-ranking, "
+              f"{min(args.fs_nq, len(data.queries))} queries, k_factors {args.fs_k_factors}")
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result, pq_bits=4)
+        fs_data = replace(data, queries=data.queries[: args.fs_nq])
+        rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.fs_k_factors] + [
+            FaissRefineEngine(theirs, data.base, f) for f in args.fs_k_factors
         ]
-        search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
-    summaries = [summarize(result, t) for t in threads_list]
+        for threads in threads_list:
+            search_grid(fs_data, rerankers, truth[: args.fs_nq], threads, args.nprobes, args.repeats,
+                        args.single, result)
+        summaries += [summarize_fast_scan(result, t) for t in threads_list]
     for s in summaries:
         print("  summary:", json.dumps(s))
     return result, summaries
@@ -511,11 +632,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--build-repeats", type=int, default=3)
     parser.add_argument("--rerank", type=lambda s: [int(f) for f in s.split(",")], default=[4, 16],
-                        help="k_factors for the re-ranking rows (text dataset)")
+                        help="k_factors for the 8-bit re-ranking rows (text dataset)")
+    parser.add_argument("--families", type=lambda s: s.split(","), default=["pq8", "fastscan"],
+                        help="comma list of pq8 (8-bit IndexIVFPQ) and fastscan (4-bit PQ..x4fs + re-ranking)")
+    parser.add_argument("--fs-k-factors", type=lambda s: [int(f) for f in s.split(",")], default=[2, 4, 8, 16],
+                        help="k_factors of the fast-scan rows")
+    parser.add_argument("--fs-nq", type=int, default=1000, help="queries per batch of the fast-scan rows")
     args = parser.parse_args()
     if args.quick:
         args.datasets, args.n, args.nq, args.single = "synthetic", 100_000, 2_000, 200
         args.nprobes, args.repeats, args.build_repeats, args.threads = (1, 4, 16, 64), 3, 1, [os.cpu_count() or 1]
+        args.fs_k_factors = [4, 16]
 
     machine = machine_info()
     print(f"retro {machine['retro_version']} ({machine['retro_simd']}) vs faiss {machine['faiss_version']} on {machine['cpu']}")
@@ -528,12 +655,14 @@ def main() -> None:
         del data
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "ivfpq_cpu_quick" if args.quick else "ivfpq_cpu"
-    report = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    stem = "ivfpq_cpu" + ("_quick" if args.quick else "") + ("" if "pq8" in args.families else "_fastscan")
+    output = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(output, indent=1))
     plot(results, RESULTS_DIR / f"{stem}.png")
-    if not args.quick:
+    if not args.quick and "pq8" in args.families:
         report.update_performance_md("ivfpq-cpu", markdown(results, summaries, machine))
+    if not args.quick and "fastscan" in args.families:
+        report.update_performance_md("ivfpq-fastscan-cpu", markdown_fast_scan(results, summaries, machine))
     print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {report.PERFORMANCE_MD}"))
 
 
