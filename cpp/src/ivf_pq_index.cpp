@@ -394,23 +394,35 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                     static_cast<long long>(params.rerank_rows),
                     static_cast<long long>(cand_labels[i]));
   const simd::Kernels& kern = simd::kernels();
-#pragma omp parallel
+  const size_t row_bytes = static_cast<size_t>(d_) * (params.rerank_fp16 ? 2 : 4);
+  const char* rows = static_cast<const char*>(params.rerank_vectors);
+  // The candidates' rows are scattered over a large (often memory-mapped) array: each is
+  // prefetched a few candidates ahead, so several rows are in flight instead of one at a time.
+  constexpr idx_t kAhead = 4;
+  auto prefetch = [&](idx_t id) {
+    if (id < 0) return;
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(rows + id * row_bytes + b);
+  };
+#pragma omp parallel if (n > 1)
   {
     std::vector<float> row(d_);
     TopK heap(k);
 #pragma omp for schedule(dynamic)
     for (idx_t q = 0; q < n; ++q) {
       const float* xq = x + q * d_;
+      const idx_t* cands = cand_labels + q * k_candidates;
+      for (idx_t c = 0; c < std::min(kAhead, k_candidates); ++c) prefetch(cands[c]);
       for (idx_t c = 0; c < k_candidates; ++c) {
-        const idx_t id = cand_labels[q * k_candidates + c];
+        if (c + kAhead < k_candidates) prefetch(cands[c + kAhead]);
+        const idx_t id = cands[c];
         if (id < 0) continue;
         const float* v;
         if (params.rerank_fp16) {
-          const uint16_t* h = static_cast<const uint16_t*>(params.rerank_vectors) + id * d_;
+          const uint16_t* h = reinterpret_cast<const uint16_t*>(rows + id * row_bytes);
           for (int j = 0; j < d_; ++j) row[j] = half_to_float(h[j]);
           v = row.data();
         } else {
-          v = static_cast<const float*>(params.rerank_vectors) + id * d_;
+          v = reinterpret_cast<const float*>(rows + id * row_bytes);
         }
         heap.push(metric_ == Metric::L2 ? kern.l2_distance(d_, xq, v) : -kern.inner_product(d_, xq, v),
                   id);
