@@ -15,9 +15,9 @@
 //
 // 4-bit codes (pq_bits = 4, faiss's "PQ<m>x4fs" fast-scan) come in blocks of kFastScanBlock = 32
 // vectors, two sub-quantizers per 32 bytes (cpp/src/code_layout.h), scanned with byte shuffles
-// against a table quantized to 8 bits per (query, list): pq_m / 2 bytes per vector and no stored
-// term; for L2 the terms ||r||^2 + 2<c, r> go into the list's table instead (a derived
-// (nlist, pq_m, 16) float table). Its distances are those of the quantized table: approximate,
+// against a table quantized to 8 bits per (query, list): ceil(pq_m / 2) bytes per vector and no
+// stored term; for L2 the terms ||r||^2 + 2<c, r> go into the list's table instead, computed from
+// the list's centroid at each probe. Its distances are those of the quantized table: approximate,
 // meant to be followed by exact re-ranking (IvfPqSearchParams::rerank_vectors).
 #pragma once
 #include <memory>
