@@ -451,26 +451,44 @@ def machine_info() -> dict:
     }
 
 
+def pareto(rows: list[SearchRow], attribute: str) -> list[SearchRow]:
+    """The rows no other row beats in both recall and QPS, by increasing recall: an engine's best
+    configurations when it has several knobs (nprobe and k_factor)."""
+    front: list[SearchRow] = []
+    for row in sorted(rows, key=lambda r: (-r.recall, -getattr(r, attribute))):
+        if not front or getattr(row, attribute) > getattr(front[-1], attribute):
+            front.append(row)
+    return front[::-1]
+
+
 def plot(results: list[DatasetResult], path: Path) -> None:
+    """QPS against recall: one curve per engine and thread count along nprobe; the fast-scan
+    engines (several k_factors each) as the Pareto front over all their (nprobe, k_factor)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    colors = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3"}
     for row_axes, result in zip(axes, results):
         for ax, attribute, title in zip(row_axes, ("batch_qps", "single_qps"), ("batch", "single queries")):
-            engines = sorted({(r.engine, r.threads) for r in result.search})
-            for engine, threads in engines:
-                rows = sorted((r for r in result.search if (r.engine, r.threads) == (engine, threads)), key=lambda r: r.nprobe)
-                rows = [r for r in rows if getattr(r, attribute)]
-                if not rows:
-                    continue
-                style = "-" if threads == max(t for _, t in engines) else ":"
-                color = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3"}[engine.split("+")[0]]
-                marker = "s" if "rerank" in engine or "refine" in engine else "o"
+            curves: dict[tuple[str, int], list[SearchRow]] = {}
+            for r in result.search:
+                if getattr(r, attribute):
+                    name = r.engine.split("+")[0] if is_fast_scan(r.engine) else r.engine
+                    curves.setdefault((name, r.threads), []).append(r)
+            top_threads = max((t for _, t in curves), default=1)
+            for (name, threads), rows in sorted(curves.items()):
+                if is_fast_scan(name):
+                    rows = pareto(rows, attribute)
+                else:
+                    rows = sorted(rows, key=lambda r: r.nprobe)
+                style = "-" if threads == top_threads else ":"
+                marker = "s" if "rerank" in name or "refine" in name or is_fast_scan(name) else "o"
+                label = f"{name} + re-ranking (best of nprobe, k_factor)" if is_fast_scan(name) else name
                 ax.plot([r.recall for r in rows], [getattr(r, attribute) for r in rows], style,
-                        color=color, marker=marker, label=f"{engine}, {threads} thr")
+                        color=colors[name.split("+")[0]], marker=marker, label=f"{label}, {threads} thr")
             ax.set_yscale("log")
             ax.set_xlabel(f"recall@{K}")
             ax.set_ylabel("queries / s")
