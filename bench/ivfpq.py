@@ -118,12 +118,12 @@ def recall_at_k(labels: np.ndarray, truth: np.ndarray) -> float:
 
 class RetroEngine:
     """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers, or 4-bit fast-scan with twice as
-    many (the same code bytes per vector)."""
+    many (the same code bytes per vector) of the vectors themselves, as faiss's fast-scan index."""
 
     def __init__(self, data: Dataset, pq_bits: int = 8) -> None:
         pq_m = data.pq_m if pq_bits == 8 else 2 * data.pq_m
         self.name = "retro" if pq_bits == 8 else "retro-fs"
-        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits)
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=pq_bits == 8)
         self.index.niter = data.niter
 
     def train(self, x: np.ndarray) -> None:
@@ -153,6 +153,7 @@ class FaissEngine:
         else:
             self.name = "faiss-fs"
             self.index = faiss.index_factory(d, f"IVF{data.nlist},PQ{2 * data.pq_m}x4fs")  # IndexIVFPQFastScan
+            self.index.by_residual = False  # its default, stated: both engines code the vectors
         self.index.cp.niter = data.niter
         self.index.pq.cp.niter = data.niter
         self.index.cp.verbose = False

@@ -229,18 +229,19 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<retro::IvfPqIndex>(m, "IvfPqIndex")
       .def(py::init([](int d, idx_t nlist, int pq_m, int pq_bits, const std::string& metric,
-                       uint64_t seed) {
+                       uint64_t seed, bool by_residual) {
              return std::make_unique<retro::IvfPqIndex>(d, nlist, pq_m, pq_bits,
-                                                        parse_metric(metric), seed);
+                                                        parse_metric(metric), seed, by_residual);
            }),
            py::arg("d"), py::arg("nlist"), py::arg("pq_m"), py::arg("pq_bits") = 8,
-           py::arg("metric") = "l2", py::arg("seed") = 0)
+           py::arg("metric") = "l2", py::arg("seed") = 0, py::arg("by_residual") = true)
       .def_property_readonly("d", &retro::IvfPqIndex::d)
       .def_property_readonly("nlist", &retro::IvfPqIndex::nlist)
       .def_property_readonly("pq_m", &retro::IvfPqIndex::pq_m)
       .def_property_readonly("pq_bits", &retro::IvfPqIndex::pq_bits)
       .def_property_readonly("metric", [](const retro::IvfPqIndex& i) { return metric_name(i.metric()); })
       .def_property_readonly("seed", &retro::IvfPqIndex::seed)
+      .def_property_readonly("by_residual", &retro::IvfPqIndex::by_residual)
       .def_property_readonly("ntotal", &retro::IvfPqIndex::ntotal)
       .def_property_readonly("is_trained", &retro::IvfPqIndex::is_trained)
       .def_property_readonly("is_mmapped", &retro::IvfPqIndex::is_mmapped)

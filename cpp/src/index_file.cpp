@@ -120,7 +120,7 @@ void IvfPqIndex::save(const std::string& path) const {
   std::memset(&h, 0, sizeof(h));
   std::memcpy(h.magic, kIndexMagic, sizeof(h.magic));
   h.version = pq_bits_ == 4 ? 3 : 2;
-  h.index_type = kIndexTypeIvfPq;
+  h.index_type = by_residual_ ? kIndexTypeIvfPq : kIndexTypeIvfPqNoResidual;
   h.metric = static_cast<uint32_t>(metric_);
   h.pq_bits = static_cast<uint32_t>(pq_bits_);
   h.d = static_cast<uint64_t>(d_);
@@ -203,7 +203,9 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
               h.version, kOldestIndexVersion, kIndexVersion);
   RETRO_CHECK(h.header_checksum == xxh64(&h, offsetof(FileHeader, header_checksum)),
               "'%s' is corrupt: header checksum mismatch", name);
-  RETRO_CHECK(h.index_type == kIndexTypeIvfPq && h.num_sections == kNumSections,
+  RETRO_CHECK((h.index_type == kIndexTypeIvfPq ||
+               (h.index_type == kIndexTypeIvfPqNoResidual && h.version >= 3)) &&
+                  h.num_sections == kNumSections,
               "'%s' holds an index type this build does not know (type %u)", name, h.index_type);
   RETRO_CHECK(h.d > 0 && h.d <= (1u << 20) && h.nlist > 0 && h.nlist <= (1ull << 40) &&
                   h.pq_m > 0 && h.pq_m <= h.d && h.ntotal <= (1ull << 48) &&
@@ -217,7 +219,8 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   try {
     index = std::make_unique<IvfPqIndex>(static_cast<int>(h.d), static_cast<idx_t>(h.nlist),
                                          static_cast<int>(h.pq_m), static_cast<int>(h.pq_bits),
-                                         static_cast<Metric>(h.metric), h.seed);
+                                         static_cast<Metric>(h.metric), h.seed,
+                                         h.index_type == kIndexTypeIvfPq);
   } catch (const Error& e) {
     throw Error(ErrorKind::Runtime, "'" + path + "' is corrupt: " + e.what());
   }

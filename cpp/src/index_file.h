@@ -10,7 +10,8 @@
 //     5 terms             8-bit L2 only: each list's ||r||^2 + 2<c, r> per vector, padded to 64
 //                         vectors (empty otherwise)
 //
-// Version 3 is version 2 plus pq_bits = 4 (fast-scan blocks of 32 vectors); a file is written
+// Version 3 is version 2 plus pq_bits = 4 (fast-scan blocks of 32 vectors) and index type 2 (PQ
+// of the vectors, not of their residuals; 4-bit only); a file is written
 // with the lowest version that holds it, so 8-bit indexes stay readable by version-2 builds.
 //
 // Sections 0-2 are always verified; 3-5 when loading with verify=true. Memory-mapped loads point
@@ -25,7 +26,8 @@ namespace retro {
 constexpr char kIndexMagic[8] = {'R', 'E', 'T', 'R', 'O', 'I', 'D', 'X'};
 constexpr uint32_t kIndexVersion = 3;       // 2: code blocks of 64 vectors; 3: 4-bit codes
 constexpr uint32_t kOldestIndexVersion = 2;  // version 1 (blocks of 16) is refused
-constexpr uint32_t kIndexTypeIvfPq = 1;
+constexpr uint32_t kIndexTypeIvfPq = 1;            // PQ of the residuals to the coarse centroids
+constexpr uint32_t kIndexTypeIvfPqNoResidual = 2;  // PQ of the vectors (by_residual = false)
 constexpr int kNumSections = 6;
 
 struct FileSection {

@@ -35,12 +35,13 @@ void IvfPqIndex::fast_scan_lists(const float* lut, const idx_t* probes, const fl
   //   lut + ||r_mj||^2 + 2<c_lm, r_mj> = ||x - c - r||^2 - ||x - c||^2, row by row,
   // its list part computed here from c (d * 16 multiply-adds, cheaper than reading a stored
   // (nlist, pq_m, 16) table from memory at every probe).
-  const bool per_list = metric_ == Metric::L2;
+  const bool per_list = metric_ == Metric::L2 && by_residual_;
+  // Without residuals (by_residual false) the L2 table is ||r_mj||^2 - 2<x_m, r_mj>, also one per
+  // query.
   float* query_lut = buffers.query_lut.data();
-  if (per_list)
+  if (metric_ == Metric::L2)
     for (size_t i = 0; i < table_size; ++i) query_lut[i] = lut[i] + derived_->pq_norms[i];
-  else
-    table.build(lut);
+  if (!per_list) table.build(metric_ == Metric::L2 ? query_lut : lut);
   for (int p = p0; p < p1; ++p) {
     const idx_t l = probes[p];
     if (l < 0 || lists_[l].size == 0) continue;

@@ -22,8 +22,15 @@ namespace {
 constexpr idx_t kEncodeBatch = 16384;  // vectors encoded at a time (bounds the residual buffer)
 }
 
-IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed)
-    : d_(d), nlist_(nlist), pq_m_(pq_m), pq_bits_(pq_bits), metric_(metric), seed_(seed) {
+IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed,
+                       bool by_residual)
+    : d_(d),
+      nlist_(nlist),
+      pq_m_(pq_m),
+      pq_bits_(pq_bits),
+      metric_(metric),
+      seed_(seed),
+      by_residual_(by_residual) {
   RETRO_CHECK_ARG(d > 0, "dimension d must be positive, got %d", d);
   RETRO_CHECK_ARG(nlist > 0, "nlist must be positive, got %lld", static_cast<long long>(nlist));
   RETRO_CHECK_ARG(pq_m > 0, "pq_m must be positive, got %d", pq_m);
@@ -32,6 +39,9 @@ IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric,
                   "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got %d", pq_bits);
   RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
                   static_cast<unsigned>(metric));
+  RETRO_CHECK_ARG(by_residual || pq_bits == 4,
+                  "by_residual=false (PQ of the vectors themselves) needs pq_bits=4, got %d",
+                  pq_bits);
   lists_.resize(nlist);
   owned_.resize(nlist);
 }
@@ -69,14 +79,15 @@ void IvfPqIndex::train(idx_t n, const float* x) {
   coarse_centroids_ = std::move(coarse.centroids);
   coarse_objective_ = coarse.objective.back();
 
-  // Residuals of (a subsample of) the training points to their nearest coarse centroid.
+  // Residuals of (a subsample of) the training points to their nearest coarse centroid, or the
+  // points themselves.
   const idx_t max_pq_points = static_cast<idx_t>(ksub()) * train_params.max_points_per_centroid;
   const idx_t n_pq = train_params.max_points_per_centroid > 0 ? std::min(n, max_pq_points) : n;
   const idx_t stride = n / n_pq;  // evenly spaced rows, deterministic
   std::vector<float> residuals(static_cast<size_t>(n_pq) * d_);
   for (idx_t i = 0; i < n_pq; ++i)
     std::memcpy(&residuals[i * d_], x + i * stride * d_, d_ * sizeof(float));
-  {
+  if (by_residual_) {
     PackedVectors packed(nlist_, d_, coarse_centroids_.data(), d_);
     std::vector<float> dist(n_pq);
     std::vector<idx_t> assign(n_pq);
@@ -127,7 +138,7 @@ void IvfPqIndex::encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes)
 #pragma omp parallel for schedule(static)
   for (idx_t i = 0; i < n; ++i)
     for (int j = 0; j < d_; ++j)
-      residuals[i * d_ + j] = x[i * d_ + j] - coarse_centroids_[list_of[i] * d_ + j];
+      residuals[i * d_ + j] = x[i * d_ + j] - (by_residual_ ? coarse_centroids_[list_of[i] * d_ + j] : 0.0f);
   std::vector<idx_t> nearest(n);
   for (int m = 0; m < pq_m_; ++m) {
     knn(Metric::L2, n, residuals.data() + m * dsub, d_, derived_->pq[m], 1, dist.data(),
@@ -446,6 +457,15 @@ void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_
   std::vector<float> probe_dist(static_cast<size_t>(n) * nprobe);
   std::vector<idx_t> probes(static_cast<size_t>(n) * nprobe);
   knn(metric_, n, x, d_, derived_->coarse, nprobe, probe_dist.data(), probes.data());
+  if (!by_residual_) {
+    // The scans start from the bias of each probe: without residuals, the query's own part of
+    // the distance (||x||^2 for L2, 0 for inner product) instead of its distance to the centroid.
+    const simd::Kernels& kern = simd::kernels();
+    for (idx_t q = 0; q < n; ++q) {
+      const float bias = metric_ == Metric::L2 ? kern.inner_product(d_, x + q * d_, x + q * d_) : 0.0f;
+      std::fill(probe_dist.begin() + q * nprobe, probe_dist.begin() + (q + 1) * nprobe, bias);
+    }
+  }
   if (reranking) {
     const idx_t kc = k * params.k_factor;
     std::vector<float> cand_dist(static_cast<size_t>(n) * kc);

@@ -13,8 +13,10 @@ def index_factory(d: int, description: str, metric: Metric = "l2", seed: int = 0
     """Builds an empty index from a faiss-style description.
 
     Supported: ``"Flat"`` (exact search), ``"IVF<nlist>,PQ<pq_m>[x8]"`` (8-bit codes) and
-    ``"IVF<nlist>,PQ<pq_m>x4fs"`` (4-bit fast-scan codes; ``"x4"`` means the same: retro's only
-    4-bit codes are the fast-scan ones).
+    ``"IVF<nlist>,PQ<pq_m>x4fs"`` (4-bit fast-scan codes of the vectors themselves,
+    ``by_residual=False``, as faiss's ``IndexIVFPQFastScan`` has by default) or
+    ``"IVF<nlist>,PQ<pq_m>x4"`` (4-bit codes of the residuals, as faiss's 4-bit ``IndexIVFPQ``;
+    retro scans both with the fast-scan kernels).
     """
     spec = description.replace(" ", "")
     if spec == "Flat":
@@ -32,4 +34,4 @@ def index_factory(d: int, description: str, metric: Metric = "l2", seed: int = 0
             f"{description!r}: PQ codes are 8-bit ('PQ<m>' or 'PQ<m>x8') or 4-bit fast-scan "
             "('PQ<m>x4fs')"
         )
-    return IvfPqIndex(d, int(nlist), int(pq_m), pq_bits, metric, seed)
+    return IvfPqIndex(d, int(nlist), int(pq_m), pq_bits, metric, seed, by_residual=not fast_scan)

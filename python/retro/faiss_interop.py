@@ -57,6 +57,7 @@ def to_faiss(index: IvfPqIndex) -> Any:
     metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
     # faiss's Python constructor keeps a reference to the quantizer
     out = faiss.IndexIVFPQ(quantizer, index.d, index.nlist, index.pq_m, index.pq_bits, metric)
+    out.by_residual = index.by_residual
     pack = _pack_nibbles if index.pq_bits == 4 else np.ascontiguousarray
     if not index.is_trained:
         return out
@@ -110,14 +111,17 @@ def from_faiss(faiss_index: Any) -> IvfPqIndex:
             f"the coarse quantizer's metric ({quantizer.metric_type}) differs from the "
             f"IndexIVFPQ's ({ivf.metric_type}): retro assigns lists with the index's metric"
         )
-    if not ivf.by_residual:
-        raise ValueError("from_faiss needs an IndexIVFPQ that encodes residuals (by_residual=True)")
+    if not ivf.by_residual and ivf.pq.nbits != 4:
+        raise ValueError(
+            "from_faiss needs an IndexIVFPQ that encodes residuals (by_residual=True), or 4-bit "
+            "codes (retro's by_residual=False is 4-bit only)"
+        )
     if ivf.pq.nbits not in (4, 8):
         raise ValueError(f"from_faiss needs 8-bit or 4-bit PQ codes, got pq.nbits={ivf.pq.nbits}")
     d, nlist, pq_m, nbits = ivf.d, ivf.nlist, ivf.pq.M, ivf.pq.nbits
     metric = metrics[ivf.metric_type]
     if not ivf.is_trained:
-        return IvfPqIndex(d, nlist, pq_m, nbits, metric)
+        return IvfPqIndex(d, nlist, pq_m, nbits, metric, by_residual=ivf.by_residual)
 
     if quantizer.ntotal != nlist:
         raise ValueError(
@@ -125,7 +129,7 @@ def from_faiss(faiss_index: Any) -> IvfPqIndex:
         )
     coarse = quantizer.reconstruct_n(0, nlist)  # (nlist, d)
     pq = faiss.vector_to_array(ivf.pq.centroids).reshape(pq_m, ivf.pq.ksub, ivf.pq.dsub)
-    index = IvfPqIndex.from_trained(coarse, pq, metric)
+    index = IvfPqIndex.from_trained(coarse, pq, metric, by_residual=ivf.by_residual)
     invlists = ivf.invlists
     code_size = invlists.code_size
     for list_no in range(nlist):

@@ -31,12 +31,22 @@ class IvfPqIndex:
             ``rerank=`` vectors for exact results).
         metric: "l2" (squared Euclidean, smaller is better) or "ip" (inner product, larger is better).
         seed: seeds k-means; training is deterministic for a given seed and any thread count.
+        by_residual: quantize each vector's residual to its list's centroid (True), or the vector
+            itself (False, 4-bit only, as faiss's "PQ<m>x4fs"): then one look-up table per query
+            serves every list, which makes probes cheaper.
     """
 
     def __init__(
-        self, d: int, nlist: int, pq_m: int, pq_bits: int = 8, metric: Metric = "l2", seed: int = 0
+        self,
+        d: int,
+        nlist: int,
+        pq_m: int,
+        pq_bits: int = 8,
+        metric: Metric = "l2",
+        seed: int = 0,
+        by_residual: bool = True,
     ) -> None:
-        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed)
+        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed, bool(by_residual))
 
     @classmethod
     def _wrap(cls, core_index: Any) -> IvfPqIndex:
@@ -46,7 +56,12 @@ class IvfPqIndex:
 
     @classmethod
     def from_trained(
-        cls, coarse_centroids: Any, pq_centroids: Any, metric: Metric = "l2", seed: int = 0
+        cls,
+        coarse_centroids: Any,
+        pq_centroids: Any,
+        metric: Metric = "l2",
+        seed: int = 0,
+        by_residual: bool = True,
     ) -> IvfPqIndex:
         """An empty index trained with the given quantizers (e.g. another library's).
 
@@ -57,6 +72,7 @@ class IvfPqIndex:
             metric: "l2" or "ip"; vectors go to the list of the nearest (l2) or largest inner
                 product (ip) coarse centroid.
             seed: recorded for a later :meth:`train`.
+            by_residual: whether the PQ codes residuals (True) or the vectors themselves.
         """
         coarse = as_float32_matrix(coarse_centroids, "coarse centroids")
         pq = np.asarray(pq_centroids)
@@ -73,7 +89,7 @@ class IvfPqIndex:
                 f"PQ centroids {pq.shape} cover pq_m * dsub = {pq_m * dsub} dimensions but the "
                 f"coarse centroids have d={coarse.shape[1]}"
             )
-        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed)
+        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed, by_residual)
         self._index.set_trained(coarse, np.ascontiguousarray(pq, dtype=np.float32))
         return self
 
@@ -84,6 +100,9 @@ class IvfPqIndex:
     metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
     ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
     seed = property(lambda self: self._index.seed, doc="Seed of k-means and of its subsampling.")
+    by_residual = property(
+        lambda self: self._index.by_residual, doc="The PQ codes residuals (True) or the vectors."
+    )
     is_trained = property(lambda self: self._index.is_trained)
     is_mmapped = property(lambda self: self._index.is_mmapped, doc="Codes are memory-mapped.")
     coarse_objective = property(
@@ -212,7 +231,8 @@ class IvfPqIndex:
     def __repr__(self) -> str:
         return (
             f"IvfPqIndex(d={self.d}, nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
-            f"metric={self.metric!r}, ntotal={self.ntotal}, trained={self.is_trained})"
+            f"metric={self.metric!r}, by_residual={self.by_residual}, ntotal={self.ntotal}, "
+            f"trained={self.is_trained})"
         )
 
 

@@ -19,6 +19,11 @@
 // stored term; for L2 the terms ||r||^2 + 2<c, r> go into the list's table instead, computed from
 // the list's centroid at each probe. Its distances are those of the quantized table: approximate,
 // meant to be followed by exact re-ranking (IvfPqSearchParams::rerank_vectors).
+//
+// by_residual = false (4-bit only; faiss's default for "PQ<m>x4fs") quantizes the vectors
+// themselves instead of their residuals: the lists only select what is scanned, one table per
+// query serves every list (no per-list terms, no per-list quantization), and the distance is
+// ||x||^2 + sum_m (||r_mj||^2 - 2<x_m, r_mj>) (L2) or -sum_m <x_m, r_mj> (inner product).
 #pragma once
 #include <memory>
 #include <string>
@@ -52,7 +57,7 @@ class IvfPqIndex {
   static constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes
 
   IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
-             uint64_t seed = 0);
+             uint64_t seed = 0, bool by_residual = true);
   ~IvfPqIndex();
 
   // x: (n, d). Trains the coarse centroids then the PQ on residuals.
@@ -88,6 +93,7 @@ class IvfPqIndex {
   int dsub() const { return d_ / pq_m_; }
   Metric metric() const { return metric_; }
   uint64_t seed() const { return seed_; }
+  bool by_residual() const { return by_residual_; }  // PQ of residuals (true) or of the vectors
   bool is_trained() const { return is_trained_; }
   bool is_mmapped() const { return mapped_ != nullptr; }
   idx_t ntotal() const { return ntotal_; }
@@ -139,6 +145,7 @@ class IvfPqIndex {
   int pq_bits_;
   Metric metric_;
   uint64_t seed_;
+  bool by_residual_;
   bool is_trained_ = false;
   idx_t ntotal_ = 0;
   double coarse_objective_ = 0.0;
