@@ -178,9 +178,10 @@ def test_index_factory_bad_strings(description, message):
 def test_index_factory_good_strings():
     ivf = retro.index_factory(96, "IVF1024, PQ48x8", metric="ip")
     assert (ivf.nlist, ivf.pq_m, ivf.pq_bits, ivf.metric) == (1024, 48, 8, "ip")
-    for description in ("IVF1024,PQ96x4fs", "IVF1024,PQ96x4"):
+    for description, by_residual in (("IVF1024,PQ96x4fs", False), ("IVF1024,PQ96x4", True)):
         fast = retro.index_factory(96, description)
         assert (fast.nlist, fast.pq_m, fast.pq_bits, fast.metric) == (1024, 96, 4, "l2")
+        assert fast.by_residual == by_residual  # as faiss's IndexIVFPQFastScan / 4-bit IndexIVFPQ
     flat = retro.index_factory(96, "Flat")
     assert isinstance(flat, retro.FlatIndex) and flat.d == 96
 

@@ -28,17 +28,24 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed.transpose(0, 2, 3, 1)).ravel()
 
 
+BY_RESIDUAL = [True, False]  # PQ of the residuals, or of the vectors themselves ("x4fs")
+
+
 @pytest.fixture(scope="module")
 def fast(data):
-    """metric -> (an IVF64,PQ16x4fs index over data.base, the exact top-K of data.queries)."""
+    """(metric, by_residual) -> (an IVF64,PQ16x4fs index over data.base, the exact top-K of
+    data.queries)."""
     out = {}
     for metric in ("l2", "ip"):
-        index = retro.IvfPqIndex(D, NLIST, FS_PQ_M, pq_bits=4, metric=metric, seed=0)
-        index.train(data.base)
-        index.add(data.base)
         flat = retro.FlatIndex(D, metric)
         flat.add(data.base)
-        out[metric] = (index, flat.search(data.queries, K)[1])
+        truth = flat.search(data.queries, K)[1]
+        for by_residual in BY_RESIDUAL:
+            index = retro.IvfPqIndex(D, NLIST, FS_PQ_M, pq_bits=4, metric=metric, seed=0,
+                                     by_residual=by_residual)
+            index.train(data.base)
+            index.add(data.base)
+            out[metric, by_residual] = (index, truth)
     return out
 
 
@@ -128,10 +135,11 @@ def test_empty_lists_and_an_empty_index(small_data):
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_distances_are_the_pq_distances_within_the_table_quantization(fast, data, tmp_path, metric):
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_distances_are_the_pq_distances_within_the_table_quantization(fast, data, tmp_path, metric, by_residual):
     """A returned distance is the PQ distance of the vector's reconstruction, off by at most half
     a quantization step per sub-quantizer."""
-    index, _ = fast[metric]
+    index, _ = fast[metric, by_residual]
     index.save(tmp_path / "fs.index")
     f = read_index_file_4bit(tmp_path / "fs.index")
     recon = dict(zip(f["ids"], f["reconstructions"]))
@@ -143,34 +151,43 @@ def test_distances_are_the_pq_distances_within_the_table_quantization(fast, data
     np.testing.assert_allclose(distances, got, atol=0.02 * np.abs(exact).max())
 
 
-# (metric, nprobe, k_factor) -> minimum recall@10 with re-ranking; observed values in comments
+# (metric, by_residual, nprobe, k_factor) -> minimum recall@10 with re-ranking; observed values in
+# comments (k_factor 1 only re-orders: the recall without re-ranking)
 RECALL_FLOOR = {
-    ("l2", 4, 1): 0.78,  # observed 0.8055 (k_factor 1 only re-orders: as without re-ranking)
-    ("l2", 16, 4): 0.98,  # observed 1.0
-    ("ip", 4, 1): 0.77,  # observed 0.7915
-    ("ip", 16, 4): 0.97,  # observed 0.996
+    ("l2", True, 4, 1): 0.78,  # observed 0.8055
+    ("l2", True, 16, 4): 0.98,  # observed 1.0
+    ("ip", True, 4, 1): 0.77,  # observed 0.7915
+    ("ip", True, 16, 4): 0.97,  # observed 0.996
+    ("l2", False, 4, 1): 0.74,  # observed 0.773
+    ("l2", False, 16, 4): 0.98,  # observed 1.0
+    ("ip", False, 4, 1): 0.70,  # observed 0.733
+    ("ip", False, 16, 4): 0.97,  # observed 0.995
 }
 
 
-@pytest.mark.parametrize(("metric", "nprobe", "k_factor"), sorted(RECALL_FLOOR))
-def test_recall_with_reranking(fast, data, metric, nprobe, k_factor):
-    index, truth = fast[metric]
+@pytest.mark.parametrize(("metric", "by_residual", "nprobe", "k_factor"), sorted(RECALL_FLOOR))
+def test_recall_with_reranking(fast, data, metric, by_residual, nprobe, k_factor):
+    index, truth = fast[metric, by_residual]
     distances, labels = index.search(data.queries, K, nprobe=nprobe, rerank=data.base, k_factor=k_factor)
-    assert recall_at(labels, truth) >= RECALL_FLOOR[metric, nprobe, k_factor]
+    assert recall_at(labels, truth) >= RECALL_FLOOR[metric, by_residual, nprobe, k_factor]
     reference = np.take_along_axis(exact_distances(metric, data.queries, data.base), labels, axis=1)
     np.testing.assert_allclose(distances, reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_recall_without_reranking(fast, data, metric):
-    index, truth = fast[metric]
-    # observed l2 0.8055, ip 0.7915 (8-bit IVF64,PQ8 with the same 8 bytes: 0.8245 / 0.8165)
-    assert recall_at(index.search(data.queries, K, nprobe=4)[1], truth) >= 0.77
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_recall_without_reranking(fast, data, metric, by_residual):
+    index, truth = fast[metric, by_residual]
+    # observed with residuals l2 0.8055, ip 0.7915 (8-bit IVF64,PQ8 with the same 8 bytes:
+    # 0.8245 / 0.8165); of the vectors l2 0.773, ip 0.733
+    floor = 0.77 if by_residual else 0.70
+    assert recall_at(index.search(data.queries, K, nprobe=4)[1], truth) >= floor
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_results_do_not_depend_on_threads_or_batching(fast, data, metric):
-    index, _ = fast[metric]
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_results_do_not_depend_on_threads_or_batching(fast, data, metric, by_residual):
+    index, _ = fast[metric, by_residual]
     results = []
     for threads in (1, 2):
         retro.set_num_threads(threads)
@@ -183,10 +200,11 @@ def test_results_do_not_depend_on_threads_or_batching(fast, data, metric):
         assert np.array_equal(i_one[0], results[1][1][q]) and np.array_equal(d_one[0], results[1][0][q])
 
 
-def test_avx2_and_avx512_give_the_same_results(fast, data):
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_avx2_and_avx512_give_the_same_results(fast, data, by_residual):
     if not {"avx2", "avx512"} <= set(SIMD_LEVELS):
         pytest.skip("needs a CPU with both avx2 and avx512 kernels")
-    index, _ = fast["l2"]
+    index, _ = fast["l2", by_residual]
     results = {}
     for level in ("avx2", "avx512"):
         retro.set_simd_level(level)
@@ -199,7 +217,8 @@ def test_avx2_and_avx512_give_the_same_results(fast, data):
 
 
 def read_index_file_4bit(path):
-    """ids and reconstructions (coarse centroid + decoded residual) of a 4-bit index file."""
+    """ids and reconstructions (coarse centroid + decoded residual, or the decoded vector for index
+    type 2, by_residual=False) of a 4-bit index file."""
     h, raw = read_index_file_header(path)
     d, nlist, pq_m = int(h["d"]), int(h["nlist"]), int(h["pq_m"])
 
@@ -220,7 +239,8 @@ def read_index_file_4bit(path):
         codes = nibbles.reshape(nblocks, 2 * pairs, BLOCK).transpose(0, 2, 1).reshape(-1, 2 * pairs)
         codes = codes[: int(size), :pq_m]
         residual = np.concatenate([pq[m, codes[:, m]] for m in range(pq_m)], axis=1)
-        recon.append(coarse[list_no].astype(np.float64) + residual)
+        start = coarse[list_no].astype(np.float64) if int(h["index_type"]) == 1 else 0.0
+        recon.append(start + residual)
         pos += nblocks * pairs * 32
     return {"ids": ids, "reconstructions": np.concatenate(recon)}
 
@@ -233,17 +253,20 @@ def read_index_file_header(path):
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_save_load_and_mmap_give_the_same_results(fast, data, tmp_path, metric):
-    index, _ = fast[metric]
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_save_load_and_mmap_give_the_same_results(fast, data, tmp_path, metric, by_residual):
+    index, _ = fast[metric, by_residual]
     path = tmp_path / "fs.index"
     index.save(path)
     header, _ = read_index_file_header(path)
     assert int(header["version"]) == 3 and int(header["pq_bits"]) == 4
+    assert int(header["index_type"]) == (1 if by_residual else 2)
     expected = index.search(data.queries, K, nprobe=8)
     expected_rr = index.search(data.queries, K, nprobe=8, rerank=data.base)
     for mmap in (False, True):
         loaded = retro.IvfPqIndex.load(path, mmap=mmap, verify=True)
         assert (loaded.pq_bits, loaded.pq_m, loaded.ntotal, loaded.is_mmapped) == (4, FS_PQ_M, len(data.base), mmap)
+        assert loaded.by_residual == by_residual
         for got, want in zip(loaded.search(data.queries, K, nprobe=8), expected):
             assert np.array_equal(got, want)
         for got, want in zip(loaded.search(data.queries, K, nprobe=8, rerank=data.base), expected_rr):
@@ -263,7 +286,7 @@ def test_a_version_2_file_with_4bit_codes_is_refused(fast, tmp_path):
     """Version-2 readers know only 8-bit codes: a 4-bit index labelled version 2 is corrupt."""
     from support import HEADER_DTYPE, VERSION_OFFSET
 
-    index, _ = fast["l2"]
+    index, _ = fast["l2", True]
     path = tmp_path / "fs.index"
     index.save(path)
     raw = bytearray(path.read_bytes())
@@ -304,3 +327,8 @@ def test_training_needs_16_points():
 def test_scan4_entry_point_checks_its_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):
         _core._pq_scan4(*arguments)
+
+
+def test_by_residual_false_needs_4bit_codes():
+    with pytest.raises(ValueError, match="by_residual=false \\(PQ of the vectors themselves\\) needs pq_bits=4, got 8"):
+        retro.IvfPqIndex(16, 4, 4, pq_bits=8, by_residual=False)
