@@ -400,6 +400,43 @@ INSTANTIATE_TEST_SUITE_P(Metrics, IvfPqRoundTrip,
                                   "_" + std::to_string(std::get<1>(info.param)) + "bit";
                          });
 
+// 4-bit codes of the vectors themselves (by_residual = false): one table per query; the flag
+// survives save and load, and the results with it.
+TEST(IvfPqFastScan, CodesOfTheVectorsRoundTrip) {
+  const int d = 32, pq_m = 16, k = 10;
+  const idx_t nlist = 32, nb = 4000, nq = 100;
+  const std::vector<float> points = clustered(nb + nq, d, 128, 0.5f, 5);
+  const float* xb = points.data();
+  const float* xq = points.data() + nb * d;
+  FlatIndex flat(d, Metric::L2);
+  flat.add(nb, xb);
+  std::vector<float> truth_d(nq * k);
+  std::vector<idx_t> truth(nq * k);
+  flat.search(nq, xq, k, truth_d.data(), truth.data());
+
+  IvfPqIndex index(d, nlist, pq_m, 4, Metric::L2, 3, /*by_residual=*/false);
+  index.train_params.niter = 10;
+  index.train(nb, xb);
+  index.add(nb, xb);
+  IvfPqSearchParams params;
+  params.nprobe = 8;
+  params.rerank_vectors = xb;
+  params.rerank_rows = nb;
+  std::vector<float> dist(nq * k), dist2(nq * k);
+  std::vector<idx_t> labels(nq * k), labels2(nq * k);
+  index.search(nq, xq, k, dist.data(), labels.data(), params);
+  EXPECT_GE(recall(labels, truth, nq, k), 0.97);  // observed 0.998
+
+  const std::string path = temp_path("vectors_4bit.index");
+  index.save(path);
+  std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, true, true);
+  EXPECT_FALSE(loaded->by_residual());
+  loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
+  EXPECT_EQ(labels2, labels);
+  EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+  std::remove(path.c_str());
+}
+
 // --- errors ----------------------------------------------------------------------------------
 
 TEST(Errors, CarryTheirKindAndMessage) {
@@ -407,6 +444,8 @@ TEST(Errors, CarryTheirKindAndMessage) {
                [] { IvfPqIndex(18, 4, 4); });
   expect_error(ErrorKind::InvalidArgument, "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got 6",
                [] { IvfPqIndex(16, 4, 4, 6); });
+  expect_error(ErrorKind::InvalidArgument, "by_residual=false (PQ of the vectors themselves) needs pq_bits=4",
+               [] { IvfPqIndex(16, 4, 4, 8, Metric::L2, 0, false); });
   expect_error(ErrorKind::InvalidArgument, "nlist must be positive, got 0", [] { IvfPqIndex(16, 0, 4); });
   expect_error(ErrorKind::InvalidArgument, "unknown SIMD level 'sse'",
                [] { parse_simd_level("sse"); });
