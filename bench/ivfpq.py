@@ -43,8 +43,13 @@ import retro  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 TABLE_BEGIN, TABLE_END = report.markers("ivfpq-cpu")
-FAST_SCAN_BEGIN, FAST_SCAN_END = report.markers("ivfpq-fastscan-cpu")
 FAST_SCAN_ENGINES = ("retro-fs", "faiss-fs")  # engine names (and prefixes) of the fast-scan family
+
+
+def fast_scan_section(residual: bool) -> str:
+    """The PERFORMANCE.md markers of the fast-scan rows: codes of the vectors (faiss's default) or,
+    with --fs-residual, of their residuals."""
+    return "ivfpq-fastscan-residual-cpu" if residual else "ivfpq-fastscan-cpu"
 
 
 def is_fast_scan(engine: str) -> bool:
@@ -120,10 +125,10 @@ class RetroEngine:
     """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers, or 4-bit fast-scan with twice as
     many (the same code bytes per vector) of the vectors themselves, as faiss's fast-scan index."""
 
-    def __init__(self, data: Dataset, pq_bits: int = 8) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
         pq_m = data.pq_m if pq_bits == 8 else 2 * data.pq_m
         self.name = "retro" if pq_bits == 8 else "retro-fs"
-        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=pq_bits == 8)
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=by_residual)
         self.index.niter = data.niter
 
     def train(self, x: np.ndarray) -> None:
@@ -142,7 +147,7 @@ class RetroEngine:
 class FaissEngine:
     """faiss IndexIVFPQ (8-bit) or IndexIVFPQFastScan ("IVF<nlist>,PQ<2 pq_m>x4fs")."""
 
-    def __init__(self, data: Dataset, pq_bits: int = 8) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
         import faiss
 
         d = data.base.shape[1]
@@ -153,7 +158,7 @@ class FaissEngine:
         else:
             self.name = "faiss-fs"
             self.index = faiss.index_factory(d, f"IVF{data.nlist},PQ{2 * data.pq_m}x4fs")  # IndexIVFPQFastScan
-            self.index.by_residual = False  # its default, stated: both engines code the vectors
+            self.index.by_residual = by_residual  # faiss's default is False
         self.index.cp.niter = data.niter
         self.index.pq.cp.niter = data.niter
         self.index.cp.verbose = False
@@ -293,7 +298,9 @@ class DatasetResult:
     search: list[SearchRow] = field(default_factory=list)
 
 
-def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8):
+def build_engines(
+    data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8, by_residual: bool = True
+):
     """Trains and adds with both engines `repeats` times (interleaved); keeps the last pair."""
     train_x = data.base[: data.train_size]
     engines: dict[str, object] = {}
@@ -302,7 +309,7 @@ def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResu
     for repeat in range(repeats):
         for cls in (RetroEngine, FaissEngine) if repeat % 2 == 0 else (FaissEngine, RetroEngine):
             wait_for_idle()
-            engine = cls(data, pq_bits)
+            engine = cls(data, pq_bits, by_residual)
             train_s, _ = timed(lambda: engine.train(train_x))
             add_s, _ = timed(lambda: engine.add(data.base))
             timings.setdefault(engine.name, []).append((train_s, add_s))
@@ -551,16 +558,18 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
     return "\n".join(lines)
 
 
-def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: dict) -> str:
+def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: dict, residual: bool = False) -> str:
     """The fast-scan family: build times, every (threads, k_factor, nprobe) row side by side, and
     the best QPS of each engine at the recall targets."""
+    begin, end = report.markers(fast_scan_section(residual))
     lines = [
-        FAST_SCAN_BEGIN,
+        begin,
         f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
         f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
         f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
-        "faiss IndexFlatL2; both engines re-rank k * k_factor candidates exactly against the float32 "
-        "base vectors (faiss: IndexRefineFlat). Ratio = retro / faiss.",
+        f"faiss IndexFlatL2; both engines code the {'residuals (by_residual=True)' if residual else 'vectors themselves (by_residual=False)'} "
+        "and re-rank k * k_factor candidates exactly against the float32 base vectors (faiss: "
+        "IndexRefineFlat). Ratio = retro / faiss.",
         "",
     ]
     fmt = lambda v: "-" if not v else f"{v:,.0f}"  # noqa: E731
@@ -604,7 +613,7 @@ def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: d
             lines.append(f"| {threads} | {k_factor} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | "
                          f"{ours.batch_qps:,.0f} | {theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |")
         lines.append("")
-    lines.append(FAST_SCAN_END)
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -633,7 +642,8 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
         k_factors = args.fs_k_factors or data.fs_k_factors
         print(f"  fast-scan: IVF{data.nlist},PQ{2 * data.pq_m}x4fs + exact re-ranking, "
               f"{min(args.fs_nq, len(data.queries))} queries, k_factors {k_factors}")
-        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result, pq_bits=4)
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result, pq_bits=4,
+                                     by_residual=args.fs_residual)
         fs_data = replace(data, queries=data.queries[: args.fs_nq])
         rerankers = [RetroRerankEngine(ours, data.base, f) for f in k_factors] + [
             FaissRefineEngine(theirs, data.base, f) for f in k_factors
@@ -665,6 +675,9 @@ def main() -> None:
     parser.add_argument("--fs-k-factors", type=lambda s: [int(f) for f in s.split(",")], default=None,
                         help="k_factors of the fast-scan rows (default: 8,16,32,64 synthetic, 2,4,8,16 text)")
     parser.add_argument("--fs-nq", type=int, default=1000, help="queries per batch of the fast-scan rows")
+    parser.add_argument("--fs-residual", action="store_true",
+                        help="fast-scan codes of the residuals (by_residual=True) in both engines, instead "
+                             "of the vectors (faiss's default); results go to their own JSON and section")
     parser.add_argument("--max-idle-wait", type=float, default=120.0,
                         help="seconds to wait for an idle machine before each measurement (a shared "
                              "machine may never be idle: ratios measured in one process stay valid)")
@@ -687,13 +700,15 @@ def main() -> None:
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stem = "ivfpq_cpu" + ("_quick" if args.quick else "") + ("" if "pq8" in args.families else "_fastscan")
+    stem += "_residual" if args.fs_residual else ""
     output = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(output, indent=1))
     plot(results, RESULTS_DIR / f"{stem}.png")
     if not args.quick and "pq8" in args.families:
         report.update_performance_md("ivfpq-cpu", markdown(results, summaries, machine))
     if not args.quick and "fastscan" in args.families:
-        report.update_performance_md("ivfpq-fastscan-cpu", markdown_fast_scan(results, summaries, machine))
+        report.update_performance_md(fast_scan_section(args.fs_residual),
+                                     markdown_fast_scan(results, summaries, machine, args.fs_residual))
     print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {report.PERFORMANCE_MD}"))
 
 
