@@ -1,13 +1,22 @@
 """IVF-PQ on the CPU: retro against faiss IndexIVFPQ on the same data, parameters and threads.
 
     python bench/ivfpq.py                      # full run: 1M x 384 synthetic + real text embeddings
-    python bench/ivfpq.py --quick              # ~2 minutes: 100k x 384 synthetic, the demo
+    python bench/ivfpq.py --quick              # ~3 minutes: 100k x 384 synthetic, the demo
+    python bench/ivfpq.py --families fastscan --nq 1000   # only the 4-bit fast-scan comparison
 
 For each dataset both engines train on the same sample with the same k-means iterations, add the
 same vectors, and search the same queries for nprobe in 1..256 with 1 and 2 threads: recall@10
 against exact search (faiss IndexFlat), queries per second for a batch of queries and for single
-queries (medians of interleaved repeats, each with its CPU share). The full run writes
-bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in docs/PERFORMANCE.md.
+queries (medians of interleaved repeats, each with its CPU share).
+
+Two families of indexes, each against its faiss counterpart with equal code bytes per vector:
+"pq8" is 8-bit PQ (IndexIVFPQ, with IndexRefineFlat re-ranking rows on the text data), "fastscan"
+is 4-bit fast-scan PQ with twice the sub-quantizers ("IVF..,PQ<2m>x4fs") and exact re-ranking of
+k * k_factor candidates against the float32 base vectors (IndexRefineFlat), which is how both reach
+recall@10 0.90 and 0.95; its summary compares the best QPS of each engine over all (nprobe,
+k_factor) at those recalls. The re-ranking vectors (n x d float32) are stored apart from the codes.
+The full run writes bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in
+docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +43,21 @@ import retro  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 TABLE_BEGIN, TABLE_END = report.markers("ivfpq-cpu")
+FAST_SCAN_ENGINES = ("retro-fs", "faiss-fs")  # engine names (and prefixes) of the fast-scan family
+
+
+def fast_scan_section(residual: bool) -> str:
+    """The PERFORMANCE.md markers of the fast-scan rows: codes of the vectors (faiss's default) or,
+    with --fs-residual, of their residuals."""
+    return "ivfpq-fastscan-residual-cpu" if residual else "ivfpq-fastscan-cpu"
+
+
+def is_fast_scan(engine: str) -> bool:
+    return engine.startswith(FAST_SCAN_ENGINES)
 K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
+RECALL_TARGETS = (0.90, 0.95)  # where the fast-scan family is compared
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -53,12 +74,15 @@ class Dataset:
     pq_m: int
     train_size: int  # the same training sample for both engines: base[:train_size]
     niter: int
+    # k_factors of the fast-scan rows: the synthetic clusters are hard for PQ (8-bit recall@10
+    # saturates at 0.29), so recall 0.90 needs more re-ranked candidates there than on real text
+    fs_k_factors: tuple[int, ...] = (2, 4, 8, 16)
 
 
 def synthetic_dataset(n: int, nq: int, d: int = 384) -> Dataset:
     base, queries = datasets.synthetic_clustered_split(n, nq, d, seed=0)
     nlist = 4096 if n >= 1_000_000 else 1024
-    return Dataset(f"synthetic-{n // 1000}k", base, queries, nlist, d // 8, 64 * nlist, 10)
+    return Dataset(f"synthetic-{n // 1000}k", base, queries, nlist, d // 8, 64 * nlist, 10, (8, 16, 32, 64))
 
 
 def text_dataset(nq: int) -> Dataset:
@@ -98,10 +122,13 @@ def recall_at_k(labels: np.ndarray, truth: np.ndarray) -> float:
 
 
 class RetroEngine:
-    name = "retro"
+    """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers, or 4-bit fast-scan with twice as
+    many (the same code bytes per vector) of the vectors themselves, as faiss's fast-scan index."""
 
-    def __init__(self, data: Dataset) -> None:
-        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, data.pq_m)
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
+        pq_m = data.pq_m if pq_bits == 8 else 2 * data.pq_m
+        self.name = "retro" if pq_bits == 8 else "retro-fs"
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=by_residual)
         self.index.niter = data.niter
 
     def train(self, x: np.ndarray) -> None:
@@ -118,14 +145,20 @@ class RetroEngine:
 
 
 class FaissEngine:
-    name = "faiss"
+    """faiss IndexIVFPQ (8-bit) or IndexIVFPQFastScan ("IVF<nlist>,PQ<2 pq_m>x4fs")."""
 
-    def __init__(self, data: Dataset) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
         import faiss
 
         d = data.base.shape[1]
-        self.quantizer = faiss.IndexFlatL2(d)
-        self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
+        if pq_bits == 8:
+            self.name = "faiss"
+            self.quantizer = faiss.IndexFlatL2(d)
+            self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
+        else:
+            self.name = "faiss-fs"
+            self.index = faiss.index_factory(d, f"IVF{data.nlist},PQ{2 * data.pq_m}x4fs")  # IndexIVFPQFastScan
+            self.index.by_residual = by_residual  # faiss's default is False
         self.index.cp.niter = data.niter
         self.index.pq.cp.niter = data.niter
         self.index.cp.verbose = False
@@ -149,7 +182,7 @@ class RetroRerankEngine:
 
     def __init__(self, engine: RetroEngine, base: np.ndarray, k_factor: int) -> None:
         self.engine, self.base, self.k_factor = engine, base, k_factor
-        self.name = f"retro+rerank{k_factor}"
+        self.name = f"{engine.name}+rerank{k_factor}"
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         return self.engine.index.search(x, K, nprobe=nprobe, rerank=self.base, k_factor=self.k_factor)[1]
@@ -164,7 +197,7 @@ class FaissRefineEngine:
         self.engine = engine
         self.refine = faiss.IndexRefineFlat(engine.index, faiss.swig_ptr(base))
         self.refine.k_factor = k_factor
-        self.name = f"faiss+refine{k_factor}"
+        self.name = f"{engine.name}+refine{k_factor}"
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
         self.engine.index.nprobe = nprobe
@@ -187,8 +220,12 @@ class Timing:
     cpu_share: float  # CPU seconds / wall seconds of the median run (2.0 = two busy cores)
 
 
-def wait_for_idle(max_wait: float = 120.0) -> float:
+MAX_IDLE_WAIT = [120.0]  # seconds wait_for_idle() waits at most (--max-idle-wait)
+
+
+def wait_for_idle(max_wait: float | None = None) -> float:
     """Waits until the 1-minute load average falls below IDLE_LOAD; returns the load seen."""
+    max_wait = MAX_IDLE_WAIT[0] if max_wait is None else max_wait
     deadline = time.monotonic() + max_wait
     load = os.getloadavg()[0]
     while load > IDLE_LOAD and time.monotonic() < deadline:
@@ -261,21 +298,23 @@ class DatasetResult:
     search: list[SearchRow] = field(default_factory=list)
 
 
-def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResult):
+def build_engines(
+    data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8, by_residual: bool = True
+):
     """Trains and adds with both engines `repeats` times (interleaved); keeps the last pair."""
     train_x = data.base[: data.train_size]
     engines: dict[str, object] = {}
-    timings: dict[str, list[tuple[float, float]]] = {"retro": [], "faiss": []}
+    timings: dict[str, list[tuple[float, float]]] = {}
     set_threads(threads)
     for repeat in range(repeats):
         for cls in (RetroEngine, FaissEngine) if repeat % 2 == 0 else (FaissEngine, RetroEngine):
             wait_for_idle()
-            engine = cls(data)
+            engine = cls(data, pq_bits, by_residual)
             train_s, _ = timed(lambda: engine.train(train_x))
             add_s, _ = timed(lambda: engine.add(data.base))
-            timings[engine.name].append((train_s, add_s))
+            timings.setdefault(engine.name, []).append((train_s, add_s))
             engines[engine.name] = engine
-            print(f"  {engine.name:6s} train {train_s:7.2f} s  add {add_s:7.2f} s")
+            print(f"  {engine.name:8s} train {train_s:7.2f} s  add {add_s:7.2f} s")
     for name, samples in timings.items():
         result.build.append(
             BuildRow(
@@ -289,7 +328,9 @@ def build_engines(data: Dataset, threads: int, repeats: int, result: DatasetResu
                 data.niter,
             )
         )
-    return engines["retro"], engines["faiss"]
+    ours = next(e for e in engines.values() if isinstance(e, RetroEngine))
+    theirs = next(e for e in engines.values() if isinstance(e, FaissEngine))
+    return ours, theirs
 
 
 def search_grid(
@@ -354,6 +395,26 @@ def qps_at_recall(rows: list[SearchRow], recall: float, attribute: str) -> float
     return None
 
 
+def summarize_fast_scan(result: DatasetResult, threads: int) -> dict:
+    """At each recall target, the best batch QPS of each fast-scan engine over all its (nprobe,
+    k_factor) rows that reach it, that row's single-query QPS, and the ratios retro / faiss."""
+    rows = [r for r in result.search if r.threads == threads]
+    summary: dict = {"family": "fastscan", "threads": threads}
+    for target in RECALL_TARGETS:
+        best = {}
+        for prefix in ("retro-fs+", "faiss-fs+"):
+            reaching = [r for r in rows if r.engine.startswith(prefix) and r.recall >= target]
+            best[prefix[:-1]] = max(reaching, key=lambda r: r.batch_qps, default=None)
+        ours, theirs = best["retro-fs"], best["faiss-fs"]
+        entry = {name: asdict(row) if row else None for name, row in best.items()}
+        if ours and theirs:
+            entry["batch_ratio"] = ours.batch_qps / theirs.batch_qps
+            if ours.single_qps and theirs.single_qps:
+                entry["single_ratio"] = ours.single_qps / theirs.single_qps
+        summary[f"recall_{target:.2f}"] = entry
+    return summary
+
+
 def summarize(result: DatasetResult, threads: int) -> dict:
     rows = [r for r in result.search if r.threads == threads]
     ours = sorted((r for r in rows if r.engine == "retro"), key=lambda r: r.nprobe)
@@ -363,6 +424,7 @@ def summarize(result: DatasetResult, threads: int) -> dict:
     best = max(r.recall for r in theirs)
     anchor = next(r for r in theirs if r.recall >= 0.95 * best)
     summary = {
+        "family": "pq8",
         "threads": threads,
         "faiss_best_recall": best,
         "anchor_nprobe": anchor.nprobe,
@@ -397,30 +459,48 @@ def machine_info() -> dict:
     }
 
 
+def pareto(rows: list[SearchRow], attribute: str) -> list[SearchRow]:
+    """The rows no other row beats in both recall and QPS, by increasing recall: an engine's best
+    configurations when it has several knobs (nprobe and k_factor)."""
+    front: list[SearchRow] = []
+    for row in sorted(rows, key=lambda r: (-r.recall, -getattr(r, attribute))):
+        if not front or getattr(row, attribute) > getattr(front[-1], attribute):
+            front.append(row)
+    return front[::-1]
+
+
 def plot(results: list[DatasetResult], path: Path) -> None:
+    """QPS against recall: one curve per engine and thread count along nprobe; the fast-scan
+    engines (several k_factors each) as the Pareto front over all their (nprobe, k_factor)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    colors = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3"}
     for row_axes, result in zip(axes, results):
         for ax, attribute, title in zip(row_axes, ("batch_qps", "single_qps"), ("batch", "single queries")):
-            engines = sorted({(r.engine, r.threads) for r in result.search})
-            for engine, threads in engines:
-                rows = sorted((r for r in result.search if (r.engine, r.threads) == (engine, threads)), key=lambda r: r.nprobe)
-                rows = [r for r in rows if getattr(r, attribute)]
-                if not rows:
-                    continue
-                style = "-" if threads == max(t for _, t in engines) else ":"
-                color = "C0" if engine.startswith("retro") else "C1"
-                marker = "s" if "rerank" in engine or "refine" in engine else "o"
+            curves: dict[tuple[str, int], list[SearchRow]] = {}
+            for r in result.search:
+                if getattr(r, attribute):
+                    name = r.engine.split("+")[0] if is_fast_scan(r.engine) else r.engine
+                    curves.setdefault((name, r.threads), []).append(r)
+            top_threads = max((t for _, t in curves), default=1)
+            for (name, threads), rows in sorted(curves.items()):
+                if is_fast_scan(name):
+                    rows = pareto(rows, attribute)
+                else:
+                    rows = sorted(rows, key=lambda r: r.nprobe)
+                style = "-" if threads == top_threads else ":"
+                marker = "s" if "rerank" in name or "refine" in name or is_fast_scan(name) else "o"
+                label = f"{name} + re-ranking (best of nprobe, k_factor)" if is_fast_scan(name) else name
                 ax.plot([r.recall for r in rows], [getattr(r, attribute) for r in rows], style,
-                        color=color, marker=marker, label=f"{engine}, {threads} thr")
+                        color=colors[name.split("+")[0]], marker=marker, label=f"{label}, {threads} thr")
             ax.set_yscale("log")
             ax.set_xlabel(f"recall@{K}")
             ax.set_ylabel("queries / s")
-            ax.set_title(f"{result.name} (nlist {result.nlist}, PQ{result.pq_m}): {title}")
+            ax.set_title(f"{result.name} (nlist {result.nlist}; PQ{result.pq_m}, PQ{2 * result.pq_m}x4fs): {title}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -440,6 +520,8 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
         lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, IVF{result.nlist},PQ{result.pq_m}", ""]
         lines += ["| engine | threads | train s | add s | k-means objective |", "|---|---|---|---|---|"]
         for b in result.build:
+            if is_fast_scan(b.engine):
+                continue
             lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} | {b.coarse_objective:.6g} |")
         lines += ["", "| threads | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -456,13 +538,13 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
                 f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
                 f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |"
             )
-        rerank = [r for r in result.search if "rerank" in r.engine or "refine" in r.engine]
+        rerank = [r for r in result.search if ("rerank" in r.engine or "refine" in r.engine) and not is_fast_scan(r.engine)]
         if rerank:
             lines += ["", "With exact re-ranking (batch):", "", "| engine | threads | nprobe | recall | batch QPS |", "|---|---|---|---|---|"]
             for r in sorted(rerank, key=lambda r: (r.engine, r.threads, r.nprobe)):
                 lines.append(f"| {r.engine} | {r.threads} | {r.nprobe} | {r.recall:.3f} | {r.batch_qps:,.0f} |")
         for s in summaries.get(result.name, []):
-            if not s:
+            if not s or s["family"] != "pq8":
                 continue
             fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
             lines += ["", f"Summary, {s['threads']} thread(s): faiss reaches 95% of its best recall@{K} "
@@ -476,6 +558,65 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
     return "\n".join(lines)
 
 
+def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: dict, residual: bool = False) -> str:
+    """The fast-scan family: build times, every (threads, k_factor, nprobe) row side by side, and
+    the best QPS of each engine at the recall targets."""
+    begin, end = report.markers(fast_scan_section(residual))
+    lines = [
+        begin,
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
+        f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
+        f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
+        f"faiss IndexFlatL2; both engines code the {'residuals (by_residual=True)' if residual else 'vectors themselves (by_residual=False)'} "
+        "and re-rank k * k_factor candidates exactly against the float32 base vectors (faiss: "
+        "IndexRefineFlat). Ratio = retro / faiss.",
+        "",
+    ]
+    fmt = lambda v: "-" if not v else f"{v:,.0f}"  # noqa: E731
+    for result in results:
+        rows = [r for r in result.search if is_fast_scan(r.engine)]
+        if not rows:
+            continue
+        fs_m = 2 * result.pq_m
+        lines += [f"### {result.name}: {result.n:,} x {result.d}, IVF{result.nlist},PQ{fs_m}x4fs "
+                  f"({fs_m // 2} code bytes per vector; re-ranking vectors {4 * result.d} bytes per vector, apart)", ""]
+        lines += ["| engine | threads | train s | add s |", "|---|---|---|---|"]
+        for b in result.build:
+            if is_fast_scan(b.engine):
+                lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} |")
+        for s in summaries.get(result.name, []):
+            if s.get("family") != "fastscan":
+                continue
+            for target in RECALL_TARGETS:
+                entry = s[f"recall_{target:.2f}"]
+                ours, theirs = entry["retro-fs"], entry["faiss-fs"]
+                describe = lambda row: (  # noqa: E731
+                    "not reached" if row is None else
+                    f"{row['batch_qps']:,.0f} QPS batch, {fmt(row['single_qps'])} single "
+                    f"({row['engine'].split('+')[1]}, nprobe {row['nprobe']}, recall {row['recall']:.3f})")
+                ratio = (f"**{entry['batch_ratio']:.2f}x** batch, **{entry.get('single_ratio', 0):.2f}x** single"
+                         if "batch_ratio" in entry else "n/a")
+                lines += ["", f"At recall@{K} >= {target:.2f}, {s['threads']} thread(s): retro {describe(ours)}; "
+                          f"faiss {describe(theirs)}; retro / faiss = {ratio}."]
+        lines += ["", "| threads | k_factor | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        by_key = {(r.engine, r.threads, r.nprobe): r for r in rows}
+        ours_rows = [(key, row) for key, row in by_key.items() if key[0].startswith("retro-fs+")]
+        k_factor_of = lambda engine: int(engine.split("rerank")[1])  # noqa: E731
+        for (engine, threads, nprobe), ours in sorted(ours_rows, key=lambda kv: (kv[0][1], k_factor_of(kv[0][0]), kv[0][2])):
+            k_factor = k_factor_of(engine)
+            theirs = by_key.get((f"faiss-fs+refine{k_factor}", threads, nprobe))
+            if theirs is None:
+                continue
+            single = (f"{fmt(ours.single_qps)} | {fmt(theirs.single_qps)} | {ours.single_qps / theirs.single_qps:.2f}"
+                      if ours.single_qps and theirs.single_qps else "- | - | -")
+            lines.append(f"| {threads} | {k_factor} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | "
+                         f"{ours.batch_qps:,.0f} | {theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |")
+        lines.append("")
+    lines.append(end)
+    return "\n".join(lines)
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -485,15 +626,32 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
     truth = ground_truth(data)
     result = DatasetResult(data.name, len(data.base), len(data.queries), data.base.shape[1], data.nlist, data.pq_m)
     threads_list = sorted(args.threads, reverse=True)
-    ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
-    for threads in threads_list:
-        search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
-    if args.rerank and data.name.startswith("text"):
-        rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.rerank] + [
-            FaissRefineEngine(theirs, data.base, f) for f in args.rerank
+    summaries = []
+    if "pq8" in args.families:
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
+        for threads in threads_list:
+            search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
+        if args.rerank and data.name.startswith("text"):
+            rerankers = [RetroRerankEngine(ours, data.base, f) for f in args.rerank] + [
+                FaissRefineEngine(theirs, data.base, f) for f in args.rerank
+            ]
+            search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
+        summaries += [summarize(result, t) for t in threads_list]
+        del ours, theirs
+    if "fastscan" in args.families:
+        k_factors = args.fs_k_factors or data.fs_k_factors
+        print(f"  fast-scan: IVF{data.nlist},PQ{2 * data.pq_m}x4fs + exact re-ranking, "
+              f"{min(args.fs_nq, len(data.queries))} queries, k_factors {k_factors}")
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result, pq_bits=4,
+                                     by_residual=args.fs_residual)
+        fs_data = replace(data, queries=data.queries[: args.fs_nq])
+        rerankers = [RetroRerankEngine(ours, data.base, f) for f in k_factors] + [
+            FaissRefineEngine(theirs, data.base, f) for f in k_factors
         ]
-        search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
-    summaries = [summarize(result, t) for t in threads_list]
+        for threads in threads_list:
+            search_grid(fs_data, rerankers, truth[: args.fs_nq], threads, args.nprobes, args.repeats,
+                        args.single, result)
+        summaries += [summarize_fast_scan(result, t) for t in threads_list]
     for s in summaries:
         print("  summary:", json.dumps(s))
     return result, summaries
@@ -511,11 +669,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--build-repeats", type=int, default=3)
     parser.add_argument("--rerank", type=lambda s: [int(f) for f in s.split(",")], default=[4, 16],
-                        help="k_factors for the re-ranking rows (text dataset)")
+                        help="k_factors for the 8-bit re-ranking rows (text dataset)")
+    parser.add_argument("--families", type=lambda s: s.split(","), default=["pq8", "fastscan"],
+                        help="comma list of pq8 (8-bit IndexIVFPQ) and fastscan (4-bit PQ..x4fs + re-ranking)")
+    parser.add_argument("--fs-k-factors", type=lambda s: [int(f) for f in s.split(",")], default=None,
+                        help="k_factors of the fast-scan rows (default: 8,16,32,64 synthetic, 2,4,8,16 text)")
+    parser.add_argument("--fs-nq", type=int, default=1000, help="queries per batch of the fast-scan rows")
+    parser.add_argument("--fs-residual", action="store_true",
+                        help="fast-scan codes of the residuals (by_residual=True) in both engines, instead "
+                             "of the vectors (faiss's default); results go to their own JSON and section")
+    parser.add_argument("--max-idle-wait", type=float, default=120.0,
+                        help="seconds to wait for an idle machine before each measurement (a shared "
+                             "machine may never be idle: ratios measured in one process stay valid)")
     args = parser.parse_args()
+    MAX_IDLE_WAIT[0] = args.max_idle_wait
     if args.quick:
         args.datasets, args.n, args.nq, args.single = "synthetic", 100_000, 2_000, 200
         args.nprobes, args.repeats, args.build_repeats, args.threads = (1, 4, 16, 64), 3, 1, [os.cpu_count() or 1]
+        args.fs_k_factors = [8, 32]
 
     machine = machine_info()
     print(f"retro {machine['retro_version']} ({machine['retro_simd']}) vs faiss {machine['faiss_version']} on {machine['cpu']}")
@@ -528,12 +699,16 @@ def main() -> None:
         del data
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "ivfpq_cpu_quick" if args.quick else "ivfpq_cpu"
-    report = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    stem = "ivfpq_cpu" + ("_quick" if args.quick else "") + ("" if "pq8" in args.families else "_fastscan")
+    stem += "_residual" if args.fs_residual else ""
+    output = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(output, indent=1))
     plot(results, RESULTS_DIR / f"{stem}.png")
-    if not args.quick:
+    if not args.quick and "pq8" in args.families:
         report.update_performance_md("ivfpq-cpu", markdown(results, summaries, machine))
+    if not args.quick and "fastscan" in args.families:
+        report.update_performance_md(fast_scan_section(args.fs_residual),
+                                     markdown_fast_scan(results, summaries, machine, args.fs_residual))
     print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {report.PERFORMANCE_MD}"))
 
 

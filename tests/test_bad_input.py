@@ -29,8 +29,8 @@ def x(small_data):
     ("kwargs", "message"),
     [
         ({"d": 18, "nlist": 4, "pq_m": 4}, "d=18 is not divisible by pq_m=4"),
-        ({"d": 16, "nlist": 4, "pq_m": 4, "pq_bits": 4}, "pq_bits must be 8, got 4"),
-        ({"d": 16, "nlist": 4, "pq_m": 4, "pq_bits": 16}, "pq_bits must be 8, got 16"),
+        ({"d": 16, "nlist": 4, "pq_m": 4, "pq_bits": 5}, "pq_bits must be 8 \\(PQ\\) or 4 \\(fast-scan PQ\\), got 5"),
+        ({"d": 16, "nlist": 4, "pq_m": 4, "pq_bits": 16}, "pq_bits must be 8 \\(PQ\\) or 4 \\(fast-scan PQ\\), got 16"),
         ({"d": 0, "nlist": 4, "pq_m": 4}, "dimension d must be positive"),
         ({"d": 16, "nlist": 0, "pq_m": 4}, "nlist must be positive"),
         ({"d": 16, "nlist": 4, "pq_m": 0}, "pq_m must be positive"),
@@ -164,8 +164,8 @@ def test_global_settings_refuse_bad_values():
 @pytest.mark.parametrize(
     ("description", "message"),
     [
-        ("IVF1024,PQ96x4fs", "only 8-bit PQ codes are supported \\(4-bit fast-scan"),
-        ("IVF1024,PQ96x4", "only 8-bit PQ codes are supported \\(4-bit fast-scan"),
+        ("IVF1024,PQ96x8fs", "PQ codes are 8-bit \\('PQ<m>' or 'PQ<m>x8'\\) or 4-bit fast-scan"),
+        ("IVF1024,PQ96x6", "PQ codes are 8-bit"),
         ("HNSW32", "unsupported index description 'HNSW32'"),
         ("IVF1024", "unsupported index description"),
         ("", "unsupported index description"),
@@ -180,6 +180,10 @@ def test_index_factory_bad_strings(description, message):
 def test_index_factory_good_strings():
     ivf = retro.index_factory(96, "IVF1024, PQ48x8", metric="ip")
     assert (ivf.nlist, ivf.pq_m, ivf.pq_bits, ivf.metric) == (1024, 48, 8, "ip")
+    for description, by_residual in (("IVF1024,PQ96x4fs", False), ("IVF1024,PQ96x4", True)):
+        fast = retro.index_factory(96, description)
+        assert (fast.nlist, fast.pq_m, fast.pq_bits, fast.metric) == (1024, 96, 4, "l2")
+        assert fast.by_residual == by_residual  # as faiss's IndexIVFPQFastScan / 4-bit IndexIVFPQ
     flat = retro.index_factory(96, "Flat")
     assert isinstance(flat, retro.FlatIndex) and flat.d == 96
 

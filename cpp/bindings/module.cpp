@@ -200,6 +200,27 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("level"), py::arg("codes"), py::arg("lut"), py::arg("n"), py::arg("bias"),
      py::arg("terms"), py::arg("threshold"));
+  // The 4-bit scan on a given quantized table: (sums, survivors) of the first n vectors.
+  m.def("_pq_scan4", [](const std::string& level, py::array_t<uint8_t, py::array::c_style> codes,
+                        py::array_t<uint8_t, py::array::c_style> qlut, idx_t n, int limit) {
+    if (qlut.ndim() != 2 || qlut.shape(1) != 16 || qlut.shape(0) % 2 != 0 || qlut.shape(0) == 0)
+      throw py::value_error("qlut must be (pq_m rounded up to even, 16) uint8");
+    if (limit < 0 || limit > 65535) throw py::value_error("limit must be in [0, 65535]");
+    const int pairs = static_cast<int>(qlut.shape(0)) / 2;
+    const idx_t block = retro::simd::kFastScanBlock;
+    const idx_t padded = (n + block - 1) / block * block;
+    if (n < 0 || codes.ndim() != 1 || codes.shape(0) != padded / block * pairs * 32)
+      throw py::value_error("codes must hold the 4-bit blocks of n vectors");
+    py::array_t<uint16_t> sums(static_cast<py::ssize_t>(padded));
+    std::vector<uint32_t> survivors(static_cast<size_t>(padded));
+    const size_t count = retro::simd::kernels_for(retro::parse_simd_level(level))
+        .pq_scan4(n, 2 * pairs, codes.data(), qlut.data(), static_cast<uint16_t>(limit),
+                  sums.mutable_data(), survivors.data());
+    IdArray out(static_cast<py::ssize_t>(count));
+    for (size_t i = 0; i < count; ++i) out.mutable_data()[i] = survivors[i];
+    return py::make_tuple(sums, out);
+  }, py::arg("level"), py::arg("codes"), py::arg("qlut"), py::arg("n"), py::arg("limit"));
+  m.attr("_fast_scan_block") = retro::simd::kFastScanBlock;
   m.def("_gemm", [](const std::string& level, FloatArray a, FloatArray b) {
     if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1))
       throw py::value_error("a (m, k) and b (n, k) must share k");
@@ -236,18 +257,19 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<retro::IvfPqIndex>(m, "IvfPqIndex")
       .def(py::init([](int d, idx_t nlist, int pq_m, int pq_bits, const std::string& metric,
-                       uint64_t seed) {
+                       uint64_t seed, bool by_residual) {
              return std::make_unique<retro::IvfPqIndex>(d, nlist, pq_m, pq_bits,
-                                                        parse_metric(metric), seed);
+                                                        parse_metric(metric), seed, by_residual);
            }),
            py::arg("d"), py::arg("nlist"), py::arg("pq_m"), py::arg("pq_bits") = 8,
-           py::arg("metric") = "l2", py::arg("seed") = 0)
+           py::arg("metric") = "l2", py::arg("seed") = 0, py::arg("by_residual") = true)
       .def_property_readonly("d", &retro::IvfPqIndex::d)
       .def_property_readonly("nlist", &retro::IvfPqIndex::nlist)
       .def_property_readonly("pq_m", &retro::IvfPqIndex::pq_m)
       .def_property_readonly("pq_bits", &retro::IvfPqIndex::pq_bits)
       .def_property_readonly("metric", [](const retro::IvfPqIndex& i) { return metric_name(i.metric()); })
       .def_property_readonly("seed", &retro::IvfPqIndex::seed)
+      .def_property_readonly("by_residual", &retro::IvfPqIndex::by_residual)
       .def_property_readonly("ntotal", &retro::IvfPqIndex::ntotal)
       .def_property_readonly("is_trained", &retro::IvfPqIndex::is_trained)
       .def_property_readonly("is_mmapped", &retro::IvfPqIndex::is_mmapped)

@@ -30,21 +30,6 @@ float squared_norm(int d, const float* x) {
   return s;
 }
 
-float inner_product(int d, const float* x, const float* y) {
-  float s = 0.0f;
-  for (int j = 0; j < d; ++j) s += x[j] * y[j];
-  return s;
-}
-
-float l2_distance(int d, const float* x, const float* y) {
-  float s = 0.0f;
-  for (int j = 0; j < d; ++j) {
-    float diff = x[j] - y[j];
-    s += diff * diff;
-  }
-  return s;
-}
-
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;

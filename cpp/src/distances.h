@@ -39,8 +39,6 @@ void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors
          float* distances, idx_t* labels);
 
 float squared_norm(int d, const float* x);
-float inner_product(int d, const float* x, const float* y);
-float l2_distance(int d, const float* x, const float* y);
 
 // IEEE half (as stored in float16 numpy arrays) to float.
 float half_to_float(uint16_t h);

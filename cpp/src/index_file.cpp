@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "checksum.h"
+#include "ivf_pq_internal.h"
 #include "retro/error.h"
-#include "retro/ivf_pq_index.h"
 
 namespace retro {
 
@@ -63,11 +63,6 @@ namespace {
 
 constexpr uint64_t kAlign = 64;
 uint64_t align_up(uint64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-uint64_t padded(uint64_t size) {
-  const uint64_t block = IvfPqIndex::kBlock;
-  return (size + block - 1) / block * block;
-}
 
 // Writes to a temporary file beside `path`, then renames it over `path`.
 class AtomicWriter {
@@ -124,8 +119,8 @@ void IvfPqIndex::save(const std::string& path) const {
   FileHeader h;
   std::memset(&h, 0, sizeof(h));
   std::memcpy(h.magic, kIndexMagic, sizeof(h.magic));
-  h.version = kIndexVersion;
-  h.index_type = kIndexTypeIvfPq;
+  h.version = pq_bits_ == 4 ? 3 : 2;
+  h.index_type = by_residual_ ? kIndexTypeIvfPq : kIndexTypeIvfPqNoResidual;
   h.metric = static_cast<uint32_t>(metric_);
   h.pq_bits = static_cast<uint32_t>(pq_bits_);
   h.d = static_cast<uint64_t>(d_);
@@ -137,19 +132,20 @@ void IvfPqIndex::save(const std::string& path) const {
   h.num_sections = kNumSections;
   h.coarse_objective = coarse_objective_;
 
-  const bool has_terms = metric_ == Metric::L2;
+  const CodeLayout layout = layout_of(*this);
   std::vector<int64_t> sizes(nlist_);
-  uint64_t padded_total = 0;
+  uint64_t padded_total = 0, code_bytes = 0;
   for (idx_t l = 0; l < nlist_; ++l) {
     sizes[l] = lists_[l].size;
-    padded_total += padded(lists_[l].size);
+    padded_total += layout.padded(lists_[l].size);
+    code_bytes += layout.bytes(lists_[l].size);
   }
   const uint64_t bytes[kNumSections] = {coarse_centroids_.size() * sizeof(float),
                                         pq_centroids_.size() * sizeof(float),
                                         sizes.size() * sizeof(int64_t),
-                                        padded_total * pq_m_,
+                                        code_bytes,
                                         static_cast<uint64_t>(ntotal_) * sizeof(int64_t),
-                                        has_terms ? padded_total * sizeof(float) : 0};
+                                        has_terms() ? padded_total * sizeof(float) : 0};
   uint64_t offset = align_up(sizeof(FileHeader));
   for (int s = 0; s < kNumSections; ++s) {
     h.sections[s].offset = offset;
@@ -170,16 +166,17 @@ void IvfPqIndex::save(const std::string& path) const {
   std::vector<uint8_t> codes(bytes[3]);
   std::vector<int64_t> ids(ntotal_);
   std::vector<float> terms(bytes[5] / sizeof(float));
-  uint64_t vector_pos = 0, padded_pos = 0;
+  uint64_t vector_pos = 0, padded_pos = 0, code_pos = 0;
   for (idx_t l = 0; l < nlist_; ++l) {
     const List& list = lists_[l];
-    const uint64_t np = padded(list.size);
+    const uint64_t np = layout.padded(list.size);
     if (list.size == 0) continue;
-    std::memcpy(codes.data() + padded_pos * pq_m_, list.codes, np * pq_m_);
+    std::memcpy(codes.data() + code_pos, list.codes, layout.bytes(list.size));
     std::memcpy(ids.data() + vector_pos, list.ids, list.size * sizeof(int64_t));
-    if (has_terms) std::memcpy(terms.data() + padded_pos, list.terms, np * sizeof(float));
+    if (has_terms()) std::memcpy(terms.data() + padded_pos, list.terms, np * sizeof(float));
     vector_pos += static_cast<uint64_t>(list.size);
     padded_pos += np;
+    code_pos += layout.bytes(list.size);
   }
   write_section(3, codes.data());
   write_section(4, ids.data());
@@ -201,23 +198,29 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   std::memcpy(&h, base, sizeof(h));
   RETRO_CHECK(std::memcmp(h.magic, kIndexMagic, sizeof(h.magic)) == 0,
               "'%s' is not a retro index file (bad magic bytes)", name);
-  RETRO_CHECK(h.version == kIndexVersion,
-              "'%s' has index format version %u; this build reads version %u", name, h.version,
-              kIndexVersion);
+  RETRO_CHECK(h.version >= kOldestIndexVersion && h.version <= kIndexVersion,
+              "'%s' has index format version %u; this build reads versions %u to %u", name,
+              h.version, kOldestIndexVersion, kIndexVersion);
   RETRO_CHECK(h.header_checksum == xxh64(&h, offsetof(FileHeader, header_checksum)),
               "'%s' is corrupt: header checksum mismatch", name);
-  RETRO_CHECK(h.index_type == kIndexTypeIvfPq && h.num_sections == kNumSections,
+  RETRO_CHECK((h.index_type == kIndexTypeIvfPq ||
+               (h.index_type == kIndexTypeIvfPqNoResidual && h.version >= 3)) &&
+                  h.num_sections == kNumSections,
               "'%s' holds an index type this build does not know (type %u)", name, h.index_type);
   RETRO_CHECK(h.d > 0 && h.d <= (1u << 20) && h.nlist > 0 && h.nlist <= (1ull << 40) &&
                   h.pq_m > 0 && h.pq_m <= h.d && h.ntotal <= (1ull << 48) &&
                   h.nlist * sizeof(int64_t) <= file_size,
               "'%s' is corrupt: implausible parameters in the header", name);
+  RETRO_CHECK(h.pq_bits == 8 || h.version >= 3,
+              "'%s' is corrupt: %u-bit codes in a version %u file (4-bit codes need version 3)",
+              name, h.pq_bits, h.version);
 
   std::unique_ptr<IvfPqIndex> index;
   try {
     index = std::make_unique<IvfPqIndex>(static_cast<int>(h.d), static_cast<idx_t>(h.nlist),
                                          static_cast<int>(h.pq_m), static_cast<int>(h.pq_bits),
-                                         static_cast<Metric>(h.metric), h.seed);
+                                         static_cast<Metric>(h.metric), h.seed,
+                                         h.index_type == kIndexTypeIvfPq);
   } catch (const Error& e) {
     throw Error(ErrorKind::Runtime, "'" + path + "' is corrupt: " + e.what());
   }
@@ -241,23 +244,25 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   }
   RETRO_CHECK(h.is_trained || h.ntotal == 0, "'%s' is corrupt: untrained index with vectors",
               name);
+  IvfPqIndex& ix = *index;
+  const CodeLayout layout = layout_of(ix);
   std::vector<int64_t> sizes(h.nlist);
   std::memcpy(sizes.data(), base + h.sections[2].offset, h.sections[2].bytes);
-  uint64_t total = 0, padded_total = 0;
+  uint64_t total = 0, padded_total = 0, code_bytes = 0;
   for (int64_t size : sizes) {
     RETRO_CHECK(size >= 0 && static_cast<uint64_t>(size) <= h.ntotal,
                 "'%s' is corrupt: invalid list size", name);
     total += static_cast<uint64_t>(size);
-    padded_total += padded(static_cast<uint64_t>(size));
+    padded_total += layout.padded(size);
+    code_bytes += layout.bytes(size);
   }
-  const bool has_terms = static_cast<Metric>(h.metric) == Metric::L2;
+  const bool has_terms = ix.has_terms();
   RETRO_CHECK(total == h.ntotal, "'%s' is corrupt: list sizes do not add up to ntotal", name);
-  RETRO_CHECK(h.sections[3].bytes == padded_total * h.pq_m &&
+  RETRO_CHECK(h.sections[3].bytes == code_bytes &&
                   h.sections[4].bytes == h.ntotal * sizeof(int64_t) &&
                   h.sections[5].bytes == (has_terms ? padded_total * sizeof(float) : 0),
               "'%s' is corrupt: codes, ids or terms section has the wrong size", name);
 
-  IvfPqIndex& ix = *index;
   ix.coarse_objective_ = h.coarse_objective;
   if (h.is_trained) {
     const float* c = reinterpret_cast<const float*>(base + h.sections[0].offset);
@@ -271,16 +276,16 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   const int64_t* ids = reinterpret_cast<const int64_t*>(base + h.sections[4].offset);
   const float* terms = reinterpret_cast<const float*>(base + h.sections[5].offset);
   for (uint64_t l = 0; l < h.nlist; ++l) {
-    const uint64_t np = padded(static_cast<uint64_t>(sizes[l]));
+    const uint64_t np = layout.padded(sizes[l]);
     const float* list_terms = has_terms && np > 0 ? terms : nullptr;
     if (mmap) {
       ix.lists_[l] = List{codes, ids, list_terms, sizes[l]};
     } else {
-      ix.owned_[l].codes.assign(codes, codes + np * h.pq_m);
+      ix.owned_[l].codes.assign(codes, codes + layout.bytes(sizes[l]));
       ix.owned_[l].ids.assign(ids, ids + sizes[l]);
       if (list_terms != nullptr) ix.owned_[l].terms.assign(list_terms, list_terms + np);
     }
-    codes += np * h.pq_m;
+    codes += layout.bytes(sizes[l]);
     ids += sizes[l];
     if (has_terms) terms += np;
   }

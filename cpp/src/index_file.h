@@ -1,13 +1,18 @@
-// The on-disk format of IvfPqIndex (little-endian, version 1):
+// The on-disk format of IvfPqIndex (little-endian; version 2 for 8-bit codes, 3 for 4-bit):
 //
 //   FileHeader (fixed size; header_checksum = xxh64 of the bytes before it, always verified)
 //   sections, each at a 64-byte aligned offset, each with its own xxh64 in the header:
 //     0 coarse centroids  (nlist, d) float32
 //     1 PQ centroids      (pq_m, 2^pq_bits, d / pq_m) float32
 //     2 list sizes        (nlist,) int64
-//     3 codes             every list's blocked codes, list after list (IvfPqIndex layout)
+//     3 codes             every list's blocked codes, list after list (code_layout.h)
 //     4 ids               (ntotal,) int64, list after list
-//     5 terms             L2 only: each list's ||r||^2 + 2<c, r> per vector, padded to 16 vectors
+//     5 terms             8-bit L2 only: each list's ||r||^2 + 2<c, r> per vector, padded to 64
+//                         vectors (empty otherwise)
+//
+// Version 3 is version 2 plus pq_bits = 4 (fast-scan blocks of 32 vectors) and index type 2 (PQ
+// of the vectors, not of their residuals; 4-bit only); a file is written
+// with the lowest version that holds it, so 8-bit indexes stay readable by version-2 builds.
 //
 // Sections 0-2 are always verified; 3-5 when loading with verify=true. Memory-mapped loads point
 // the lists into the mapping and read no code until a search touches it.
@@ -19,8 +24,10 @@
 namespace retro {
 
 constexpr char kIndexMagic[8] = {'R', 'E', 'T', 'R', 'O', 'I', 'D', 'X'};
-constexpr uint32_t kIndexVersion = 2;  // 2: code blocks of 64 vectors
-constexpr uint32_t kIndexTypeIvfPq = 1;
+constexpr uint32_t kIndexVersion = 3;       // 2: code blocks of 64 vectors; 3: 4-bit codes
+constexpr uint32_t kOldestIndexVersion = 2;  // version 1 (blocks of 16) is refused
+constexpr uint32_t kIndexTypeIvfPq = 1;            // PQ of the residuals to the coarse centroids
+constexpr uint32_t kIndexTypeIvfPqNoResidual = 2;  // PQ of the vectors (by_residual = false)
 constexpr int kNumSections = 6;
 
 struct FileSection {

@@ -9,6 +9,7 @@
 
 #include "distances.h"
 #include "index_file.h"
+#include "ivf_pq_internal.h"
 #include "kmeans.h"
 #include "quantized_table.h"
 #include "retro/error.h"
@@ -17,26 +18,30 @@
 
 namespace retro {
 
-struct IvfPqIndex::Derived {
-  PackedVectors coarse;           // (nlist, d) for coarse assignment
-  std::vector<PackedVectors> pq;  // pq_m x (ksub, dsub) for encoding
-  std::vector<float> pq_t;        // (pq_m, dsub, ksub): query tables are rows contiguous in j
-};
-
 namespace {
 constexpr idx_t kEncodeBatch = 16384;  // vectors encoded at a time (bounds the residual buffer)
 }
 
-IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed)
-    : d_(d), nlist_(nlist), pq_m_(pq_m), pq_bits_(pq_bits), metric_(metric), seed_(seed) {
+IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed,
+                       bool by_residual)
+    : d_(d),
+      nlist_(nlist),
+      pq_m_(pq_m),
+      pq_bits_(pq_bits),
+      metric_(metric),
+      seed_(seed),
+      by_residual_(by_residual) {
   RETRO_CHECK_ARG(d > 0, "dimension d must be positive, got %d", d);
   RETRO_CHECK_ARG(nlist > 0, "nlist must be positive, got %lld", static_cast<long long>(nlist));
   RETRO_CHECK_ARG(pq_m > 0, "pq_m must be positive, got %d", pq_m);
   RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
-  RETRO_CHECK_ARG(pq_bits == 8, "pq_bits must be 8, got %d (4-bit fast-scan codes are not supported yet)",
-                  pq_bits);
+  RETRO_CHECK_ARG(pq_bits == 8 || pq_bits == 4,
+                  "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got %d", pq_bits);
   RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
                   static_cast<unsigned>(metric));
+  RETRO_CHECK_ARG(by_residual || pq_bits == 4,
+                  "by_residual=false (PQ of the vectors themselves) needs pq_bits=4, got %d",
+                  pq_bits);
   lists_.resize(nlist);
   owned_.resize(nlist);
 }
@@ -74,14 +79,15 @@ void IvfPqIndex::train(idx_t n, const float* x) {
   coarse_centroids_ = std::move(coarse.centroids);
   coarse_objective_ = coarse.objective.back();
 
-  // Residuals of (a subsample of) the training points to their nearest coarse centroid.
+  // Residuals of (a subsample of) the training points to their nearest coarse centroid, or the
+  // points themselves.
   const idx_t max_pq_points = static_cast<idx_t>(ksub()) * train_params.max_points_per_centroid;
   const idx_t n_pq = train_params.max_points_per_centroid > 0 ? std::min(n, max_pq_points) : n;
   const idx_t stride = n / n_pq;  // evenly spaced rows, deterministic
   std::vector<float> residuals(static_cast<size_t>(n_pq) * d_);
   for (idx_t i = 0; i < n_pq; ++i)
     std::memcpy(&residuals[i * d_], x + i * stride * d_, d_ * sizeof(float));
-  {
+  if (by_residual_) {
     PackedVectors packed(nlist_, d_, coarse_centroids_.data(), d_);
     std::vector<float> dist(n_pq);
     std::vector<idx_t> assign(n_pq);
@@ -116,6 +122,12 @@ void IvfPqIndex::rebuild_derived() {
     for (int j = 0; j < K; ++j)
       for (int t = 0; t < dsub; ++t) derived->pq_t[(static_cast<size_t>(m) * dsub + t) * K + j] = c[j * dsub + t];
   }
+  if (pq_bits_ == 4 && metric_ == Metric::L2) {
+    derived->pq_norms.assign(static_cast<size_t>(pq_m_) * K, 0.0f);
+    for (size_t i = 0; i < derived->pq_norms.size(); ++i)
+      for (int t = 0; t < dsub; ++t)
+        derived->pq_norms[i] += pq_centroids_[i * dsub + t] * pq_centroids_[i * dsub + t];
+  }
   derived_ = std::move(derived);
 }
 
@@ -126,7 +138,7 @@ void IvfPqIndex::encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes)
 #pragma omp parallel for schedule(static)
   for (idx_t i = 0; i < n; ++i)
     for (int j = 0; j < d_; ++j)
-      residuals[i * d_ + j] = x[i * d_ + j] - coarse_centroids_[list_of[i] * d_ + j];
+      residuals[i * d_ + j] = x[i * d_ + j] - (by_residual_ ? coarse_centroids_[list_of[i] * d_ + j] : 0.0f);
   std::vector<idx_t> nearest(n);
   for (int m = 0; m < pq_m_; ++m) {
     knn(Metric::L2, n, residuals.data() + m * dsub, d_, derived_->pq[m], 1, dist.data(),
@@ -151,13 +163,14 @@ void IvfPqIndex::set_trained(const float* coarse_centroids, const float* pq_cent
 void IvfPqIndex::append(idx_t list, const uint8_t* code, idx_t id) {
   OwnedList& owned = owned_[list];
   const idx_t size = static_cast<idx_t>(owned.ids.size());
-  const idx_t block = size / kBlock, lane = size % kBlock;
-  if (lane == 0) owned.codes.resize(static_cast<size_t>(block + 1) * pq_m_ * kBlock, 0);
-  for (int m = 0; m < pq_m_; ++m) owned.codes[(block * pq_m_ + m) * kBlock + lane] = code[m];
+  const CodeLayout layout = layout_of(*this);
+  const bool new_block = size % layout.block() == 0;
+  if (new_block) owned.codes.resize(layout.bytes(size + 1), 0);
+  layout.put(owned.codes.data(), size, code);
   owned.ids.push_back(id);
-  if (metric_ == Metric::L2) {
-    if (lane == 0) owned.terms.resize(static_cast<size_t>(block + 1) * kBlock, 0.0f);
-    owned.terms[block * kBlock + lane] = reconstruction_term(list, code);
+  if (has_terms()) {
+    if (new_block) owned.terms.resize(layout.padded(size + 1), 0.0f);
+    owned.terms[size] = reconstruction_term(list, code);
   }
 }
 
@@ -168,6 +181,9 @@ void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const id
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(n == 0 || (codes != nullptr && ids != nullptr),
                   "add_encoded() needs codes and ids");
+  for (idx_t i = 0; i < n * pq_m_; ++i)
+    RETRO_CHECK_ARG(codes[i] < ksub(), "code %d of vector %lld is out of range for %d-bit codes",
+                    codes[i], static_cast<long long>(i / pq_m_), pq_bits_);
   for (idx_t i = 0; i < n; ++i) append(list, codes + i * pq_m_, ids[i]);
   ntotal_ += n;
   rebuild_list_views();
@@ -176,9 +192,8 @@ void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const id
 void IvfPqIndex::list_codes(idx_t list, uint8_t* codes) const {
   check_list(list);
   const List& l = lists_[list];
-  for (idx_t i = 0; i < l.size; ++i)
-    for (int m = 0; m < pq_m_; ++m)
-      codes[i * pq_m_ + m] = l.codes[((i / kBlock) * pq_m_ + m) * kBlock + i % kBlock];
+  const CodeLayout layout = layout_of(*this);
+  for (idx_t i = 0; i < l.size; ++i) layout.get(l.codes, i, codes + i * pq_m_);
 }
 
 idx_t IvfPqIndex::list_size(idx_t list) const {
@@ -251,12 +266,6 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
                           scale, lut + static_cast<size_t>(m) * K);
 }
 
-// Per-thread scratch of a scan: one padded list's distances, or the filter's survivors.
-struct IvfPqIndex::ScanBuffers {
-  std::vector<float> list_dist;
-  std::vector<uint32_t> survivors;
-};
-
 namespace {
 
 constexpr idx_t kFilterChunk = 8 * IvfPqIndex::kBlock;  // vectors per filter call (limit refresh)
@@ -280,6 +289,7 @@ float scan_one(int pq_m, const uint8_t* codes, const float* terms, const float* 
 void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
                             const float* probe_dist, int p0, int p1, TopK& heap,
                             ScanBuffers& buffers) const {
+  if (pq_bits_ == 4) return fast_scan_lists(lut, probes, probe_dist, p0, p1, heap, buffers);
   const simd::Kernels& kern = simd::kernels();
   for (int p = p0; p < p1; ++p) {
     const idx_t l = probes[p];
@@ -317,12 +327,21 @@ void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, cons
 void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                                     const float* probe_dist, int nprobe, float* distances,
                                     idx_t* labels) const {
-  const bool filtering = simd::kernels().pq_filter8 != nullptr && pq_m_ <= QuantizedTable::kMaxPqM;
+  const bool filtering = pq_bits_ == 8 && simd::kernels().pq_filter8 != nullptr &&
+                         pq_m_ <= QuantizedTable::kMaxPqM;
   idx_t max_list = 0;
   for (const List& list : lists_) max_list = std::max(max_list, list.size);
   const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
   auto make_buffers = [&] {
     ScanBuffers buffers;
+    if (pq_bits_ == 4) {
+      buffers.survivors.resize(kFastScanChunk);
+      buffers.sums.resize(kFastScanChunk);
+      buffers.query_lut.resize(table_size);
+      buffers.list_lut.resize(table_size);
+      buffers.table4 = std::make_unique<QuantizedTable>(pq_m_, ksub());
+      return buffers;
+    }
     if (filtering) buffers.survivors.resize(kFilterChunk);
     buffers.list_dist.resize((max_list + kBlock - 1) / kBlock * kBlock);
     return buffers;
@@ -385,25 +404,39 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                     "rerank vectors have %lld rows but the index holds id %lld",
                     static_cast<long long>(params.rerank_rows),
                     static_cast<long long>(cand_labels[i]));
-#pragma omp parallel
+  const simd::Kernels& kern = simd::kernels();
+  const size_t row_bytes = static_cast<size_t>(d_) * (params.rerank_fp16 ? 2 : 4);
+  const char* rows = static_cast<const char*>(params.rerank_vectors);
+  // The candidates' rows are scattered over a large (often memory-mapped) array: each is
+  // prefetched a few candidates ahead, so several rows are in flight instead of one at a time.
+  constexpr idx_t kAhead = 4;
+  auto prefetch = [&](idx_t id) {
+    if (id < 0) return;
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(rows + id * row_bytes + b);
+  };
+#pragma omp parallel if (n > 1)
   {
     std::vector<float> row(d_);
     TopK heap(k);
 #pragma omp for schedule(dynamic)
     for (idx_t q = 0; q < n; ++q) {
       const float* xq = x + q * d_;
+      const idx_t* cands = cand_labels + q * k_candidates;
+      for (idx_t c = 0; c < std::min(kAhead, k_candidates); ++c) prefetch(cands[c]);
       for (idx_t c = 0; c < k_candidates; ++c) {
-        const idx_t id = cand_labels[q * k_candidates + c];
+        if (c + kAhead < k_candidates) prefetch(cands[c + kAhead]);
+        const idx_t id = cands[c];
         if (id < 0) continue;
         const float* v;
         if (params.rerank_fp16) {
-          const uint16_t* h = static_cast<const uint16_t*>(params.rerank_vectors) + id * d_;
+          const uint16_t* h = reinterpret_cast<const uint16_t*>(rows + id * row_bytes);
           for (int j = 0; j < d_; ++j) row[j] = half_to_float(h[j]);
           v = row.data();
         } else {
-          v = static_cast<const float*>(params.rerank_vectors) + id * d_;
+          v = reinterpret_cast<const float*>(rows + id * row_bytes);
         }
-        heap.push(metric_ == Metric::L2 ? l2_distance(d_, xq, v) : -inner_product(d_, xq, v), id);
+        heap.push(metric_ == Metric::L2 ? kern.l2_distance(d_, xq, v) : -kern.inner_product(d_, xq, v),
+                  id);
       }
       heap.write_sorted(distances + q * k, labels + q * k);
     }
@@ -437,6 +470,15 @@ void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_
   std::vector<float> probe_dist(static_cast<size_t>(n) * nprobe);
   std::vector<idx_t> probes(static_cast<size_t>(n) * nprobe);
   knn(metric_, n, x, d_, derived_->coarse, nprobe, probe_dist.data(), probes.data());
+  if (!by_residual_) {
+    // The scans start from the bias of each probe: without residuals, the query's own part of
+    // the distance (||x||^2 for L2, 0 for inner product) instead of its distance to the centroid.
+    const simd::Kernels& kern = simd::kernels();
+    for (idx_t q = 0; q < n; ++q) {
+      const float bias = metric_ == Metric::L2 ? kern.inner_product(d_, x + q * d_, x + q * d_) : 0.0f;
+      std::fill(probe_dist.begin() + q * nprobe, probe_dist.begin() + (q + 1) * nprobe, bias);
+    }
+  }
   if (reranking) {
     const idx_t kc = k * params.k_factor;
     std::vector<float> cand_dist(static_cast<size_t>(n) * kc);

@@ -8,27 +8,40 @@
 namespace retro {
 
 // A float sum of N terms is off by < (N - 1) 2^-24 of the sum of their magnitudes; x3 for safety.
-QuantizedTable::QuantizedTable(int pq_m)
+QuantizedTable::QuantizedTable(int pq_m, int width)
     : pq_m_(pq_m),
-      codes_(static_cast<size_t>(pq_m) * 256),
+      width_(width),
+      max_code_(std::min(255, 65535 / pq_m)),
+      codes_(static_cast<size_t>(pq_m + pq_m % 2) * width, 0),
       lows_(pq_m),
       highs_(pq_m),
       relative_rounding_(3.0f * static_cast<float>(pq_m + 8) * std::ldexp(1.0f, -24)) {}
 
 void QuantizedTable::build(const float* lut) {
   const simd::Kernels& kern = simd::kernels();
-  kern.row_ranges(pq_m_, lut, lows_.data(), highs_.data());
-  float widest = 0.0f;
-  double offset = 0.0, magnitude = 0.0;
-  for (int m = 0; m < pq_m_; ++m) {
-    widest = std::max(widest, highs_[m] - lows_[m]);
-    offset += lows_[m];
-    magnitude += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
+  kern.row_ranges(pq_m_, width_, lut, lows_.data(), highs_.data());
+  // Four independent chains: a scalar loop over rows is a visible share of a (query, list) table.
+  // The order of the double additions only moves bits far below the float result.
+  float widest[4] = {}, magnitude[4] = {};
+  double offset[4] = {};
+  int m = 0;
+  for (; m + 4 <= pq_m_; m += 4)
+    for (int u = 0; u < 4; ++u) {
+      const float lo = lows_[m + u], hi = highs_[m + u];
+      widest[u] = std::max(widest[u], hi - lo);
+      offset[u] += lo;
+      magnitude[u] += std::max(std::fabs(lo), std::fabs(hi));
+    }
+  for (; m < pq_m_; ++m) {
+    widest[0] = std::max(widest[0], highs_[m] - lows_[m]);
+    offset[0] += lows_[m];
+    magnitude[0] += std::max(std::fabs(lows_[m]), std::fabs(highs_[m]));
   }
-  step_ = widest > 0.0f ? widest / 255.0f : 1.0f;
-  offset_ = static_cast<float>(offset);
-  magnitude_ = static_cast<float>(magnitude);
-  kern.quantize8(pq_m_, lut, lows_.data(), 1.0f / step_, codes_.data());
+  const float widest_row = std::max(std::max(widest[0], widest[1]), std::max(widest[2], widest[3]));
+  step_ = widest_row > 0.0f ? widest_row / static_cast<float>(max_code_) : 1.0f;
+  offset_ = static_cast<float>((offset[0] + offset[1]) + (offset[2] + offset[3]));
+  magnitude_ = static_cast<float>((magnitude[0] + magnitude[1]) + (magnitude[2] + magnitude[3]));
+  kern.quantize8(pq_m_, width_, lut, lows_.data(), 1.0f / step_, max_code_, codes_.data());
 }
 
 float QuantizedTable::limit(float threshold, float bias) const {

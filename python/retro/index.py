@@ -24,16 +24,29 @@ class IvfPqIndex:
     Args:
         d: vector dimension.
         nlist: number of coarse lists (faiss's rule of thumb: 4 * sqrt(N) .. 16 * sqrt(N)).
-        pq_m: sub-quantizers per vector; d must be divisible by pq_m. Each vector costs pq_m bytes.
-        pq_bits: bits per sub-quantizer code; only 8 is supported.
+        pq_m: sub-quantizers per vector; d must be divisible by pq_m.
+        pq_bits: bits per sub-quantizer code: 8 (pq_m bytes per vector, distances from float
+            tables) or 4 (fast-scan, faiss's "PQ<m>x4fs": ceil(pq_m / 2) bytes per vector, scanned
+            with 8-bit tables in SIMD registers; its distances are approximate, so search it with
+            ``rerank=`` vectors for exact results).
         metric: "l2" (squared Euclidean, smaller is better) or "ip" (inner product, larger is better).
         seed: seeds k-means; training is deterministic for a given seed and any thread count.
+        by_residual: quantize each vector's residual to its list's centroid (True), or the vector
+            itself (False, 4-bit only, as faiss's "PQ<m>x4fs"): then one look-up table per query
+            serves every list, which makes probes cheaper.
     """
 
     def __init__(
-        self, d: int, nlist: int, pq_m: int, pq_bits: int = 8, metric: Metric = "l2", seed: int = 0
+        self,
+        d: int,
+        nlist: int,
+        pq_m: int,
+        pq_bits: int = 8,
+        metric: Metric = "l2",
+        seed: int = 0,
+        by_residual: bool = True,
     ) -> None:
-        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed)
+        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed, bool(by_residual))
 
     @classmethod
     def _wrap(cls, core_index: Any) -> IvfPqIndex:
@@ -43,7 +56,12 @@ class IvfPqIndex:
 
     @classmethod
     def from_trained(
-        cls, coarse_centroids: Any, pq_centroids: Any, metric: Metric = "l2", seed: int = 0
+        cls,
+        coarse_centroids: Any,
+        pq_centroids: Any,
+        metric: Metric = "l2",
+        seed: int = 0,
+        by_residual: bool = True,
     ) -> IvfPqIndex:
         """An empty index trained with the given quantizers (e.g. another library's).
 
@@ -54,6 +72,7 @@ class IvfPqIndex:
             metric: "l2" or "ip"; vectors go to the list of the nearest (l2) or largest inner
                 product (ip) coarse centroid.
             seed: recorded for a later :meth:`train`.
+            by_residual: whether the PQ codes residuals (True) or the vectors themselves.
         """
         coarse = as_float32_matrix(coarse_centroids, "coarse centroids")
         pq = np.asarray(pq_centroids)
@@ -70,7 +89,7 @@ class IvfPqIndex:
                 f"PQ centroids {pq.shape} cover pq_m * dsub = {pq_m * dsub} dimensions but the "
                 f"coarse centroids have d={coarse.shape[1]}"
             )
-        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed)
+        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed, by_residual)
         self._index.set_trained(coarse, np.ascontiguousarray(pq, dtype=np.float32))
         return self
 
@@ -81,6 +100,9 @@ class IvfPqIndex:
     metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
     ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
     seed = property(lambda self: self._index.seed, doc="Seed of k-means and of its subsampling.")
+    by_residual = property(
+        lambda self: self._index.by_residual, doc="The PQ codes residuals (True) or the vectors."
+    )
     is_trained = property(lambda self: self._index.is_trained)
     is_mmapped = property(lambda self: self._index.is_mmapped, doc="Codes are memory-mapped.")
     coarse_objective = property(
@@ -131,7 +153,8 @@ class IvfPqIndex:
 
         Args:
             list_no: the list, 0 <= list_no < nlist.
-            codes: (n, pq_m) uint8 PQ codes of the residuals to that list's coarse centroid.
+            codes: (n, pq_m) uint8 PQ codes (< 2**pq_bits) of the residuals to that list's coarse
+                centroid.
             ids: (n,) int64 ids.
         """
         codes = np.asarray(codes)
@@ -144,7 +167,7 @@ class IvfPqIndex:
         )
 
     def train(self, x: Any) -> None:
-        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 256."""
+        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits."""
         self._index.train(as_float32_matrix(x, "training data"))
 
     def add(self, x: Any, ids: Any = None) -> None:
@@ -229,7 +252,8 @@ class IvfPqIndex:
     def __repr__(self) -> str:
         return (
             f"IvfPqIndex(d={self.d}, nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
-            f"metric={self.metric!r}, ntotal={self.ntotal}, trained={self.is_trained})"
+            f"metric={self.metric!r}, by_residual={self.by_residual}, ntotal={self.ntotal}, "
+            f"trained={self.is_trained})"
         )
 
 

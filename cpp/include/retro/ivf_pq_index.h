@@ -6,11 +6,24 @@
 // (4 bytes each) rather than per list and code as faiss does: no (nlist, pq_m, 256) table to build
 // or read per probe, and no table that outgrows memory at millions of lists.
 //
-// Codes of each list are stored in blocks of kBlock vectors, sub-quantizer-major inside a block:
+// 8-bit codes (pq_bits = 8) of each list are stored in blocks of kBlock vectors,
+// sub-quantizer-major inside a block:
 //   codes[(block * pq_m + m) * kBlock + lane]
 // so a SIMD scan loads the m-th code of kBlock vectors with one 64-byte load. Where the CPU has
 // AVX-512 VBMI the scan first filters with an 8-bit copy of the table, looked up in registers,
 // and re-scores only the vectors that may enter the top-k (the results are the same).
+//
+// 4-bit codes (pq_bits = 4, faiss's "PQ<m>x4fs" fast-scan) come in blocks of kFastScanBlock = 32
+// vectors, two sub-quantizers per 32 bytes (cpp/src/code_layout.h), scanned with byte shuffles
+// against a table quantized to 8 bits per (query, list): ceil(pq_m / 2) bytes per vector and no
+// stored term; for L2 the terms ||r||^2 + 2<c, r> go into the list's table instead, computed from
+// the list's centroid at each probe. Its distances are those of the quantized table: approximate,
+// meant to be followed by exact re-ranking (IvfPqSearchParams::rerank_vectors).
+//
+// by_residual = false (4-bit only; faiss's default for "PQ<m>x4fs") quantizes the vectors
+// themselves instead of their residuals: the lists only select what is scanned, one table per
+// query serves every list (no per-list terms, no per-list quantization), and the distance is
+// ||x||^2 + sum_m (||r_mj||^2 - 2<x_m, r_mj>) (L2) or -sum_m <x_m, r_mj> (inner product).
 #pragma once
 #include <memory>
 #include <string>
@@ -40,10 +53,11 @@ class TopK;
 
 class IvfPqIndex {
  public:
-  static constexpr int kBlock = 64;
+  static constexpr int kBlock = 64;          // vectors per block of 8-bit codes
+  static constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes
 
   IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
-             uint64_t seed = 0);
+             uint64_t seed = 0, bool by_residual = true);
   ~IvfPqIndex();
 
   // x: (n, d). Trains the coarse centroids then the PQ on residuals.
@@ -66,7 +80,8 @@ class IvfPqIndex {
   // coarse_centroids (nlist, d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
   // x[m * dsub, (m + 1) * dsub).
   void set_trained(const float* coarse_centroids, const float* pq_centroids);
-  // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m), ids (n,).
+  // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m) with values
+  // < 2^pq_bits, ids (n,).
   void add_encoded(idx_t list, idx_t n, const uint8_t* codes, const idx_t* ids);
   // codes: (list_size(list), pq_m), vector-major, copied out of the blocked layout.
   void list_codes(idx_t list, uint8_t* codes) const;
@@ -80,9 +95,11 @@ class IvfPqIndex {
   int pq_m() const { return pq_m_; }
   int pq_bits() const { return pq_bits_; }
   int ksub() const { return 1 << pq_bits_; }
+  int block_size() const { return pq_bits_ == 4 ? kFastScanBlock : kBlock; }
   int dsub() const { return d_ / pq_m_; }
   Metric metric() const { return metric_; }
   uint64_t seed() const { return seed_; }
+  bool by_residual() const { return by_residual_; }  // PQ of residuals (true) or of the vectors
   bool is_trained() const { return is_trained_; }
   bool is_mmapped() const { return mapped_ != nullptr; }
   idx_t ntotal() const { return ntotal_; }
@@ -95,9 +112,9 @@ class IvfPqIndex {
 
  private:
   struct List {
-    const uint8_t* codes = nullptr;  // blocked, ceil(size / kBlock) * kBlock * pq_m bytes
+    const uint8_t* codes = nullptr;  // blocked as CodeLayout says (code_layout.h)
     const idx_t* ids = nullptr;      // (size,)
-    const float* terms = nullptr;    // L2 only: (ceil(size / kBlock) * kBlock,) ||r||^2 + 2<c, r>
+    const float* terms = nullptr;    // 8-bit L2 only: (size rounded up to kBlock,) ||r||^2 + 2<c, r>
     idx_t size = 0;
   };
   struct OwnedList {
@@ -110,6 +127,7 @@ class IvfPqIndex {
   void check_trained(const char* what) const;
   void check_writable(const char* what) const;
   void check_list(idx_t list) const;
+  bool has_terms() const { return metric_ == Metric::L2 && pq_bits_ == 8; }  // per-vector terms
   void append(idx_t list, const uint8_t* code, idx_t id);  // one vector; the caller owns `list`
   void rebuild_derived();
   void rebuild_list_views();
@@ -119,6 +137,8 @@ class IvfPqIndex {
   struct ScanBuffers;
   void scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
                   const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
+  void fast_scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
+                       int p1, TopK& heap, ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
                           const float* probe_dist, int nprobe, float* distances,
                           idx_t* labels) const;
@@ -131,6 +151,7 @@ class IvfPqIndex {
   int pq_bits_;
   Metric metric_;
   uint64_t seed_;
+  bool by_residual_;
   bool is_trained_ = false;
   idx_t ntotal_ = 0;
   double coarse_objective_ = 0.0;

@@ -13,6 +13,7 @@ namespace retro::simd {
 // p*kPanel .. p*kPanel+kPanel-1 as packed[(p * k + t) * kPanel + j] (zero-padded past n).
 constexpr int kPanel = 32;
 constexpr int kScanBlock = 64;  // vectors per code block of the PQ scan (IvfPqIndex::kBlock)
+constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes (CodeLayout::kBlock4)
 
 struct Kernels {
   // C (m, n) = A (m, k, row stride lda) . B^T, B given packed (see kPanel); C row stride ldc.
@@ -29,6 +30,16 @@ struct Kernels {
   // sub-quantizer's row of a query's look-up table.
   void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float scale,
                            float* out);
+  // out[m][j] = base[m][j] + scale * sum_t c[m * dsub + t] * ct[(m * dsub + t) * 16 + j] for
+  // j < 16, summed in t order: a list's 4-bit table from the query's (base) and the list's
+  // centroid c (ct = the PQ centroids as (pq_m, dsub, 16)), all pq_m rows in one call.
+  void (*add_inner_products16)(int pq_m, int dsub, const float* c, const float* ct, float scale,
+                               const float* base, float* out);
+  // Exact distances of the re-ranking: squared L2 and inner product of two d-vectors, summed in
+  // 16 interleaved partial sums (j mod 16) combined pairwise (lanes l and l + 8, then + 4, + 2,
+  // + 1): the same order in every build (FMA builds round the products differently).
+  float (*l2_distance)(int d, const float* x, const float* y);
+  float (*inner_product)(int d, const float* x, const float* y);
   // Turns a row of inner products into internal distances, in place:
   // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
   void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
@@ -40,12 +51,12 @@ struct Kernels {
   void (*pq_scan8)(size_t nblocks, int pq_m, const uint8_t* codes, const float* lut, float bias,
                    const float* terms, float* out);
 
-  // low[m], high[m] = min and max of row m of a (rows, 256) table.
-  void (*row_ranges)(int rows, const float* table, float* low, float* high);
-  // out[m][j] = round_half_up((table[m][j] - low[m]) * inverse_step), capped at 255: the 8-bit
-  // table of pq_filter8 (table[m][j] >= low[m]).
-  void (*quantize8)(int rows, const float* table, const float* low, float inverse_step,
-                    uint8_t* out);
+  // low[m], high[m] = min and max of row m of a (rows, width) table; width is a multiple of 16.
+  void (*row_ranges)(int rows, int width, const float* table, float* low, float* high);
+  // out[m][j] = round_half_up((table[m][j] - low[m]) * inverse_step), capped at max_code: the
+  // 8-bit tables of pq_filter8 and pq_scan4 (table[m][j] >= low[m]); width as row_ranges.
+  void (*quantize8)(int rows, int width, const float* table, const float* low, float inverse_step,
+                    int max_code, uint8_t* out);
   // The same scan on a quantized table, as a filter (nullptr where the level lacks it: it needs
   // AVX-512 VBMI). For the first n vectors of the blocked codes, with
   //   approx[i] = (bias + terms[i]) + (offset + step * sum_m qlut[m][code_m]),
@@ -55,6 +66,15 @@ struct Kernels {
   size_t (*pq_filter8)(idx_t n, int pq_m, const uint8_t* codes, const uint8_t* qlut, float bias,
                        const float* terms, float offset, float step, float limit,
                        float term_slack, uint32_t* survivors);
+
+  // The 4-bit fast-scan (layout of CodeLayout, pq_bits = 4): for the first n vectors of blocked
+  // codes, sums[i] = sum_m qlut[m][code_m(i)] in exact 16-bit integer arithmetic for every i < n
+  // rounded up to kFastScanBlock, and the indices i < n with sums[i] <= limit written to
+  // survivors in increasing order; returns their count. qlut is (pq_m rounded up to even, 16)
+  // bytes, the padding row zero, with sum_m max_j qlut[m][j] <= 65535 (no overflow). Every level
+  // returns the same integers: the scalar build is the reference.
+  size_t (*pq_scan4)(idx_t n, int pq_m, const uint8_t* codes, const uint8_t* qlut, uint16_t limit,
+                     uint16_t* sums, uint32_t* survivors);
 
   // out[j] = exp(scale * x[j] - shift) for j < n (relative error < 1e-6 for arguments in
   // [-87, 88]; clamped outside); returns the sum of out. The softmax of the attention kernels.
