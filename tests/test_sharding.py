@@ -267,3 +267,19 @@ def test_cli_shard(built, data, tmp_path, capsys):
                            str(tmp_path / "bad")]) == 2
     assert "retro: error: --shards must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad" / SHARDS_FILE).exists()
+
+
+@pytest.mark.parametrize("by_residual", [True, False])
+def test_fast_scan_shards_keep_their_coding(small_data, by_residual):
+    """4-bit codes of residuals or (faiss's PQ..x4fs) of the vectors themselves: the shards code the
+    same way, so their merged search equals the unsharded one."""
+    index = retro.IvfPqIndex(16, 16, 4, pq_bits=4, seed=1, by_residual=by_residual)
+    index.train(small_data.base)
+    index.add(small_data.base)
+    shards = split_index(index, 2)
+    assert all(s.pq_bits == 4 and s.by_residual == by_residual for s in shards)
+    for k, nprobe, rerank in ((10, 4, False), (10, 16, True)):
+        assert_same(
+            searched(ShardedIndex(shards), small_data.queries, k, nprobe, rerank, small_data.base),
+            searched(index, small_data.queries, k, nprobe, rerank, small_data.base),
+        )

@@ -49,10 +49,11 @@ def shard_file(shard: int) -> str:
 
 
 def quantizer_fingerprint(index: IvfPqIndex) -> str:
-    """Hex sha256 of what must be equal across shards: metric, d, pq_bits and both centroid sets."""
+    """Hex sha256 of what must be equal across shards: metric, d, pq_bits, whether the PQ codes
+    residuals, and both centroid sets."""
     if not index.is_trained:
         raise ValueError(f"the index is not trained: {index!r}")
-    digest = hashlib.sha256(f"{index.metric} {index.d} {index.pq_bits}".encode())
+    digest = hashlib.sha256(f"{index.metric} {index.d} {index.pq_bits} {index.by_residual}".encode())
     digest.update(np.ascontiguousarray(index.coarse_centroids()).tobytes())
     digest.update(np.ascontiguousarray(index.pq_centroids()).tobytes())
     return digest.hexdigest()
@@ -127,7 +128,8 @@ def _cut_points(
 def _shard(index: IvfPqIndex, cuts: np.ndarray, s: int) -> IvfPqIndex:
     """Shard s of index under cuts: the codes of the ids in [cuts[s-1], cuts[s]), list by list."""
     shard = IvfPqIndex.from_trained(
-        index.coarse_centroids(), index.pq_centroids(), metric=index.metric, seed=index.seed
+        index.coarse_centroids(), index.pq_centroids(), metric=index.metric, seed=index.seed,
+        by_residual=index.by_residual,
     )
     for list_no in range(index.nlist):
         ids = index.list_ids(list_no)
