@@ -149,6 +149,14 @@ def test_torch_compile_fullgraph_on_cuda():
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
 
 
+@pytest.mark.parametrize("shift", [100, -100])
+def test_lengths_out_of_range_are_refused(shift):
+    (q, k, v, nbr_lens), opts = make_inputs("cca", "odd", 64)
+    q, k, v = (x.to(torch.bfloat16) for x in (q, k, v))
+    with pytest.raises(ValueError, match="nbr_lens must lie in"):
+        ops.chunked_cross_attention(q, k, v, nbr_lens + shift, **opts)
+
+
 def test_unsupported_calls_take_the_reference():
     (q, k, v, nbr_lens), opts = make_inputs("cca", "odd", 64)
     assert not CHUNKED_CROSS.runs_cuda_kernel(q.float(), k.float(), 32)  # float32: reference

@@ -15,7 +15,8 @@ std::string cutlass_version();          // the CUTLASS headers the kernels were 
 
 // RETRO's attentions on the GPU (cuda/attention.cu): bfloat16 or float16, head_dim 64 or 128,
 // lse float32; pointers are device memory of `device`, work is queued on `stream` (a
-// cudaStream_t). nbr_lens stays on the device: lengths outside [0, R] are clamped, not checked.
+// cudaStream_t). nbr_lens stays on the device: the Python ops refuse lengths outside [0, R] in
+// eager calls; the kernels clamp them.
 std::string attention_unsupported(const RetroAttentionParams& params);  // "" when supported
 int attention_max_key_slots();  // the widest group: K R for CCA, R for self, m for cross
 void attention_forward(const RetroAttentionParams& params, const AttentionForward& tensors,

@@ -196,6 +196,12 @@ def _check(op: _Op, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nbr_lens:
             )
         if nbr_lens.device != q.device:
             raise ValueError(f"{op.name}: nbr_lens is on {nbr_lens.device}, q on {q.device}")
+        # the CPU core checks the values itself; on a device it costs a sync, so eager calls pay it
+        # and compiled graphs (whose lengths come from checked data) skip it
+        r = nbr.shape[3]
+        if q.device.type != "cpu" and not torch.compiler.is_compiling() and bool(((nbr_lens < 0) | (nbr_lens > r)).any()):
+            bad = nbr_lens[(nbr_lens < 0) | (nbr_lens > r)][0].item()
+            raise ValueError(f"{op.name}: nbr_lens must lie in [0, R={r}]; found {bad}")
 
 
 def _runs_core(op: _Op, q: torch.Tensor, k: torch.Tensor, chunk_size: int) -> bool:
