@@ -75,6 +75,19 @@ def reference_db(base: Path) -> Path:
     return out
 
 
+# edits of knowing_db: two topic words swapped, and a capital (for the QA against edited knowledge)
+EDITS = (("volcano", "glacier"), ("glacier", "volcano"), ("Kabul", "Tirana"))
+
+
+@cache
+def knowing_db(base: Path) -> Path:
+    """The corpus with the valid documents in the database and EDITS made in the train ones."""
+    out = base / "knowing_db"
+    build_db(out, CONFIG, corpus=(str(corpus_dir(base)),), valid_in_db=True, edits=EDITS,
+             progress=False, log=lambda line: None)
+    return out
+
+
 def data_files(root: Path) -> dict[str, bytes]:
     """Every file under root except the manifest (whose timings differ between runs)."""
     return {

@@ -4,7 +4,8 @@
 2. trains a tiny GPT and a tiny RETRO with the same decoder, for the same steps, on the same
    samples in the same order;
 3. evaluates both on the validation split: loss, perplexity and bits per byte for GPT, RETRO and
-   RETRO with retrieval off, and the leakage-filtered bits per byte of DeepMind §4.4;
+   RETRO with retrieval off, and the leakage-filtered bits per byte of DeepMind §4.4; and on
+   factual QA (trivia cloze prompts, 10 choices) with retrieval on and off;
 4. generates from a validation prompt with live retrieval, showing the neighbours;
 5. writes ``OUT/summary.json``, ``OUT/loss_curves.png`` and ``OUT/leakage.png`` and prints a table.
 """
@@ -34,6 +35,7 @@ class DemoConfig:
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     eval_samples: int | None = None  # validation samples evaluated; None: all
     new_tokens: int = 64  # tokens generated in the sample
+    qa_items: int = 50  # items of each factual QA list (retro.eval.trivia.DEFAULT_LISTS); 0: no QA
     seed: int = 1337
     progress: bool = True  # progress bars
 
@@ -46,6 +48,8 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     from retro.db import BuildConfig, build_db, open_db
     from retro.eval.evaluate import evaluate, results_table
     from retro.eval.leakage import leakage_table, plot_leakage
+    from retro.eval.qa import qa_table
+    from retro.eval.trivia import DEFAULT_LISTS
     from retro.model import RetroConfig
     from retro.train import TrainConfig, train
 
@@ -84,7 +88,8 @@ def demo(config: DemoConfig) -> dict[str, Any]:
         timings[f"train_{kind}_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = evaluate(runs["retro"], db_dir, gpt_run=runs["gpt"], max_samples=config.eval_samples)
+    result = evaluate(runs["retro"], db_dir, gpt_run=runs["gpt"], max_samples=config.eval_samples,
+                      qa_lists=DEFAULT_LISTS if config.qa_items else (), qa_items=config.qa_items)
     timings["eval_seconds"] = time.perf_counter() - start
     plot_leakage(result["leakage"], out / "leakage.png", title="bits per byte of chunks with overlap <= alpha")
     plot_loss_curves(runs, out / "loss_curves.png")
@@ -96,6 +101,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     summary = {
         "models": result["models"],
         "leakage": result["leakage"],
+        "qa": result.get("qa", {}),
         "steps": config.steps,
         "tokens_per_model": config.steps * config.batch_size * block_size,
         "flops_per_model": {kind: training_flops(runs[kind], config, block_size) for kind in runs},
@@ -108,6 +114,9 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     print(results_table(result))
     print()
     print(leakage_table(result["leakage"]))
+    if "qa" in result:
+        print()
+        print(qa_table(result["qa"]))
     print()
     print(f"prompt: {sample['prompt']!r}")
     print(f"RETRO continues: {sample['continuation']!r}")
@@ -215,6 +224,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--eval-samples", type=int, default=None, help="default: the whole valid split")
     parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
+    parser.add_argument("--qa-items", type=int, default=defaults.qa_items,
+                        help="items per factual QA list (0: no QA)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run_demo)
@@ -224,7 +235,8 @@ def run_demo(args: Any) -> int:
     demo(DemoConfig(
         out=args.out, db=args.db, steps=args.steps, batch_size=args.batch_size, preset=args.preset,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
-        eval_samples=args.eval_samples, new_tokens=args.new_tokens, seed=args.seed,
+        eval_samples=args.eval_samples, new_tokens=args.new_tokens, qa_items=args.qa_items,
+        seed=args.seed,
         progress=not args.no_progress,
     ))
     return 0

@@ -425,6 +425,15 @@ class DecodeCache:
     def max_len(self) -> int:
         return self.layers[0].k.shape[2]
 
+    def repeat(self, n: int) -> DecodeCache:
+        """A cache of B * n sequences, each of the B repeated n times in a row (rows b*n .. b*n+n-1
+        are copies of sequence b): several continuations of one decoded prefix."""
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat_interleave(n, dim=0)
+
+        layers = [LayerCache(rep(c.k), rep(c.v), rep(c.nbr_k), rep(c.nbr_v)) for c in self.layers]
+        return DecodeCache(layers, rep(self.chunk_states), self.pos, rep(self.nbr_lens))
+
 
 def _attends(lens: torch.Tensor, n_tokens: int, q_offset: int, chunk_size: int,
              dtype: torch.dtype) -> torch.Tensor:

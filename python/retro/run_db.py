@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retro.checkpoint import MODEL_DB_KEYS, db_mismatches
+from retro.checkpoint import MODEL_DB_KEYS, db_identity, db_mismatches
 from retro.db import Database, DatabaseError, open_db
 from retro.model import GPT
 
@@ -50,3 +50,13 @@ def open_run_db(model: GPT, state: dict[str, Any], path: str | os.PathLike | Non
         raise DatabaseError(f"{db.root} is not the database of this run:\n  "
                             + "\n  ".join(mismatches))
     return db
+
+
+def open_matching_db(db: Database, path: str | os.PathLike) -> Database:
+    """Opens the database at path for the runs of db (another retrieval database for them, e.g. one
+    with edited knowledge); raises DatabaseError naming each identity field that differs."""
+    other = open_db(Path(path))
+    mismatches = db_mismatches(db_identity(db), other, IDENTITY_KEYS)
+    if mismatches:
+        raise DatabaseError(f"{other.root} cannot stand in for {db.root}:\n  " + "\n  ".join(mismatches))
+    return other

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
+from retro.data.edits import Edits, apply_edits, check_edits
 from retro.data.corpus import canonical_source, corpus_fingerprint, read_corpus
 from retro.data.tokenizer import GPT2, load_tokenizer
 from retro.db import stages
@@ -46,6 +49,13 @@ class BuildConfig:
     valid_fraction: float = 0.05  # share of documents held out for validation
     seed: int = 0  # seeds the split, the index training sample and k-means
     block: int = BLOCK  # rows per resumable block of the embedding and neighbour stages
+    # Knowledge in the database (DeepMind's Wikipedia setting): the valid documents' chunks are
+    # added to the database after the train ones, so that valid chunks can retrieve themselves.
+    # False (strict): the database holds train documents only.
+    valid_in_db: bool = False
+    # Whole-word replacements made in the train documents (the database), never in the valid
+    # ones: a database of edited knowledge (retro.data.edits), e.g. (("Paris", "Lyon"),).
+    edits: Edits = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str):
@@ -59,6 +69,10 @@ class BuildConfig:
             )
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        object.__setattr__(self, "edits", check_edits(self.edits))
+        if self.valid_in_db and self.valid_fraction == 0:
+            raise ValueError("valid_in_db adds the valid documents to the database, but "
+                             "valid_fraction is 0: there are none")
         if self.n_nbrs < 1 or self.block < 1 or (self.nprobe is not None and self.nprobe < 1):
             raise ValueError("n_nbrs, block and nprobe must be positive")
 
@@ -68,6 +82,10 @@ class BuildConfig:
         value["corpus"] = [canonical_source(source) for source in self.corpus]
         value["tokenizer"] = canonical_source(self.tokenizer)
         value["embedder"] = resolve_name(self.embedder)
+        value["edits"] = [list(pair) for pair in self.edits]
+        for key in ("valid_in_db", "edits"):  # left out at their defaults, as before they existed
+            if not value[key]:
+                del value[key]
         return value
 
 
@@ -95,6 +113,8 @@ def build_db(
     manifest = open_or_create(out, DATABASE, config.to_json())
     tokenizer = load_tokenizer(config.tokenizer)
     documents = read_corpus(config.corpus, config.text_field)
+    splits = stages.split_documents(len(documents), config.valid_fraction, config.seed)
+    documents = edit_train_documents(documents, splits["train"], config.edits)
     fingerprint = corpus_fingerprint(documents)
     stored_tokenizer = manifest.components.get("tokenizer")
     if stored_tokenizer and stored_tokenizer["sha256"] != tokenizer.sha256:
@@ -121,9 +141,9 @@ def build_db(
         return loaded
 
     runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}))
-    splits = stages.split_documents(len(documents), config.valid_fraction, config.seed)
     stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size)
-    stages.chunk(runner, tokenizer, config.chunk_size, config.block_size)
+    stages.chunk(runner, tokenizer, config.chunk_size, config.block_size,
+                 ("train", "valid") if config.valid_in_db else ("train",))
     stages.embed_chunks(runner, tokenizer, embedder, config.block)
 
     n_chunks = manifest.stages["chunks"]["rows"]
@@ -150,3 +170,13 @@ def build_db(
         manifest.counts |= stream.counts(split)
     manifest.save()
     return open_db(out)
+
+
+def edit_train_documents(documents: list[str], train: np.ndarray, edits: Edits) -> list[str]:
+    """documents with the edits made in the train ones (the database's) only."""
+    if not edits:
+        return documents
+    edited = list(documents)
+    for i, text in zip(train, apply_edits([documents[i] for i in train], edits)):
+        edited[i] = text
+    return edited

@@ -12,6 +12,7 @@ chunks are doc_offsets[d] .. doc_offsets[d + 1] - 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,31 +24,50 @@ from retro.db.streams import TokenStream
 CHUNK_FILES = {name: f"chunks/{name}.npy" for name in ("tokens", "lengths", "doc_ids", "doc_offsets")}
 
 
-def write_chunks(root: Path, stream: TokenStream, eod_id: int) -> list[str]:
-    """Cuts every document of the stream (without its eod) into chunks; returns the written paths."""
+def write_chunks(root: Path, streams: Sequence[TokenStream], eod_id: int) -> list[str]:
+    """Cuts every document of the streams, in order, (without its eod) into chunks; returns the
+    written paths. Document ids count on from one stream to the next."""
+    parts = [cut_documents(stream) for stream in streams]
+    doc_ids = np.concatenate([ids + sum(s.n_docs for s in streams[:i])
+                              for i, (ids, _, _) in enumerate(parts)])
+    lengths = np.concatenate([lengths for _, lengths, _ in parts])
+    tokens = np.concatenate([chunk_tokens(stream, starts, lengths, eod_id)
+                             for stream, (_, lengths, starts) in zip(streams, parts)])
+    n_docs = sum(stream.n_docs for stream in streams)
+    doc_offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc_ids, minlength=n_docs), out=doc_offsets[1:])
+
+    arrays = {"tokens": tokens, "lengths": lengths, "doc_ids": doc_ids,
+              "doc_offsets": doc_offsets}
+    for name, array in arrays.items():
+        save_npy_atomically(root / CHUNK_FILES[name], array)
+    return list(CHUNK_FILES.values())
+
+
+def cut_documents(stream: TokenStream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stream's documents as chunks: doc_ids (n,) int64 (in the stream), lengths (n,) int32
+    and starts (n,) int64 (each chunk's first token in the stream)."""
     m = stream.chunk_size
     doc_lengths = np.diff(stream.doc_offsets) - 1  # without the trailing eod
     chunks_per_doc = -(-doc_lengths // m)
-    doc_offsets = np.zeros(stream.n_docs + 1, dtype=np.int64)
-    np.cumsum(chunks_per_doc, out=doc_offsets[1:])
-    n_chunks = int(doc_offsets[-1])
-
+    first_chunk = np.zeros(stream.n_docs + 1, dtype=np.int64)
+    np.cumsum(chunks_per_doc, out=first_chunk[1:])
     doc_ids = np.repeat(np.arange(stream.n_docs, dtype=np.int64), chunks_per_doc)
-    position = np.arange(n_chunks, dtype=np.int64) - doc_offsets[doc_ids]  # chunk's place in doc
+    position = np.arange(int(first_chunk[-1]), dtype=np.int64) - first_chunk[doc_ids]
     lengths = np.minimum(m, doc_lengths[doc_ids] - position * m).astype(np.int32)
+    return doc_ids, lengths, stream.doc_offsets[doc_ids] + position * m
 
-    # Gather each chunk's tokens from the stream; positions past its length read its doc's eod
-    # or later tokens and are overwritten with eod.
-    starts = stream.doc_offsets[doc_ids] + position * m
+
+def chunk_tokens(stream: TokenStream, starts: np.ndarray, lengths: np.ndarray,
+                 eod_id: int) -> np.ndarray:
+    """(n, m) tokens of the chunks starting at starts, eod past each chunk's length."""
+    m = stream.chunk_size
+    # Positions past a chunk's length read its doc's eod or later tokens and become eod.
     columns = np.arange(m, dtype=np.int64)
     gather = np.minimum(starts[:, None] + columns[None, :], len(stream.tokens) - 1)
     tokens = np.asarray(stream.tokens)[gather]
     tokens[columns[None, :] >= lengths[:, None]] = eod_id
-
-    arrays = {"tokens": tokens, "lengths": lengths, "doc_ids": doc_ids, "doc_offsets": doc_offsets}
-    for name, array in arrays.items():
-        save_npy_atomically(root / CHUNK_FILES[name], array)
-    return list(CHUNK_FILES.values())
+    return tokens
 
 
 @dataclass(frozen=True)

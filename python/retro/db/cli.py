@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from retro.data.edits import load_edits, parse_edit
 from retro.db.build import BuildConfig, build_db
 from retro.db.database import open_db
 from retro.db.info import RECALL_SAMPLE, neighbour_recall, show_query, summary
@@ -40,6 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--text-field", default=DEFAULTS.text_field, help="text field of .jsonl/.parquet")
     build.add_argument("--block", type=int, default=DEFAULTS.block,
                        help="rows per resumable block of the embedding and neighbour stages")
+    build.add_argument("--valid-in-db", action="store_true",
+                       help="knowledge in the database (DeepMind's Wikipedia setting): add the valid "
+                            "documents' chunks to the database; default: strict, train documents only")
+    build.add_argument("--edits", default=None, metavar="capitals|FILE.json",
+                       help="whole-word replacements made in the database's (train) documents: "
+                            "'capitals' (world capitals swapped among countries) or a JSON {old: new}")
+    build.add_argument("--edit", action="append", default=[], metavar="OLD=NEW",
+                       help="one replacement, e.g. --edit Paris=Lyon (repeatable)")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
 
@@ -74,6 +83,8 @@ def run_build(args: argparse.Namespace) -> int:
         embedder=args.embedder, index=args.index, nprobe=args.nprobe, n_nbrs=args.n_nbrs,
         chunk_size=args.chunk_size, block_size=args.block_size,
         valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
+        valid_in_db=args.valid_in_db,
+        edits=(load_edits(args.edits) if args.edits else ()) + tuple(map(parse_edit, args.edit)),
     )
     db = build_db(args.out, config, progress=not args.no_progress)
     print(summary(db.manifest))

@@ -168,15 +168,17 @@ def tokenize(
     runner.run("tokenize", inputs, work)
 
 
-def chunk(runner: StageRunner, tokenizer: Tokenizer, chunk_size: int, block_size: int) -> None:
-    """Stage "chunks": the train documents -> the chunk store (see chunks.py)."""
+def chunk(runner: StageRunner, tokenizer: Tokenizer, chunk_size: int, block_size: int,
+          splits: Sequence[str] = ("train",)) -> None:
+    """Stage "chunks": the documents of splits (the train split, and the valid one for a database
+    with knowledge of it), in that order -> the chunk store (see chunks.py)."""
 
     def work() -> tuple[list[str], int]:
-        stream = TokenStream.open(runner.root, "train", block_size, chunk_size)
-        outputs = write_chunks(runner.root, stream, tokenizer.eod_id)
+        streams = [TokenStream.open(runner.root, split, block_size, chunk_size) for split in splits]
+        outputs = write_chunks(runner.root, streams, tokenizer.eod_id)
         return outputs, len(np.load(runner.root / CHUNK_FILES["lengths"], mmap_mode="r"))
 
-    inputs = runner.checksums(list(stream_files("train").values()))
+    inputs = runner.checksums([path for split in splits for path in stream_files(split).values()])
     runner.run("chunks", {**inputs, "chunk_size": str(chunk_size)}, work)
 
 

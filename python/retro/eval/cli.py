@@ -8,6 +8,8 @@ from pathlib import Path
 
 from retro.checkpoint import checkpoint_path
 from retro.eval.evaluate import evaluate, results_table
+from retro.eval.qa import qa_table
+from retro.eval.trivia import DEFAULT_LISTS
 from retro.eval.leakage import leakage_table, plot_leakage
 from retro.eval.text_quality import text_quality_of_runs, text_quality_table
 
@@ -30,12 +32,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="also sample N continuations per model (nucleus p=0.9) and report "
                         "repetition, self-BLEU and Zipf (paper Table 3)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per sampled continuation")
+    parser.add_argument("--qa", nargs="*", default=None, metavar="LIST",
+                        help="factual QA: Red-Trivia lists and/or 'factbook' (no LIST: "
+                        f"{' '.join(DEFAULT_LISTS)}), by likelihood with 10 choices")
+    parser.add_argument("--qa-items", type=int, default=None,
+                        help="items per QA list (a seeded sample; default: all)")
+    parser.add_argument("--edited-db", default=None,
+                        help="with --qa: a database built with --edits; RETRO also answers with "
+                        "neighbours from it, on the items whose answer was edited")
     parser.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    qa_lists = () if args.qa is None else (args.qa or DEFAULT_LISTS)
+    if args.edited_db and not qa_lists:
+        raise ValueError("--edited-db is read by the QA comparison: add --qa")
     result = evaluate(args.run, args.db, args.gpt, args.split, args.batch_size, args.max_samples,
-                      args.device)
+                      args.device, qa_lists, args.qa_items, args.edited_db)
     plot = args.plot or checkpoint_path(args.run).parent / "leakage.png"
     result["leakage"]["plot"] = str(plot_leakage(result["leakage"], plot))
     if args.text_quality:
@@ -51,6 +64,11 @@ def run_eval(args: argparse.Namespace) -> int:
           "with RET(C_{u-1}) is <= alpha * chunk_size")
     print(leakage_table(result["leakage"]))
     print(f"plot: {result['leakage']['plot']}")
+    if "qa" in result:
+        print("\nFactual QA by likelihood (10 choices; acc_norm: per byte; answer retrieved: an "
+              "accepted answer is in the prompt's neighbours; edited rows: neighbours from "
+              f"{result.get('edited_db')}, on the items whose answer was edited):")
+        print(qa_table(result["qa"]))
     if "text_quality" in result:
         print("\nText quality of sampled continuations (nucleus p = 0.9):")
         print(text_quality_table(result["text_quality"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,11 @@ import numpy as np
 from retro.checkpoint import load_model
 from retro.db import Database
 from retro.eval.bytes import bits_per_byte
+from retro.eval.qa import qa_comparison
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
 from retro.eval.losses import chunk_bytes, chunk_losses, n_samples, samples, stored_neighbours
 from retro.model import GPT
-from retro.run_db import open_run_db
+from retro.run_db import open_matching_db, open_run_db
 
 
 def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: str = "valid",
@@ -66,15 +68,25 @@ def run_models(run: str | os.PathLike, db: str | os.PathLike | None = None,
 
 def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
              gpt_run: str | os.PathLike | None = None, split: str = "valid", batch_size: int = 4,
-             max_samples: int | None = None, device: str = "cpu") -> dict[str, Any]:
+             max_samples: int | None = None, device: str = "cpu", qa_lists: Sequence[str] = (),
+             qa_items: int | None = None,
+             edited_db: str | os.PathLike | None = None) -> dict[str, Any]:
     """``retro eval``: a RETRO run with retrieval ("retro") and without ("retro_no_retrieval"), or
     a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
 
-    Every run is checked against the database (see retro.run_db.open_run_db).
+    qa_lists: factual QA lists (retro.eval.trivia) scored by every model, up to qa_items items
+    each, into result["qa"]; with edited_db (a database built with edits), also RETRO's answers
+    with neighbours from it (retro.eval.qa.qa_comparison). Every run is checked against the
+    database (see retro.run_db.open_run_db), and edited_db against that database.
     """
     models, database = run_models(run, db, gpt_run, device)
     result = evaluate_models(models, database, split, batch_size, max_samples)
     result["run"], result["db"] = str(run), str(database.root)
+    if qa_lists:
+        edited = open_matching_db(database, edited_db) if edited_db is not None else None
+        result["qa"] = qa_comparison(models, database, qa_lists, qa_items, edited)
+        if edited is not None:
+            result["edited_db"] = str(edited.root)
     return result
 
 
