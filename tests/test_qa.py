@@ -198,3 +198,10 @@ def test_eval_cli_refuses_an_edited_database_without_qa(runs, capsys):
 
     assert main(["eval", str(runs[1]), "--edited-db", str(runs[0])]) != 0
     assert "--qa" in capsys.readouterr().err
+
+
+def test_the_factbook_list_joins_the_defaults_for_a_factbook_database():
+    from retro.eval.trivia import lists_for
+
+    assert lists_for(["default"]) == DEFAULT_LISTS
+    assert lists_for(["default", "factbook"]) == (*DEFAULT_LISTS, "factbook")

@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per sampled continuation")
     parser.add_argument("--qa", nargs="*", default=None, metavar="LIST",
                         help="factual QA: Red-Trivia lists and/or 'factbook' (no LIST: "
-                        f"{' '.join(DEFAULT_LISTS)}), by likelihood with 10 choices")
+                        f"{' '.join(DEFAULT_LISTS)}, and factbook when the database holds it), "
+                        "by likelihood with 10 choices")
     parser.add_argument("--qa-items", type=int, default=None,
                         help="items per QA list (a seeded sample; default: all)")
     parser.add_argument("--edited-db", default=None,
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    qa_lists = () if args.qa is None else (args.qa or DEFAULT_LISTS)
+    qa_lists = () if args.qa is None else (args.qa or "default")
     if args.edited_db and not qa_lists:
         raise ValueError("--edited-db is read by the QA comparison: add --qa")
     result = evaluate(args.run, args.db, args.gpt, args.split, args.batch_size, args.max_samples,

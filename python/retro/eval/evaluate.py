@@ -14,6 +14,7 @@ from retro.checkpoint import load_model
 from retro.db import Database
 from retro.eval.bytes import bits_per_byte
 from retro.eval.qa import qa_comparison
+from retro.eval.trivia import lists_for
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
 from retro.eval.losses import chunk_bytes, chunk_losses, n_samples, samples, stored_neighbours
 from retro.model import GPT
@@ -68,14 +69,15 @@ def run_models(run: str | os.PathLike, db: str | os.PathLike | None = None,
 
 def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
              gpt_run: str | os.PathLike | None = None, split: str = "valid", batch_size: int = 4,
-             max_samples: int | None = None, device: str = "cpu", qa_lists: Sequence[str] = (),
+             max_samples: int | None = None, device: str = "cpu",
+             qa_lists: Sequence[str] | str = (),
              qa_items: int | None = None,
              edited_db: str | os.PathLike | None = None) -> dict[str, Any]:
     """``retro eval``: a RETRO run with retrieval ("retro") and without ("retro_no_retrieval"), or
     a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
 
     qa_lists: factual QA lists (retro.eval.trivia) scored by every model, up to qa_items items
-    each, into result["qa"]; with edited_db (a database built with edits), also RETRO's answers
+    each, into result["qa"] ("default": trivia.lists_for the database's corpus); with edited_db (a database built with edits), also RETRO's answers
     with neighbours from it (retro.eval.qa.qa_comparison). Every run is checked against the
     database (see retro.run_db.open_run_db), and edited_db against that database.
     """
@@ -84,6 +86,8 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
     result["run"], result["db"] = str(run), str(database.root)
     if qa_lists:
         edited = open_matching_db(database, edited_db) if edited_db is not None else None
+        if qa_lists == "default":
+            qa_lists = lists_for(database.config["corpus"])
         result["qa"] = qa_comparison(models, database, qa_lists, qa_items, edited)
         if edited is not None:
             result["edited_db"] = str(edited.root)

@@ -158,6 +158,12 @@ def with_choices(items: list[QAItem], n_choices: int = N_CHOICES, seed: int = 0)
     return out
 
 
+def lists_for(corpus: list[str]) -> tuple[str, ...]:
+    """The QA lists for a database of this corpus (its manifest's config["corpus"]): the default
+    lists, and "factbook" when the Factbook is part of it."""
+    return DEFAULT_LISTS + ((FACTBOOK,) if FACTBOOK in corpus else ())
+
+
 def qa_items(name: str, max_items: int | None = None, seed: int = 0) -> list[QAItem]:
     """A list's items with choices; at most max_items of them (a seeded sample, in list order)."""
     items = with_choices(read_items(name), seed=seed)
