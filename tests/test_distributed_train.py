@@ -5,13 +5,10 @@ every tensor. The model is test_train's 2-layer, 64-wide RETRO on the reference 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
+from support import torchrun
 from test_db_support import reference_db
 from test_train import MODEL, SMALL, train_losses
 
@@ -37,20 +34,10 @@ FLAGS = [f"--max_iters={STEPS}", "--eval_interval=2", "--checkpoint_interval=2",
 LOSS_RTOL, GRAD_NORM_RTOL, WEIGHT_ATOL = 1e-5, 1e-3, 1e-5
 
 
-def torchrun(*args: str, ranks: int = RANKS) -> None:
-    """python -m torch.distributed.run --standalone (a free port) ... -m retro train args."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={ranks}", "-m", "retro", "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"torchrun timed out after {RUN_TIMEOUT_S} s:\n{output[-4000:]}")
-    assert process.returncode == 0, f"torchrun failed:\n{output[-6000:]}"
+def torchrun_train(*args: str) -> None:
+    """retro train on RANKS gloo ranks under torchrun; fails the test if a rank fails."""
+    status, output = torchrun(["train", *args], RANKS, RUN_TIMEOUT_S)
+    assert status == 0, f"torchrun failed:\n{output[-6000:]}"
 
 
 def logged(run) -> list[dict]:
@@ -90,7 +77,7 @@ def one_rank(db_dir, tmp_path_factory):
 def test_two_ranks_train_as_one_rank_with_the_same_global_batch(parallel, db_dir, one_rank,
                                                                 tmp_path):
     run = tmp_path / parallel
-    torchrun("--db", str(db_dir), "--out", str(run), f"--parallel={parallel}", *FLAGS)
+    torchrun_train("--db", str(db_dir), "--out", str(run), f"--parallel={parallel}", *FLAGS)
     assert_same_run(run, one_rank)
     assert len(train_losses(run)) == STEPS
     (latest,) = dcp_checkpoints(run)  # older DCP checkpoints are removed
@@ -100,7 +87,7 @@ def test_two_ranks_train_as_one_rank_with_the_same_global_batch(parallel, db_dir
 def test_resume_on_another_world_size(db_dir, one_rank, tmp_path):
     # 2 ranks (FSDP2) stop after step 2; 1 process resumes their DCP checkpoint with batch 4
     run = tmp_path / "two_then_one"
-    torchrun("--db", str(db_dir), "--out", str(run), "--parallel=fsdp", "--stop_after=2", *FLAGS)
+    torchrun_train("--db", str(db_dir), "--out", str(run), "--parallel=fsdp", "--stop_after=2", *FLAGS)
     assert latest_checkpoint(run).format == "dcp" and latest_checkpoint(run).step == 2
     assert main(["train", "--out", str(run), "--resume", "--batch_size=4"]) == 0
     assert_same_run(run, one_rank)
@@ -109,7 +96,7 @@ def test_resume_on_another_world_size(db_dir, one_rank, tmp_path):
     run = tmp_path / "one_then_two"
     train(TrainConfig(db=db_dir, out=run, model="retro", stop_after=2, **ONE))
     assert latest_checkpoint(run).format == "canonical"
-    torchrun("--out", str(run), "--resume", "--batch_size=2")
+    torchrun_train("--out", str(run), "--resume", "--batch_size=2")
     assert_same_run(run, one_rank)
 
 

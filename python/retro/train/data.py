@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retro.db import open_db
-from retro.train.distributed import World, rank_slices
+from retro.distributed import World
+from retro.train.distributed import rank_slices
 
 
 class SampleDataset(Dataset):

@@ -1,7 +1,8 @@
 """Training on several processes: torch.distributed as torchrun starts it, DDP or FSDP2.
 
 ``torchrun --nproc-per-node N -m retro train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; the run
-then joins the process group (gloo on CPU, NCCL on GPU: rank r uses cuda:LOCAL_RANK) and wraps the
+then joins the process group (retro.distributed; gloo on CPU, NCCL on GPU: rank r uses
+cuda:LOCAL_RANK) and wraps the
 model in DistributedDataParallel (``parallel="ddp"``, the default) or shards it with FSDP2
 (``parallel="fsdp"``: ``fully_shard`` on every transformer block, then on the whole model).
 
@@ -16,61 +17,21 @@ to floating-point summation order.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from retro.distributed import World, join_world
 from retro.train.config import PARALLEL
 
-LAUNCH_VARS = ("RANK", "WORLD_SIZE")  # set by torchrun (and by torch.multiprocessing users)
 
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the training processes."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0  # the process's number on its machine (its GPU)
-    distributed: bool = False  # a process group is initialised
-    owns_group: bool = False  # this run initialised it (and destroys it at the end)
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one that writes logs, progress and the canonical checkpoint."""
-        return self.rank == 0
-
-
-def join_world(device: str) -> World:
-    """The process group of this run: an existing one, the one torchrun's environment describes
-    (joined here: NCCL when device is CUDA, else gloo), or none (a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), _local_rank(), True, False)
-    if not all(name in os.environ for name in LAUNCH_VARS):
-        return World()
-    backend = "nccl" if _wants_cuda(device) else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(_local_rank())
-    dist.init_process_group(backend)
-    return World(dist.get_rank(), dist.get_world_size(), _local_rank(), True, True)
-
-
-def leave_world(world: World) -> None:
-    """Destroys the process group if this run created it."""
-    if world.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _wants_cuda(device: str) -> bool:
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+def join_training(device: str) -> World:
+    """The process group of a training run (see retro.distributed): NCCL when the run is on CUDA,
+    else gloo."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return join_world("nccl" if cuda else "gloo")
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:
@@ -163,9 +124,4 @@ def mean_over_ranks(value: float, world: World) -> float:
     """The mean of a float over all ranks (every rank gets it)."""
     total = sum_over_ranks(torch.tensor([value], dtype=torch.float64), world)
     return float(total[0]) / world.size
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
 

@@ -28,9 +28,9 @@ from retro.db import Database, open_db
 from retro.model import GPT, Retro, RetroConfig
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
-from retro.train.distributed import (World, barrier, gradient_sync, join_world, leave_world,
-                                     mean_over_ranks, parallel_mode, rank_batches, rank_device,
-                                     sum_over_ranks, wrap_model)
+from retro.distributed import World, barrier, leave_world
+from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
+                                     rank_batches, rank_device, sum_over_ranks, wrap_model)
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
                                                 latest_checkpoint, load_canonical, load_dcp,
                                                 read_train_state, save_dcp)
@@ -45,7 +45,7 @@ def train(config: TrainConfig) -> Path:
     (and leaves it at the end), each rank reads its slice of every global batch, and rank 0 alone
     writes the log, the progress bar and the canonical checkpoint.
     """
-    world = join_world(config.device)
+    world = join_training(config.device)
     try:
         return _train(config, world)
     finally:
