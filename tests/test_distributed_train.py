@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 from support import torchrun
-from test_db_support import reference_db
-from test_train import MODEL, SMALL, train_losses
+from test_train import MODEL, SMALL, db_dir, restore_threads, train_losses  # noqa: F401 (fixtures)
 
 from retro.checkpoint import CheckpointError, load_checkpoint
 from retro.cli import main
@@ -59,11 +58,6 @@ def assert_same_run(got, expected) -> None:
     assert state["data_position"] == reference["data_position"]
     for name, tensor in reference["model"].items():
         torch.testing.assert_close(state["model"][name], tensor, rtol=0, atol=WEIGHT_ATOL)
-
-
-@pytest.fixture(scope="module")
-def db_dir(tmp_path_factory):
-    return reference_db(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
