@@ -221,21 +221,26 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cost_model(nodes: int = 16, gpus_per_node: int = 8, cores_per_node: int = 96) -> dict:
+    """Every row of the model, from the JSONs in bench/results/ (see the module docstring)."""
+    training, memory = training_rows(load("train_cuda"))
+    return {
+        "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node,
+                    "cores_per_node": cores_per_node},
+        "database": embedding_rows(load("db_build")) + index_rows(load("ivfpq_cpu")),
+        "training": training,
+        "memory": memory,
+        "storage": storage(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--cores-per-node", type=int, default=96)
     args = parser.parse_args()
-    training, memory = training_rows(load("train_cuda"))
-    result = {
-        "cluster": {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
-                    "cores_per_node": args.cores_per_node},
-        "database": embedding_rows(load("db_build")) + index_rows(load("ivfpq_cpu")),
-        "training": training,
-        "memory": memory,
-        "storage": storage(),
-    }
+    result = cost_model(args.nodes, args.gpus_per_node, args.cores_per_node)
     (RESULTS / "cost_model.json").write_text(json.dumps(result, indent=2) + "\n")
     report.update_performance_md("cost-model", render(result), SCALING_MD)
     print(render(result))

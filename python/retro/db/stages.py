@@ -144,9 +144,11 @@ class StageRunner:
 
     @contextmanager
     def bar(self, name: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
-        """A progress bar with a rate in units/s; yields its update function."""
+        """A progress bar with a rate in units/s; yields its update function. On several ranks
+        rank 0 shows its own share (about total / ranks)."""
         from tqdm.auto import tqdm
 
+        total = -(-total // self.world.size)
         shown = self.progress and self.world.is_main
         with tqdm(total=total, desc=name, unit=unit, disable=not shown, smoothing=0.1) as bar:
             yield bar.update
