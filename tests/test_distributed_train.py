@@ -24,7 +24,7 @@ STEPS = 4
 # 1 process reads 4 samples per step; 2 ranks read 2 each: the same global batch of 4.
 ONE = dict(SMALL, batch_size=4, max_iters=STEPS, eval_interval=2, checkpoint_interval=2)
 FLAGS = [f"--max_iters={STEPS}", "--eval_interval=2", "--checkpoint_interval=2",
-         "--batch_size=2", "--warmup_iters=2", "--learning_rate=3e-3", "--eval_batches=1",
+         "--warmup_iters=2", "--learning_rate=3e-3", "--eval_batches=1",
          "--log_interval=1", "--progress=false", "--threads=1", "--block_size=256",
          "--n_layer=2", "--n_head=2", "--n_embd=64", "--cca_layers=2"]
 # Observed (summation order only): losses and validation losses within 6e-7 relative (DDP and
@@ -67,11 +67,14 @@ def one_rank(db_dir, tmp_path_factory):
     return train(TrainConfig(db=db_dir, out=out, model="retro", **ONE))
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_ranks_train_as_one_rank_with_the_same_global_batch(parallel, db_dir, one_rank,
-                                                                tmp_path):
+# (parallel, batch_size, grad_accum) on 2 ranks: a global batch of 4 each
+@pytest.mark.parametrize("parallel, batch_size, grad_accum",
+                         [("ddp", 2, 1), ("fsdp", 2, 1), ("ddp", 1, 2)])
+def test_two_ranks_train_as_one_rank_with_the_same_global_batch(parallel, batch_size, grad_accum,
+                                                                db_dir, one_rank, tmp_path):
     run = tmp_path / parallel
-    torchrun_train("--db", str(db_dir), "--out", str(run), f"--parallel={parallel}", *FLAGS)
+    torchrun_train("--db", str(db_dir), "--out", str(run), f"--parallel={parallel}",
+                   f"--batch_size={batch_size}", f"--grad_accum={grad_accum}", *FLAGS)
     assert_same_run(run, one_rank)
     assert len(train_losses(run)) == STEPS
     (latest,) = dcp_checkpoints(run)  # older DCP checkpoints are removed
@@ -81,7 +84,8 @@ def test_two_ranks_train_as_one_rank_with_the_same_global_batch(parallel, db_dir
 def test_resume_on_another_world_size(db_dir, one_rank, tmp_path):
     # 2 ranks (FSDP2) stop after step 2; 1 process resumes their DCP checkpoint with batch 4
     run = tmp_path / "two_then_one"
-    torchrun_train("--db", str(db_dir), "--out", str(run), "--parallel=fsdp", "--stop_after=2", *FLAGS)
+    torchrun_train("--db", str(db_dir), "--out", str(run), "--parallel=fsdp", "--stop_after=2",
+                   "--batch_size=2", *FLAGS)
     assert latest_checkpoint(run).format == "dcp" and latest_checkpoint(run).step == 2
     assert main(["train", "--out", str(run), "--resume", "--batch_size=4"]) == 0
     assert_same_run(run, one_rank)

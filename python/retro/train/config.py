@@ -52,7 +52,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: off
     # evaluation, logging, checkpoints
     eval_interval: int = 200  # steps between validation losses (and at the end)
-    eval_batches: int = 20  # validation batches of batch_size, spread evenly over the valid split
+    eval_batches: int = 20  # validation batches of a step's global batch (batch_size x ranks x
+    # grad_accum samples), spread evenly over the valid split
     log_interval: int = 10  # steps between log.jsonl lines (and at the end)
     checkpoint_interval: int = 500  # steps between checkpoints (and at the end)
     stop_after: int | None = None  # end this invocation after this step, checkpointed (resumable)

@@ -84,7 +84,9 @@ def _train(config: TrainConfig, world: World) -> Path:
     train_set = SampleDataset(db.root, "train", with_neighbours)
     valid_set = SampleDataset(db.root, "valid", with_neighbours)
     global_batch = config.batch_size * world.size  # samples per micro-batch over all ranks
-    valid_samples = eval_samples(len(valid_set), config.eval_batches * global_batch)
+    # validation batches of a step's samples: the same set for any split of the global batch
+    valid_samples = eval_samples(len(valid_set),
+                                 config.eval_batches * global_batch * config.grad_accum)
     batches = iter(train_loader(train_set, config.batch_size, config.seed, data_position,
                                 config.num_workers, pin_memory=device.type == "cuda",
                                 world=world))
