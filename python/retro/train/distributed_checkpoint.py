@@ -99,8 +99,9 @@ def _check_model(state: dict[str, Any], model: nn.Module, where: Path) -> None:
 def save_dcp(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              train_state: dict[str, Any], no_dist: bool = False) -> Path:
     """Writes the DCP checkpoint of train_state["step"]; collective under torch.distributed (every
-    rank calls it) unless no_dist. model may be wrapped (DDP) or sharded (FSDP2). Older DCP
-    checkpoints of the run are removed once this one is complete. Returns the step directory."""
+    rank calls it) unless no_dist. model may be wrapped (DDP) or sharded (FSDP2). The run's other
+    step directories (older ones, and any an interrupted save left) are removed once this one is
+    complete. Returns the step directory."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -123,9 +124,9 @@ def save_dcp(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
         tmp = path / f"{TRAIN_STATE}.tmp"
         torch.save(kept, tmp)
         tmp.replace(path / TRAIN_STATE)
-        for older in dcp_checkpoints(run):
-            if older.step != train_state["step"]:
-                shutil.rmtree(older.path)
+        for other in (Path(run) / DCP_DIR).glob("step-*"):  # older ones, complete or not
+            if other != path:
+                shutil.rmtree(other)
     if not no_dist:
         dist.barrier()
     return path
