@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,25 @@ def clustered(
     centres = rng.standard_normal((n_centres, d))
     labels = rng.integers(0, n_centres, n)
     return (centres[labels] + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def torchrun(args: list[str], ranks: int, timeout_s: float,
+             env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=ranks -m retro *args``: the
+    exit status and the output (stdout and stderr). --standalone rendezvous on a free port; a run
+    past timeout_s (a rank stuck in a collective) is killed with its process group."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={ranks}", "-m", "retro", *args]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout_s} s:\n{output[-4000:]}")
+    return process.returncode, output
 
 
 def recall_at(labels: np.ndarray, truth: np.ndarray) -> float:

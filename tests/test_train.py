@@ -153,7 +153,8 @@ def test_bad_settings(db_dir, gpt_run, tmp_path, capsys):
         TrainConfig(db=db_dir, out=tmp_path, model_args={"layers": 2})
     with pytest.raises(ValueError, match="already holds a training run"):
         train(TrainConfig(db=db_dir, out=gpt_run, model="gpt", **SMALL))
-    with pytest.raises(ValueError, match="(?s)cannot resume .*batch_size: the run has 2, now 4"):
+    with pytest.raises(ValueError,
+                       match=r"(?s)cannot resume .*global batch .*the run has 2 \(2 x 1 x 1\), now 4"):
         train(TrainConfig(db=db_dir, out=gpt_run, model="gpt", resume=True,
                           **{**SMALL, "batch_size": 4}))
     with pytest.raises(ValueError, match="init_from needs a GPT run"):

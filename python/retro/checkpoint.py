@@ -14,7 +14,10 @@ Keys (format version 1):
   :func:`db_mismatches` compares it with a database.
 
 Optional keys written by ``retro train``: ``frozen`` (names of the parameters that were not
-trained, e.g. the decoder in RETRO-fit; absent or empty: all trained).
+trained, e.g. the decoder in RETRO-fit; absent or empty: all trained) and ``world_size`` (the
+ranks that trained it, whose product with batch_size and grad_accum a resumed run must keep;
+absent: 1). A run under torchrun writes a DCP checkpoint beside it
+(retro.train.distributed_checkpoint) and this file at its end.
 
 The same directory holds ``log.jsonl`` (one JSON object per logged step) and plots.
 """

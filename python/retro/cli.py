@@ -17,6 +17,7 @@ COMMAND_GROUPS = (
     "retro.db.cli",
     "retro.index_cli",
     "retro.train.cli",
+    "retro.train.ckpt_cli",
     "retro.eval.cli",
     "retro.generation.cli",
     "retro.demo",

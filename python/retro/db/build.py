@@ -10,12 +10,18 @@ Stages, each resumable and skipped when complete (see stages.py):
     queries.<split>     every query chunk of the split's samples embedded
     neighbours.<split>  top n_nbrs chunks per query chunk; a train query excludes every chunk of
                         every document of its sample
+
+Under ``torchrun --nproc-per-node N -m retro db build ...`` the N ranks build together (see
+stages.py): rank 0 tokenizes, chunks, trains the index and writes the manifest; the embedding,
+query and neighbour stages are split by block range. The files are byte-identical to a
+one-process build with the same config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,6 +37,10 @@ from retro.db.streams import TokenStream
 from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
+from retro.distributed import World, barrier, join_world, leave_world
+
+# How long a rank waits for the others: rank 0 tokenizes and trains the index alone meanwhile.
+RANK_WAIT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,21 @@ def build_db(
         anything already built is touched.
     """
     config = dataclasses.replace(config or BuildConfig(), **overrides)
-    out = Path(out)
+    world = join_world("gloo", timeout=RANK_WAIT)
+    try:
+        return _build(Path(out), config, progress, log, world)
+    finally:
+        leave_world(world)
+
+
+def _build(
+    out: Path,
+    config: BuildConfig,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    world: World,
+) -> Database:
+    """build_db on this rank of world (every rank calls it)."""
     manifest = open_or_create(out, DATABASE, config.to_json())
     tokenizer = load_tokenizer(config.tokenizer)
     documents = read_corpus(config.corpus, config.text_field)
@@ -120,37 +144,46 @@ def build_db(
     if stored_tokenizer and stored_tokenizer["sha256"] != tokenizer.sha256:
         raise DatabaseError(f"{out}: the tokenizer {config.tokenizer!r} changed since it was built")
 
-    out.mkdir(parents=True, exist_ok=True)
     manifest.components["tokenizer"] = tokenizer.describe()
-    embedder_info = manifest.components.setdefault(
+    manifest.components.setdefault(
         "embedder",
         {"name": resolve_name(config.embedder), "precision": default_precision(default_device())},
     )
-    manifest.save()
+
+    def embedder_info() -> dict:
+        """The manifest's embedder entry (looked up each time: a rank's manifest is replaced by
+        rank 0's after every stage)."""
+        return manifest.components["embedder"]
+
+    barrier(world)  # every rank has checked the directory before rank 0 creates it
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.save()
 
     @cache
     def embedder() -> Embedder:
         """The embedder, loaded on first use only (stages that are complete need none)."""
-        loaded = Embedder(embedder_info["name"], precision=embedder_info["precision"])
-        if embedder_info.get("dim", loaded.dim) != loaded.dim:
+        info = embedder_info()
+        loaded = Embedder(info["name"], device=rank_device(world), precision=info["precision"])
+        if info.get("dim", loaded.dim) != loaded.dim:
             raise DatabaseError(
                 f"{out}: embedder {loaded.name} gives {loaded.dim}-d vectors; the database holds "
-                f"{embedder_info['dim']}-d ones"
+                f"{info['dim']}-d ones"
             )
-        embedder_info["dim"] = loaded.dim
+        info["dim"] = loaded.dim
         return loaded
 
-    runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}))
+    runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}), world=world)
     stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size)
     stages.chunk(runner, tokenizer, config.chunk_size, config.block_size,
                  ("train", "valid") if config.valid_in_db else ("train",))
     stages.embed_chunks(runner, tokenizer, embedder, config.block)
 
     n_chunks = manifest.stages["chunks"]["rows"]
-    if "dim" not in embedder_info:  # embeddings made by an earlier run that recorded no dim
+    if "dim" not in embedder_info():  # embeddings made by an earlier run that recorded no dim
         embedder()
     manifest.components["index"] = choose_index(
-        n_chunks, embedder_info["dim"], config.index, config.nprobe
+        n_chunks, embedder_info()["dim"], config.index, config.nprobe
     ).to_json()
     stages.index(runner, IndexParams(**manifest.components["index"]), config.seed)
 
@@ -168,7 +201,9 @@ def build_db(
     for split in splits:
         stream = TokenStream.open(out, split, config.block_size, config.chunk_size)
         manifest.counts |= stream.counts(split)
-    manifest.save()
+    if world.is_main:
+        manifest.save()
+    barrier(world)
     return open_db(out)
 
 
@@ -180,3 +215,10 @@ def edit_train_documents(documents: list[str], train: np.ndarray, edits: Edits) 
     for i, text in zip(train, apply_edits([documents[i] for i in train], edits)):
         edited[i] = text
     return edited
+
+
+def rank_device(world: World) -> str | None:
+    """The embedder's device on this rank: the rank's own GPU under torchrun, else the default."""
+    if world.distributed and default_device() == "cuda":
+        return f"cuda:{world.local_rank}"
+    return None

@@ -20,7 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     db = subparsers.add_parser("db", help="build and inspect the retrieval database")
     commands = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
 
-    build = commands.add_parser("build", help="corpus -> chunks -> embeddings -> index -> neighbours")
+    build = commands.add_parser(
+        "build", help="corpus -> chunks -> embeddings -> index -> neighbours",
+        description="Build (or resume) a retrieval database. Under `torchrun --nproc-per-node N -m "
+                    "retro db build ...` the N ranks split the embedding and neighbour stages by "
+                    "block range; the files are those of a one-process build.")
     build.add_argument("--corpus", nargs="+", default=list(DEFAULTS.corpus),
                        help="'default' (Wikipedia leads), 'factbook', 'kjv', or .txt/.jsonl/.parquet "
                             "files and directories (default: %(default)s)")

@@ -23,6 +23,7 @@ import numpy as np
 
 from retro.data.packages import package_dir
 from retro.db.files import BlockWriter
+from retro.distributed import World
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -114,7 +115,7 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float16)
         with torch.inference_mode(), torch.autocast(
-            self.device, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             vectors = self.model.encode(
                 texts, batch_size=BATCH_SIZE, convert_to_tensor=True, show_progress_bar=False
@@ -133,8 +134,10 @@ def embed_to_file(
     block: int,
     progress: Callable[[int], None],
     after_block: Callable[[int], None],
+    world: World = World(),
 ) -> Path:
-    """Embeds rows 0 .. n_rows - 1 into path, an (n_rows, dim) float16 .npy, block by block.
+    """Embeds rows 0 .. n_rows - 1 into path, an (n_rows, dim) float16 .npy, block by block; on
+    several ranks each embeds its range of blocks (collective: see :class:`BlockWriter`).
 
     Args:
         texts: texts(start, stop) -> the texts of rows start .. stop - 1.
@@ -142,9 +145,10 @@ def embed_to_file(
         block: rows per block (fixed for the database).
         progress: called with the rows of each block done (also the blocks resumed past).
         after_block: called with each block's number once it is stored (a test hook).
+        world: the ranks that share the work.
     """
-    writer = BlockWriter({path: ((n_rows, embedder.dim), np.dtype(np.float16))}, block, key)
-    progress(min(n_rows, writer.blocks_done * block))
+    writer = BlockWriter({path: ((n_rows, embedder.dim), np.dtype(np.float16))}, block, key, world)
+    progress(writer.rows_done)
     for b, start, stop in writer.pending():
         writer.write(b, {path: embedder.embed(texts(start, stop))})
         progress(stop - start)

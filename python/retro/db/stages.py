@@ -5,9 +5,18 @@ parameters it is computed from) and every output file still has its recorded che
 redoes any other stage; since every stage is deterministic, a redone stage whose inputs did not
 change writes the same bytes, and the stages after it stay complete.
 
+On several ranks (``torchrun -m retro db build``; retro.distributed) every rank runs the same
+sequence of stages: rank 0 decides which are complete, runs the unblocked ones alone (tokenize,
+chunks, index) and records every finished stage in the manifest; the blocked ones (embed,
+queries.<split>, neighbours.<split>) are split by block range, each rank writing its own blocks
+into the shared files (retro.db.files.BlockWriter). Blocks hold the same bytes whoever computes
+them, so the files are those of a one-process build, and a rerun on any number of ranks skips the
+blocks that were written.
+
 For tests, the environment variable ``RETRO_DB_FAIL_AT`` makes the build raise
 :class:`InjectedFailure` at a named point: ``<stage>`` once its outputs are written but before the
-manifest records them, ``<stage>:<b>`` once block b of a blocked stage is stored.
+manifest records them, ``<stage>:<b>`` once block b of a blocked stage is stored (by whichever rank
+writes it).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from retro.db.indexing import INDEX_FILE, IndexParams, build_index, open_searche
 from retro.db.manifest import DatabaseError, Manifest
 from retro.db.retrieval import doc_ranges_to_ids, retrieve_embedded
 from retro.db.streams import TokenStream, stream_files, write_stream
+from retro.distributed import World, broadcast_object
 
 FAIL_AT = "RETRO_DB_FAIL_AT"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -73,6 +83,7 @@ class StageRunner:
     manifest: Manifest
     progress: bool = True
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    world: World = World()  # the ranks building together; rank 0 alone writes the manifest
 
     @property
     def root(self) -> Path:
@@ -89,32 +100,57 @@ class StageRunner:
             and all(self.manifest.file_is_valid(path) for path in record["outputs"])
         )
 
-    def run(self, name: str, inputs: dict[str, str], work: Callable[[], tuple[list[str], int]]) -> None:
-        """Runs work() -> (output paths, rows processed) unless the stage is complete."""
-        if self.is_complete(name, inputs):
-            self.log(f"{name}: complete, skipped")
+    def run(
+        self,
+        name: str,
+        inputs: dict[str, str],
+        work: Callable[[], tuple[list[str], int]],
+        blocked: bool = False,
+    ) -> None:
+        """Runs work() -> (output paths, rows processed) unless the stage is complete.
+
+        Collective on several ranks: work() runs on every rank if blocked (each does its blocks),
+        else on rank 0 alone; rank 0 then records the stage and every rank gets its manifest.
+        """
+        main = self.world.is_main
+        if broadcast_object(self.is_complete(name, inputs) if main else None, self.world):
+            if main:
+                self.log(f"{name}: complete, skipped")
             return
         self.manifest.stages.pop(name, None)
         start = time.perf_counter()
-        outputs, rows = work()
+        outputs, rows = work() if blocked or main else ([], 0)
         seconds = time.perf_counter() - start
         fail_point(name)
-        for path in outputs:
-            self.manifest.record_file(path)
-        self.manifest.stages[name] = {
-            "inputs": inputs,
-            "outputs": outputs,
-            "rows": rows,
-            "seconds": round(seconds, 3),
-        }
-        self.manifest.save()
+        if main:
+            for path in outputs:
+                self.manifest.record_file(path)
+            self.manifest.stages[name] = {
+                "inputs": inputs,
+                "outputs": outputs,
+                "rows": rows,
+                "seconds": round(seconds, 3),
+            }
+            self.manifest.save()
+        self.sync()
+
+    def sync(self) -> None:
+        """Every rank's manifest becomes rank 0's (what it recorded and resolved)."""
+        if self.world.distributed:
+            state = broadcast_object(self.manifest.to_json() if self.world.is_main else None,
+                                     self.world)
+            for key in ("components", "counts", "files", "stages"):
+                setattr(self.manifest, key, state[key])
 
     @contextmanager
     def bar(self, name: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
-        """A progress bar with a rate in units/s; yields its update function."""
+        """A progress bar with a rate in units/s; yields its update function. On several ranks
+        rank 0 shows its own share (about total / ranks)."""
         from tqdm.auto import tqdm
 
-        with tqdm(total=total, desc=name, unit=unit, disable=not self.progress, smoothing=0.1) as bar:
+        total = -(-total // self.world.size)
+        shown = self.progress and self.world.is_main
+        with tqdm(total=total, desc=name, unit=unit, disable=not shown, smoothing=0.1) as bar:
             yield bar.update
 
 
@@ -205,11 +241,11 @@ def embed_chunks(
             embed_to_file(
                 embedder(), runner.root / EMBEDDINGS_FILE, len(chunks), texts,
                 json.dumps(inputs, sort_keys=True), block, update,
-                lambda b: fail_point(f"embed:{b}"),
+                lambda b: fail_point(f"embed:{b}"), runner.world,
             )
         return [EMBEDDINGS_FILE], len(chunks)
 
-    runner.run("embed", inputs, work)
+    runner.run("embed", inputs, work, blocked=True)
 
 
 def index(runner: StageRunner, params: IndexParams, seed: int) -> None:
@@ -254,7 +290,8 @@ def embed_queries(
 
     def work() -> tuple[list[str], int]:
         stream = TokenStream.open(runner.root, split, block_size, chunk_size)
-        save_npy_atomically(runner.root / files["sample_docs"], stream.sample_doc_ranges())
+        if runner.world.is_main:
+            save_npy_atomically(runner.root / files["sample_docs"], stream.sample_doc_ranges())
 
         def texts(start: int, stop: int) -> list[str]:
             return tokenizer.texts_without_eod(stream.query_tokens(start, stop))
@@ -263,11 +300,11 @@ def embed_queries(
             embed_to_file(
                 embedder(), runner.root / files["embeddings"], stream.n_queries, texts,
                 json.dumps(inputs, sort_keys=True), block, update,
-                lambda b: fail_point(f"{name}:{b}"),
+                lambda b: fail_point(f"{name}:{b}"), runner.world,
             )
         return list(files.values()), stream.n_queries
 
-    runner.run(name, inputs, work)
+    runner.run(name, inputs, work, blocked=True)
 
 
 def find_neighbours(
@@ -313,9 +350,10 @@ def find_neighbours(
             },
             block,
             json.dumps(inputs, sort_keys=True),
+            runner.world,
         )
         with runner.bar(name, len(queries), "chunk") as update:
-            update(min(len(queries), writer.blocks_done * block))
+            update(writer.rows_done)
             for b, start, stop in writer.pending():
                 samples = np.arange(start, stop) // chunks_per_sample
                 exclude = doc_ranges_to_ids(sample_docs[samples]) if in_database else None
@@ -327,7 +365,7 @@ def find_neighbours(
         writer.finish()
         return list(files.values()), len(queries)
 
-    runner.run(name, inputs, work)
+    runner.run(name, inputs, work, blocked=True)
 
 
 def checksums(manifest: Manifest, paths: Sequence[str]) -> dict[str, str]:

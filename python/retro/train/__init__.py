@@ -5,7 +5,9 @@
                             model_args={"block_size": 256}))
 
 config.py holds the settings and the typed overrides, data.py the samples with their
-neighbours, optim.py AdamW and the schedule, loop.py the loop, log.py RUN/log.jsonl.
+neighbours, optim.py AdamW and the schedule, loop.py the loop, log.py RUN/log.jsonl,
+distributed.py DDP / FSDP2 and the rank's share of each batch under torchrun,
+distributed_checkpoint.py the DCP checkpoints and their conversion to and from ckpt.pt.
 """
 
 from retro.train.config import TrainConfig

@@ -2,7 +2,8 @@
 
 Every TrainConfig setting and RetroConfig field is an option ``--key=value`` (nanoGPT's names,
 typed by the field: ``--max_iters=200 --n_layer=4 --cca_layers=2,4``). ``--resume`` continues the
-run in --out with its stored settings, changed only by the options given.
+run in --out with its stored settings, changed only by the options given. Under
+``torchrun --nproc-per-node N -m retro train ...`` the same command trains on N ranks.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def _missing(error: ImportError) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from retro.checkpoint import load_checkpoint
+    from retro.checkpoint import CheckpointError
     from retro.train.config import TrainConfig, apply_overrides
+    from retro.train.distributed_checkpoint import latest_checkpoint, read_train_state
     from retro.train.loop import train
 
     overrides = {key.removeprefix(PREFIX): value for key, value in vars(args).items()
@@ -67,7 +69,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.freeze:
         given["freeze"] = True
     if args.resume:
-        stored = TrainConfig(**load_checkpoint(args.out)["train_args"])
+        checkpoint = latest_checkpoint(args.out)
+        if checkpoint is None:
+            raise CheckpointError(f"nothing to resume: {args.out} has no checkpoint")
+        stored = TrainConfig(**read_train_state(checkpoint)["train_args"])
         config = dataclasses.replace(stored, **given, out=args.out, resume=True, stop_after=None)
     else:
         if args.db is None:

@@ -19,10 +19,11 @@ from retro.model import RetroConfig
 
 MODELS = ("retro", "gpt")
 DTYPES = ("auto", "float32", "bfloat16")
+PARALLEL = ("auto", "ddp", "fsdp")
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
-RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "seed", "batch_size",
-                "grad_accum", "learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay",
-                "beta1", "beta2", "grad_clip")
+# (batch_size and grad_accum may change with the world size: their product with it may not.)
+RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "seed", "learning_rate",
+                "min_lr_ratio", "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
 
 
 @dataclass
@@ -39,8 +40,8 @@ class TrainConfig:
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
     max_iters: int = 2000  # optimizer steps
-    batch_size: int = 8  # samples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 8  # samples per micro-batch on each rank
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch: x batch_size x ranks)
     learning_rate: float = 6e-4  # the paper's for 'small'
     min_lr_ratio: float = 0.1  # cosine floor, as a share of learning_rate
     warmup_iters: int = 100
@@ -51,7 +52,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: off
     # evaluation, logging, checkpoints
     eval_interval: int = 200  # steps between validation losses (and at the end)
-    eval_batches: int = 20  # validation batches of batch_size, spread evenly over the valid split
+    eval_batches: int = 20  # validation batches of a step's global batch (batch_size x ranks x
+    # grad_accum samples), spread evenly over the valid split
     log_interval: int = 10  # steps between log.jsonl lines (and at the end)
     checkpoint_interval: int = 500  # steps between checkpoints (and at the end)
     stop_after: int | None = None  # end this invocation after this step, checkpointed (resumable)
@@ -62,6 +64,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch CPU threads; None: leave torch's setting
     progress: bool = True  # tqdm bar with loss, tokens/s and ETA
+    parallel: str = "auto"  # under torchrun: "ddp" ("auto") or "fsdp" (FSDP2, per block)
 
     def __post_init__(self) -> None:
         self.db, self.out = str(self.db), str(self.out)
@@ -69,6 +72,8 @@ class TrainConfig:
             self.init_from = str(self.init_from)
         _check(self.model in MODELS, f"model must be one of {MODELS}, not {self.model!r}")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        _check(self.parallel in PARALLEL,
+               f"parallel must be one of {PARALLEL}, not {self.parallel!r}")
         positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_batches",
                     "log_interval", "checkpoint_interval")
         for name in positive:

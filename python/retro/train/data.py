@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retro.db import open_db
+from retro.distributed import World
+from retro.train.distributed import rank_slices
 
 
 class SampleDataset(Dataset):
@@ -73,20 +75,25 @@ def sample_order(n_samples: int, seed: int, start: int = 0) -> Iterator[int]:
 
 
 class ResumableSampler(Sampler[int]):
-    """:func:`sample_order` from a data position, as a DataLoader sampler (endless)."""
+    """:func:`sample_order` from a data position, as a DataLoader sampler (endless); with a world
+    of several ranks, this rank's slice of every global batch (retro.train.distributed)."""
 
-    def __init__(self, n_samples: int, seed: int, start: int) -> None:
+    def __init__(self, n_samples: int, seed: int, start: int, batch_size: int = 1,
+                 world: World = World()) -> None:
         self.n_samples, self.seed, self.start = n_samples, seed, start
+        self.batch_size, self.world = batch_size, world
 
     def __iter__(self) -> Iterator[int]:
-        return sample_order(self.n_samples, self.seed, self.start)
+        order = sample_order(self.n_samples, self.seed, self.start)
+        return rank_slices(order, self.batch_size, self.world) if self.world.size > 1 else order
 
 
 def train_loader(dataset: SampleDataset, batch_size: int, seed: int, start: int,
-                 num_workers: int, pin_memory: bool) -> DataLoader:
-    """Endless batches of the seeded order, from data position `start` (samples consumed)."""
+                 num_workers: int, pin_memory: bool, world: World = World()) -> DataLoader:
+    """Endless batches of the seeded order, from data position `start` (samples consumed by all
+    ranks): this rank's batch_size samples of each global batch of batch_size * world.size."""
     return DataLoader(dataset, batch_size=batch_size,
-                      sampler=ResumableSampler(len(dataset), seed, start),
+                      sampler=ResumableSampler(len(dataset), seed, start, batch_size, world),
                       num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
 

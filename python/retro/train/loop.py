@@ -3,8 +3,10 @@
 One optimizer step: grad_accum micro-batches of batch_size samples, each loss scaled by
 1 / grad_accum, then gradient clipping and AdamW at the scheduled learning rate. Validation runs
 every eval_interval steps on a fixed set of valid samples with their stored neighbours; a
-checkpoint (retro.checkpoint) is written every checkpoint_interval steps and at the end, holding
-everything a resumed run needs to continue with the same losses.
+checkpoint is written every checkpoint_interval steps and at the end, holding everything a
+resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.checkpoint) on one process,
+a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
+added at the end), which resumes on any world size with the same global batch.
 """
 
 from __future__ import annotations
@@ -18,37 +20,62 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 
-from retro.checkpoint import (FORMAT_VERSION, KINDS, MODEL_DB_KEYS, checkpoint_path, config_dict,
+from retro.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS, config_dict,
                               db_identity, db_mismatches, load_checkpoint, save_checkpoint)
 from retro.db import Database, open_db
 from retro.model import GPT, Retro, RetroConfig
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
+from retro.distributed import World, barrier, leave_world
+from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
+                                     rank_batches, rank_device, sum_over_ranks, wrap_model)
+from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
+                                                latest_checkpoint, load_canonical, load_dcp,
+                                                read_train_state, save_dcp)
 from retro.train.log import RunLog
 from retro.train.optim import learning_rate, make_optimizer
 
 
 def train(config: TrainConfig) -> Path:
-    """Trains (or, with config.resume, continues) the run config.out; returns its directory."""
+    """Trains (or, with config.resume, continues) the run config.out; returns its directory.
+
+    Under torchrun every rank calls it (retro.train.distributed): the run joins the process group
+    (and leaves it at the end), each rank reads its slice of every global batch, and rank 0 alone
+    writes the log, the progress bar and the canonical checkpoint.
+    """
+    world = join_training(config.device)
+    try:
+        return _train(config, world)
+    finally:
+        leave_world(world)
+
+
+def _train(config: TrainConfig, world: World) -> Path:
     run = Path(config.out)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = _device(config.device)
+    device = rank_device(_device(config.device), world)
+    mode = parallel_mode(config.parallel, world)
     db = open_db(config.db)
     if "valid" not in db.splits:
         raise ValueError(f"{db.root} has no valid split to validate on (valid_fraction was 0)")
-    state = _resume_state(run, config, db)
-    model, frozen = _model(config, db, state)
-    model.to(device).train()
+    checkpoint, state = _resume_state(run, config, db, world)
+    plain, frozen = _model(config, db, state)
+    plain.to(device).train()
+    model = wrap_model(plain, mode, device)
     optimizer = make_optimizer(model, config, device)
     step, data_position = 0, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if checkpoint.format == "dcp":
+            load_dcp(checkpoint, model, optimizer)
+        else:
+            load_canonical(state, model, optimizer)
         step, data_position = state["step"], state["data_position"]
         _set_rng_state(state["rng"])
-    log = RunLog(run, resume_step=step if state is not None else None)
+    log = RunLog(run, resume_step=step if state is not None else None) if world.is_main \
+        else _NoLog()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
@@ -56,22 +83,24 @@ def train(config: TrainConfig) -> Path:
     with_neighbours = config.model == "retro"
     train_set = SampleDataset(db.root, "train", with_neighbours)
     valid_set = SampleDataset(db.root, "valid", with_neighbours)
-    valid_loader = DataLoader(
-        valid_set, batch_size=config.batch_size,
-        sampler=eval_samples(len(valid_set), config.eval_batches * config.batch_size).tolist())
+    global_batch = config.batch_size * world.size  # samples per micro-batch over all ranks
+    # validation batches of a step's samples: the same set for any split of the global batch
+    valid_samples = eval_samples(len(valid_set),
+                                 config.eval_batches * global_batch * config.grad_accum)
     batches = iter(train_loader(train_set, config.batch_size, config.seed, data_position,
-                                config.num_workers, pin_memory=device.type == "cuda"))
+                                config.num_workers, pin_memory=device.type == "cuda",
+                                world=world))
     identity = db_identity(db)
-    tokens_per_step = config.batch_size * config.grad_accum * db.block_size
+    tokens_per_step = global_batch * config.grad_accum * db.block_size
     stop = min(config.max_iters, config.stop_after or config.max_iters)
-    progress = _progress_bar(config, step, stop)
-    if config.progress:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        progress.write(f"{config.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
-                       f"trained) on {device}{' bf16' if bf16 else ''}; {len(train_set)} train "
-                       f"samples of {db.block_size} tokens; steps {step} -> {stop} of "
-                       f"{config.max_iters}")
+    progress = _progress_bar(config, step, stop, world)
+    trainable = sum(p.numel() for p in plain.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in plain.parameters())
+    progress.write(f"{config.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
+                   f"trained) on {device}{' bf16' if bf16 else ''}"
+                   f"{f', {world.size} ranks ({mode})' if mode else ''}; {len(train_set)} train "
+                   f"samples of {db.block_size} tokens; steps {step} -> {stop} of "
+                   f"{config.max_iters}")
     started = time.perf_counter()
     while step < stop:
         step_started = time.perf_counter()
@@ -79,21 +108,22 @@ def train(config: TrainConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
-        for _ in range(config.grad_accum):
-            with autocast:
-                loss = _loss(model, to_device(next(batches), device))
-            (loss / config.grad_accum).backward()
+        for micro in range(config.grad_accum):
+            with gradient_sync(model, micro == config.grad_accum - 1):
+                with autocast:
+                    loss = _loss(model, to_device(next(batches), device))
+                (loss / config.grad_accum).backward()
             loss_sum += loss.item()
         grad_norm = None
         if config.grad_clip > 0:
             params = [p for p in model.parameters() if p.requires_grad]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip).item()
+            grad_norm = _clip_gradients(params, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        data_position += config.batch_size * config.grad_accum
+        data_position += global_batch * config.grad_accum
         seconds = time.perf_counter() - step_started
-        loss_value = loss_sum / config.grad_accum
+        loss_value = mean_over_ranks(loss_sum / config.grad_accum, world)
         last = step == stop
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / seconds:,.0f}")
@@ -102,35 +132,59 @@ def train(config: TrainConfig) -> Path:
                        "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / seconds,
                        "elapsed_s": time.perf_counter() - started})
         if step % config.eval_interval == 0 or step == config.max_iters:
-            val_loss = evaluate(model, valid_loader, device, autocast)
+            val_loss = evaluate(model, valid_set, valid_samples, config.batch_size, world, device,
+                                autocast)
             log.write({"step": step, "val_loss": val_loss})
             progress.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
         if step % config.checkpoint_interval == 0 or last:
-            save_checkpoint(run, {
+            train_state = {
                 "format_version": FORMAT_VERSION, "kind": config.model,
-                "config": config_dict(model.config), "model": model.state_dict(), "step": step,
-                "optimizer": optimizer.state_dict(), "data_position": data_position,
-                "rng": _rng_state(), "train_args": config.to_dict(), "db": identity,
-                "frozen": frozen,
-            })
+                "config": config_dict(plain.config), "step": step,
+                "data_position": data_position, "rng": _rng_state(),
+                "train_args": config.to_dict(), "db": identity, "frozen": frozen,
+                "world_size": world.size,
+            }
+            if world.distributed:
+                save_dcp(run, model, optimizer, train_state)
+            else:
+                save_checkpoint(run, {**train_state, "model": plain.state_dict(),
+                                      "optimizer": optimizer.state_dict()})
+    if world.distributed:  # the canonical checkpoint too, for eval, generation, RETRO-fit
+        if world.is_main:
+            dcp_to_canonical(run)
+        barrier(world)
     progress.close()
     return run
 
 
-def evaluate(model: GPT, loader: DataLoader, device: torch.device,
+def _clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """Clips the global gradient norm of params to max_norm; returns the norm before clipping
+    (FSDP2's sharded gradients give a DTensor norm, made whole here)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+def evaluate(model: torch.nn.Module, dataset: SampleDataset, samples: np.ndarray,
+             batch_size: int, world: World, device: torch.device,
              autocast: contextlib.AbstractContextManager) -> float:
-    """Mean loss over the loader's samples (all full blocks, so a mean of batch means weighted by
-    batch size); leaves the model in training mode."""
+    """Mean loss over samples (all full blocks, so a mean of batch means weighted by batch size),
+    the same on every rank: each rank evaluates its slice of every global batch (a rank whose
+    slice is empty runs one sample with weight 0, so that FSDP's collectives stay in step) and
+    the sums are added over the ranks. Leaves the model in training mode."""
     model.eval()
-    total, count = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
     with torch.no_grad():
-        for batch in loader:
+        for ids in rank_batches(samples.tolist(), batch_size, world):
+            weight = len(ids)
+            batch = default_collate([dataset[j] for j in (ids or [int(samples[0])])])
             with autocast:
                 loss = _loss(model, to_device(batch, device))
-            total += loss.item() * len(batch[0])
-            count += len(batch[0])
+            sums += torch.tensor([loss.item() * weight, weight], dtype=torch.float64)
     model.train()
-    return total / count
+    sums = sum_over_ranks(sums, world)
+    return float(sums[0] / sums[1])
 
 
 def _loss(model: GPT, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -150,21 +204,32 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _resume_state(run: Path, config: TrainConfig, db: Database) -> dict[str, Any] | None:
-    """The checkpoint to continue from (config.resume), checked against config and db; None for a
-    fresh run, which must not overwrite one."""
-    exists = checkpoint_path(run).exists()
+def _resume_state(run: Path, config: TrainConfig, db: Database,
+                  world: World) -> tuple[Checkpoint | None, dict[str, Any] | None]:
+    """The checkpoint to continue from (config.resume) and its train state, checked against
+    config, the world size and db; (None, None) for a fresh run, which must not overwrite one."""
+    checkpoint = latest_checkpoint(run)
     if not config.resume:
-        if exists:
+        if checkpoint is not None:
             raise ValueError(f"{run} already holds a training run: resume it (--resume) or choose "
                              "another --out")
-        return None
-    if not exists:
-        raise ValueError(f"nothing to resume: {checkpoint_path(run)} does not exist")
-    state = load_checkpoint(run)
+        return None, None
+    if checkpoint is None:
+        raise ValueError(f"nothing to resume: {run} has no checkpoint ({CHECKPOINT} or "
+                         f"{DCP_DIR}/step-*)")
+    state = read_train_state(checkpoint)
     stored = state.get("train_args") or {}
     changed = [f"{key}: the run has {stored.get(key)!r}, now {getattr(config, key)!r}"
                for key in RESUME_FIXED if stored.get(key) != getattr(config, key)]
+    stored_world = int(state.get("world_size", 1))
+    before = stored.get("batch_size", 0) * stored.get("grad_accum", 0) * stored_world
+    now = config.batch_size * config.grad_accum * world.size
+    if before != now:
+        changed.append(
+            f"global batch (batch_size x grad_accum x ranks): the run has {before} "
+            f"({stored.get('batch_size')} x {stored.get('grad_accum')} x {stored_world}), now "
+            f"{now} ({config.batch_size} x {config.grad_accum} x {world.size}); on {world.size} "
+            f"rank(s) pass batch_size and grad_accum whose product is {before / world.size:g}")
     if changed:
         raise ValueError(f"cannot resume {run} with other settings:\n  " + "\n  ".join(changed))
     mismatches = db_mismatches(state["db"], db, MODEL_DB_KEYS + ("n_nbrs", "train_data"))
@@ -173,19 +238,19 @@ def _resume_state(run: Path, config: TrainConfig, db: Database) -> dict[str, Any
                          + "\n  ".join(mismatches))
     if state["kind"] != config.model:
         raise ValueError(f"{run} trains a {state['kind']}, not a {config.model}")
-    return state
+    return checkpoint, state
 
 
 def _model(config: TrainConfig, db: Database,
            state: dict[str, Any] | None) -> tuple[GPT, list[str]]:
-    """(model, names of its frozen parameters): from the checkpoint when resuming, else fresh
-    (seeded) or RETRO-fitted from config.init_from; checked against the database."""
+    """(model, names of its frozen parameters): the checkpoint's when resuming (its weights are
+    loaded by the caller, once the model is wrapped), else fresh (seeded) or RETRO-fitted from
+    config.init_from; checked against the database."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
     if state is not None:
         model = KINDS[state["kind"]](RetroConfig(**state["config"]))
-        model.load_state_dict(state["model"])
         frozen = list(state.get("frozen") or [])
     else:
         # what the database decides, unless set explicitly (then it is checked below)
@@ -263,7 +328,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _NoProgress:
-    """tqdm's methods used here, doing nothing (progress=False)."""
+    """tqdm's methods used here, doing nothing (progress=False, and ranks other than 0)."""
 
     def update(self, n: int) -> None: ...
     def set_postfix(self, **values: str) -> None: ...
@@ -271,8 +336,14 @@ class _NoProgress:
     def close(self) -> None: ...
 
 
-def _progress_bar(config: TrainConfig, start: int, stop: int) -> Any:
-    if not config.progress:
+class _NoLog:
+    """RunLog's method, doing nothing (ranks other than 0)."""
+
+    def write(self, entry: dict[str, Any]) -> None: ...
+
+
+def _progress_bar(config: TrainConfig, start: int, stop: int, world: World) -> Any:
+    if not config.progress or not world.is_main:
         return _NoProgress()
     from tqdm import tqdm
 
