@@ -217,3 +217,15 @@ def test_bad_input():
         retro.IvfPqIndex.from_trained(index.coarse_centroids(), np.zeros((24, 16, 4), np.float32)).to("cuda")
     with pytest.raises(ValueError, match="cuda device"):
         CudaIvfPqIndex(index, "cpu")
+
+
+def test_opcheck_and_compile():
+    """torch.ops.retro.ivfpq_search passes opcheck and runs in a fullgraph torch.compile."""
+    index, _ = quick_index(96, 64, "l2", n=3_000)
+    gpu = index.to("cuda")
+    x = torch.from_numpy(clustered(20, 96, seed=17)).cuda()
+    torch.library.opcheck(torch.ops.retro.ivfpq_search.default, (x, *gpu.op_args(), 10, 8, False))
+    compiled = torch.compile(lambda q: gpu.search(q, 10, nprobe=8), fullgraph=True, backend="aot_eager")
+    d, i = compiled(x)
+    d_ref, i_ref = gpu.search(x, 10, nprobe=8)
+    assert torch.equal(i, i_ref) and torch.equal(d, d_ref)

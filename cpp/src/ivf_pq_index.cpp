@@ -224,11 +224,19 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
 
 void IvfPqIndex::append_batch(idx_t n, const idx_t* list_of, const uint8_t* codes,
                               const idx_t* ids, idx_t first_id) {
-  // Each list is appended by one thread, in input order: the layout is deterministic.
+  // The vectors grouped by list, in input order (a counting sort); each list is then appended by
+  // one thread: the layout is deterministic.
+  std::vector<idx_t> start(nlist_ + 1, 0), order(n);
+  for (idx_t i = 0; i < n; ++i) ++start[list_of[i] + 1];
+  for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
+  std::vector<idx_t> next(start.begin(), start.end() - 1);
+  for (idx_t i = 0; i < n; ++i) order[next[list_of[i]]++] = i;
 #pragma omp parallel for schedule(dynamic, 64)
   for (idx_t l = 0; l < nlist_; ++l)
-    for (idx_t i = 0; i < n; ++i)
-      if (list_of[i] == l) append(l, &codes[i * pq_m_], ids != nullptr ? ids[i] : first_id + i);
+    for (idx_t j = start[l]; j < start[l + 1]; ++j) {
+      const idx_t i = order[j];
+      append(l, &codes[i * pq_m_], ids != nullptr ? ids[i] : first_id + i);
+    }
 }
 
 void IvfPqIndex::add_preassigned(idx_t n, const idx_t* list_of, const uint8_t* codes,

@@ -22,27 +22,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
+from retro.ops.ivfpq import ivfpq_search
 
 if TYPE_CHECKING:
-    import torch
-
     from retro.index import IvfPqIndex
 
 MAX_MAGNITUDE = 1e15  # as the CPU index (cpp/src/distances.h: kMaxMagnitude)
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
 def _device_of(device: Any) -> torch.device:
     """A CUDA torch.device with an index; ValueError without a CUDA build or a usable GPU."""
-    torch = _torch()
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"a CUDA index needs a cuda device, got {device}")
@@ -81,7 +74,6 @@ class CudaIvfPqIndex:
 
     def _upload(self) -> None:
         """Copies the host index's quantizers and concatenated lists to the device."""
-        torch = _torch()
         host = self.host
         lists = host._index.concatenated_lists()
 
@@ -101,17 +93,17 @@ class CudaIvfPqIndex:
         }
         b = self._buffers
         l2 = host.metric == "l2"
+        self._max_list_size = int(lists["sizes"].max(initial=0))
         self._core = _core.IvfPqDeviceIndex(
             host.d, host.pq_m, host.nlist, host.metric, b["coarse"].data_ptr(),
             b["norms"].data_ptr() if l2 else 0, b["pq_t"].data_ptr(), b["codes"].data_ptr(),
             b["offsets"].data_ptr(), b["sizes"].data_ptr(), b["ids"].data_ptr(),
-            b["terms"].data_ptr() if l2 else 0, int(lists["sizes"].max(initial=0)),
+            b["terms"].data_ptr() if l2 else 0, self._max_list_size,
         )
 
     def _queries(self, x: Any, name: str) -> tuple[torch.Tensor, str]:
         """x as a contiguous float32 (n, d) tensor on the device, and how to return results:
         "numpy", "cpu" (a CPU torch tensor came in) or "device"."""
-        torch = _torch()
         if isinstance(x, torch.Tensor):
             if not x.dtype.is_floating_point:
                 raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}")
@@ -126,12 +118,13 @@ class CudaIvfPqIndex:
             x = torch.from_numpy(as_float32_matrix(x, name)).to(self.device)
         if x.shape[1] != self.d:
             raise ValueError(f"{name} have dimension {x.shape[1]} but the index has d={self.d}")
-        if x.numel() and not bool((x.abs() <= MAX_MAGNITUDE).all()):  # one sync; NaN fails too
+        # one sync (eager calls only; compiled graphs skip it); NaN fails the comparison too
+        if x.numel() and not torch.compiler.is_compiling() and not bool((x.abs() <= MAX_MAGNITUDE).all()):
             raise ValueError(f"{name} hold NaN, inf or values beyond {MAX_MAGNITUDE:g}")
         return x, kind
 
     def _stream(self) -> int:
-        return _torch().cuda.current_stream(self.device).cuda_stream
+        return torch.cuda.current_stream(self.device).cuda_stream
 
     def search(
         self, x: Any, k: int, nprobe: int = 8, fp16_lut: bool = False
@@ -149,30 +142,24 @@ class CudaIvfPqIndex:
             D (n, k) float32 and I (n, k) int64, best first by (distance, id), as
             :meth:`retro.IvfPqIndex.search`; numpy for numpy input, else tensors on x's device.
         """
-        torch = _torch()
         if not isinstance(nprobe, (int, np.integer)) or nprobe <= 0:
             raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         xq, kind = self._queries(x, "queries")
-        n, dev = xq.shape[0], self.device.index
-        why = _core.cuda_ivfpq_search_unsupported(self._core, int(nprobe), int(k), bool(fp16_lut), dev)
-        if why:
-            raise ValueError(f"GPU IVF-PQ search: {why}")
-        distances = torch.empty((n, k), dtype=torch.float32, device=self.device)
-        labels = torch.empty((n, k), dtype=torch.int64, device=self.device)
-        bytes_ = _core.cuda_ivfpq_search_workspace(self._core, n, int(nprobe), int(k), bool(fp16_lut), dev)
-        workspace = torch.empty(max(bytes_, 1), dtype=torch.uint8, device=self.device)
-        _core.cuda_ivfpq_search(
-            self._core, n, xq.data_ptr(), int(nprobe), int(k), bool(fp16_lut), distances.data_ptr(),
-            labels.data_ptr(), workspace.data_ptr(), bytes_, dev, self._stream(),
-        )
+        distances, labels = ivfpq_search(xq, *self.op_args(), int(k), int(nprobe), bool(fp16_lut))
         return _results(distances, labels, kind)
+
+    def op_args(self) -> tuple:
+        """The index arguments of ``torch.ops.retro.ivfpq_search`` (retro.ops.ivfpq), in order:
+        its tensors, then metric and max_list_size."""
+        b = self._buffers
+        return (b["coarse"], b["norms"], b["pq_t"], b["codes"], b["offsets"], b["sizes"], b["ids"],
+                b["terms"], self.metric, self._max_list_size)
 
     def encode(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The GPU half of :meth:`add`: x (n, d) -> lists (n,) int64 and codes (n, pq_m) uint8 of
         the residuals, on the device."""
-        torch = _torch()
         xq, _ = self._queries(x, "added vectors")
         n, dev = xq.shape[0], self.device.index
         list_of = torch.empty(n, dtype=torch.int64, device=self.device)
@@ -199,7 +186,6 @@ class CudaIvfPqIndex:
 
     def to(self, device: Any) -> IvfPqIndex | CudaIvfPqIndex:
         """The host index for "cpu", this copy for its own device, else a copy on `device`."""
-        torch = _torch()
         if torch.device(device).type == "cpu":
             return self.host
         target = _device_of(device)
@@ -229,7 +215,6 @@ def merge_top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merges per-shard results (each (n, k_s), best first) into the best k per row by
     (distance, id), smaller id first on ties; -1 labels (missing) sort last."""
-    torch = _torch()
     d = torch.cat(list(distances), dim=1)
     i = torch.cat(list(labels), dim=1)
     key = -d if metric == "ip" else d.clone()  # smaller is better
@@ -262,7 +247,6 @@ def search_shards(
     """
     from retro.index import IvfPqIndex
 
-    torch = _torch()
     if not shards:
         raise ValueError("search_shards needs at least one shard")
     target = _device_of(device)
