@@ -2,12 +2,13 @@
 
     python bench/ivfpq.py --device cuda --budget-s 300 --out bench/results/ivfpq_cuda.json
     python bench/ivfpq.py --device cuda --configs 1m-384-48 --budget-s 120    # one configuration
+    python bench/ivfpq.py --device cuda --render bench/results/ivfpq_cuda.json  # its table into
+                                                                               # docs/PERFORMANCE.md
 
 Configurations (name = size-d-pq_m): synthetic Gaussian-mixture data drawn on the GPU (1M x 384 and
 10M x 96), nlist ~ 4 sqrt(N), pq_m = d/8 and d/4. Per configuration, on one card in one run:
-- build: k-means training on the CPU (retro.IvfPqIndex.train: GPU training is not written yet;
-  a sample of 32 points per list, 8 iterations), encoding on the GPU, appending on the host,
-  upload; each time reported.
+- build: k-means training on the GPU (retro.kmeans_cuda: a sample of 64 points per list, 10
+  iterations), encoding on the GPU, appending on the host, upload; each time reported.
 - the anchors: exact search in PyTorch (bf16 GEMM + topk over the whole base, chunked) for a
   batch of queries, and our CPU index searching the same index (saved and memory-mapped) with
   all the machine's cores on a subset of the queries;
@@ -25,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,33 +133,16 @@ def exact_top_k(base, queries, k: int, dtype) -> object:
 
 
 def cuda_time(fn, repeats: int = 3) -> float:
-    """Median seconds of fn() by CUDA events, after one warm-up call."""
-    torch = torch_mod()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    """Median seconds of fn() by CUDA events (bench/ops.py's timer)."""
+    from ops import cuda_ms  # bench/ops.py
+
+    return cuda_ms(fn, repeats) / 1e3
 
 
 def recall(labels, truth) -> float:
     """Mean fraction of the true top-K found in the returned top-K (torch tensors on one device)."""
     hits = (labels[:, :, None] == truth[:, None, :]).any(2).sum()
     return float(hits) / truth.numel()
-
-
-def copy_bandwidth() -> float:
-    """GB/s of a 1 GiB device-to-device copy, counting bytes read plus written."""
-    torch = torch_mod()
-    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    seconds = cuda_time(lambda: dst.copy_(src), repeats=5)
-    return 2 * src.numel() * 4 / seconds / 1e9
 
 
 def scan_bandwidth(gpu, queries, nprobe: int) -> float | None:
@@ -185,17 +168,20 @@ def scan_bandwidth(gpu, queries, nprobe: int) -> float | None:
     return code_bytes / (scan_us / 1e6) / 1e9 if scan_us > 0 else None
 
 
-def build(config: Config, base, train_points: int):
-    """A trained index (CPU k-means), filled through the GPU encoder: (CudaIvfPqIndex, times)."""
+def build(config: Config, base):
+    """A GPU-trained index (k-means on the GPU over a sample of 64 points per list, 10
+    iterations), filled through the GPU encoder: (CudaIvfPqIndex, train, encode, append + upload
+    seconds)."""
     from retro.index_cuda import CudaIvfPqIndex
 
     torch = torch_mod()
     host = retro.IvfPqIndex(config.d, config.nlist, config.pq_m)
-    host.niter = 8
-    host.max_points_per_centroid = 32
-    sample = base[torch.randperm(base.shape[0], device="cuda")[:train_points]].cpu().numpy()
+    host.niter = 10
+    host.max_points_per_centroid = 64
+    sample = base[torch.randperm(base.shape[0], device="cuda")[: 64 * config.nlist]]
+    torch.cuda.synchronize()
     t0 = time.perf_counter()
-    host.train(sample)
+    host.train(sample, device="cuda")
     train_s = time.perf_counter() - t0
     gpu = CudaIvfPqIndex(host)
     t0 = time.perf_counter()
@@ -218,10 +204,10 @@ def run_config(config: Config, args) -> Result:
     exact_s = cuda_time(lambda: exact_top_k(base, queries, K, torch.bfloat16), repeats=2)
     exact_recall = recall(exact_top_k(base, queries, K, torch.bfloat16), truth)
     print(f"  exact bf16 GEMM + topk: {args.nq / exact_s:,.0f} QPS (recall {exact_recall:.3f})", flush=True)
-    gpu, train_s, encode_s, append_s = build(config, base, 32 * config.nlist)
+    gpu, train_s, encode_s, append_s = build(config, base)
     del base
     torch.cuda.empty_cache()
-    print(f"  train {train_s:.1f} s (CPU), encode {encode_s:.2f} s (GPU), append + upload {append_s:.1f} s", flush=True)
+    print(f"  train {train_s:.1f} s (GPU), encode {encode_s:.2f} s (GPU), append + upload {append_s:.1f} s", flush=True)
     result = Result({**asdict(config), "nlist": config.nlist}, train_s, encode_s, append_s, args.nq / exact_s, exact_recall)
     for nprobe in NPROBES:
         labels = gpu.search(queries, K, nprobe=nprobe)[1]
@@ -242,7 +228,9 @@ def run_config(config: Config, args) -> Result:
     seconds = cuda_time(lambda: gpu.search(queries, K, nprobe=32, fp16_lut=True))
     result.fp16_row = Row(32, recall(labels, truth), args.nq / seconds)
     print(f"  fp16 tables, nprobe 32: recall@10 {result.fp16_row.recall:.3f}  batch {result.fp16_row.batch_qps:,.0f} QPS")
-    result.copy_gbps = copy_bandwidth()
+    from ops import copy_bandwidth  # bench/ops.py: a 1 GiB device-to-device copy, read + written
+
+    result.copy_gbps = copy_bandwidth() / 1e9
     result.scan_gbps = scan_bandwidth(gpu, queries, 32)
     print(f"  copy {result.copy_gbps:,.0f} GB/s, scan codes {result.scan_gbps or float('nan'):,.0f} GB/s")
     result.cpu_rows = cpu_anchor(gpu.host, queries[: args.cpu_nq].cpu().numpy(), truth[: args.cpu_nq])
@@ -252,7 +240,8 @@ def run_config(config: Config, args) -> Result:
 
 
 def cpu_anchor(host, queries: np.ndarray, truth) -> list[dict]:
-    """Our CPU index on the same index, saved and memory-mapped, with all the machine's cores."""
+    """Our CPU index searching the same (GPU-trained) index, saved and memory-mapped, with all the
+    machine's cores."""
     torch = torch_mod()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,6 +299,34 @@ def write_json(args, argv: list[str] | None, results: list[Result], skipped: lis
     Path(args.out).write_text(json.dumps(output, indent=1))
 
 
+def markdown(output: dict) -> str:
+    """The PERFORMANCE.md table of a run's JSON: per configuration, build times, the anchors, and
+    ours per nprobe."""
+    lines = [f"Card: {output['card']}, commit `{output['git_commit']}`, {output['date']}. "
+             f"Command: `{output['command']}`.", ""]
+    for r in output["results"]:
+        c, s = r["config"], r["summary"]
+        lines += [
+            f"### {c['name']}: {c['n']:,} x {c['d']}, IVF{c['nlist']},PQ{c['pq_m']}",
+            "",
+            f"Build: train {r['train_s']:.1f} s, encode {r['encode_s']:.2f} s (GPU), append + upload "
+            f"{r['append_upload_s']:.1f} s. Exact PyTorch (bf16 GEMM + topk): "
+            f"{r['exact_bf16_qps']:,.0f} QPS at recall {r['exact_bf16_recall']:.3f}. Copy "
+            f"{r['copy_gbps']:,.0f} GB/s; scan kernel {r['scan_gbps'] or float('nan'):,.0f} GB/s of codes.",
+            "",
+            "| nprobe | recall@10 | batch QPS | x exact | single QPS | CPU QPS (same index) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        cpu = {row["nprobe"]: row for row in r["cpu_rows"]}
+        for row in r["rows"]:
+            single = f"{row['single_qps']:,.0f}" if row["single_qps"] else ""
+            cpu_qps = f"{cpu[row['nprobe']]['batch_qps']:,.0f}" if row["nprobe"] in cpu else ""
+            lines.append(f"| {row['nprobe']} | {row['recall']:.3f} | {row['batch_qps']:,.0f} | "
+                         f"{row['batch_qps'] / r['exact_bf16_qps']:.2f} | {single} | {cpu_qps} |")
+        lines += ["", f"Summary: {json.dumps(s)}", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS))
@@ -320,7 +337,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="a configuration starts only if the longest so far fits in what is left "
                              "(each takes ~1-3 min); the JSON is rewritten after each")
     parser.add_argument("--out", default="bench/results/ivfpq_cuda.json")
+    parser.add_argument("--render", metavar="JSON", help="write JSON's table into docs/PERFORMANCE.md and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        import report  # bench/report.py
+
+        report.update_performance_md("ivfpq-cuda", markdown(json.loads(Path(args.render).read_text())))
+        return
     torch = torch_mod()
     if not (retro.cuda_available() and torch.cuda.is_available()):
         sys.exit("bench/ivfpq.py --device cuda needs a CUDA build of retro and a GPU")

@@ -68,15 +68,16 @@ struct SearchPlan {
   size_t bytes = 0;
 };
 
-idx_t coarse_chunk(const IvfPqDeviceIndex& ix, idx_t n) {
-  return std::max<idx_t>(1, std::min<idx_t>(std::max<idx_t>(n, 1), kCoarseFloats / ix.nlist));
+// Rows per chunk against k centroids: the (chunk, k) coarse matrix stays under kCoarseFloats.
+idx_t coarse_chunk(idx_t k, idx_t n) {
+  return std::max<idx_t>(1, std::min<idx_t>(std::max<idx_t>(n, 1), kCoarseFloats / k));
 }
 
 SearchPlan plan_search(const IvfPqDeviceIndex& ix, idx_t n, const IvfPqCudaSearchParams& p,
                        int device) {
   SearchPlan plan;
   plan.nprobe = static_cast<int>(std::min<idx_t>(p.nprobe, ix.nlist));
-  plan.chunk = coarse_chunk(ix, n);
+  plan.chunk = coarse_chunk(ix.nlist, n);
   const idx_t target = idx_t{kBlocksPerSm} * device_attribute(cudaDevAttrMultiProcessorCount, device);
   plan.splits = static_cast<int>(
       std::clamp<idx_t>((target + plan.chunk - 1) / plan.chunk, 1, plan.nprobe));
@@ -113,12 +114,13 @@ void launch(Kernel kernel, idx_t blocks_x, int blocks_y, int threads, size_t sme
   RETRO_CHECK(status == cudaSuccess, "CUDA IVF-PQ %s failed: %s", what, cudaGetErrorString(status));
 }
 
-// Coarse GEMM and top-nprobe of nq queries: probes and their distances (||q - c||^2 or -<q, c>).
-void select_probes(const IvfPqDeviceIndex& ix, idx_t nq, const float* x, int nprobe, float* coarse,
+// Coarse GEMM and top-nprobe of nq queries against k centroids: probes and their distances
+// (||q - c||^2 or -<q, c>); coarse is (nq, k) scratch.
+void select_probes(Metric metric, idx_t nq, int d, const float* x, idx_t k,
+                   const float* centroids, const float* norms, int nprobe, float* coarse,
                    idx_t* probes, float* probe_dist, cudaStream_t stream) {
-  ivfpq::coarse_gemm(ix, nq, x, coarse, stream);
-  const ivfpq::SelectArgs args{coarse, x, ix.nlist, ix.d, ix.metric == Metric::L2, nprobe, probes,
-                               probe_dist};
+  ivfpq::coarse_gemm(metric, nq, d, x, k, centroids, norms, coarse, stream);
+  const ivfpq::SelectArgs args{coarse, x, k, d, metric == Metric::L2, nprobe, probes, probe_dist};
   launch(ivfpq::select_probes_kernel, nq, 1, kThreads, ivfpq::top_k_bytes(nprobe, kThreads),
          stream, "probe selection", args);
 }
@@ -186,8 +188,8 @@ void ivfpq_search(const IvfPqDeviceIndex& ix, idx_t n, const float* x,
   for (idx_t q0 = 0; q0 < n; q0 += plan.chunk) {
     const idx_t nq = std::min(plan.chunk, n - q0);
     const float* xq = x + q0 * ix.d;
-    select_probes(ix, nq, xq, plan.nprobe, at_offset<float>(workspace, plan.coarse), probes,
-                  probe_dist, stream);
+    select_probes(ix.metric, nq, ix.d, xq, ix.nlist, ix.coarse_centroids, ix.coarse_norms,
+                  plan.nprobe, at_offset<float>(workspace, plan.coarse), probes, probe_dist, stream);
     const bool split = plan.splits > 1;
     ivfpq::ScanArgs scan{ix, xq, probes, probe_dist, plan.nprobe, plan.splits, k,
                          split ? at_offset<float>(workspace, plan.part_dist) : distances + q0 * k,
@@ -206,11 +208,37 @@ void ivfpq_search(const IvfPqDeviceIndex& ix, idx_t n, const float* x,
   }
 }
 
-size_t ivfpq_encode_workspace(const IvfPqDeviceIndex& ix, idx_t n, int /*device*/) {
+size_t nearest_centroids_workspace(idx_t n, idx_t k) {
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
-  RETRO_CHECK_ARG(ix.nlist > 0, "nlist must be positive");
-  const size_t rows = size_t(coarse_chunk(ix, n));
-  return align_up(rows * ix.nlist * sizeof(float)) + align_up(rows * sizeof(float));
+  RETRO_CHECK_ARG(k > 0 && k < (idx_t{1} << 31), "the number of centroids must be in [1, 2^31)");
+  return align_up(size_t(coarse_chunk(k, n)) * k * sizeof(float));
+}
+
+void nearest_centroids(Metric metric, idx_t n, int d, const float* x, idx_t k,
+                       const float* centroids, const float* norms, idx_t* labels,
+                       float* distances, void* workspace, size_t workspace_bytes, int device,
+                       uintptr_t stream_handle) {
+  RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric");
+  RETRO_CHECK_ARG(d > 0, "d must be positive, got %d", d);
+  const size_t need = nearest_centroids_workspace(n, k);
+  if (n == 0) return;
+  RETRO_CHECK_ARG(x != nullptr && centroids != nullptr && labels != nullptr && distances != nullptr,
+                  "nearest_centroids needs vectors, centroids, labels and distances");
+  RETRO_CHECK_ARG(metric != Metric::L2 || norms != nullptr, "L2 assignment needs the centroid norms");
+  RETRO_CHECK_ARG(workspace != nullptr && workspace_bytes >= need,
+                  "CUDA nearest_centroids needs %zu bytes of workspace, got %zu", need, workspace_bytes);
+  use_device(device);
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const idx_t chunk = coarse_chunk(k, n);
+  for (idx_t i0 = 0; i0 < n; i0 += chunk) {
+    const idx_t nb = std::min(chunk, n - i0);
+    select_probes(metric, nb, d, x + i0 * d, k, centroids, norms, 1, static_cast<float*>(workspace),
+                  labels + i0, distances + i0, stream);
+  }
+}
+
+size_t ivfpq_encode_workspace(const IvfPqDeviceIndex& ix, idx_t n, int /*device*/) {
+  return nearest_centroids_workspace(n, ix.nlist) + align_up(size_t(std::max<idx_t>(n, 1)) * sizeof(float));
 }
 
 void ivfpq_encode(const IvfPqDeviceIndex& ix, idx_t n, const float* x, idx_t* list_of,
@@ -222,22 +250,17 @@ void ivfpq_encode(const IvfPqDeviceIndex& ix, idx_t n, const float* x, idx_t* li
   if (n == 0) return;
   RETRO_CHECK_ARG(x != nullptr && list_of != nullptr && codes != nullptr,
                   "CUDA IVF-PQ encode needs vectors, list and code outputs");
-  use_device(device);
   const size_t need = ivfpq_encode_workspace(ix, n, device);
   RETRO_CHECK_ARG(workspace != nullptr && workspace_bytes >= need,
                   "CUDA IVF-PQ encode needs %zu bytes of workspace, got %zu", need, workspace_bytes);
+  const size_t assign_bytes = nearest_centroids_workspace(n, ix.nlist);
+  nearest_centroids(ix.metric, n, ix.d, x, ix.nlist, ix.coarse_centroids, ix.coarse_norms, list_of,
+                    at_offset<float>(workspace, assign_bytes), workspace, assign_bytes, device,
+                    stream_handle);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const idx_t chunk = coarse_chunk(ix, n);
-  float* coarse = static_cast<float*>(workspace);
-  float* nearest_dist = at_offset<float>(workspace, align_up(size_t(chunk) * ix.nlist * sizeof(float)));
-  const int dsub = ix.d / ix.pq_m;
-  for (idx_t i0 = 0; i0 < n; i0 += chunk) {
-    const idx_t nb = std::min(chunk, n - i0);
-    select_probes(ix, nb, x + i0 * ix.d, 1, coarse, list_of + i0, nearest_dist, stream);
-    const ivfpq::EncodeArgs args{ix, nb, x + i0 * ix.d, list_of + i0, codes + i0 * ix.pq_m};
-    launch(ivfpq::encode_kernel, (nb + ivfpq::kEncodeVectors - 1) / ivfpq::kEncodeVectors, ix.pq_m,
-           ivfpq::kEncodeVectors, ivfpq::encode_shared_bytes(dsub), stream, "encode", args);
-  }
+  const ivfpq::EncodeArgs args{ix, n, x, list_of, codes};
+  launch(ivfpq::encode_kernel, (n + ivfpq::kEncodeVectors - 1) / ivfpq::kEncodeVectors, ix.pq_m,
+         ivfpq::kEncodeVectors, ivfpq::encode_shared_bytes(ix.d / ix.pq_m), stream, "encode", args);
 }
 
 }  // namespace retro::cuda

@@ -2,8 +2,8 @@
 CPU-built index searched on the GPU returns the CPU's labels for >= 99.9% of (query, rank) pairs
 (differences only at float near-ties), over d = 96/384/768, both metrics, k up to 1024, lists
 shorter than k, empty lists and an empty index, single queries (probes split over blocks and
-merged), query chunks, fp16 tables, GPU encoding, shards and bad input. Skipped without a CUDA
-build and a GPU."""
+merged), query chunks, fp16 tables, GPU encoding, GPU training (by recall), shards, the torch op
+and bad input. Skipped without a CUDA build and a GPU."""
 
 from __future__ import annotations
 
@@ -229,3 +229,43 @@ def test_opcheck_and_compile():
     d, i = compiled(x)
     d_ref, i_ref = gpu.search(x, 10, nprobe=8)
     assert torch.equal(i, i_ref) and torch.equal(d, d_ref)
+
+
+def test_gpu_training_recall_as_cpu():
+    """An index trained on the GPU (k-means by the CUTLASS assignment) reaches the recall of the
+    CPU-trained one (issue 7: within 0.005 at benchmark scale; 0.01 here, where one draw of the
+    random streams moves recall more), and training twice gives the same quantizers."""
+    x = clustered(20_000, 96, seed=20)
+    queries = clustered(1_000, 96, seed=21)
+    exact = retro.FlatIndex(96)
+    exact.add(x)
+    truth = exact.search(queries, 10)[1]
+    recalls, trained = {}, []
+    for device in ("cpu", "cuda", "cuda"):
+        index = retro.IvfPqIndex(96, 128, 12)
+        index.niter = 10
+        index.train(x, device=device)
+        index.add(x)
+        labels = index.search(queries, 10, nprobe=8)[1]
+        recalls[device] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(labels, truth)])
+        trained.append(index)
+    assert recalls["cuda"] >= recalls["cpu"] - 0.01, recalls
+    np.testing.assert_allclose(trained[1].coarse_centroids(), trained[2].coarse_centroids(), rtol=1e-6)
+    np.testing.assert_allclose(trained[1].pq_centroids(), trained[2].pq_centroids(), rtol=1e-6)
+
+
+def test_gpu_kmeans_assignment_matches_cpu():
+    """nearest_centroids (the k-means assignment) equals the exact nearest centroid but at
+    near-ties; the objective falls."""
+    from retro.kmeans_cuda import kmeans, nearest_centroids
+
+    x = clustered(5_000, 64, seed=22)
+    c = clustered(300, 64, seed=23)
+    labels, dist = nearest_centroids(torch.from_numpy(x).cuda(), torch.from_numpy(c).cuda())
+    exact = retro.FlatIndex(64)
+    exact.add(c)
+    d_ref, i_ref = exact.search(x, 1)
+    assert (labels.cpu().numpy() == i_ref[:, 0]).mean() >= 0.999
+    np.testing.assert_allclose(dist.cpu().numpy(), d_ref[:, 0], rtol=1e-4, atol=1e-3)
+    _, objective = kmeans(torch.from_numpy(x).cuda(), 50, niter=6)
+    assert objective[-1] < objective[0]

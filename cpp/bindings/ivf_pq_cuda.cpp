@@ -98,4 +98,22 @@ void bind_ivf_pq_cuda(py::module_& m) {
         py::arg("index"), py::arg("n"), py::arg("x"), py::arg("list_of"), py::arg("codes"),
         py::arg("workspace"), py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"),
         "Queues the encoding of x (n, d) float32 into list_of (n,) int64 and codes (n, pq_m) uint8.");
+  m.def("cuda_nearest_centroids_workspace", &retro::cuda::nearest_centroids_workspace,
+        py::arg("n"), py::arg("k"), "Bytes of workspace assigning n vectors to k centroids needs.");
+  m.def("cuda_nearest_centroids",
+        [](const std::string& metric, idx_t n, int d, uintptr_t x, idx_t k, uintptr_t centroids,
+           uintptr_t norms, uintptr_t labels, uintptr_t distances, uintptr_t workspace,
+           size_t workspace_bytes, int device, uintptr_t stream) {
+          const retro::Metric parsed = retro_bindings::parse_metric(metric);
+          py::gil_scoped_release release;
+          retro::cuda::nearest_centroids(parsed, n, d, pointer<const float>(x), k,
+                                         pointer<const float>(centroids), pointer<const float>(norms),
+                                         pointer<idx_t>(labels), pointer<float>(distances),
+                                         pointer<void>(workspace), workspace_bytes, device, stream);
+        },
+        py::arg("metric"), py::arg("n"), py::arg("d"), py::arg("x"), py::arg("k"),
+        py::arg("centroids"), py::arg("norms"), py::arg("labels"), py::arg("distances"),
+        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"),
+        "Queues the k-means assignment of x (n, d) to centroids (k, d): labels (n,) int64, "
+        "distances (n,) float32.");
 }

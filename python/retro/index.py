@@ -184,8 +184,19 @@ class IvfPqIndex:
             None if ids is None else as_int64_vector(ids, list_of.shape[0]),
         )
 
-    def train(self, x: Any) -> None:
-        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits."""
+    def train(self, x: Any, device: Any = None) -> None:
+        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits.
+
+        Args:
+            x: training vectors (n, d).
+            device: None or "cpu", or a CUDA device to run k-means there (the same algorithm with
+                other random streams: :mod:`retro.kmeans_cuda`; needs a CUDA build and torch).
+        """
+        if device is not None and str(device) != "cpu":
+            from retro.kmeans_cuda import train_ivfpq
+
+            train_ivfpq(self, x, device)
+            return
         self._index.train(as_float32_matrix(x, "training data"))
 
     def add(self, x: Any, ids: Any = None) -> None:

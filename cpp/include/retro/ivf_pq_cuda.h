@@ -66,4 +66,14 @@ void ivfpq_encode(const IvfPqDeviceIndex& index, idx_t n, const float* x, idx_t*
                   uint8_t* codes, void* workspace, size_t workspace_bytes, int device,
                   uintptr_t stream);
 
+// The assignment step of k-means on the GPU (and the coarse assignment of encoding): for each row
+// of x (n, d) the nearest of the centroids (k, d), whose squared norms (k,) are read for L2 only,
+// by the coarse CUTLASS GEMM -> labels (n,) int64 (the smallest index on ties) and distances (n,)
+// float32: ||x - c||^2 (L2) or -<x, c> (IP).
+size_t nearest_centroids_workspace(idx_t n, idx_t k);
+void nearest_centroids(Metric metric, idx_t n, int d, const float* x, idx_t k,
+                       const float* centroids, const float* norms, idx_t* labels,
+                       float* distances, void* workspace, size_t workspace_bytes, int device,
+                       uintptr_t stream);
+
 }  // namespace retro::cuda
