@@ -115,7 +115,7 @@ class CudaIvfPqIndex:
             x = x.detach().to(self.device, torch.float32).contiguous()
         else:
             kind = "numpy"
-            x = torch.from_numpy(as_float32_matrix(x, name)).to(self.device)
+            x = torch.as_tensor(as_float32_matrix(x, name), device=self.device)
         if x.shape[1] != self.d:
             raise ValueError(f"{name} have dimension {x.shape[1]} but the index has d={self.d}")
         # one sync (eager calls only; compiled graphs skip it); NaN fails the comparison too
@@ -251,7 +251,7 @@ def search_shards(
         raise ValueError("search_shards needs at least one shard")
     target = _device_of(device)
     kind = "numpy" if not isinstance(x, torch.Tensor) else ("device" if x.is_cuda else "cpu")
-    x_dev = torch.from_numpy(as_float32_matrix(x, "queries")) if kind == "numpy" else x
+    x_dev = torch.as_tensor(as_float32_matrix(x, "queries")) if kind == "numpy" else x
     parts_d, parts_i, metric = [], [], None
     for shard in shards:
         if isinstance(shard, (str, os.PathLike)):

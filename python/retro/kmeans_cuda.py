@@ -133,7 +133,7 @@ def train_ivfpq(index: IvfPqIndex, x: Any, device: Any = "cuda") -> list[float]:
             raise ValueError(f"training data must be a 2-D float tensor, got {x.dtype} {tuple(x.shape)}")
         x = x.detach().to(device, torch.float32).contiguous()
     else:
-        x = torch.from_numpy(as_float32_matrix(x, "training data")).to(device)
+        x = torch.as_tensor(as_float32_matrix(x, "training data"), device=device)
     if x.shape[1] != index.d:
         raise ValueError(f"training data have dimension {x.shape[1]} but the index has d={index.d}")
     n, ksub = x.shape[0], 1 << index.pq_bits
