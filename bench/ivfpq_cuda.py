@@ -88,6 +88,7 @@ class Result:
     cpu_rows: list[dict] = field(default_factory=list)
     copy_gbps: float = 0.0
     scan_gbps: float | None = None
+    kernel_ms: dict = field(default_factory=dict)  # one batch search at nprobe 32, per kernel
     summary: dict = field(default_factory=dict)
 
 
@@ -145,8 +146,9 @@ def recall(labels, truth) -> float:
     return float(hits) / truth.numel()
 
 
-def scan_bandwidth(gpu, queries, nprobe: int) -> float | None:
-    """GB/s of code bytes read by scan_kernel over its own device time (torch.profiler), or None."""
+def kernel_times(gpu, queries, nprobe: int) -> dict[str, float]:
+    """Device milliseconds per kernel of one batch search (torch.profiler), by kernel name; {} if
+    the profiler is unavailable (reported, not fatal)."""
     torch = torch_mod()
     try:
         from torch.profiler import ProfilerActivity, profile
@@ -154,9 +156,17 @@ def scan_bandwidth(gpu, queries, nprobe: int) -> float | None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             gpu.search(queries, K, nprobe=nprobe)
             torch.cuda.synchronize()
-        scan_us = sum(e.device_time_total for e in prof.key_averages() if "scan_kernel" in e.key)
-    except Exception as error:  # the profiler is optional here: report, do not fail the run
-        print(f"  scan bandwidth not measured: {error}")
+        return {e.key[:120]: e.device_time_total / 1e3 for e in prof.key_averages() if e.device_time_total > 0}
+    except Exception as error:  # the profiler is optional here
+        print(f"  kernel times not measured: {error}")
+        return {}
+
+
+def scan_bandwidth(gpu, queries, nprobe: int, kernels: dict[str, float]) -> float | None:
+    """GB/s of code bytes read by scan_kernel over its own device time, or None."""
+    torch = torch_mod()
+    scan_ms = sum(ms for name, ms in kernels.items() if "scan_kernel" in name)
+    if scan_ms <= 0:
         return None
     # the bytes every query's nprobe lists hold, from the queries' own coarse assignment
     sizes = gpu.host.list_sizes()
@@ -164,8 +174,7 @@ def scan_bandwidth(gpu, queries, nprobe: int) -> float | None:
     dist = (centroids * centroids).sum(1)[None, :] - 2 * queries @ centroids.T
     lists = dist.topk(nprobe, dim=1, largest=False).indices
     vectors = torch.from_numpy(sizes).cuda()[lists].sum()
-    code_bytes = float(vectors) * gpu.pq_m
-    return code_bytes / (scan_us / 1e6) / 1e9 if scan_us > 0 else None
+    return float(vectors) * gpu.pq_m / (scan_ms / 1e3) / 1e9
 
 
 def build(config: Config, base):
@@ -231,7 +240,9 @@ def run_config(config: Config, args) -> Result:
     from ops import copy_bandwidth  # bench/ops.py: a 1 GiB device-to-device copy, read + written
 
     result.copy_gbps = copy_bandwidth() / 1e9
-    result.scan_gbps = scan_bandwidth(gpu, queries, 32)
+    result.kernel_ms = kernel_times(gpu, queries, 32)
+    result.scan_gbps = scan_bandwidth(gpu, queries, 32, result.kernel_ms)
+    print("  kernels at nprobe 32 (ms):", json.dumps({k: round(v, 3) for k, v in result.kernel_ms.items()}))
     print(f"  copy {result.copy_gbps:,.0f} GB/s, scan codes {result.scan_gbps or float('nan'):,.0f} GB/s")
     result.cpu_rows = cpu_anchor(gpu.host, queries[: args.cpu_nq].cpu().numpy(), truth[: args.cpu_nq])
     result.summary = summarize(result)
@@ -285,7 +296,8 @@ def card() -> str:
         return "unknown"
 
 
-def write_json(args, argv: list[str] | None, results: list[Result], skipped: list[str]) -> None:
+def write_json(args, argv: list[str] | None, results: list[Result], skipped: list[str],
+               failed: list[dict]) -> None:
     output = {
         "card": card(),
         "git_commit": os.environ.get("RETRO_GIT_COMMIT", "unknown"),
@@ -295,6 +307,7 @@ def write_json(args, argv: list[str] | None, results: list[Result], skipped: lis
         "cpu_threads": os.cpu_count(),
         "results": [asdict(r) for r in results],
         "skipped_for_budget": skipped,
+        "failed": failed,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(output, indent=1))
@@ -349,24 +362,32 @@ def main(argv: list[str] | None = None) -> None:
     if not (retro.cuda_available() and torch.cuda.is_available()):
         sys.exit("bench/ivfpq.py --device cuda needs a CUDA build of retro and a GPU")
     started = time.perf_counter()
-    results, skipped, longest = [], [], 0.0
+    results, skipped, failed, longest = [], [], [], 0.0
     for name in args.configs.split(","):
         elapsed = time.perf_counter() - started
         if elapsed + longest > args.budget_s:  # the next one would likely end past the budget
             skipped.append(name)
             continue
-        results.append(run_config(CONFIGS[name], args))
+        try:
+            results.append(run_config(CONFIGS[name], args))
+        except Exception as error:  # keep the other configurations' numbers; the log has the trace
+            import traceback
+
+            traceback.print_exc()
+            failed.append({"config": name, "error": repr(error)})
         longest = max(longest, time.perf_counter() - started - elapsed)
         torch.cuda.empty_cache()
-        write_json(args, argv, results, skipped)  # after each configuration: a cut run keeps them
-    write_json(args, argv, results, skipped)
+        write_json(args, argv, results, skipped, failed)  # after each configuration: a cut run keeps them
+    write_json(args, argv, results, skipped, failed)
     print(f"{'config':12s} {'nprobe@0.9':>10s} {'QPS@0.9':>12s} {'x exact':>8s} {'scan/copy':>9s}")
     for r in results:
         s = r.summary
         print(f"{r.config['name']:12s} {s['nprobe_at_recall_0.9'] or '-':>10} "
               f"{s['best_qps_at_recall_0.9'] or 0:12,.0f} {s['vs_exact_bf16'] or 0:8.2f} "
               f"{s['scan_over_copy_bandwidth'] or 0:9.2f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f"; FAILED: {failed}" if failed else ""))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
