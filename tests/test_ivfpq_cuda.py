@@ -269,3 +269,20 @@ def test_gpu_kmeans_assignment_matches_cpu():
     np.testing.assert_allclose(dist.cpu().numpy(), d_ref[:, 0], rtol=1e-4, atol=1e-3)
     _, objective = kmeans(torch.from_numpy(x).cuda(), 50, niter=6)
     assert objective[-1] < objective[0]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_rerank_matches_cpu(metric):
+    """k * k_factor PQ candidates re-scored exactly against float32 (CUDA tensor) or float16 (numpy)
+    vectors: the CPU's re-ranked results but at near-ties."""
+    index, x = quick_index(96, 64, metric, n=8_000)
+    queries = clustered(200, 96, seed=18)
+    gpu = index.to("cuda")
+    for vectors, on_gpu in ((x, torch.from_numpy(x).cuda()), (x.astype(np.float16),) * 2):
+        d_cpu, i_cpu = index.search(queries, 10, nprobe=8, rerank=vectors, k_factor=8)
+        d_gpu, i_gpu = gpu.search(queries, 10, nprobe=8, rerank=on_gpu, k_factor=8)
+        assert (i_gpu == i_cpu).mean() >= MIN_SAME
+        same = i_gpu == i_cpu
+        np.testing.assert_allclose(d_gpu[same], d_cpu[same], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="rows"):
+        gpu.search(queries, 10, nprobe=8, rerank=torch.from_numpy(x[:100]).cuda())

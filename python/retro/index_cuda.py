@@ -127,7 +127,13 @@ class CudaIvfPqIndex:
         return torch.cuda.current_stream(self.device).cuda_stream
 
     def search(
-        self, x: Any, k: int, nprobe: int = 8, fp16_lut: bool = False
+        self,
+        x: Any,
+        k: int,
+        nprobe: int = 8,
+        fp16_lut: bool = False,
+        rerank: Any = None,
+        k_factor: int = 4,
     ) -> tuple[Any, Any]:
         """Searches the nprobe nearest lists of each query on the GPU.
 
@@ -137,6 +143,11 @@ class CudaIvfPqIndex:
             k: results per query, 1 .. 1024.
             nprobe: lists visited per query (1 .. 1024; values above nlist are clamped to nlist).
             fp16_lut: look-up tables in float16 (half the shared memory; sums stay float32).
+            rerank: optional (N, d) float32 or float16 vectors whose row i is the vector of id i,
+                best as a CUDA tensor on this device (numpy is copied there on every call): then
+                k * k_factor PQ candidates (at most 1024) are re-scored exactly and the best k
+                kept, as :meth:`retro.IvfPqIndex.search` with ``rerank`` does.
+            k_factor: candidate multiplier for re-ranking.
 
         Returns:
             D (n, k) float32 and I (n, k) int64, best first by (distance, id), as
@@ -146,9 +157,39 @@ class CudaIvfPqIndex:
             raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not isinstance(k_factor, (int, np.integer)) or k_factor < 1:
+            raise ValueError(f"k_factor must be an integer >= 1, got {k_factor!r}")
         xq, kind = self._queries(x, "queries")
-        distances, labels = ivfpq_search(xq, *self.op_args(), int(k), int(nprobe), bool(fp16_lut))
+        candidates = int(k) * int(k_factor) if rerank is not None else int(k)
+        distances, labels = ivfpq_search(xq, *self.op_args(), candidates, int(nprobe), bool(fp16_lut))
+        if rerank is not None:
+            distances, labels = self._rerank(xq, labels, self._rerank_vectors(rerank), int(k))
         return _results(distances, labels, kind)
+
+    def _rerank_vectors(self, rerank: Any) -> torch.Tensor:
+        """The re-ranking vectors as an (N, d) float32 or float16 tensor on the device."""
+        vectors = rerank if isinstance(rerank, torch.Tensor) else torch.as_tensor(np.asarray(rerank))
+        if vectors.ndim != 2 or vectors.shape[1] != self.d or vectors.dtype not in (torch.float32, torch.float16):
+            raise ValueError(
+                f"rerank vectors must be (N, d={self.d}) float32 or float16, got {vectors.dtype} "
+                f"of shape {tuple(vectors.shape)}"
+            )
+        return vectors.to(self.device)
+
+    def _rerank(
+        self, xq: torch.Tensor, candidates: torch.Tensor, vectors: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact distances of the candidates (n, kc) -> the best k by (distance, id)."""
+        if not torch.compiler.is_compiling() and bool((candidates >= vectors.shape[0]).any()):
+            raise ValueError(f"rerank vectors have {vectors.shape[0]} rows but the index holds larger ids")
+        rows_per_chunk = max(1, (1 << 28) // max(1, candidates.shape[1] * self.d))
+        keys = []
+        for s in range(0, xq.shape[0], rows_per_chunk):  # (chunk, kc, d) stays under 1 GiB
+            rows = vectors[candidates[s : s + rows_per_chunk].clamp(min=0)].float()
+            q = xq[s : s + rows_per_chunk, None, :]
+            keys.append(((rows - q) ** 2).sum(-1) if self.metric == "l2" else -(rows * q).sum(-1))
+        key, labels = best_k(torch.cat(keys), candidates, k)
+        return (-key if self.metric == "ip" else key), labels
 
     def op_args(self) -> tuple:
         """The index arguments of ``torch.ops.retro.ivfpq_search`` (retro.ops.ivfpq), in order:
@@ -210,19 +251,24 @@ def _results(distances: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[
     return distances, labels
 
 
+def best_k(key: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries per row of key (n, c), smaller is better, ordered by (key, label) with
+    the smaller label first on ties; labels < 0 (missing) last, with key +inf -> key, labels (n, k)."""
+    key = torch.where(labels < 0, float("inf"), key)
+    by_id = torch.argsort(torch.where(labels < 0, torch.iinfo(torch.int64).max, labels), dim=1, stable=True)
+    key, labels = key.gather(1, by_id), labels.gather(1, by_id)
+    order = torch.argsort(key, dim=1, stable=True)[:, :k]
+    return key.gather(1, order), labels.gather(1, order)
+
+
 def merge_top_k(
     distances: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], k: int, metric: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merges per-shard results (each (n, k_s), best first) into the best k per row by
-    (distance, id), smaller id first on ties; -1 labels (missing) sort last."""
+    """Merges per-shard results (each (n, k_s), best first, distances as search returns them) into
+    the best k per row by (distance, id), smaller id first on ties; missing results last."""
     d = torch.cat(list(distances), dim=1)
-    i = torch.cat(list(labels), dim=1)
-    key = -d if metric == "ip" else d.clone()  # smaller is better
-    key[i < 0] = float("inf")
-    by_id = torch.argsort(torch.where(i < 0, torch.iinfo(torch.int64).max, i), dim=1, stable=True)
-    key, d, i = (t.gather(1, by_id) for t in (key, d, i))
-    order = torch.argsort(key, dim=1, stable=True)[:, :k]
-    return d.gather(1, order), i.gather(1, order)
+    key, merged = best_k(-d if metric == "ip" else d, torch.cat(list(labels), dim=1), k)
+    return (-key if metric == "ip" else key), merged
 
 
 def search_shards(
