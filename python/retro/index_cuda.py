@@ -35,7 +35,8 @@ MAX_MAGNITUDE = 1e15  # as the CPU index (cpp/src/distances.h: kMaxMagnitude)
 
 
 def _device_of(device: Any) -> torch.device:
-    """A CUDA torch.device with an index; ValueError without a CUDA build or a usable GPU."""
+    """A CUDA torch.device with an index; ValueError for another device type, RuntimeError
+    without a CUDA build or a usable GPU."""
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"a CUDA index needs a cuda device, got {device}")
