@@ -23,6 +23,7 @@ commit and command.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -207,38 +208,47 @@ def build(config: Config, base):
     return gpu, train_s, encode_s, time.perf_counter() - t0
 
 
+def single_qps(gpu, queries, nprobe: int) -> float:
+    """Queries per second searched one at a time, each waited for (the latency-bound case)."""
+    torch = torch_mod()
+    gpu.search(queries[:1], K, nprobe=nprobe)
+    t0 = time.perf_counter()
+    for i in range(queries.shape[0]):
+        gpu.search(queries[i : i + 1], K, nprobe=nprobe)
+    torch.cuda.synchronize()
+    return queries.shape[0] / (time.perf_counter() - t0)
+
+
+def sweep(gpu, queries, truth, args, rerank=None) -> list[Row]:
+    """Recall@10 and batch QPS per nprobe (and single-query QPS at SINGLE_NPROBES), PQ alone or
+    re-ranking K * RERANK_K_FACTOR candidates against `rerank` (the float32 base on the GPU)."""
+    rows = []
+    for nprobe in NPROBES:
+        options = {"rerank": rerank, "k_factor": RERANK_K_FACTOR} if rerank is not None else {}
+        search = functools.partial(gpu.search, queries, K, nprobe=nprobe, **options)
+        row = Row(nprobe, recall(search()[1], truth), args.nq / cuda_time(search))
+        if rerank is None and nprobe in SINGLE_NPROBES:
+            row.single_qps = single_qps(gpu, queries[: args.single], nprobe)
+        rows.append(row)
+        label = f"+ re-ranking {RERANK_K_FACTOR * K}" if rerank is not None else ""
+        print(f"  nprobe {nprobe:4d} {label}: recall@10 {row.recall:.3f}  batch {row.batch_qps:12,.0f} QPS"
+              + (f"  single {row.single_qps:8,.0f} QPS" if row.single_qps else ""), flush=True)
+    return rows
+
+
 def run_config(config: Config, args) -> Result:
     torch = torch_mod()
     print(f"== {config.name}: N={config.n} d={config.d} nlist={config.nlist} pq_m={config.pq_m}", flush=True)
     base, queries = mixture(config.n, config.d, args.nq)
     truth = exact_top_k(base, queries, K, torch.float32)
-    exact_s = cuda_time(lambda: exact_top_k(base, queries, K, torch.bfloat16), repeats=2)
+    exact_s = cuda_time(functools.partial(exact_top_k, base, queries, K, torch.bfloat16), repeats=2)
     exact_recall = recall(exact_top_k(base, queries, K, torch.bfloat16), truth)
     print(f"  exact bf16 GEMM + topk: {args.nq / exact_s:,.0f} QPS (recall {exact_recall:.3f})", flush=True)
     gpu, train_s, encode_s, append_s = build(config, base)
     print(f"  train {train_s:.1f} s (GPU), encode {encode_s:.2f} s (GPU), append + upload {append_s:.1f} s", flush=True)
     result = Result({**asdict(config), "nlist": config.nlist}, train_s, encode_s, append_s, args.nq / exact_s, exact_recall)
-    for nprobe in NPROBES:
-        labels = gpu.search(queries, K, nprobe=nprobe)[1]
-        seconds = cuda_time(lambda: gpu.search(queries, K, nprobe=nprobe))
-        row = Row(nprobe, recall(labels, truth), args.nq / seconds)
-        if nprobe in SINGLE_NPROBES:
-            singles = queries[: args.single]
-            gpu.search(singles[:1], K, nprobe=nprobe)
-            t0 = time.perf_counter()
-            for i in range(singles.shape[0]):
-                gpu.search(singles[i : i + 1], K, nprobe=nprobe)
-            torch.cuda.synchronize()
-            row.single_qps = singles.shape[0] / (time.perf_counter() - t0)
-        result.rows.append(row)
-        print(f"  nprobe {nprobe:4d}: recall@10 {row.recall:.3f}  batch {row.batch_qps:12,.0f} QPS"
-              + (f"  single {row.single_qps:8,.0f} QPS" if row.single_qps else ""), flush=True)
-    for nprobe in NPROBES:
-        search = lambda: gpu.search(queries, K, nprobe=nprobe, rerank=base, k_factor=RERANK_K_FACTOR)  # noqa: E731
-        row = Row(nprobe, recall(search()[1], truth), args.nq / cuda_time(search))
-        result.rerank_rows.append(row)
-        print(f"  nprobe {nprobe:4d} + re-ranking {RERANK_K_FACTOR * K} candidates: recall@10 "
-              f"{row.recall:.3f}  batch {row.batch_qps:12,.0f} QPS", flush=True)
+    result.rows = sweep(gpu, queries, truth, args)
+    result.rerank_rows = sweep(gpu, queries, truth, args, rerank=base)
     del base
     torch.cuda.empty_cache()
     labels = gpu.search(queries, K, nprobe=32, fp16_lut=True)[1]
