@@ -2,17 +2,19 @@
 # Everything the GPU machine checks, in one call within its own time budget:
 #   bash bench/gpu_check.sh [BUDGET_SECONDS] [STEPS]
 # builds retro with the CUDA kernels, runs the GPU tests, compute-sanitizer on the attention
-# kernels and the GPU benchmarks (STEPS: a comma list of build,tests,ops,train,sanitize; default
-# all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT (default
-# bench/results/gpu): gpu_check.json (card, commit, command, each step's exit status and
+# kernels and the GPU benchmarks (STEPS: a comma list of build,tests,ops,train,sanitize,ivfpq;
+# default all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT
+# (default bench/results/gpu): gpu_check.json (card, commit, command, each step's exit status and
 # seconds), gpu_check.log (every step's output), junit.xml, and the benchmarks' ops_cuda.json and
-# train_cuda.json. A step starts only if 20 s of budget are left,
+# train_cuda.json; the ivfpq step (the GPU IVF-PQ: its tests, compute-sanitizer on its kernels,
+# then bench/ivfpq.py --device cuda in the budget left) writes junit_ivfpq.xml and
+# ivfpq_cuda.json. A step starts only if 20 s of budget are left,
 # and is cut at its own limit or the budget's end. The machine has no network: the CUTLASS wheel
 # travels in .whl/ (see docs/PERFORMANCE.md, "GPU runs").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-480}
-wanted=${2:-build,tests,ops,train,sanitize}
+wanted=${2:-build,tests,ops,train,sanitize,ivfpq}
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
 log=$out/gpu_check.log
@@ -58,7 +60,20 @@ sanitize() {
   return $rc
 }
 
-export -f build sanitize
+# IVF-PQ on the GPU: tests, sanitizer, then the benchmark with the budget left (at most its limit).
+ivfpq() {
+  local rc=0 started_at
+  started_at=$(date +%s)
+  python3 -m pytest tests/test_ivfpq_cuda.py -q -p no:cacheprovider --junitxml="$out/junit_ivfpq.xml" || rc=$?
+  compute-sanitizer --tool memcheck --error-exitcode 3 python3 bench/sanitize_ivfpq.py || rc=$?
+  compute-sanitizer --tool racecheck --error-exitcode 3 --kernel-name kns=ivfpq python3 bench/sanitize_ivfpq.py || rc=$?
+  local bench_budget=$((IVFPQ_LIMIT - ($(date +%s) - started_at) - 60))
+  python3 bench/ivfpq.py --device cuda --budget-s "$bench_budget" --out "$out/ivfpq_cuda.json" || rc=$?
+  return $rc
+}
+
+export -f build sanitize ivfpq
+export out
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi -L >>"$log" 2>&1
 step build 240 build
@@ -69,6 +84,9 @@ step ops 180 python3 bench/ops.py --device cuda --repeats "${OPS_REPEATS:-20}" -
 step train 300 python3 bench/train.py --device cuda --preset small --budget-s $(($(left) - 40)) \
   --out "$out/train_cuda.json"
 step sanitize 150 sanitize
+# its benchmark starts configurations until 60 s before this step's limit (or the budget's end)
+export IVFPQ_LIMIT=$(( $(left) < 600 ? $(left) : 600 ))
+step ivfpq 600 ivfpq
 
 python3 - "$out" "$budget" "$wanted" "$(IFS=,; echo "${records[*]}")" <<'EOF'
 import json, subprocess, sys, os, time

@@ -3,6 +3,7 @@
     python bench/ivfpq.py                      # full run: 1M x 384 synthetic + real text embeddings
     python bench/ivfpq.py --quick              # ~3 minutes: 100k x 384 synthetic, the demo
     python bench/ivfpq.py --families fastscan --nq 1000   # only the 4-bit fast-scan comparison
+    python bench/ivfpq.py --device cuda --budget-s 300    # the GPU index: bench/ivfpq_cuda.py
 
 For each dataset both engines train on the same sample with the same k-means iterations, add the
 same vectors, and search the same queries for nprobe in 1..256 with 1 and 2 threads: recall@10
@@ -658,7 +659,16 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
 
 
 def main() -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    known, rest = pre.parse_known_args()
+    if known.device == "cuda":  # its own options: bench/ivfpq_cuda.py --help
+        import ivfpq_cuda
+
+        return ivfpq_cuda.main(rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU index (bench/ivfpq_cuda.py and its options)")
     parser.add_argument("--quick", action="store_true", help="100k synthetic only; writes ivfpq_cpu_quick.json")
     parser.add_argument("--datasets", default="synthetic,text", help="comma list of synthetic, text")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic base size")

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "checksum.h"
+#include "metric.h"
 #include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -28,14 +29,8 @@ using FloatArray = py::array_t<float, py::array::c_style>;
 using IdArray = py::array_t<int64_t, py::array::c_style>;
 using CodeArray = py::array_t<uint8_t, py::array::c_style>;
 
-retro::Metric parse_metric(const std::string& name) {
-  if (name == "l2" || name == "L2") return retro::Metric::L2;
-  if (name == "ip" || name == "inner_product" || name == "IP") return retro::Metric::InnerProduct;
-  throw retro::Error(retro::ErrorKind::InvalidArgument,
-                     "unknown metric '" + name + "' (expected 'l2' or 'ip')");
-}
-
-std::string metric_name(retro::Metric m) { return m == retro::Metric::L2 ? "l2" : "ip"; }
+using retro_bindings::metric_name;
+using retro_bindings::parse_metric;
 
 // Checks that x is (n, d) and returns n.
 idx_t rows(const py::array& x, int d, const char* what) {
@@ -99,6 +94,9 @@ py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, S
 }  // namespace
 
 void bind_attention(py::module_& m);  // bindings/attention.cpp
+#if defined(RETRO_WITH_CUDA)
+void bind_ivf_pq_cuda(py::module_& m);  // bindings/ivf_pq_cuda.cpp
+#endif
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "retro's compiled core: IVF-PQ and exact vector search, RETRO's attention kernels";
@@ -122,6 +120,7 @@ PYBIND11_MODULE(_core, m) {
         "Number of usable CUDA devices (0 without a GPU or driver).");
   m.def("cuda_device_name", &retro::cuda::device_name, py::arg("device") = 0);
   m.def("cutlass_version", &retro::cuda::cutlass_version);
+  bind_ivf_pq_cuda(m);
 #else
   m.def("has_cuda", [] { return false; }, "True if this build contains the CUDA kernels.");
   m.def("cuda_device_count", [] { return 0; },
@@ -337,6 +336,40 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         index.add_encoded(list, n, codes.data(), id_ptr);
       }, py::arg("list"), py::arg("codes"), py::arg("ids"))
+      .def("add_preassigned", [](retro::IvfPqIndex& index, const IdArray& list_of,
+                                 const CodeArray& codes, const std::optional<IdArray>& ids) {
+        const idx_t n = list_of.ndim() == 1 ? list_of.shape(0) : -1;
+        if (n < 0) throw py::value_error("list_of must be a 1-D int64 array");
+        if (codes.ndim() != 2 || codes.shape(0) != n || codes.shape(1) != index.pq_m())
+          throw py::value_error("codes must have shape (n=" + std::to_string(n) + ", pq_m=" +
+                                std::to_string(index.pq_m()) + "), got " + shape_of(codes));
+        const idx_t* id_ptr = ids_pointer(ids, n);
+        py::gil_scoped_release release;
+        index.add_preassigned(n, list_of.data(), codes.data(), id_ptr);
+      }, py::arg("list_of"), py::arg("codes"), py::arg("ids") = py::none())
+      .def("concatenated_lists", [](const retro::IvfPqIndex& index) {
+        auto lists = std::make_shared<retro::IvfPqConcatenatedLists>();
+        {
+          py::gil_scoped_release release;
+          *lists = index.concatenated_lists();
+        }
+        // numpy views of the vectors, kept alive by a capsule that owns them (no copy)
+        auto view = [&](auto& v) {
+          using T = typename std::decay_t<decltype(v)>::value_type;
+          auto* owner = new std::shared_ptr<retro::IvfPqConcatenatedLists>(lists);
+          py::capsule keep(owner, [](void* p) {
+            delete static_cast<std::shared_ptr<retro::IvfPqConcatenatedLists>*>(p);
+          });
+          return py::array_t<T>(static_cast<py::ssize_t>(v.size()), v.data(), keep);
+        };
+        py::dict out;
+        out["offsets"] = view(lists->offsets);
+        out["sizes"] = view(lists->sizes);
+        out["codes"] = view(lists->codes);
+        out["ids"] = view(lists->ids);
+        out["terms"] = view(lists->terms);
+        return out;
+      })
       .def("train", [](retro::IvfPqIndex& index, const FloatArray& x) {
         const idx_t n = rows(x, index.d(), "training data");
         py::gil_scoped_release release;

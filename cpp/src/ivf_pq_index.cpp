@@ -216,15 +216,69 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
   for (idx_t i0 = 0; i0 < n; i0 += kEncodeBatch) {
     const idx_t nb = std::min(kEncodeBatch, n - i0);
     encode(nb, x + i0 * d_, list_of.data(), codes.data());
-    // Each list is appended by one thread, in input order: the layout is deterministic.
-#pragma omp parallel for schedule(dynamic, 64)
-    for (idx_t l = 0; l < nlist_; ++l)
-      for (idx_t i = 0; i < nb; ++i)
-        if (list_of[i] == l)
-          append(l, &codes[i * pq_m_], ids != nullptr ? ids[i0 + i] : ntotal_ + i0 + i);
+    append_batch(nb, list_of.data(), codes.data(), ids != nullptr ? ids + i0 : nullptr, ntotal_ + i0);
   }
   ntotal_ += n;
   rebuild_list_views();
+}
+
+void IvfPqIndex::append_batch(idx_t n, const idx_t* list_of, const uint8_t* codes,
+                              const idx_t* ids, idx_t first_id) {
+  // The vectors grouped by list, in input order (a counting sort); each list is then appended by
+  // one thread: the layout is deterministic.
+  std::vector<idx_t> start(nlist_ + 1, 0), order(n);
+  for (idx_t i = 0; i < n; ++i) ++start[list_of[i] + 1];
+  for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
+  std::vector<idx_t> next(start.begin(), start.end() - 1);
+  for (idx_t i = 0; i < n; ++i) order[next[list_of[i]]++] = i;
+#pragma omp parallel for schedule(dynamic, 64)
+  for (idx_t l = 0; l < nlist_; ++l)
+    for (idx_t j = start[l]; j < start[l + 1]; ++j) {
+      const idx_t i = order[j];
+      append(l, &codes[i * pq_m_], ids != nullptr ? ids[i] : first_id + i);
+    }
+}
+
+void IvfPqIndex::add_preassigned(idx_t n, const idx_t* list_of, const uint8_t* codes,
+                                 const idx_t* ids) {
+  check_trained("add_preassigned");
+  check_writable("add_preassigned");
+  RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
+  RETRO_CHECK_ARG(n == 0 || (list_of != nullptr && codes != nullptr),
+                  "add_preassigned() needs lists and codes");
+  for (idx_t i = 0; i < n; ++i) check_list(list_of[i]);
+  for (idx_t i = 0; i < n * pq_m_; ++i)
+    RETRO_CHECK_ARG(codes[i] < ksub(), "code %d of vector %lld is out of range for %d-bit codes",
+                    codes[i], static_cast<long long>(i / pq_m_), pq_bits_);
+  append_batch(n, list_of, codes, ids, ntotal_);
+  ntotal_ += n;
+  rebuild_list_views();
+}
+
+IvfPqConcatenatedLists IvfPqIndex::concatenated_lists() const {
+  RETRO_CHECK_ARG(pq_bits_ == 8, "concatenated lists hold 8-bit codes; this index has pq_bits=%d",
+                  pq_bits_);
+  const CodeLayout layout = layout_of(*this);
+  IvfPqConcatenatedLists out;
+  out.offsets.assign(nlist_ + 1, 0);
+  out.sizes.resize(nlist_);
+  for (idx_t l = 0; l < nlist_; ++l) {
+    out.sizes[l] = lists_[l].size;
+    out.offsets[l + 1] = out.offsets[l] + layout.padded(lists_[l].size);
+  }
+  const idx_t total = out.offsets[nlist_];
+  out.codes.assign(static_cast<size_t>(total) * pq_m_, 0);
+  out.ids.assign(total, -1);
+  if (has_terms()) out.terms.assign(total, 0.0f);
+#pragma omp parallel for schedule(dynamic, 64)
+  for (idx_t l = 0; l < nlist_; ++l) {
+    const List& list = lists_[l];
+    if (list.size == 0) continue;
+    std::memcpy(&out.codes[out.offsets[l] * pq_m_], list.codes, layout.bytes(list.size));
+    std::copy(list.ids, list.ids + list.size, &out.ids[out.offsets[l]]);
+    if (has_terms()) std::copy(list.terms, list.terms + list.size, &out.terms[out.offsets[l]]);
+  }
+  return out;
 }
 
 void IvfPqIndex::rebuild_list_views() {

@@ -166,8 +166,37 @@ class IvfPqIndex:
             int(list_no), np.ascontiguousarray(codes), as_int64_vector(ids, codes.shape[0])
         )
 
-    def train(self, x: Any) -> None:
-        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits."""
+    def add_preassigned(self, list_of: Any, codes: Any, ids: Any = None) -> None:
+        """Appends vectors encoded elsewhere (e.g. on a GPU), keeping input order inside each list.
+
+        Args:
+            list_of: (n,) int64 list of each vector, 0 <= list < nlist.
+            codes: (n, pq_m) uint8 PQ codes of the residuals to those lists' centroids.
+            ids: (n,) int64 ids, or None for ntotal .. ntotal+n-1.
+        """
+        list_of = as_int64_vector(list_of, len(list_of), "list_of")
+        codes = np.asarray(codes)
+        if codes.dtype != np.uint8:
+            raise ValueError(f"codes must be uint8, got dtype {codes.dtype}")
+        self._index.add_preassigned(
+            list_of,
+            np.ascontiguousarray(codes),
+            None if ids is None else as_int64_vector(ids, list_of.shape[0]),
+        )
+
+    def train(self, x: Any, device: Any = None) -> None:
+        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits.
+
+        Args:
+            x: training vectors (n, d).
+            device: None or "cpu", or a CUDA device to run k-means there (the same algorithm with
+                other random streams: :mod:`retro.kmeans_cuda`; needs a CUDA build and torch).
+        """
+        if device is not None and str(device) != "cpu":
+            from retro.kmeans_cuda import train_ivfpq
+
+            train_ivfpq(self, x, device)
+            return
         self._index.train(as_float32_matrix(x, "training data"))
 
     def add(self, x: Any, ids: Any = None) -> None:
@@ -234,20 +263,37 @@ class IvfPqIndex:
         """Writes the index atomically (temp file + rename) in retro's versioned, checksummed format."""
         self._index.save(os.fspath(path))
 
+    def to(self, device: Any) -> Any:
+        """This index for "cpu"; for a CUDA device ("cuda", "cuda:1", a torch.device) a
+        :class:`retro.index_cuda.CudaIvfPqIndex`: a device-resident copy searched on the GPU (8-bit
+        PQ of residuals; needs a CUDA build and torch with CUDA)."""
+        if str(device) == "cpu":
+            return self
+        from retro.index_cuda import CudaIvfPqIndex
+
+        return CudaIvfPqIndex(self, device)
+
     @classmethod
     def load(
-        cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None
-    ) -> IvfPqIndex:
+        cls,
+        path: str | os.PathLike,
+        mmap: bool = True,
+        verify: bool | None = None,
+        device: Any = None,
+    ) -> Any:
         """Loads an index saved by :meth:`save`.
 
         Args:
             mmap: map the codes and ids instead of reading them (the index is then read-only).
             verify: check every section's checksum; defaults to ``not mmap`` (with mmap the small
                 sections are still verified, the codes and ids are not read).
+            device: None or "cpu" for this host index; a CUDA device for its device copy
+                (:meth:`to`).
         """
         if verify is None:
             verify = not mmap
-        return cls._wrap(_core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify)))
+        index = cls._wrap(_core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify)))
+        return index if device is None else index.to(device)
 
     def __repr__(self) -> str:
         return (

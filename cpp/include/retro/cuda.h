@@ -6,6 +6,7 @@
 #include <string>
 
 #include "retro/attention.h"
+#include "retro/ivf_pq_cuda.h"  // IVF-PQ search and encoding on the GPU
 
 namespace retro::cuda {
 

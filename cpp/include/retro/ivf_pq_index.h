@@ -47,6 +47,17 @@ struct IvfPqTrainParams {
   int max_points_per_centroid = 256;  // training points beyond this are subsampled, as faiss
 };
 
+// Every list's blocked 8-bit codes, ids and terms laid end to end: the layout a GPU copy of the
+// index (retro/ivf_pq_cuda.h) searches. List l holds vectors [offsets[l], offsets[l] + sizes[l])
+// of a span padded to whole blocks of IvfPqIndex::kBlock vectors.
+struct IvfPqConcatenatedLists {
+  std::vector<idx_t> offsets;  // (nlist + 1,) in vectors, multiples of kBlock
+  std::vector<idx_t> sizes;    // (nlist,)
+  std::vector<uint8_t> codes;  // (offsets[nlist] * pq_m,): list l's blocks start at byte offsets[l] * pq_m
+  std::vector<idx_t> ids;      // (offsets[nlist],), -1 on padding
+  std::vector<float> terms;    // (offsets[nlist],) ||r||^2 + 2<c, r> (L2; 0 on padding), empty for IP
+};
+
 class MappedFile;
 class QuantizedTable;
 class TopK;
@@ -64,6 +75,11 @@ class IvfPqIndex {
   void train(idx_t n, const float* x);
   // x: (n, d); ids: (n,) or nullptr for sequential ids ntotal .. ntotal + n - 1.
   void add(idx_t n, const float* x, const idx_t* ids = nullptr);
+  // Appends n vectors encoded elsewhere (e.g. on a GPU): list_of (n,) their lists, codes (n, pq_m)
+  // against those lists' centroids, ids (n,) or nullptr for sequential ids; input order is kept
+  // inside each list, as add() keeps it.
+  void add_preassigned(idx_t n, const idx_t* list_of, const uint8_t* codes,
+                       const idx_t* ids = nullptr);
   // x: (n, d) -> distances, labels: (n, k), best first; -1 and +inf (L2) / -inf (IP) where fewer
   // than k results exist.
   void search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
@@ -86,6 +102,7 @@ class IvfPqIndex {
   // codes: (list_size(list), pq_m), vector-major, copied out of the blocked layout.
   void list_codes(idx_t list, uint8_t* codes) const;
   const idx_t* list_ids(idx_t list) const;  // (list_size(list),)
+  IvfPqConcatenatedLists concatenated_lists() const;  // 8-bit codes only
 
   void save(const std::string& path) const;  // atomic: temp file + rename
   static std::unique_ptr<IvfPqIndex> load(const std::string& path, bool mmap, bool verify);
@@ -129,6 +146,9 @@ class IvfPqIndex {
   void check_list(idx_t list) const;
   bool has_terms() const { return metric_ == Metric::L2 && pq_bits_ == 8; }  // per-vector terms
   void append(idx_t list, const uint8_t* code, idx_t id);  // one vector; the caller owns `list`
+  // n encoded vectors to their lists (ids, or first_id + i where ids is nullptr); ntotal unchanged
+  void append_batch(idx_t n, const idx_t* list_of, const uint8_t* codes, const idx_t* ids,
+                    idx_t first_id);
   void rebuild_derived();
   void rebuild_list_views();
   void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;

@@ -1,4 +1,5 @@
-"""RETRO's attention ops: chunked cross-attention (CCA) and the neighbour encoder's two attentions.
+"""RETRO's attention ops: chunked cross-attention (CCA) and the neighbour encoder's two attentions;
+and ``ivfpq_search``, the GPU IVF-PQ search (:mod:`retro.ops.ivfpq`).
 
 - ``chunked_cross_attention(q, k, v, nbr_lens=None, *, chunk_size=64, q_offset=0, scale=None)``
 - ``neighbour_self_attention(q, k, v, nbr_lens=None, *, scale=None)``
@@ -13,6 +14,7 @@ from retro.ops.attention import (
     neighbour_cross_attention,
     neighbour_self_attention,
 )
+from retro.ops.ivfpq import ivfpq_search
 from retro.ops.reference import (
     chunked_cross_attention_ref,
     neighbour_cross_attention_ref,
@@ -22,6 +24,7 @@ from retro.ops.reference import (
 __all__ = [
     "chunked_cross_attention",
     "chunked_cross_attention_ref",
+    "ivfpq_search",
     "neighbour_cross_attention",
     "neighbour_cross_attention_ref",
     "neighbour_self_attention",
