@@ -127,7 +127,7 @@ def main() -> int:
     plots = ROOT / "docs" / "results" if args.record else args.out
     for setting in ("strict", "knowledge"):
         plot_leakage(results[setting]["leakage"], plots / f"leakage_{setting}.png",
-                     title=f"bits per byte of chunks with overlap <= alpha ({setting})")
+                     title=f"bpb vs alpha, {setting} setting")
     plot_loss_curves(runs, plots / "loss_curves.png")
     record = {
         "command": " ".join(sys.argv), "commit": git_commit(),

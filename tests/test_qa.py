@@ -117,13 +117,14 @@ def test_qa_scores_arithmetic():
                           [-4.0, -1.0, -5.0],   # "c" best
                           [-6.0, -5.0, -5.5]])  # "c" by sum; per byte "defgh" (-5.5/6) beats gold
     n_tokens = np.array([[1, 1, 2]] * 3)
-    texts = ["the ab is here", "nothing", "AB"]
+    texts = ["the ab is here", "nothing but c", "AB"]
     result = qa_scores(items, ChoiceScores(log_probs, n_tokens, texts), edited={1: "c", 2: "c"})
     assert result["accuracy"] == pytest.approx(1 / 3)
     assert result["accuracy_norm"] == pytest.approx(1 / 3)  # item 0 only: -1/3 > -2/2, -3/6
     assert result["gold_nats_per_token"] == pytest.approx((1 + 4 + 6) / 3)
     assert result["answer_retrieved"] == pytest.approx(2 / 3)  # case-insensitive
     assert result["follows_database"] == 1.0 and result["follows_original"] == 0.0
+    assert result["edited_answer_retrieved"] == 0.5  # "c" is in item 1's neighbours only
     assert result["chance"] == pytest.approx(1 / 3)
 
 

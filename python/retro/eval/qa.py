@@ -10,7 +10,8 @@ multiple-choice accuracy by the summed log-probability (``accuracy``) and by the
 per byte of the choice (``accuracy_norm``, lm-evaluation-harness's acc_norm), and, with retrieval,
 the share of items whose retrieved neighbours contain an accepted answer (``answer_retrieved``).
 Against an edited database (retro.data.edits) the items whose gold answer was edited are asked
-with the edited answer among the choices, and ``follows_database`` is the share answered with it.
+with the edited answer among the choices, and ``follows_database`` is the share answered with it
+(``edited_answer_retrieved``: the share whose neighbours contain the edited answer).
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def qa_scores(items: Sequence[QAItem], scores: ChoiceScores,
     if edited:
         picks = [items[i].choices[int(lp[i].argmax())] for i in edited]
         result["edited_items"] = len(edited)
+        if any(scores.neighbour_texts):
+            result["edited_answer_retrieved"] = float(np.mean([
+                edited[i].lower() in scores.neighbour_texts[i].lower() for i in edited]))
         result["follows_database"] = float(np.mean([p == edited[i] for p, i in zip(picks, edited)]))
         result["follows_original"] = float(np.mean([p == items[i].gold for p, i in zip(picks, edited)]))
     return result
@@ -210,8 +214,12 @@ def qa_table(results: dict[str, dict[str, Any]]) -> str:
     for name, settings in results.items():
         for setting, s in settings.items():
             retrieved = f"{s['answer_retrieved']:.3f}" if "answer_retrieved" in s else "-"
-            follows = (f"{s['follows_database']:.3f} (original {s['follows_original']:.3f})"
-                       if "follows_database" in s else "-")
+            follows = "-"
+            if "follows_database" in s:
+                follows = f"{s['follows_database']:.3f} (original {s['follows_original']:.3f}"
+                if "edited_answer_retrieved" in s:
+                    follows += f"; edited answer retrieved {s['edited_answer_retrieved']:.3f}"
+                follows += ")"
             rows.append(f"| {name} | {setting} | {s.get('edited_items', s['items'])} | "
                         f"{s['accuracy']:.3f} | {s['accuracy_norm']:.3f} | "
                         f"{s['gold_nats_per_token']:.3f} | {retrieved} | {follows} |")
