@@ -206,3 +206,28 @@ def test_the_factbook_list_joins_the_defaults_for_a_factbook_database():
 
     assert lists_for(["default"]) == DEFAULT_LISTS
     assert lists_for(["default", "factbook"]) == (*DEFAULT_LISTS, "factbook")
+
+
+def test_eval_cli_refuses_an_edited_database_that_holds_no_edits(runs, capsys):
+    from retro.cli import main
+
+    status = main(["eval", str(runs[1]), "--max-samples", "1", "--qa", "worldcapitals",
+                   "--qa-items", "3", "--edited-db", str(runs[0])])  # the reference: no edits
+    assert status != 0
+    assert "built without edits" in capsys.readouterr().err
+
+
+def test_open_matching_db_names_what_differs(runs, tmp_path):
+    import json
+    import shutil
+
+    from retro.db import DatabaseError, open_db
+    from retro.run_db import open_matching_db
+
+    other = tmp_path / "other_db"
+    shutil.copytree(runs[0], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["config"]["block_size"] = 128
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatabaseError, match="cannot stand in.*\n.*block_size"):
+        open_matching_db(open_db(runs[0]), other)
