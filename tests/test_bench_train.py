@@ -22,7 +22,7 @@ def test_cpu_run_writes_every_measurement(tmp_path):
     command = [sys.executable, str(BENCH), "--device", "cpu", "--preset", "tiny", "--block-size",
                "128", "--batch-size", "1", "--steps", "2", "--warmup", "1", "--no-compile",
                "--threads", "2", "--db", str(db), "--loader-seconds", "0.5", "--out", str(out)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)  # a hang guard; ~25 s alone on 2 cores
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
 
