@@ -162,7 +162,8 @@ def build(name: str, config: RetroConfig, device: torch.device) -> tuple[nn.Modu
     if name == "gpt":
         return GPT(config).to(device), lambda m, x: m(x.idx, targets=x.targets)[1]
     return (Retro(config).to(device),
-            lambda m, x: m(x.idx, x.nbr_tokens, x.nbr_lens, targets=x.targets)[1])
+            lambda m, x: m(x.idx, x.nbr_tokens, x.nbr_lens, targets=x.targets,
+                           return_logits=False)[1])
 
 
 def graph_breaks(model: nn.Module, loss: Callable, batch: Batch) -> dict:

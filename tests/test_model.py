@@ -368,3 +368,16 @@ def test_bad_cache_use_and_configs_raise_clear_errors():
             make_config(**change)
     with pytest.raises(ValueError, match="unknown preset"):
         RetroConfig.preset("huge")
+
+
+@pytest.mark.parametrize("cls", [GPT, Retro])
+def test_loss_only_forward_gives_the_same_loss(cls):
+    model = make_model(cls, **VARIANTS["rope-gate-narrow-encoder"]).eval()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    neighbours = (nbr_tokens, nbr_lens) if cls is Retro else ()
+    logits, loss = model(idx, *neighbours, targets=idx)
+    none, loss_only = model(idx, *neighbours, targets=idx, return_logits=False)
+    assert logits is not None and none is None
+    torch.testing.assert_close(loss_only, loss, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs targets"):
+        model(idx, *neighbours, return_logits=False)

@@ -497,12 +497,13 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                last_only: bool = False,
-                cache: DecodeCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False, cache: DecodeCache | None = None, *,
+                return_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab) ((B, 1, vocab) with last_only) and the mean
         cross-entropy against targets (B, T) (-1 = ignore), or None. With a cache (new_cache),
-        idx continues the tokens given so far."""
-        return self._forward(idx, None, None, targets, last_only, cache)
+        idx continues the tokens given so far. return_logits=False (with targets) returns
+        (None, loss): a compiled training step then never writes the logits out."""
+        return self._forward(idx, None, None, targets, last_only, cache, return_logits)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> DecodeCache:
         """An empty decoding state for up to max_len (default block_size) tokens per sequence, on
@@ -519,8 +520,11 @@ class GPT(nn.Module):
 
     def _forward(self, idx: torch.Tensor, nbr_tokens: torch.Tensor | None,
                  nbr_lens: torch.Tensor | None, targets: torch.Tensor | None, last_only: bool,
-                 cache: DecodeCache | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 cache: DecodeCache | None,
+                 return_logits: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The decoder, shared by GPT and Retro; arguments as in Retro.forward."""
+        if not return_logits and targets is None:
+            raise ValueError("return_logits=False returns the loss only: it needs targets")
         self._check_tokens(idx, targets, last_only, cache)
         nbr_lens = self._check_neighbours(idx, nbr_tokens, nbr_lens, cache)
         pos = 0 if cache is None else cache.pos
@@ -542,7 +546,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         """Token (+ learned position) embeddings of idx (..., N) at positions start .. start+N-1
@@ -659,8 +663,8 @@ class Retro(GPT):
 
     def forward(self, idx: torch.Tensor, nbr_tokens: torch.Tensor | None = None,
                 nbr_lens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                last_only: bool = False,
-                cache: DecodeCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False, cache: DecodeCache | None = None, *,
+                return_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits and loss of idx given the neighbours of its chunks.
 
         idx (B, T) int64/int32 token ids at positions pos .. pos+T-1 (pos = 0, or cache.pos).
@@ -673,9 +677,10 @@ class Retro(GPT):
         last_only: logits (B, 1, vocab) of the last position only (generation).
         cache: a DecodeCache from new_cache; the call continues the tokens given so far at O(T)
             decoder work (a chunk's neighbours are encoded once, by the call that completes it).
+        return_logits: False (with targets) -> (None, loss), for training steps.
         Returns logits (B, T, vocab) and loss.
         """
-        return self._forward(idx, nbr_tokens, nbr_lens, targets, last_only, cache)
+        return self._forward(idx, nbr_tokens, nbr_lens, targets, last_only, cache, return_logits)
 
     @classmethod
     def from_gpt(cls, gpt: GPT | dict | str | os.PathLike, freeze: bool = True,

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 1337  # model init and data order
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # autocast: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16"
+    compile: bool = False  # torch.compile the model (nanoGPT's compile; worth it on a GPU)
     num_workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch CPU threads; None: leave torch's setting
     progress: bool = True  # tqdm bar with loss, tokens/s and ETA

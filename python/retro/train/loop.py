@@ -65,6 +65,7 @@ def _train(config: TrainConfig, world: World) -> Path:
     plain, frozen = _model(config, db, state)
     plain.to(device).train()
     model = wrap_model(plain, mode, device)
+    forward = torch.compile(model) if config.compile else model  # shares model's parameters
     optimizer = make_optimizer(model, config, device)
     step, data_position = 0, 0
     if state is not None:
@@ -98,6 +99,7 @@ def _train(config: TrainConfig, world: World) -> Path:
     total = sum(p.numel() for p in plain.parameters())
     progress.write(f"{config.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
                    f"trained) on {device}{' bf16' if bf16 else ''}"
+                   f"{', compiled' if config.compile else ''}"
                    f"{f', {world.size} ranks ({mode})' if mode else ''}; {len(train_set)} train "
                    f"samples of {db.block_size} tokens; steps {step} -> {stop} of "
                    f"{config.max_iters}")
@@ -111,7 +113,7 @@ def _train(config: TrainConfig, world: World) -> Path:
         for micro in range(config.grad_accum):
             with gradient_sync(model, micro == config.grad_accum - 1):
                 with autocast:
-                    loss = _loss(model, to_device(next(batches), device))
+                    loss = _loss(forward, to_device(next(batches), device))
                 (loss / config.grad_accum).backward()
             loss_sum += loss.item()
         grad_norm = None
@@ -132,7 +134,7 @@ def _train(config: TrainConfig, world: World) -> Path:
                        "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / seconds,
                        "elapsed_s": time.perf_counter() - started})
         if step % config.eval_interval == 0 or step == config.max_iters:
-            val_loss = evaluate(model, valid_set, valid_samples, config.batch_size, world, device,
+            val_loss = evaluate(forward, valid_set, valid_samples, config.batch_size, world, device,
                                 autocast)
             log.write({"step": step, "val_loss": val_loss})
             progress.write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
@@ -191,8 +193,8 @@ def _loss(model: GPT, batch: list[torch.Tensor]) -> torch.Tensor:
     """batch: idx, targets[, nbr_tokens, nbr_lens] (GPT batches have no neighbours)."""
     idx, targets, *neighbours = batch
     if neighbours:
-        return model(idx, *neighbours, targets=targets)[1]
-    return model(idx, targets=targets)[1]
+        return model(idx, *neighbours, targets=targets, return_logits=False)[1]
+    return model(idx, targets=targets, return_logits=False)[1]
 
 
 def _device(name: str) -> torch.device:
