@@ -12,16 +12,15 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <limits>
-#include <map>
 #include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "command_line.h"
 #include "retro/flat_index.h"
 #include "retro/ivf_pq_index.h"
 #include "retro/simd.h"
@@ -76,43 +75,13 @@ struct Options {
 
 // ---- command line -----------------------------------------------------------------------------
 
-bool wants_help(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) return true;
-  return false;
-}
-
-std::map<std::string, std::string> parse_key_values(int argc, char** argv) {
-  std::map<std::string, std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const size_t eq = arg.find('=');
-    if (arg.rfind("--", 0) != 0 || eq == std::string::npos)
-      throw std::invalid_argument("expected --key=value, got '" + arg + "'");
-    values[arg.substr(2, eq - 2)] = arg.substr(eq + 1);
-  }
-  return values;
-}
-
-long long parse_integer(const std::string& key, const std::string& text) {
-  size_t used = 0;
-  long long value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size())
-    throw std::invalid_argument("--" + key + " needs an integer, got '" + text + "'");
-  return value;
-}
-
 std::vector<int> parse_nprobes(const std::string& text) {
   std::vector<int> nprobes;
   size_t start = 0;
   while (start <= text.size()) {
     const size_t comma = std::min(text.find(',', start), text.size());
-    nprobes.push_back(static_cast<int>(parse_integer("nprobe", text.substr(start, comma - start))));
+    const std::string item = text.substr(start, comma - start);
+    nprobes.push_back(static_cast<int>(retro_bench::parse_integer("nprobe", item)));
     if (nprobes.back() < 1) throw std::invalid_argument("--nprobe values must be positive");
     start = comma + 1;
   }
@@ -127,40 +96,24 @@ Metric parse_metric(const std::string& text) {
 
 const char* metric_name(Metric metric) { return metric == Metric::L2 ? "l2" : "ip"; }
 
-Options parse_options(std::map<std::string, std::string> values) {
-  // Takes each known key out of `values`, so whatever is left at the end is unknown.
-  auto take = [&values](const std::string& key, long long fallback) {
-    auto it = values.find(key);
-    if (it == values.end()) return fallback;
-    const long long value = parse_integer(key, it->second);
-    values.erase(it);
-    return value;
-  };
-  auto take_text = [&values](const std::string& key, const std::string& fallback) {
-    auto it = values.find(key);
-    if (it == values.end()) return fallback;
-    const std::string value = it->second;
-    values.erase(it);
-    return value;
-  };
-
+Options parse_options(retro_bench::CommandLine args) {
   Options opts;
-  opts.iterations = static_cast<int>(take("iterations", 3));
+  opts.iterations = static_cast<int>(args.take("iterations", 3));
   const Sizes& sizes = opts.iterations == 0 ? kVerifySizes : kBenchSizes;
-  opts.n = take("n", sizes.n);
-  opts.d = static_cast<int>(take("d", sizes.d));
-  opts.nq = take("nq", sizes.nq);
-  opts.nlist = take("nlist", sizes.nlist);
-  opts.pq_m = static_cast<int>(take("pq_m", sizes.pq_m));
-  opts.niter = static_cast<int>(take("niter", 10));
-  opts.k = take("k", 10);
-  opts.nprobes = parse_nprobes(take_text("nprobe", "1,4,16,64"));
-  opts.threads = static_cast<int>(take("threads", omp_get_max_threads()));
-  opts.seed = static_cast<uint64_t>(take("seed", 0));
-  opts.metric = parse_metric(take_text("metric", "l2"));
-  opts.json_path = take_text("json", "");
+  opts.n = args.take("n", sizes.n);
+  opts.d = static_cast<int>(args.take("d", sizes.d));
+  opts.nq = args.take("nq", sizes.nq);
+  opts.nlist = args.take("nlist", sizes.nlist);
+  opts.pq_m = static_cast<int>(args.take("pq_m", sizes.pq_m));
+  opts.niter = static_cast<int>(args.take("niter", 10));
+  opts.k = args.take("k", 10);
+  opts.nprobes = parse_nprobes(args.take_text("nprobe", "1,4,16,64"));
+  opts.threads = static_cast<int>(args.take("threads", omp_get_max_threads()));
+  opts.seed = static_cast<uint64_t>(args.take("seed", 0));
+  opts.metric = parse_metric(args.take_text("metric", "l2"));
+  opts.json_path = args.take_text("json", "");
 
-  if (!values.empty()) throw std::invalid_argument("unknown option --" + values.begin()->first);
+  args.check_all_taken();
   if (opts.iterations < 0 || opts.threads < 1 || opts.n < 1 || opts.nq < 1 || opts.k < 1 ||
       opts.k > opts.n)
     throw std::invalid_argument("need iterations >= 0, threads >= 1, n, nq >= 1, 1 <= k <= n");
@@ -474,17 +427,10 @@ void write_json(const Options& opts, const Report& report) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (wants_help(argc, argv)) {
-    std::printf("%s", kUsage);
-    return 0;
-  }
   Options opts;
-  try {
-    opts = parse_options(parse_key_values(argc, argv));
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "bench_ivfpq: %s\n%s", e.what(), kUsage);
-    return 2;
-  }
+  const int exit_code =
+      retro_bench::parse_command_line(argc, argv, "bench_ivfpq", kUsage, parse_options, opts);
+  if (exit_code >= 0) return exit_code;
 
   try {
     omp_set_num_threads(opts.threads);

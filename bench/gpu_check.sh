@@ -2,11 +2,12 @@
 # Everything the GPU machine checks, in one call within its own time budget:
 #   bash bench/gpu_check.sh [BUDGET_SECONDS] [STEPS]
 # builds retro with the CUDA kernels, runs the GPU tests, compute-sanitizer on the attention
-# kernels and the GPU benchmarks (STEPS: a comma list of build,tests,ops,train,sanitize,ivfpq;
-# default all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT
+# kernels and the GPU benchmarks (STEPS: a comma list of build,tests,ops,cppbench,train,sanitize,
+# ivfpq; default all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT
 # (default bench/results/gpu): gpu_check.json (card, commit, command, each step's exit status and
 # seconds), gpu_check.log (every step's output), junit.xml, and the benchmarks' ops_cuda.json and
-# train_cuda.json; the ivfpq step (the GPU IVF-PQ: its tests, compute-sanitizer on its kernels,
+# train_cuda.json; the cppbench step runs the C++ binary bench_attention_cuda (verify, then time)
+# for each op and writes bench_attention_cuda_<op>.json; the ivfpq step (the GPU IVF-PQ: its tests, compute-sanitizer on its kernels,
 # then bench/ivfpq.py --device cuda in the budget left) writes junit_ivfpq.xml and
 # ivfpq_cuda.json. A step starts only if 20 s of budget are left,
 # and is cut at its own limit or the budget's end. The machine has no network: the CUTLASS wheel
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-480}
-wanted=${2:-build,tests,ops,train,sanitize,ivfpq}
+wanted=${2:-build,tests,ops,cppbench,train,sanitize,ivfpq}
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
 log=$out/gpu_check.log
@@ -48,9 +49,19 @@ step() {
 
 build() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return
-  RETRO_ENABLE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  RETRO_ENABLE_CUDA=ON RETRO_BUILD_BENCH=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     python3 -m pip install --no-build-isolation --no-deps --no-index . || return
   python3 -c "import retro; print('retro', retro.__version__, 'cuda build', retro.has_cuda(), 'gpu', retro.cuda_available())"
+}
+
+# The C++ attention benchmark, built with the package (build/<wheel tag>/), at issue 6's shape.
+cppbench() {
+  local binary rc=0
+  binary=$(ls build/*/bench_attention_cuda | head -n 1) || return
+  for op in cca self cross; do
+    "$binary" --op=$op --json="$out/bench_attention_cuda_$op.json" || rc=$?
+  done
+  return $rc
 }
 
 sanitize() {
@@ -72,7 +83,7 @@ ivfpq() {
   return $rc
 }
 
-export -f build sanitize ivfpq
+export -f build cppbench sanitize ivfpq
 export out
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi -L >>"$log" 2>&1
@@ -80,6 +91,7 @@ step build 240 build
 step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q -p no:cacheprovider \
   --junitxml="$out/junit.xml"
 step ops 180 python3 bench/ops.py --device cuda --repeats "${OPS_REPEATS:-20}" --out "$out/ops_cuda.json"
+step cppbench 60 cppbench
 # bench/train.py stops adding configurations when its own budget would be exceeded
 step train 300 python3 bench/train.py --device cuda --preset small --budget-s $(($(left) - 40)) \
   --out "$out/train_cuda.json"
