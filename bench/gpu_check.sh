@@ -3,7 +3,7 @@
 #   bash bench/gpu_check.sh [BUDGET_SECONDS] [STEPS]
 # builds retro with the CUDA kernels, runs the GPU tests, compute-sanitizer on the attention
 # kernels and the GPU benchmarks (STEPS: a comma list of build,tests,ops,cppbench,train,sanitize,
-# ivfpq; default all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT
+# ivfpq, run in that list's order; default all; OPS_REPEATS sets the timed repeats of bench/ops.py, default 20). Writes to $OUT
 # (default bench/results/gpu): gpu_check.json (card, commit, command, each step's exit status and
 # seconds), gpu_check.log (every step's output), junit.xml, and the benchmarks' ops_cuda.json and
 # train_cuda.json; the cppbench step runs the C++ binary bench_attention_cuda (verify, then time)
@@ -15,7 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-480}
-wanted=${2:-build,tests,ops,cppbench,train,sanitize,ivfpq}
+all_steps=build,tests,ops,cppbench,train,sanitize,ivfpq
+wanted=${2:-$all_steps}
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
 log=$out/gpu_check.log
@@ -30,7 +31,6 @@ left() { echo $((budget - ($(date +%s) - started))); }
 step() {
   local name=$1 limit=$2
   shift 2
-  if [[ ",$wanted," != *",$name,"* ]]; then return; fi
   local remaining
   remaining=$(left)
   if ((remaining < 20)); then
@@ -88,19 +88,34 @@ ivfpq() {
 export -f build cppbench sanitize ivfpq
 export out
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+
+# One step by name. The steps run in the order STEPS names them (build first, then the most wanted),
+# so that a tight budget goes to what matters most this time.
+run_step() {
+  case $1 in
+    build) step build 240 build ;;
+    tests) step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q \
+      -p no:cacheprovider --junitxml="$out/junit.xml" ;;
+    ops) step ops 180 python3 bench/ops.py --device cuda --repeats "${OPS_REPEATS:-20}" \
+      --out "$out/ops_cuda.json" ;;
+    cppbench) step cppbench 60 cppbench ;;
+    # bench/train.py stops adding configurations when its own budget would be exceeded
+    train) step train 300 python3 bench/train.py --device cuda --preset small \
+      --budget-s $(($(left) - 40)) --out "$out/train_cuda.json" ;;
+    sanitize) step sanitize 150 sanitize ;;
+    # its benchmark starts configurations until 60 s before this step's limit (or the budget's end)
+    ivfpq) export IVFPQ_LIMIT=$(($(left) < 600 ? $(left) : 600)); step ivfpq 600 ivfpq ;;
+  esac
+}
+
+IFS=, read -ra order <<<"$wanted"
+for name in "${order[@]}"; do  # a misspelt step must not cost device time
+  case $name in build | tests | ops | cppbench | train | sanitize | ivfpq) ;;
+    *) echo "unknown step '$name': choose from $all_steps" >&2; exit 2 ;;
+  esac
+done
 nvidia-smi -L >>"$log" 2>&1
-step build 240 build
-step tests 180 python3 -m pytest tests/test_ops_cuda.py tests/test_cuda.py -q -p no:cacheprovider \
-  --junitxml="$out/junit.xml"
-step ops 180 python3 bench/ops.py --device cuda --repeats "${OPS_REPEATS:-20}" --out "$out/ops_cuda.json"
-step cppbench 60 cppbench
-# bench/train.py stops adding configurations when its own budget would be exceeded
-step train 300 python3 bench/train.py --device cuda --preset small --budget-s $(($(left) - 40)) \
-  --out "$out/train_cuda.json"
-step sanitize 150 sanitize
-# its benchmark starts configurations until 60 s before this step's limit (or the budget's end)
-export IVFPQ_LIMIT=$(( $(left) < 600 ? $(left) : 600 ))
-step ivfpq 600 ivfpq
+for name in "${order[@]}"; do run_step "$name"; done
 
 python3 - "$out" "$budget" "$wanted" "$(IFS=,; echo "${records[*]}")" <<'EOF'
 import json, subprocess, sys, os, time
