@@ -5,6 +5,14 @@ against exact search, and writes bench/results/db_build.json. The two embedding 
 and query chunks) should take nearly all the time; everything else under 20% together.
 
     python bench/db_build.py [--out DIR] [--corpus default ...] [--threads 1] [--block-size 2048]
+
+With --nproc N it compares instead `retro db build` in one process with
+`torchrun --nproc-per-node N -m retro db build` (each process --threads threads, the index as
+--index-shards shards in both, default N), --repeats times interleaved: the median seconds of every
+stage and of the whole command, the speed-up, and a check that both wrote the same files
+(bench/results/db_build_ranks.json, the table in docs/SCALING.md).
+
+    python bench/db_build.py --nproc 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import argparse
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402  (bench/report.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "db_build.json"
+RANKS_RESULTS = RESULTS.with_name("db_build_ranks.json")
+SCALING_MD = report.ROOT / "docs" / "SCALING.md"
 DEFAULT_OUT = Path(__file__).resolve().parent / ".cache" / "db_default"
 EMBEDDING_STAGES = ("embed", "queries.")
 MAX_OTHER_SHARE = 0.20
@@ -32,8 +44,17 @@ def main() -> None:
     parser.add_argument("--corpus", nargs="+", default=["default"])
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenMP threads")
     parser.add_argument("--block-size", type=int, default=2048)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"default {RESULTS} ({RANKS_RESULTS.name} with --nproc)")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="compare one process with this many torchrun ranks")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each (--nproc)")
+    parser.add_argument("--index-shards", type=int, default=None, help="default: --nproc")
     args = parser.parse_args()
+    if args.nproc:
+        compare_ranks(args)
+        return
+    args.results = args.results or RESULTS
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -82,6 +103,87 @@ def main() -> None:
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     report.update_performance_md("db-build", markdown(result))
     print(f"results in {args.results} and {report.PERFORMANCE_MD}")
+
+
+def compare_ranks(args: argparse.Namespace) -> None:
+    """One process vs args.nproc torchrun ranks, interleaved (see the module docstring)."""
+    shards = args.index_shards or args.nproc
+    build = ["-m", "retro", "db", "build", "--corpus", *args.corpus, "--block-size",
+             str(args.block_size), "--index-shards", str(shards), "--no-progress"]
+    launchers = {
+        1: [sys.executable],
+        args.nproc: [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     f"--nproc-per-node={args.nproc}"],
+    }
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
+           "PYTHONPATH": str(report.ROOT / "python")}
+    runs: dict[int, list[dict]] = {1: [], args.nproc: []}
+    files: dict[int, dict] = {}
+    load_before = os.getloadavg()[0]
+    for repeat in range(args.repeats):
+        order = list(launchers) if repeat % 2 == 0 else list(launchers)[::-1]
+        for ranks in order:
+            out = args.out.with_name(f"{args.out.name}_{ranks}ranks")
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([*launchers[ranks], *build, "--out", str(out)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            manifest = json.loads((out / "manifest.json").read_text())
+            files[ranks] = manifest["files"]
+            runs[ranks].append({"wall": wall, **{name: stage["seconds"]
+                                                 for name, stage in manifest["stages"].items()}})
+            print(f"repeat {repeat}: {ranks} rank(s) {wall:.1f} s", flush=True)
+    if files[1] != files[args.nproc]:
+        raise SystemExit("the builds on 1 and N ranks wrote different files")
+    medians = {ranks: {key: statistics.median(run[key] for run in rows) for key in rows[0]}
+               for ranks, rows in runs.items()}
+    import torch
+
+    result = {
+        "machine": {**report.machine_info(), "threads": args.threads, "torch": torch.__version__,
+                    "load_before": load_before, "load_after": os.getloadavg()[0]},
+        "corpus": args.corpus, "nproc": args.nproc, "index_shards": shards,
+        "repeats": args.repeats, "runs": {str(r): rows for r, rows in runs.items()},
+        "median_seconds": {str(r): m for r, m in medians.items()},
+        "speedup": {key: medians[1][key] / medians[args.nproc][key]
+                    for key in medians[1] if medians[args.nproc][key] > 0},
+        "identical_files": True,
+    }
+    path = args.results or RANKS_RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    table = ranks_markdown(result)
+    print(table)
+    report.update_performance_md("db-build-ranks", table, SCALING_MD)
+    print(f"results in {path} and {SCALING_MD}")
+
+
+def ranks_markdown(result: dict) -> str:
+    """The measured table of docs/SCALING.md: median seconds per stage on 1 and N ranks."""
+    machine, n = result["machine"], result["nproc"]
+    one, many = result["median_seconds"]["1"], result["median_seconds"][str(n)]
+    begin, end = report.markers("db-build-ranks")
+    lines = [
+        begin,
+        f"Measured: {machine['cpu']}, {machine['cores']} cores shared with other work (1-minute "
+        f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after), "
+        f"{machine['threads']} thread(s) per process, torch {machine['torch']}, commit "
+        f"`{machine['git_commit']}`, {machine['date']}. Command: `python {machine['command']}`. "
+        f"Corpus {', '.join(result['corpus'])}, index as {result['index_shards']} shard(s) in both "
+        f"builds; median of {result['repeats']} interleaved runs each; both wrote the same files "
+        "(every checksum in the manifests equal).",
+        "",
+        f"| stage | 1 process (s) | {n} torchrun ranks (s) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    stages = sorted((key for key in one if key != "wall"), key=lambda key: -one[key])
+    for key in [*stages, "wall"]:
+        name = "whole command (wall)" if key == "wall" else key
+        speedup = f"{one[key] / many[key]:.2f}x" if many[key] > 0 else "-"
+        lines.append(f"| {name} | {one[key]:.2f} | {many[key]:.2f} | {speedup} |")
+    return "\n".join([*lines, end])
 
 
 def markdown(result: dict) -> str:

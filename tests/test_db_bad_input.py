@@ -7,7 +7,9 @@ import json
 import shutil
 
 import pytest
-from test_db_support import CONFIG, corpus_dir, data_files, documents, reference_db, write_corpus
+from test_db_support import (
+    CONFIG, SHARDS, corpus_dir, data_files, documents, reference_db, sharded_db, write_corpus,
+)
 
 import retro.cli
 from retro.data import CorpusError, load_tokenizer, read_corpus
@@ -123,6 +125,19 @@ def test_resume_with_another_block_size_or_tokenizer(db_copy, tmp_path, tmp_path
     with pytest.raises(DatabaseError, match=r"tokenizer: built with 'gpt2', asked for '.*tokenizer.json'"):
         build_db(db_copy, CONFIG, corpus=corpus, tokenizer=str(tokenizer_json), progress=False)
     assert snapshot(db_copy) == before
+
+
+def test_resume_with_another_shard_count(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    sharded = sharded_db(base)
+    before = snapshot(sharded)
+    with pytest.raises(DatabaseError, match=rf"index_shards: built with {SHARDS}, asked for 3"):
+        build_db(sharded, CONFIG, corpus=(str(corpus_dir(base)),), index_shards=3, progress=False)
+    with pytest.raises(DatabaseError, match=rf"index_shards: built with {SHARDS}, asked for None"):
+        build_db(sharded, CONFIG, corpus=(str(corpus_dir(base)),), progress=False)
+    assert snapshot(sharded) == before
+    with pytest.raises(ValueError, match="index_shards must be a positive integer, got 0"):
+        BuildConfig(index_shards=0)
 
 
 def test_open_db_says_which_expectation_fails(db_copy):

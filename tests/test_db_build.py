@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_db_support import CONFIG, corpus_dir, data_files, documents, reference_db, write_corpus
+from test_db_support import (
+    CONFIG, corpus_dir, data_files, documents, reference_db, sharded_db, write_corpus,
+)
 
 import retro.cli
 from retro.data import load_tokenizer
@@ -125,6 +127,20 @@ def test_stored_neighbours_are_what_retrieval_gives(db):
     found = db.retrieve_embedded(queries, exclude_doc_ids=exclude)
     ids, lengths = view.neighbours()
     assert np.array_equal(found.ids, ids[rows]) and np.array_equal(found.lengths, lengths[rows])
+
+
+def test_a_sharded_database_stores_and_retrieves_what_the_one_index_file_does(db, tmp_path_factory):
+    sharded = open_db(sharded_db(tmp_path_factory.getbasetemp()))
+    assert sorted(p.name for p in (sharded.root / "index.shards").iterdir()) == [
+        "shard-00000.ivfpq", "shard-00001.ivfpq", "shards.json"]
+    assert not (sharded.root / "index.ivfpq").exists()
+    for split in db.splits:
+        for ours, theirs in zip(sharded.neighbours(split), db.neighbours(split)):
+            assert np.array_equal(ours, theirs)
+    view = db.split("valid")
+    queries = np.asarray(view.query_embeddings, dtype=np.float32)
+    for ours, theirs in zip(sharded.search(queries, 9), db.search(queries, 9)):
+        assert np.array_equal(ours, theirs)
 
 
 def test_retrieve_from_tokens_finds_the_chunk_itself(db):

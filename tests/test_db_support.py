@@ -75,6 +75,18 @@ def reference_db(base: Path) -> Path:
     return out
 
 
+SHARDS = 2  # index shards of sharded_db
+
+
+@cache
+def sharded_db(base: Path) -> Path:
+    """The reference database's corpus and config with its index as SHARDS shard files."""
+    out = base / "sharded_db"
+    build_db(out, CONFIG, corpus=(str(corpus_dir(base)),), index_shards=SHARDS, progress=False,
+             log=lambda line: None)
+    return out
+
+
 # edits of knowing_db: two topic words swapped, and a capital (for the QA against edited knowledge)
 EDITS = (("volcano", "glacier"), ("glacier", "volcano"), ("Kabul", "Tirana"))
 

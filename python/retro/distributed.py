@@ -33,6 +33,14 @@ class World:
         return self.rank == 0
 
 
+def rank_range(n: int, world: World) -> range:
+    """This rank's share of items 0 .. n - 1: the rank-th of world.size contiguous ranges, the
+    first n % size of them one item longer."""
+    per, extra = divmod(n, world.size)
+    lo = world.rank * per + min(world.rank, extra)
+    return range(lo, lo + per + (world.rank < extra))
+
+
 def launched() -> bool:
     """Whether torchrun (or another launcher) described a process group in the environment."""
     return all(name in os.environ for name in LAUNCH_VARS)

@@ -171,29 +171,40 @@ def _write_shards(
     entries = []
     for s, shard in enumerate(shards):
         shard.save(root / shard_file(s))
-        ids = id_range(shard)
-        entries.append(
-            {
-                "file": shard_file(s),
-                "ntotal": int(shard.ntotal),
-                "id_lo": None if ids is None else ids[0],
-                "id_hi": None if ids is None else ids[1],
-            }
-        )
-        last = shard
+        entries.append(shard_entry(s, shard))
+    return write_shards_manifest(root, entries, shard, fingerprint)
+
+
+def shard_entry(s: int, shard: IvfPqIndex) -> dict:
+    """Shard s's entry in ``shards.json``: its file, vector count and id range (reads its ids)."""
+    ids = id_range(shard)
+    return {
+        "file": shard_file(s),
+        "ntotal": int(shard.ntotal),
+        "id_lo": None if ids is None else ids[0],
+        "id_hi": None if ids is None else ids[1],
+    }
+
+
+def write_shards_manifest(
+    directory: str | os.PathLike, entries: Sequence[dict], like: IvfPqIndex, fingerprint: str
+) -> Path:
+    """Writes ``shards.json`` once every shard file of entries (:func:`shard_entry`, in shard
+    order) is saved in directory; like is any of the shards. Returns its path."""
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "d": last.d,
-        "nlist": last.nlist,
-        "pq_m": last.pq_m,
-        "pq_bits": last.pq_bits,
-        "metric": last.metric,
+        "d": like.d,
+        "nlist": like.nlist,
+        "pq_m": like.pq_m,
+        "pq_bits": like.pq_bits,
+        "metric": like.metric,
         "quantizer_sha256": fingerprint,
-        "shards": entries,
+        "shards": list(entries),
     }
-    write_json_atomically(root / SHARDS_FILE, manifest)
-    return root / SHARDS_FILE
+    path = Path(directory) / SHARDS_FILE
+    write_json_atomically(path, manifest)
+    return path
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

@@ -12,9 +12,11 @@ Stages, each resumable and skipped when complete (see stages.py):
                         every document of its sample
 
 Under ``torchrun --nproc-per-node N -m retro db build ...`` the N ranks build together (see
-stages.py): rank 0 tokenizes, chunks, trains the index and writes the manifest; the embedding,
-query and neighbour stages are split by block range. The files are byte-identical to a
-one-process build with the same config.
+stages.py): they tokenize by document range and embed, encode into the index, embed queries and
+search neighbours by block range; rank 0 alone chunks, trains the index's quantizers and writes
+the manifest. With ``index_shards`` S > 1 the index is S shard files, each rank adds to its own
+and, with S >= N, loads only its own to search (queries broadcast, per-shard results gathered and
+merged). The files are byte-identical to a one-process build with the same config.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
 from retro.distributed import World, barrier, join_world, leave_world
 
-# How long a rank waits for the others: rank 0 tokenizes and trains the index alone meanwhile.
+# How long a rank waits for the others: rank 0 chunks and trains the index alone meanwhile.
 RANK_WAIT = timedelta(hours=12)
 
 
@@ -53,6 +55,7 @@ class BuildConfig:
     embedder: str = DEFAULT  # "default" (all-MiniLM-L6-v2) or a model directory
     index: str = AUTO  # "auto", "Flat" or "IVF<nlist>,PQ<pq_m>"
     nprobe: int | None = None  # lists visited per query; None: chosen with the index
+    index_shards: int = 1  # the IVF-PQ index as this many shards of chunk-id ranges (not Flat)
     n_nbrs: int = 2  # neighbours kept per query chunk (k)
     chunk_size: int = 64  # tokens per chunk (m)
     block_size: int = 2048  # tokens per training sample (T), a multiple of chunk_size
@@ -85,6 +88,8 @@ class BuildConfig:
                              "valid_fraction is 0: there are none")
         if self.n_nbrs < 1 or self.block < 1 or (self.nprobe is not None and self.nprobe < 1):
             raise ValueError("n_nbrs, block and nprobe must be positive")
+        if not isinstance(self.index_shards, int) or self.index_shards < 1:
+            raise ValueError(f"index_shards must be a positive integer, got {self.index_shards!r}")
 
     def to_json(self) -> dict:
         """The config as the manifest stores it, paths made absolute."""
@@ -96,6 +101,8 @@ class BuildConfig:
         for key in ("valid_in_db", "edits"):  # left out at their defaults, as before they existed
             if not value[key]:
                 del value[key]
+        if value["index_shards"] == 1:
+            del value["index_shards"]
         return value
 
 
@@ -183,7 +190,7 @@ def _build(
     if "dim" not in embedder_info():  # embeddings made by an earlier run that recorded no dim
         embedder()
     manifest.components["index"] = choose_index(
-        n_chunks, embedder_info()["dim"], config.index, config.nprobe
+        n_chunks, embedder_info()["dim"], config.index, config.nprobe, config.index_shards
     ).to_json()
     stages.index(runner, IndexParams(**manifest.components["index"]), config.seed)
 

@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build = commands.add_parser(
         "build", help="corpus -> chunks -> embeddings -> index -> neighbours",
         description="Build (or resume) a retrieval database. Under `torchrun --nproc-per-node N -m "
-                    "retro db build ...` the N ranks split the embedding and neighbour stages by "
-                    "block range; the files are those of a one-process build.")
+                    "retro db build ...` the N ranks split tokenizing, embedding, index encoding "
+                    "and neighbour search by range (with --index-shards S >= N each rank searches "
+                    "its own shards); the files are those of a one-process build.")
     build.add_argument("--corpus", nargs="+", default=list(DEFAULTS.corpus),
                        help="'default' (Wikipedia leads), 'factbook', 'kjv', or .txt/.jsonl/.parquet "
                             "files and directories (default: %(default)s)")
@@ -35,6 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--index", default=DEFAULTS.index,
                        help="'auto' (chosen from the number of chunks), 'Flat' or 'IVF<nlist>,PQ<pq_m>'")
     build.add_argument("--nprobe", type=int, default=None, help="lists visited per query")
+    build.add_argument("--index-shards", type=int, default=DEFAULTS.index_shards,
+                       help="store the IVF-PQ index as S shards of chunk-id ranges "
+                            "(index.shards/); under torchrun with S >= ranks each rank loads and "
+                            "searches only its own (default: one file, index.ivfpq)")
     build.add_argument("--n-nbrs", type=int, default=DEFAULTS.n_nbrs, help="neighbours per query chunk")
     build.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="tokens per chunk")
     build.add_argument("--block-size", type=int, default=DEFAULTS.block_size,
@@ -84,7 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         corpus=tuple(args.corpus), text_field=args.text_field, tokenizer=args.tokenizer,
-        embedder=args.embedder, index=args.index, nprobe=args.nprobe, n_nbrs=args.n_nbrs,
+        embedder=args.embedder, index=args.index, nprobe=args.nprobe,
+        index_shards=args.index_shards, n_nbrs=args.n_nbrs,
         chunk_size=args.chunk_size, block_size=args.block_size,
         valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
         valid_in_db=args.valid_in_db,

@@ -12,7 +12,10 @@ k = neighbours, d = embedding dimension)::
     chunks/doc_ids.npy                 (N,) int64               train document of each chunk
     chunks/doc_offsets.npy             (n_train_docs + 1,) int64
     embeddings.npy                     (N, d) float16           unit norm
-    index.ivfpq                        retro IVF-PQ index (absent for Flat)
+    index.ivfpq                        retro IVF-PQ index (absent for Flat and sharded indexes)
+    index.shards/shard-<s>.ivfpq       with index_shards S > 1 instead: shard s, chunk ids
+                                       [s * N // S, (s + 1) * N // S) (retro.sharding)
+    index.shards/shards.json           the shards' ranges and quantizer checksum
     queries/<split>/embeddings.npy     (n_queries, d) float16   query q = stream[q*m:(q+1)*m]
     queries/<split>/sample_docs.npy    (n_samples, 2) int64     documents [first, last) of sample j
     neighbours/<split>/ids.npy         (n_queries, k) int64     -1 = none

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.distributed import World, barrier
+from retro.distributed import World, barrier, rank_range
 
 HASH_BLOCK = 1 << 20
 
@@ -147,9 +147,11 @@ class BlockWriter:
     @property
     def my_blocks(self) -> range:
         """This rank's contiguous range of blocks."""
-        per, extra = divmod(self.n_blocks, self.world.size)
-        lo = self.world.rank * per + min(self.world.rank, extra)
-        return range(lo, lo + per + (self.world.rank < extra))
+        return rank_range(self.n_blocks, self.world)
+
+    def is_mine(self, block: int) -> bool:
+        """Whether block is in this rank's range (the rank that writes it)."""
+        return block in self.my_blocks
 
     def rows_of(self, blocks: range | set[int]) -> int:
         """Rows in the given blocks (the last block may be short)."""
@@ -161,9 +163,11 @@ class BlockWriter:
         """Rows of this rank's range already written (by any earlier writer)."""
         return self.rows_of(set(self.my_blocks) & self.done)
 
-    def pending(self) -> Iterator[tuple[int, int, int]]:
-        """(block, first row, end row) of every block of this rank's range still to write."""
-        for block in self.my_blocks:
+    def pending(self, every_rank: bool = False) -> Iterator[tuple[int, int, int]]:
+        """(block, first row, end row) of every block of this rank's range still to write; with
+        every_rank, of every rank's range (the same blocks on all ranks: for work the ranks do
+        together, each block then written by the rank whose range holds it)."""
+        for block in range(self.n_blocks) if every_rank else self.my_blocks:
             if block not in self.done:
                 yield block, block * self.block_rows, min(self.n_rows, (block + 1) * self.block_rows)
 
@@ -188,6 +192,7 @@ class BlockWriter:
         missing = self.n_blocks - len(self._read_done())
         if missing:  # on every rank: none waits for the others forever
             raise ValueError(f"{missing} of {self.n_blocks} blocks not written")
+        barrier(self.world)  # every rank has read the records before rank 0 removes them
         if self.world.is_main:
             for path in self.arrays:
                 os.replace(self._partial(path), path)

@@ -64,7 +64,9 @@ def summary(manifest: Manifest) -> str:
     lines.append(f"  embedder: {embedder['name']} ({embedder.get('dim')}-d, {embedder['precision']})")
     if "index" in components:
         index = components["index"]
-        lines.append(f"  index: {index['spec']} nprobe={index['nprobe']} k_factor={index['k_factor']}")
+        shards = f" as {index['shards']} shards" if index.get("shards", 1) > 1 else ""
+        lines.append(f"  index: {index['spec']}{shards} nprobe={index['nprobe']} "
+                     f"k_factor={index['k_factor']}")
     for key in ("block_size", "chunk_size", "n_nbrs", "valid_fraction", "seed"):
         if key in manifest.config:
             lines.append(f"  {key}: {manifest.config[key]}")

@@ -6,17 +6,20 @@ redoes any other stage; since every stage is deterministic, a redone stage whose
 change writes the same bytes, and the stages after it stay complete.
 
 On several ranks (``torchrun -m retro db build``; retro.distributed) every rank runs the same
-sequence of stages: rank 0 decides which are complete, runs the unblocked ones alone (tokenize,
-chunks, index) and records every finished stage in the manifest; the blocked ones (embed,
-queries.<split>, neighbours.<split>) are split by block range, each rank writing its own blocks
-into the shared files (retro.db.files.BlockWriter). Blocks hold the same bytes whoever computes
-them, so the files are those of a one-process build, and a rerun on any number of ranks skips the
-blocks that were written.
+sequence of stages: rank 0 decides which are complete, runs "chunks" alone and records every
+finished stage in the manifest; the others run on every rank. "tokenize" is split by document
+range (rank 0 joins the parts); "index" is trained by rank 0 and encoded by block range, each rank
+writing its shards (index_build.py); embed, queries.<split> and neighbours.<split> are split by
+block range, each rank writing its own blocks into the shared files (retro.db.files.BlockWriter).
+With an index of at least as many shards as ranks, the neighbour blocks are searched by all ranks
+together, each rank its own shards (retro.sharding.DistributedIndex), and written by the rank
+whose range holds them. Blocks hold the same bytes whoever computes them, so the files are those
+of a one-process build, and a rerun on any number of ranks skips the blocks that were written.
 
 For tests, the environment variable ``RETRO_DB_FAIL_AT`` makes the build raise
-:class:`InjectedFailure` at a named point: ``<stage>`` once its outputs are written but before the
-manifest records them, ``<stage>:<b>`` once block b of a blocked stage is stored (by whichever rank
-writes it).
+:class:`InjectedFailure` at a named point (or at any of several, separated by commas): ``<stage>`` once its outputs are written but before the
+manifest records them, ``<stage>:<b>`` once block b of a blocked stage (embed, index,
+queries.<split>, neighbours.<split>) is stored (by whichever rank writes it).
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ from retro.data.tokenizer import Tokenizer
 from retro.db.chunks import CHUNK_FILES, ChunkStore, write_chunks
 from retro.db.embed import Embedder, embed_to_file
 from retro.db.files import BlockWriter, save_npy_atomically
-from retro.db.indexing import INDEX_FILE, IndexParams, build_index, open_searcher
+from retro.db.index_build import build_index
+from retro.db.indexing import IndexParams, open_distributed_searcher, open_searcher
 from retro.db.manifest import DatabaseError, Manifest
 from retro.db.retrieval import doc_ranges_to_ids, retrieve_embedded
-from retro.db.streams import TokenStream, stream_files, write_stream
-from retro.distributed import World, broadcast_object
+from retro.db.streams import (
+    TokenStream, read_parts, remove_parts, stream_files, write_part, write_stream,
+)
+from retro.distributed import World, barrier, broadcast_object, rank_range
 
 FAIL_AT = "RETRO_DB_FAIL_AT"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -61,7 +67,8 @@ class InjectedFailure(RuntimeError):
 
 
 def fail_point(name: str) -> None:
-    if os.environ.get(FAIL_AT) == name:
+    """Raises InjectedFailure if name is one of the comma-separated points of RETRO_DB_FAIL_AT."""
+    if name in os.environ.get(FAIL_AT, "").split(","):
         raise InjectedFailure(f"injected failure at {name!r} ({FAIL_AT})")
 
 
@@ -143,12 +150,15 @@ class StageRunner:
                 setattr(self.manifest, key, state[key])
 
     @contextmanager
-    def bar(self, name: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    def bar(
+        self, name: str, total: int, unit: str, shared: bool = True
+    ) -> Iterator[Callable[[int], None]]:
         """A progress bar with a rate in units/s; yields its update function. On several ranks
-        rank 0 shows its own share (about total / ranks)."""
+        rank 0 shows its own share (about total / ranks) of work shared out by range, or all of
+        it if not shared."""
         from tqdm.auto import tqdm
 
-        total = -(-total // self.world.size)
+        total = -(-total // self.world.size) if shared else total
         shown = self.progress and self.world.is_main
         with tqdm(total=total, desc=name, unit=unit, disable=not shown, smoothing=0.1) as bar:
             yield bar.update
@@ -178,30 +188,44 @@ def tokenize(
 ) -> None:
     """Stage "tokenize": every split's documents -> its token stream (see streams.py)."""
 
+    world = runner.world
+
     def work() -> tuple[list[str], int]:
+        # Each rank tokenizes its range of the documents (a document's tokens depend on its text
+        # alone) and saves them as its part.
+        mine = rank_range(len(documents), world)
         encoded: list[np.ndarray] = []
         with runner.bar("tokenize", len(documents), "doc") as update:
-            for start in range(0, len(documents), TOKENIZE_BATCH):
-                batch = documents[start : start + TOKENIZE_BATCH]
+            for start in range(mine.start, mine.stop, TOKENIZE_BATCH):
+                batch = documents[start : min(mine.stop, start + TOKENIZE_BATCH)]
                 encoded.extend(tokenizer.encode_batch(batch))
                 update(len(batch))
-        for split, doc_index in splits.items():
+        if world.distributed:
+            write_part(runner.root, world.rank, encoded, tokenizer.token_dtype)
+            barrier(world)
+            encoded = read_parts(runner.root, world.size)
+            barrier(world)  # every rank has opened the parts before rank 0 removes them
+        for split, doc_index in splits.items():  # on every rank: each raises, none waits
             n_tokens = sum(len(encoded[i]) + 1 for i in doc_index)
             if n_tokens <= block_size:
                 raise DatabaseError(
                     f"the {split} split has {n_tokens} tokens, too few for one sample of "
                     f"block_size + 1 = {block_size + 1}: lower the block size or give more text"
                 )
+        if not world.is_main:
+            return [], 0
         outputs = []
         for split, doc_index in splits.items():
             docs = [encoded[i] for i in doc_index]
             outputs += write_stream(
                 runner.root, split, docs, doc_index, tokenizer.eod_id, tokenizer.token_dtype
             )
+        if world.distributed:
+            remove_parts(runner.root)
         return outputs, sum(map(len, encoded))
 
     inputs = {"corpus": fingerprint, "tokenizer": tokenizer.sha256, "splits": _digest(splits)}
-    runner.run("tokenize", inputs, work)
+    runner.run("tokenize", inputs, work, blocked=True)
 
 
 def chunk(runner: StageRunner, tokenizer: Tokenizer, chunk_size: int, block_size: int,
@@ -249,7 +273,8 @@ def embed_chunks(
 
 
 def index(runner: StageRunner, params: IndexParams, seed: int) -> None:
-    """Stage "index": train IVF-PQ on a sample of the embeddings, add all (nothing for Flat)."""
+    """Stage "index": IVF-PQ trained on a sample of the embeddings, every chunk added, as one file
+    or params.shards shards (nothing for Flat); the ranks encode by block range (index_build.py)."""
     inputs = {
         **runner.checksums([EMBEDDINGS_FILE]),
         "index": json.dumps(params.to_json(), sort_keys=True),
@@ -261,11 +286,13 @@ def index(runner: StageRunner, params: IndexParams, seed: int) -> None:
         if params.is_flat:
             return [], len(embeddings)
         with runner.bar("index", len(embeddings), "chunk") as update:
-            built = build_index(params, embeddings, seed, update)
-        built.save(runner.root / INDEX_FILE)
-        return [INDEX_FILE], len(embeddings)
+            outputs = build_index(
+                runner.root, params, embeddings, seed, json.dumps(inputs, sort_keys=True),
+                runner.world, update, lambda b: fail_point(f"index:{b}"),
+            )
+        return outputs, len(embeddings)
 
-    runner.run("index", inputs, work)
+    runner.run("index", inputs, work, blocked=True)
 
 
 def embed_queries(
@@ -321,11 +348,14 @@ def find_neighbours(
 
     in_database: the split's documents are the database's (the train split), so each query
     excludes every chunk of every document of its sample.
+
+    On W ranks with an index of S >= W shards the ranks search every block together, each its
+    own shards (retro.sharding.DistributedIndex), and the rank whose range holds a block writes
+    it; otherwise each rank searches its own blocks in the whole index.
     """
     name = f"neighbours.{split}"
     params = IndexParams(**db.components["index"])
-    db_files = [EMBEDDINGS_FILE, CHUNK_FILES["doc_ids"], CHUNK_FILES["lengths"]]
-    db_files += [] if params.is_flat else [INDEX_FILE]
+    db_files = [EMBEDDINGS_FILE, CHUNK_FILES["doc_ids"], CHUNK_FILES["lengths"], *params.files]
     inputs = {
         **{f"db:{path}": checksum for path, checksum in checksums(db, db_files).items()},
         **runner.checksums(list(query_files(split).values())),
@@ -336,9 +366,14 @@ def find_neighbours(
     }
     files = neighbour_files(split)
 
+    world = runner.world
+    together = world.size > 1 and not params.is_flat and params.shards >= world.size
+
     def work() -> tuple[list[str], int]:
         chunks = ChunkStore.open(db.root, db.components["tokenizer"]["eod_id"])
-        search = open_searcher(db.root, params, np.load(db.root / EMBEDDINGS_FILE, mmap_mode="r"))
+        embeddings = np.load(db.root / EMBEDDINGS_FILE, mmap_mode="r")
+        opener = open_distributed_searcher if together else open_searcher
+        search = opener(db.root, params, embeddings)
         queries = np.load(runner.root / query_files(split)["embeddings"], mmap_mode="r")
         sample_docs = np.load(runner.root / query_files(split)["sample_docs"])
         chunks_per_sample = block_size // chunk_size
@@ -352,16 +387,19 @@ def find_neighbours(
             json.dumps(inputs, sort_keys=True),
             runner.world,
         )
-        with runner.bar(name, len(queries), "chunk") as update:
-            update(writer.rows_done)
-            for b, start, stop in writer.pending():
+        with runner.bar(name, len(queries), "chunk", shared=not together) as update:
+            update(writer.rows_of(writer.done) if together else writer.rows_done)
+            for b, start, stop in writer.pending(every_rank=together):
                 samples = np.arange(start, stop) // chunks_per_sample
                 exclude = doc_ranges_to_ids(sample_docs[samples]) if in_database else None
                 x = np.asarray(queries[start:stop], dtype=np.float32)
+                # Searched together, every rank gets the same results, so the exclusion loop
+                # (retrieval.search_excluding) makes the same collective calls on every rank.
                 found = retrieve_embedded(search, chunks, x, n_nbrs, exclude)
-                writer.write(b, {paths["ids"]: found.ids, paths["lengths"]: found.lengths})
                 update(stop - start)
-                fail_point(f"{name}:{b}")
+                if writer.is_mine(b):
+                    writer.write(b, {paths["ids"]: found.ids, paths["lengths"]: found.lengths})
+                    fail_point(f"{name}:{b}")
         writer.finish()
         return list(files.values()), len(queries)
 

@@ -9,6 +9,10 @@ the m-token slices of the samples' first T tokens, sample after sample.
 Files of split s: ``tokens/<s>/stream.npy`` (n_tokens,) uint16 or int32, ``tokens/<s>/doc_offsets.npy``
 (n_docs + 1,) int64, ``tokens/<s>/doc_index.npy`` (n_docs,) int64 (each document's position in the
 corpus as read).
+
+Tokenized on several ranks, each rank writes its range of the corpus's documents as a part
+(``tokens/parts/<rank>.tokens.npy``, the documents concatenated, and ``<rank>.lengths.npy``), and
+one rank joins the parts into the streams and removes them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from retro.db.files import load_npy, save_npy_atomically
+
+PARTS_DIR = "tokens/parts"
 
 
 def stream_files(split: str) -> dict[str, str]:
@@ -49,6 +55,31 @@ def write_stream(
     save_npy_atomically(root / files["doc_offsets"], offsets)
     save_npy_atomically(root / files["doc_index"], np.asarray(doc_index, dtype=np.int64))
     return list(files.values())
+
+
+def write_part(root: Path, rank: int, documents: Sequence[np.ndarray], dtype: np.dtype) -> None:
+    """Saves rank's tokenized documents (each (len_i,) int) as its part."""
+    lengths = np.array([len(doc) for doc in documents], dtype=np.int64)
+    tokens = np.concatenate([np.zeros(0, dtype), *documents]).astype(dtype)
+    save_npy_atomically(root / PARTS_DIR / f"{rank}.tokens.npy", tokens)
+    save_npy_atomically(root / PARTS_DIR / f"{rank}.lengths.npy", lengths)
+
+
+def read_parts(root: Path, n_ranks: int) -> list[np.ndarray]:
+    """The documents of parts 0 .. n_ranks - 1 in order: (len_i,) views of memory-mapped parts."""
+    documents: list[np.ndarray] = []
+    for rank in range(n_ranks):
+        tokens = load_npy(root / PARTS_DIR / f"{rank}.tokens.npy")
+        lengths = load_npy(root / PARTS_DIR / f"{rank}.lengths.npy", mmap=False)
+        documents += np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    return documents
+
+
+def remove_parts(root: Path) -> None:
+    """Deletes every part (those of an earlier run on more ranks too)."""
+    for path in (root / PARTS_DIR).glob("*.npy"):
+        path.unlink()
+    (root / PARTS_DIR).rmdir()
 
 
 @dataclass(frozen=True)
