@@ -122,7 +122,7 @@ class IvfPqIndex:
         else:
             self = cls(rotation.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed,
                        by_residual, opq_m=opq_m or pq_m, opq_d=rotation.shape[0])
-            self._index.set_rotation(rotation)
+            self.set_rotation(rotation)
         self._index.set_trained(coarse, np.ascontiguousarray(pq, dtype=np.float32))
         return self
 
@@ -181,6 +181,11 @@ class IvfPqIndex:
     def rotation(self) -> np.ndarray | None:
         """(ivf_d, d) float32 OPQ rotation (orthonormal rows), or None (no OPQ, or not trained)."""
         return self._index.rotation()
+
+    def set_rotation(self, rotation: Any) -> None:
+        """Sets the OPQ rotation (ivf_d, d) float32 with orthonormal rows (e.g. another library's)
+        of an index with opq_m > 0 and no vectors; its quantizers are then untrained."""
+        self._index.set_rotation(as_float32_matrix(rotation, "OPQ rotation"))
 
     def rotate(self, x: Any) -> np.ndarray:
         """x (n, d) -> (n, ivf_d) float32: the vectors the quantizers see (R x with OPQ, else x)."""
@@ -259,7 +264,7 @@ class IvfPqIndex:
         if not np.isfinite(x).all():
             raise ValueError("training data contain NaN or inf")
         opq = train_opq_rotation(x, self.ivf_d, self.opq_m, self.seed, self.opq_train_params)
-        self._index.set_rotation(opq.rotation)
+        self.set_rotation(opq.rotation)
         return opq.pq_errors
 
     def add(self, x: Any, ids: Any = None) -> None:
