@@ -255,7 +255,8 @@ class IvfPqIndex:
 
     def train_rotation(self, x: Any) -> list[float]:
         """Trains and sets the OPQ rotation on x (n, d) (the quantizers are then untrained); does
-        nothing without OPQ. Returns the PQ error of each training alternation (empty without)."""
+        nothing without OPQ. Returns the reconstruction error of each training alternation
+        (:class:`retro.opq.OpqTraining`; empty without OPQ)."""
         if self.opq_m == 0:
             return []
         x = as_float32_matrix(x, "training data")
@@ -265,7 +266,7 @@ class IvfPqIndex:
             raise ValueError("training data contain NaN or inf")
         opq = train_opq_rotation(x, self.ivf_d, self.opq_m, self.seed, self.opq_train_params)
         self.set_rotation(opq.rotation)
-        return opq.pq_errors
+        return opq.errors
 
     def add(self, x: Any, ids: Any = None) -> None:
         """Encodes and stores x (n, d) with ids (n,) int64, or ntotal .. ntotal+n-1 if None."""

@@ -36,7 +36,9 @@ class OpqTrainParams:
 @dataclass
 class OpqTraining:
     rotation: np.ndarray  # (d_out, d) float32, orthonormal rows
-    pq_errors: list[float]  # per alternation: mean squared PQ reconstruction error of X R^T
+    # per alternation: mean squared distance between the centred training vectors X and their
+    # reconstructions Y R from the PQ of X R^T (with d_out < d this counts the dropped dimensions)
+    errors: list[float]
 
 
 def random_rotation(d: int, d_out: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,7 +114,7 @@ def train_opq_rotation(
         params: iterations and subsampling (faiss's defaults if None).
 
     Returns:
-        The rotation (d_out, d) float32 and the PQ error of each alternation.
+        The rotation (d_out, d) float32 and the reconstruction error of each alternation.
     """
     params = params or OpqTrainParams()
     n, d = x.shape
@@ -137,8 +139,8 @@ def train_opq_rotation(
             centroids = np.ascontiguousarray(projected[first].reshape(OPQ_KSUB, opq_m, dsub).transpose(1, 0, 2))
         centroids = pq_kmeans(projected, centroids, params.niter_pq_0 if it == 0 else params.niter_pq)
         reconstructions = pq_decode(pq_assign(projected, centroids), centroids)
-        errors.append(float(((projected - reconstructions) ** 2).sum(1).mean()))
-        # Procrustes: R maximizing trace(R X^T Y) over orthonormal rows
+        errors.append(float(((xc - reconstructions @ rotation) ** 2).sum(1).mean()))
+        # Procrustes: ||X - Y R||^2 = ||X||^2 + ||Y||^2 - 2 trace(R X^T Y) for orthonormal rows
         u, _, vt = np.linalg.svd((xc.T @ reconstructions).astype(np.float64), full_matrices=False)
         rotation = (u @ vt).T.astype(np.float32)
     return OpqTraining(np.ascontiguousarray(rotation), errors)
