@@ -111,7 +111,12 @@ def from_faiss(faiss_index: Any) -> IvfPqIndex:
     if not isinstance(index, faiss.IndexPreTransform):
         return _from_faiss_ivfpq(faiss, index, None)
     transforms = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
-    if len(transforms) != 1 or type(transforms[0]) is not faiss.OPQMatrix:
+    # faiss reads an OPQMatrix back from a file as a LinearTransform with orthonormal rows
+    is_rotation = len(transforms) == 1 and (
+        type(transforms[0]) is faiss.OPQMatrix
+        or (type(transforms[0]) is faiss.LinearTransform and transforms[0].is_orthonormal)
+    )
+    if not is_rotation:
         names = ", ".join(type(t).__name__ for t in transforms)
         raise ValueError(
             f"from_faiss takes an IndexPreTransform holding one OPQMatrix (retro's only "
@@ -129,7 +134,8 @@ def from_faiss(faiss_index: Any) -> IvfPqIndex:
 
 
 def _from_faiss_ivfpq(faiss: Any, ivf: Any, opq: tuple[Any, np.ndarray | None] | None) -> IvfPqIndex:
-    """from_faiss of an IndexIVFPQ, with opq = (its OPQMatrix, the trained rotation or None)."""
+    """from_faiss of an IndexIVFPQ, with opq = (its OPQMatrix or orthonormal LinearTransform, the
+    trained rotation or None). A LinearTransform has no OPQ sub-quantizer count: pq_m stands in."""
     kind = type(ivf).__name__
     if type(ivf) is not faiss.IndexIVFPQ:
         behind = " behind the OPQ transform" if opq is not None else ""
@@ -164,7 +170,7 @@ def _from_faiss_ivfpq(faiss: Any, ivf: Any, opq: tuple[Any, np.ndarray | None] |
         if opq is None:
             return IvfPqIndex(d, nlist, pq_m, nbits, metric, by_residual=ivf.by_residual)
         untrained = IvfPqIndex(opq[0].d_in, nlist, pq_m, nbits, metric,
-                               by_residual=ivf.by_residual, opq_m=opq[0].M, opq_d=d)
+                               by_residual=ivf.by_residual, opq_m=_opq_m(opq[0], pq_m), opq_d=d)
         if rotation is not None:
             untrained.set_rotation(rotation)
         return untrained
@@ -179,7 +185,7 @@ def _from_faiss_ivfpq(faiss: Any, ivf: Any, opq: tuple[Any, np.ndarray | None] |
     pq = faiss.vector_to_array(ivf.pq.centroids).reshape(pq_m, ivf.pq.ksub, ivf.pq.dsub)
     index = IvfPqIndex.from_trained(
         coarse, pq, metric, by_residual=ivf.by_residual, rotation=rotation,
-        opq_m=None if opq is None else opq[0].M,
+        opq_m=None if opq is None else _opq_m(opq[0], pq_m),
     )
     invlists = ivf.invlists
     code_size = invlists.code_size
@@ -199,3 +205,8 @@ def _from_faiss_ivfpq(faiss: Any, ivf: Any, opq: tuple[Any, np.ndarray | None] |
             invlists.release_ids(list_no, ids_ptr)
         index.add_encoded(list_no, codes, ids)
     return index
+
+
+def _opq_m(transform: Any, pq_m: int) -> int:
+    """The OPQ sub-quantizer count of an OPQMatrix; pq_m for a plain LinearTransform."""
+    return int(getattr(transform, "M", pq_m))
