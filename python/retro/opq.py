@@ -16,9 +16,15 @@ vector it trains on, adds or searches.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+
+try:  # numpy's BLAS threads and the core's OpenMP threads, alternating, slow each other down
+    from threadpoolctl import threadpool_limits
+except ImportError:  # not a dependency: then both keep their threads
+    threadpool_limits = None
 
 OPQ_KSUB = 256  # centroids per sub-quantizer while training the rotation (8-bit, as faiss)
 
@@ -62,11 +68,13 @@ def pq_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     from retro.index import FlatIndex  # retro.index imports this module
 
     m, _, dsub = centroids.shape
-    codes = np.empty((x.shape[0], m), np.int64)
+    n = x.shape[0]
+    sub = np.ascontiguousarray(x.reshape(n, m, dsub).transpose(1, 0, 2))  # (m, n, dsub): one copy
+    codes = np.empty((n, m), np.int64)
     for j in range(m):
         search = FlatIndex(dsub)
         search.add(centroids[j])
-        codes[:, j] = search.search(x[:, j * dsub : (j + 1) * dsub], 1)[1][:, 0]
+        codes[:, j] = search.search(sub[j], 1)[1][:, 0]
     return codes
 
 
@@ -90,14 +98,13 @@ def pq_kmeans(x: np.ndarray, centroids: np.ndarray, niter: int) -> np.ndarray:
     centroids = centroids.copy()
     sub = x.reshape(-1, m, dsub)
     for _ in range(niter):
-        codes = pq_assign(x, centroids)
-        for j in range(m):
-            counts = np.bincount(codes[:, j], minlength=ksub)
-            sums = np.stack(
-                [np.bincount(codes[:, j], weights=sub[:, j, t], minlength=ksub) for t in range(dsub)], 1
-            )
-            filled = counts > 0
-            centroids[j, filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        bins = (pq_assign(x, centroids) + np.arange(m) * ksub).ravel()  # (n * m,) sub-quantizer, code
+        counts = np.bincount(bins, minlength=m * ksub).reshape(m, ksub)
+        sums = np.stack(
+            [np.bincount(bins, weights=sub[:, :, t].ravel(), minlength=m * ksub) for t in range(dsub)], -1
+        ).reshape(m, ksub, dsub)
+        filled = counts > 0
+        centroids[filled] = (sums[filled] / counts[filled][:, None]).astype(np.float32)
     return centroids
 
 
@@ -116,7 +123,13 @@ def train_opq_rotation(
     Returns:
         The rotation (d_out, d) float32 and the reconstruction error of each alternation.
     """
-    params = params or OpqTrainParams()
+    with threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext():
+        return _train_opq_rotation(x, d_out, opq_m, seed, params or OpqTrainParams())
+
+
+def _train_opq_rotation(
+    x: np.ndarray, d_out: int, opq_m: int, seed: int, params: OpqTrainParams
+) -> OpqTraining:
     n, d = x.shape
     if not 1 <= d_out <= d:
         raise ValueError(f"the OPQ output dimension must be in [1, d={d}], got {d_out}")
@@ -128,6 +141,7 @@ def train_opq_rotation(
     if n > params.max_train_points:
         x = x[np.sort(rng.choice(n, params.max_train_points, replace=False))]
     xc = (x - x.mean(0, dtype=np.float64)).astype(np.float32)  # as faiss: the rotation of centred data
+    x_energy = float(np.einsum("ij,ij->", xc, xc, dtype=np.float64))
     rotation = random_rotation(d, d_out, rng).astype(np.float32)
     dsub = d_out // opq_m
     centroids = None
@@ -139,8 +153,11 @@ def train_opq_rotation(
             centroids = np.ascontiguousarray(projected[first].reshape(OPQ_KSUB, opq_m, dsub).transpose(1, 0, 2))
         centroids = pq_kmeans(projected, centroids, params.niter_pq_0 if it == 0 else params.niter_pq)
         reconstructions = pq_decode(pq_assign(projected, centroids), centroids)
-        errors.append(float(((xc - reconstructions @ rotation) ** 2).sum(1).mean()))
-        # Procrustes: ||X - Y R||^2 = ||X||^2 + ||Y||^2 - 2 trace(R X^T Y) for orthonormal rows
-        u, _, vt = np.linalg.svd((xc.T @ reconstructions).astype(np.float64), full_matrices=False)
+        # Procrustes: with orthonormal rows ||X - Y R||^2 = ||X||^2 + ||Y||^2 - 2 trace(R X^T Y),
+        # smallest for R = V U^T
+        xty = (xc.T @ reconstructions).astype(np.float64)  # (d, d_out)
+        y_energy = float(np.einsum("ij,ij->", reconstructions, reconstructions, dtype=np.float64))
+        errors.append((x_energy + y_energy - 2.0 * float((rotation * xty.T).sum())) / len(xc))
+        u, _, vt = np.linalg.svd(xty, full_matrices=False)
         rotation = (u @ vt).T.astype(np.float32)
     return OpqTraining(np.ascontiguousarray(rotation), errors)
