@@ -6,8 +6,9 @@ vectors R x (opq_m sub-quantizers of 256 centroids) reconstructs them well. Trai
 
 1. k-means of each sub-quantizer on the rotated (centred) training vectors X R^T, and their PQ
    reconstructions Y (n, d_out);
-2. R from the orthogonal Procrustes problem min_R ||X R^T - Y||: with X^T Y = U S V^T (thin SVD),
-   R = V U^T.
+2. R from the orthogonal Procrustes problem min_R ||X - Y R|| (the vectors against their
+   reconstructions taken back through R^T): with X^T Y = U S V^T (thin SVD), R = V U^T. With
+   d_out = d this is min_R ||X R^T - Y||.
 
 It starts from a seeded random orthonormal R; each k-means after the first starts from the previous
 centroids. The index then uses R (``retro.IvfPqIndex`` with ``opq_m > 0``): its core rotates every
@@ -41,6 +42,8 @@ class OpqTrainParams:
 
 @dataclass
 class OpqTraining:
+    """What :func:`train_opq_rotation` returns."""
+
     rotation: np.ndarray  # (d_out, d) float32, orthonormal rows
     # per alternation: mean squared distance between the centred training vectors X and their
     # reconstructions Y R from the PQ of X R^T (with d_out < d this counts the dropped dimensions)
