@@ -75,6 +75,17 @@ void expect_error(ErrorKind kind, const std::string& fragment, F&& f) {
   }
 }
 
+// Searches index and checks that it returns exactly these labels and distances, bit for bit.
+void expect_search_returns(const IvfPqIndex& index, idx_t nq, const float* xq, idx_t k,
+                           const IvfPqSearchParams& params, const std::vector<float>& dist,
+                           const std::vector<idx_t>& labels) {
+  std::vector<float> got_dist(nq * k);
+  std::vector<idx_t> got_labels(nq * k);
+  index.search(nq, xq, k, got_dist.data(), got_labels.data(), params);
+  EXPECT_EQ(got_labels, labels);
+  EXPECT_EQ(0, std::memcmp(got_dist.data(), dist.data(), dist.size() * sizeof(float)));
+}
+
 // --- xxh64 -----------------------------------------------------------------------------------
 
 TEST(Xxh64, KnownVectors) {
@@ -538,11 +549,7 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
     std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, mmap, true);
     EXPECT_EQ(loaded->is_mmapped(), mmap);
     EXPECT_EQ(loaded->ntotal(), nb);
-    std::vector<float> dist2(nq * k);
-    std::vector<idx_t> labels2(nq * k);
-    loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
-    EXPECT_EQ(labels2, labels);
-    EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+    expect_search_returns(*loaded, nq, xq, k, params, dist, labels);
   }
   std::remove(path.c_str());
 }
@@ -787,12 +794,10 @@ TEST(IvfPqOpq, RotationMatchesADoubleReferenceAndTravelsThroughTheFile) {
   plain.add(nb, rotated.data());
   std::vector<float> rotated_q(nq * d_out);
   index.rotate(nq, xq, rotated_q.data());
-  std::vector<float> dist(nq * k), dist_plain(nq * k);
-  std::vector<idx_t> labels(nq * k), labels_plain(nq * k);
+  std::vector<float> dist(nq * k);
+  std::vector<idx_t> labels(nq * k);
   index.search(nq, xq, k, dist.data(), labels.data());
-  plain.search(nq, rotated_q.data(), k, dist_plain.data(), labels_plain.data());
-  EXPECT_EQ(labels, labels_plain);
-  EXPECT_EQ(0, std::memcmp(dist.data(), dist_plain.data(), dist.size() * sizeof(float)));
+  expect_search_returns(plain, nq, rotated_q.data(), k, {}, dist, labels);
 
   // Re-ranking compares the original query with the original vectors.
   IvfPqSearchParams params;
@@ -816,11 +821,7 @@ TEST(IvfPqOpq, RotationMatchesADoubleReferenceAndTravelsThroughTheFile) {
     EXPECT_EQ((std::vector<int>{loaded->opq_m(), loaded->ivf_d(), loaded->d()}),
               (std::vector<int>{opq_m, d_out, d}));
     EXPECT_EQ(0, std::memcmp(loaded->rotation(), rotation.data(), rotation.size() * sizeof(float)));
-    std::vector<float> dist2(nq * k);
-    std::vector<idx_t> labels2(nq * k);
-    loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
-    EXPECT_EQ(labels2, labels);
-    EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+    expect_search_returns(*loaded, nq, xq, k, params, dist, labels);
   }
   std::remove(path.c_str());
   expect_error(ErrorKind::Runtime, "needs an empty index",
