@@ -527,7 +527,12 @@ def plot(results: list[DatasetResult], path: Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel(f"recall@{K}")
             ax.set_ylabel("queries / s")
-            ax.set_title(f"{result.name} (nlist {result.nlist}; PQ{result.pq_m}, PQ{2 * result.pq_m}x4fs): {title}")
+            engines = {r.engine.split("+")[0] for r in result.search}
+            codes = [code for code, shown in ((f"PQ{result.pq_m}", PQ8.ours in engines),
+                                              (f"OPQ{result.pq_m},PQ{result.pq_m}", OPQ.ours in engines),
+                                              (f"PQ{2 * result.pq_m}x4fs", FAST_SCAN_ENGINES[0] in engines))
+                     if shown]
+            ax.set_title(f"{result.name} (nlist {result.nlist}; {', '.join(codes)}): {title}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
