@@ -191,23 +191,6 @@ def test_factory_reads_opq_as_faiss_does(spec, want):
     assert (index.opq_m, index.ivf_d, index.pq_m, index.pq_bits, index.by_residual) == want
 
 
-@pytest.mark.parametrize(
-    "spec, message",
-    [
-        ("OPQ5,IVF16,PQ8", "'OPQ5,IVF16,PQ8' for d=32: the OPQ output dimension 32 is not divisible by opq_m=5"),
-        ("OPQ8_40,IVF16,PQ8", "opq_d=40 must be in \\[1, d=32\\]"),
-        ("OPQ8_24,IVF16,PQ16", "the OPQ output dimension 24 is not divisible by pq_m=16"),
-        ("OPQ0,IVF16,PQ8", "OPQ needs at least one sub-quantizer"),
-        ("OPQ8_0,IVF16,PQ8", "opq_d must be positive"),
-        ("OPQ8_,IVF16,PQ8", "unsupported index description"),
-        ("IVF16,PQ8,OPQ8", "unsupported index description"),
-    ],
-)
-def test_factory_refuses_bad_opq_strings(spec, message):
-    with pytest.raises(ValueError, match=message):
-        index_factory(D, spec)
-
-
 def test_bad_rotations_and_training_sets_are_refused(points):
     base, _ = points
     index = retro.IvfPqIndex(D, NLIST, 8, opq_m=8, opq_d=16)
