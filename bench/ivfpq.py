@@ -3,6 +3,7 @@
     python bench/ivfpq.py                      # full run: 1M x 384 synthetic + real text embeddings
     python bench/ivfpq.py --quick              # ~3 minutes: 100k x 384 synthetic, the demo
     python bench/ivfpq.py --families fastscan --nq 1000   # only the 4-bit fast-scan comparison
+    python bench/ivfpq.py --datasets text --families opq  # OPQ<m>,IVF..,PQ<m> against faiss's
     python bench/ivfpq.py --device cuda --budget-s 300    # the GPU index: bench/ivfpq_cuda.py
 
 For each dataset both engines train on the same sample with the same k-means iterations, add the
@@ -16,6 +17,8 @@ is 4-bit fast-scan PQ with twice the sub-quantizers ("IVF..,PQ<2m>x4fs") and exa
 k * k_factor candidates against the float32 base vectors (IndexRefineFlat), which is how both reach
 recall@10 0.90 and 0.95; its summary compares the best QPS of each engine over all (nprobe,
 k_factor) at those recalls. The re-ranking vectors (n x d float32) are stored apart from the codes.
+A third family, "opq", is the 8-bit one behind an OPQ rotation ("OPQ<m>,IVF<nlist>,PQ<m>", faiss's
+IndexPreTransform(OPQMatrix, IndexIVFPQ)), both rotations trained with faiss's OPQMatrix defaults.
 The full run writes bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in
 docs/PERFORMANCE.md.
 """
@@ -43,8 +46,22 @@ import retro  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
-TABLE_BEGIN, TABLE_END = report.markers("ivfpq-cpu")
 FAST_SCAN_ENGINES = ("retro-fs", "faiss-fs")  # engine names (and prefixes) of the fast-scan family
+
+
+@dataclass(frozen=True)
+class PairFamily:
+    """Two engines compared at equal nprobe: the 8-bit family, with or without OPQ."""
+
+    name: str  # --families entry and the summaries' "family"
+    ours: str  # engine names
+    theirs: str
+    section: str  # its markers in docs/PERFORMANCE.md
+    opq: bool
+
+
+PQ8 = PairFamily("pq8", "retro", "faiss", "ivfpq-cpu", opq=False)
+OPQ = PairFamily("opq", "retro-opq", "faiss-opq", "ivfpq-opq-cpu", opq=True)
 
 
 def fast_scan_section(residual: bool) -> str:
@@ -123,13 +140,15 @@ def recall_at_k(labels: np.ndarray, truth: np.ndarray) -> float:
 
 
 class RetroEngine:
-    """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers, or 4-bit fast-scan with twice as
-    many (the same code bytes per vector) of the vectors themselves, as faiss's fast-scan index."""
+    """retro's IvfPqIndex: 8-bit PQ with data.pq_m sub-quantizers (behind an OPQ rotation with as
+    many, if opq), or 4-bit fast-scan with twice as many (the same code bytes per vector) of the
+    vectors themselves, as faiss's fast-scan index."""
 
-    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True, opq: bool = False) -> None:
         pq_m = data.pq_m if pq_bits == 8 else 2 * data.pq_m
-        self.name = "retro" if pq_bits == 8 else "retro-fs"
-        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=by_residual)
+        self.name = OPQ.ours if opq else PQ8.ours if pq_bits == 8 else "retro-fs"
+        self.index = retro.IvfPqIndex(data.base.shape[1], data.nlist, pq_m, pq_bits, by_residual=by_residual,
+                                      opq_m=data.pq_m if opq else 0)
         self.index.niter = data.niter
 
     def train(self, x: np.ndarray) -> None:
@@ -146,23 +165,28 @@ class RetroEngine:
 
 
 class FaissEngine:
-    """faiss IndexIVFPQ (8-bit) or IndexIVFPQFastScan ("IVF<nlist>,PQ<2 pq_m>x4fs")."""
+    """faiss IndexIVFPQ (8-bit; behind an OPQMatrix if opq, "OPQ<m>,IVF<nlist>,PQ<m>np") or
+    IndexIVFPQFastScan ("IVF<nlist>,PQ<2 pq_m>x4fs")."""
 
-    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True) -> None:
+    def __init__(self, data: Dataset, pq_bits: int = 8, by_residual: bool = True, opq: bool = False) -> None:
         import faiss
 
         d = data.base.shape[1]
-        if pq_bits == 8:
-            self.name = "faiss"
+        if opq:  # np: no polysemous training, as the plain IndexIVFPQ below
+            self.name = OPQ.theirs
+            self.index = faiss.index_factory(d, f"OPQ{data.pq_m},IVF{data.nlist},PQ{data.pq_m}np")
+        elif pq_bits == 8:
+            self.name = PQ8.theirs
             self.quantizer = faiss.IndexFlatL2(d)
             self.index = faiss.IndexIVFPQ(self.quantizer, d, data.nlist, data.pq_m, 8)
         else:
             self.name = "faiss-fs"
             self.index = faiss.index_factory(d, f"IVF{data.nlist},PQ{2 * data.pq_m}x4fs")  # IndexIVFPQFastScan
             self.index.by_residual = by_residual  # faiss's default is False
-        self.index.cp.niter = data.niter
-        self.index.pq.cp.niter = data.niter
-        self.index.cp.verbose = False
+        self.ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
+        self.ivf.cp.niter = data.niter
+        self.ivf.pq.cp.niter = data.niter
+        self.ivf.cp.verbose = False
 
     def train(self, x: np.ndarray) -> None:
         self.index.train(x)
@@ -174,7 +198,7 @@ class FaissEngine:
         return float("nan")  # faiss's IndexIVF does not keep its clustering's objective
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        self.index.nprobe = nprobe
+        self.ivf.nprobe = nprobe
         return self.index.search(x, K)[1]
 
 
@@ -201,7 +225,7 @@ class FaissRefineEngine:
         self.name = f"{engine.name}+refine{k_factor}"
 
     def search(self, x: np.ndarray, nprobe: int) -> np.ndarray:
-        self.engine.index.nprobe = nprobe
+        self.engine.ivf.nprobe = nprobe
         return self.refine.search(x, K)[1]
 
 
@@ -300,7 +324,8 @@ class DatasetResult:
 
 
 def build_engines(
-    data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8, by_residual: bool = True
+    data: Dataset, threads: int, repeats: int, result: DatasetResult, pq_bits: int = 8, by_residual: bool = True,
+    opq: bool = False,
 ):
     """Trains and adds with both engines `repeats` times (interleaved); keeps the last pair."""
     train_x = data.base[: data.train_size]
@@ -310,7 +335,7 @@ def build_engines(
     for repeat in range(repeats):
         for cls in (RetroEngine, FaissEngine) if repeat % 2 == 0 else (FaissEngine, RetroEngine):
             wait_for_idle()
-            engine = cls(data, pq_bits, by_residual)
+            engine = cls(data, pq_bits, by_residual, opq)
             train_s, _ = timed(lambda: engine.train(train_x))
             add_s, _ = timed(lambda: engine.add(data.base))
             timings.setdefault(engine.name, []).append((train_s, add_s))
@@ -416,16 +441,16 @@ def summarize_fast_scan(result: DatasetResult, threads: int) -> dict:
     return summary
 
 
-def summarize(result: DatasetResult, threads: int) -> dict:
+def summarize(result: DatasetResult, threads: int, family: PairFamily = PQ8) -> dict:
     rows = [r for r in result.search if r.threads == threads]
-    ours = sorted((r for r in rows if r.engine == "retro"), key=lambda r: r.nprobe)
-    theirs = sorted((r for r in rows if r.engine == "faiss"), key=lambda r: r.nprobe)
+    ours = sorted((r for r in rows if r.engine == family.ours), key=lambda r: r.nprobe)
+    theirs = sorted((r for r in rows if r.engine == family.theirs), key=lambda r: r.nprobe)
     if not ours or not theirs:
         return {}
     best = max(r.recall for r in theirs)
     anchor = next(r for r in theirs if r.recall >= 0.95 * best)
     summary = {
-        "family": "pq8",
+        "family": family.name,
         "threads": threads,
         "faiss_best_recall": best,
         "anchor_nprobe": anchor.nprobe,
@@ -439,9 +464,9 @@ def summarize(result: DatasetResult, threads: int) -> dict:
         summary[f"{attribute}_retro"] = ours_qps
         summary[f"{attribute}_ratio"] = ours_qps / theirs_qps if ours_qps and theirs_qps else None
     builds = {b.engine: b for b in result.build}
-    if "retro" in builds and "faiss" in builds:
-        summary["train_ratio"] = builds["retro"].train_seconds / builds["faiss"].train_seconds
-        summary["add_ratio"] = builds["retro"].add_seconds / builds["faiss"].add_seconds
+    if family.ours in builds and family.theirs in builds:
+        summary["train_ratio"] = builds[family.ours].train_seconds / builds[family.theirs].train_seconds
+        summary["add_ratio"] = builds[family.ours].add_seconds / builds[family.theirs].add_seconds
     return summary
 
 
@@ -479,7 +504,8 @@ def plot(results: list[DatasetResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
-    colors = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3"}
+    colors = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3", "retro-opq": "C4",
+              "faiss-opq": "C5"}
     for row_axes, result in zip(axes, results):
         for ax, attribute, title in zip(row_axes, ("batch_qps", "single_qps"), ("batch", "single queries")):
             curves: dict[tuple[str, int], list[SearchRow]] = {}
@@ -501,16 +527,23 @@ def plot(results: list[DatasetResult], path: Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel(f"recall@{K}")
             ax.set_ylabel("queries / s")
-            ax.set_title(f"{result.name} (nlist {result.nlist}; PQ{result.pq_m}, PQ{2 * result.pq_m}x4fs): {title}")
+            engines = {r.engine.split("+")[0] for r in result.search}
+            codes = [code for code, shown in ((f"PQ{result.pq_m}", PQ8.ours in engines),
+                                              (f"OPQ{result.pq_m},PQ{result.pq_m}", OPQ.ours in engines),
+                                              (f"PQ{2 * result.pq_m}x4fs", FAST_SCAN_ENGINES[0] in engines))
+                     if shown]
+            ax.set_title(f"{result.name} (nlist {result.nlist}; {', '.join(codes)}): {title}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> str:
+def markdown(results: list[DatasetResult], summaries: dict, machine: dict, family: PairFamily = PQ8) -> str:
+    begin, end = report.markers(family.section)
+    ours_name, theirs_name = family.ours, family.theirs
     lines = [
-        TABLE_BEGIN,
+        begin,
         f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
         f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
         f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
@@ -518,19 +551,21 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
         "",
     ]
     for result in results:
-        lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, IVF{result.nlist},PQ{result.pq_m}", ""]
+        opq = f"OPQ{result.pq_m}," if family.opq else ""
+        lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, "
+                  f"{opq}IVF{result.nlist},PQ{result.pq_m}", ""]
         lines += ["| engine | threads | train s | add s | k-means objective |", "|---|---|---|---|---|"]
         for b in result.build:
-            if is_fast_scan(b.engine):
+            if b.engine not in (ours_name, theirs_name):
                 continue
             lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} | {b.coarse_objective:.6g} |")
         lines += ["", "| threads | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         by_key = {(r.engine, r.threads, r.nprobe): r for r in result.search}
         for (engine, threads, nprobe), ours in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-            if engine != "retro" or ("faiss", threads, nprobe) not in by_key:
+            if engine != ours_name or (theirs_name, threads, nprobe) not in by_key:
                 continue
-            theirs = by_key[("faiss", threads, nprobe)]
+            theirs = by_key[(theirs_name, threads, nprobe)]
             single = (
                 f"{ours.single_qps:,.0f} | {theirs.single_qps:,.0f} | {ours.single_qps / theirs.single_qps:.2f}"
                 if ours.single_qps and theirs.single_qps else "- | - | -"
@@ -539,13 +574,13 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
                 f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
                 f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |"
             )
-        rerank = [r for r in result.search if ("rerank" in r.engine or "refine" in r.engine) and not is_fast_scan(r.engine)]
+        rerank = [r for r in result.search if r.engine.startswith((ours_name + "+", theirs_name + "+"))]
         if rerank:
             lines += ["", "With exact re-ranking (batch):", "", "| engine | threads | nprobe | recall | batch QPS |", "|---|---|---|---|---|"]
             for r in sorted(rerank, key=lambda r: (r.engine, r.threads, r.nprobe)):
                 lines.append(f"| {r.engine} | {r.threads} | {r.nprobe} | {r.recall:.3f} | {r.batch_qps:,.0f} |")
         for s in summaries.get(result.name, []):
-            if not s or s["family"] != "pq8":
+            if not s or s["family"] != family.name:
                 continue
             fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
             lines += ["", f"Summary, {s['threads']} thread(s): faiss reaches 95% of its best recall@{K} "
@@ -555,7 +590,7 @@ def markdown(results: list[DatasetResult], summaries: dict, machine: dict) -> st
                       f"{s['max_recall_gap']:.3f}"
                       + (f"; train {fmt(s['train_ratio'])}x, add {fmt(s['add_ratio'])}x faiss's time." if "train_ratio" in s else ".")]
         lines.append("")
-    lines.append(TABLE_END)
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -628,8 +663,10 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
     result = DatasetResult(data.name, len(data.base), len(data.queries), data.base.shape[1], data.nlist, data.pq_m)
     threads_list = sorted(args.threads, reverse=True)
     summaries = []
-    if "pq8" in args.families:
-        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result)
+    for family in (PQ8, OPQ):
+        if family.name not in args.families:
+            continue
+        ours, theirs = build_engines(data, threads_list[0], args.build_repeats, result, opq=family.opq)
         for threads in threads_list:
             search_grid(data, [ours, theirs], truth, threads, args.nprobes, args.repeats, args.single, result)
         if args.rerank and data.name.startswith("text"):
@@ -637,7 +674,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace) -> tuple[DatasetResult,
                 FaissRefineEngine(theirs, data.base, f) for f in args.rerank
             ]
             search_grid(data, rerankers, truth, threads_list[0], args.nprobes, args.repeats, 0, result)
-        summaries += [summarize(result, t) for t in threads_list]
+        summaries += [summarize(result, t, family) for t in threads_list]
         del ours, theirs
     if "fastscan" in args.families:
         k_factors = args.fs_k_factors or data.fs_k_factors
@@ -681,7 +718,8 @@ def main() -> None:
     parser.add_argument("--rerank", type=lambda s: [int(f) for f in s.split(",")], default=[4, 16],
                         help="k_factors for the 8-bit re-ranking rows (text dataset)")
     parser.add_argument("--families", type=lambda s: s.split(","), default=["pq8", "fastscan"],
-                        help="comma list of pq8 (8-bit IndexIVFPQ) and fastscan (4-bit PQ..x4fs + re-ranking)")
+                        help="comma list of pq8 (8-bit IndexIVFPQ), fastscan (4-bit PQ..x4fs + re-ranking) "
+                             "and opq (8-bit behind an OPQ rotation, OPQ<m>,IVF..,PQ<m>)")
     parser.add_argument("--fs-k-factors", type=lambda s: [int(f) for f in s.split(",")], default=None,
                         help="k_factors of the fast-scan rows (default: 8,16,32,64 synthetic, 2,4,8,16 text)")
     parser.add_argument("--fs-nq", type=int, default=1000, help="queries per batch of the fast-scan rows")
@@ -709,13 +747,15 @@ def main() -> None:
         del data
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "ivfpq_cpu" + ("_quick" if args.quick else "") + ("" if "pq8" in args.families else "_fastscan")
+    stem = "ivfpq_cpu" + ("_quick" if args.quick else "")
+    stem += "" if "pq8" in args.families else "_" + "_".join(args.families)
     stem += "_residual" if args.fs_residual else ""
     output = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(output, indent=1))
     plot(results, RESULTS_DIR / f"{stem}.png")
-    if not args.quick and "pq8" in args.families:
-        report.update_performance_md("ivfpq-cpu", markdown(results, summaries, machine))
+    for family in (PQ8, OPQ):
+        if not args.quick and family.name in args.families:
+            report.update_performance_md(family.section, markdown(results, summaries, machine, family))
     if not args.quick and "fastscan" in args.families:
         report.update_performance_md(fast_scan_section(args.fs_residual),
                                      markdown_fast_scan(results, summaries, machine, args.fs_residual))

@@ -209,7 +209,9 @@ def test_imported_faiss_index_searches_like_faiss(faiss, points, ids, metric):
     [
         ("IVF8,Flat", "IndexIVFFlat"),
         ("IVF8,PQ4x4fs", "IndexIVFPQFastScan"),
-        ("OPQ4,IVF8,PQ4", "IndexPreTransform"),
+        ("OPQ4,IVF8,PQ4x4fs", "IndexIVFPQ behind the OPQ transform, got a IndexIVFPQFastScan"),
+        ("PCA16,IVF8,PQ4", "one OPQMatrix .*, got one with \\[PCAMatrix\\]"),
+        ("OPQ4,PCA16,IVF8,PQ4", "got one with \\[OPQMatrix, PCAMatrix\\]"),
         ("IVF8_HNSW16,PQ4", "IndexHNSWFlat quantizer"),
         ("IVF8,PQ4x6", "8-bit or 4-bit PQ codes, got pq.nbits=6"),
         ("PQ4", "IndexPQ"),
@@ -305,3 +307,53 @@ def test_a_faiss_4bit_index_imports_as_fast_scan(faiss, points):
     ours = recall_at(imported.search(queries, K, nprobe=NPROBE)[1], exact)
     theirs = recall_at(faiss_search(reference, queries)[1], exact)
     assert abs(ours - theirs) <= 0.03, (ours, theirs)
+
+
+# --- OPQ: IndexPreTransform(OPQMatrix, IndexIVFPQ) <-> an IvfPqIndex with a rotation ---------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("spec", [f"OPQ4_16,IVF{NLIST},PQ8np", f"OPQ6,IVF{NLIST},PQ12x4"])
+def test_opq_indexes_go_both_ways(faiss, points, ids, tmp_path, metric, spec):
+    base, queries = points
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    reference = faiss.index_factory(D, spec, faiss_metric)
+    opq = faiss.downcast_VectorTransform(reference.chain.at(0))
+    opq.niter, opq.niter_pq_0 = 6, 10  # faiss's OPQ training, shortened
+    faiss.extract_index_ivf(reference).cp.niter = 10
+    reference.train(base)
+    reference.add_with_ids(base, ids)
+    imported = from_faiss(reference)
+    assert (imported.d, imported.opq_m, imported.ivf_d, imported.ntotal) == (D, opq.M, opq.d_out, N_BASE)
+    rotation = faiss.vector_to_array(opq.A).reshape(opq.d_out, D)
+    assert np.array_equal(imported.rotation(), rotation)
+    faiss.extract_index_ivf(reference).nprobe = NPROBE
+    got, want = imported.search(queries, K, nprobe=NPROBE), reference.search(queries, K)
+    if imported.pq_bits == 8:
+        # observed with faiss 1.15.1: the same ids at every (query, rank)
+        assert np.mean(got[1] == want[1]) >= 0.999
+        assert_same_search(got, want, truth(points, ids, metric))
+    else:  # retro scans 4-bit codes with 8-bit tables (as test_4bit_codes_go_both_ways)
+        exact = truth(points, ids, metric)
+        assert abs(recall_at(got[1], exact) - recall_at(want[1], exact)) <= 0.03
+
+    exported = to_faiss(imported)
+    assert type(exported) is faiss.IndexPreTransform
+    back_opq = faiss.downcast_VectorTransform(exported.chain.at(0))
+    assert type(back_opq) is faiss.OPQMatrix and (back_opq.M, back_opq.d_out) == (opq.M, opq.d_out)
+    faiss.extract_index_ivf(exported).nprobe = NPROBE
+    d_a, i_a = exported.search(queries, K)
+    assert np.array_equal(i_a, want[1]) and np.allclose(d_a, want[0], rtol=1e-6)
+    faiss.write_index(exported, str(tmp_path / "opq.index"))
+    read = faiss.read_index(str(tmp_path / "opq.index"))  # its OPQMatrix comes back a LinearTransform
+    again = from_faiss(read)
+    assert (again.opq_m, again.ivf_d) == (imported.pq_m, imported.ivf_d)  # pq_m stands in for M
+    assert np.array_equal(again.rotation(), rotation)
+    assert_identical_search(again, imported, queries)
+
+
+def test_untrained_opq_indexes_go_both_ways(faiss):
+    untrained = from_faiss(faiss.index_factory(D, f"OPQ4_16,IVF{NLIST},PQ8"))
+    assert (untrained.opq_m, untrained.ivf_d, untrained.is_trained, untrained.rotation()) == (4, 16, False, None)
+    exported = to_faiss(untrained)
+    assert not exported.is_trained and faiss.downcast_VectorTransform(exported.chain.at(0)).d_out == 16

@@ -2,8 +2,8 @@
 CPU-built index searched on the GPU returns the CPU's labels for >= 99.9% of (query, rank) pairs
 (differences only at float near-ties), over d = 96/384/768, both metrics, k up to 1024, lists
 shorter than k, empty lists and an empty index, single queries (probes split over blocks and
-merged), query chunks, fp16 tables, GPU encoding, GPU training (by recall), shards, the torch op
-and bad input. Skipped without a CUDA build and a GPU."""
+merged), query chunks, fp16 tables, GPU encoding, GPU training (by recall), shards, the torch op,
+an OPQ rotation and bad input. Skipped without a CUDA build and a GPU."""
 
 from __future__ import annotations
 
@@ -28,17 +28,20 @@ MIN_SAME = 0.999  # issue 7: share of (query, rank) pairs with the CPU's label
 
 
 def quick_index(d: int, nlist: int, metric: str, n: int = 20_000, seed: int = 0,
-                pq_m: int | None = None) -> tuple[retro.IvfPqIndex, np.ndarray]:
+                pq_m: int | None = None, rotation: np.ndarray | None = None
+                ) -> tuple[retro.IvfPqIndex, np.ndarray]:
     """An 8-bit index over n clustered vectors, trained without k-means (centroids drawn from the
     data, PQ centroids from residual slices: equality tests need no good quantizer, and this keeps
-    CPU time low), and its vectors."""
-    pq_m = pq_m or d // 8
+    CPU time low), behind an OPQ rotation (d_out, d) if given, and its vectors."""
     x = clustered(n, d, seed=seed)
+    space = x if rotation is None else x @ rotation.T  # what the quantizers see
+    d_ivf = space.shape[1]
+    pq_m = pq_m or d_ivf // 8
     rng = np.random.default_rng(seed + 1)
-    coarse = x[rng.choice(n, nlist, replace=False)]
-    residuals = x[rng.choice(n, 256, replace=False)] - coarse[rng.integers(0, nlist, 256)]
-    pq = np.ascontiguousarray(residuals.reshape(256, pq_m, d // pq_m).transpose(1, 0, 2))
-    index = retro.IvfPqIndex.from_trained(coarse, pq, metric=metric)
+    coarse = space[rng.choice(n, nlist, replace=False)]
+    residuals = space[rng.choice(n, 256, replace=False)] - coarse[rng.integers(0, nlist, 256)]
+    pq = np.ascontiguousarray(residuals.reshape(256, pq_m, d_ivf // pq_m).transpose(1, 0, 2))
+    index = retro.IvfPqIndex.from_trained(coarse, pq, metric=metric, rotation=rotation)
     index.add(x)
     return index, x
 
@@ -288,3 +291,25 @@ def test_rerank_matches_cpu(metric):
         np.testing.assert_allclose(d_gpu[same], d_cpu[same], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="rows"):
         gpu.search(queries, 10, nprobe=8, rerank=torch.from_numpy(x[:100]).cuda())
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_opq_rotation_is_applied_on_the_device(metric):
+    """An OPQ index (96 -> 64 dimensions): queries and added vectors are rotated on the GPU, so its
+    searches, re-ranked ones (against the original vectors) and its encoding match the CPU's."""
+    rotation = np.linalg.qr(np.random.default_rng(22).standard_normal((96, 96)))[0][:64]
+    rotation = np.ascontiguousarray(rotation, dtype=np.float32)
+    index, x = quick_index(96, 64, metric, n=8_000, rotation=rotation)
+    queries = clustered(300, 96, seed=23)
+    _, i_plain = assert_matches_cpu(index, queries, k=10, nprobe=8)
+    gpu = index.to("cuda")
+    d_cpu, i_cpu = index.search(queries, 10, nprobe=8, rerank=x, k_factor=8)
+    d_gpu, i_gpu = gpu.search(queries, 10, nprobe=8, rerank=torch.from_numpy(x).cuda(), k_factor=8)
+    assert (i_gpu == i_cpu).mean() >= MIN_SAME
+    same = i_gpu == i_cpu
+    np.testing.assert_allclose(d_gpu[same], d_cpu[same], rtol=1e-4, atol=1e-4)
+
+    built = retro.IvfPqIndex.from_trained(index.coarse_centroids(), index.pq_centroids(),
+                                          metric=metric, rotation=rotation)
+    built.to("cuda").add(x)  # encoded on the GPU, appended to the host index
+    assert (built.search(queries, 10, nprobe=8)[1] == i_plain).mean() >= 0.99

@@ -256,13 +256,40 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<retro::IvfPqIndex>(m, "IvfPqIndex")
       .def(py::init([](int d, idx_t nlist, int pq_m, int pq_bits, const std::string& metric,
-                       uint64_t seed, bool by_residual) {
+                       uint64_t seed, bool by_residual, int opq_m, int opq_d) {
              return std::make_unique<retro::IvfPqIndex>(d, nlist, pq_m, pq_bits,
-                                                        parse_metric(metric), seed, by_residual);
+                                                        parse_metric(metric), seed, by_residual,
+                                                        opq_m, opq_d);
            }),
            py::arg("d"), py::arg("nlist"), py::arg("pq_m"), py::arg("pq_bits") = 8,
-           py::arg("metric") = "l2", py::arg("seed") = 0, py::arg("by_residual") = true)
+           py::arg("metric") = "l2", py::arg("seed") = 0, py::arg("by_residual") = true,
+           py::arg("opq_m") = 0, py::arg("opq_d") = 0)
       .def_property_readonly("d", &retro::IvfPqIndex::d)
+      .def_property_readonly("ivf_d", &retro::IvfPqIndex::ivf_d)
+      .def_property_readonly("opq_m", &retro::IvfPqIndex::opq_m)
+      .def("rotation", [](const retro::IvfPqIndex& index) -> py::object {
+        if (!index.rotation_is_set()) return py::none();
+        FloatArray r({static_cast<idx_t>(index.ivf_d()), static_cast<idx_t>(index.d())});
+        std::copy(index.rotation(), index.rotation() + r.size(), r.mutable_data());
+        return std::move(r);
+      })
+      .def("set_rotation", [](retro::IvfPqIndex& index, const FloatArray& rotation) {
+        if (rotation.ndim() != 2 || rotation.shape(0) != index.ivf_d() ||
+            rotation.shape(1) != index.d())
+          throw py::value_error("the OPQ rotation must have shape (opq_d=" +
+                                std::to_string(index.ivf_d()) + ", d=" +
+                                std::to_string(index.d()) + "), got " + shape_of(rotation));
+        py::gil_scoped_release release;
+        index.set_rotation(rotation.data());
+      }, py::arg("rotation"))
+      .def("rotate", [](const retro::IvfPqIndex& index, const FloatArray& x) {
+        const idx_t n = rows(x, index.d(), "vectors");
+        FloatArray out({n, static_cast<idx_t>(index.ivf_d())});
+        float* out_data = out.mutable_data();
+        py::gil_scoped_release release;
+        index.rotate(n, x.data(), out_data);
+        return out;
+      }, py::arg("x"))
       .def_property_readonly("nlist", &retro::IvfPqIndex::nlist)
       .def_property_readonly("pq_m", &retro::IvfPqIndex::pq_m)
       .def_property_readonly("pq_bits", &retro::IvfPqIndex::pq_bits)
@@ -287,10 +314,9 @@ PYBIND11_MODULE(_core, m) {
         return sizes;
       })
       .def("coarse_centroids", [](const retro::IvfPqIndex& index) {
-        FloatArray c({index.is_trained() ? index.nlist() : 0, static_cast<idx_t>(index.d())});
+        FloatArray c({index.is_trained() ? index.nlist() : 0, static_cast<idx_t>(index.ivf_d())});
         if (index.is_trained())
-          std::copy(index.coarse_centroids(), index.coarse_centroids() + index.nlist() * index.d(),
-                    c.mutable_data());
+          std::copy(index.coarse_centroids(), index.coarse_centroids() + c.size(), c.mutable_data());
         return c;
       })
       .def("pq_centroids", [](const retro::IvfPqIndex& index) {
@@ -312,9 +338,10 @@ PYBIND11_MODULE(_core, m) {
       }, py::arg("list"))
       .def("set_trained", [](retro::IvfPqIndex& index, const FloatArray& coarse,
                              const FloatArray& pq) {
-        const std::string want_coarse =
-            "(nlist=" + std::to_string(index.nlist()) + ", d=" + std::to_string(index.d()) + ")";
-        if (coarse.ndim() != 2 || coarse.shape(0) != index.nlist() || coarse.shape(1) != index.d())
+        const std::string want_coarse = "(nlist=" + std::to_string(index.nlist()) +
+                                        ", d=" + std::to_string(index.ivf_d()) + ")";
+        if (coarse.ndim() != 2 || coarse.shape(0) != index.nlist() ||
+            coarse.shape(1) != index.ivf_d())
           throw py::value_error("coarse centroids must have shape " + want_coarse + ", got " +
                                 shape_of(coarse));
         if (pq.ndim() != 3 || pq.shape(0) != index.pq_m() || pq.shape(1) != index.ksub() ||

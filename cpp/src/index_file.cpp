@@ -111,26 +111,74 @@ class AtomicWriter {
 };
 
 const char* kSectionNames[kNumSections] = {"coarse centroids", "PQ centroids", "list sizes",
-                                           "codes", "ids", "terms"};
+                                           "codes", "ids", "terms", "OPQ rotation"};
+
+// h's fields in the version 2/3 layout (h has no rotation).
+FileHeaderV3 legacy_header(const FileHeader& h) {
+  FileHeaderV3 old;
+  std::memset(&old, 0, sizeof(old));
+  old.common = h.common;
+  old.common.num_sections = kNumLegacySections;
+  std::memcpy(old.sections, h.sections, sizeof(old.sections));
+  old.header_checksum = xxh64(&old, offsetof(FileHeaderV3, header_checksum));
+  return old;
+}
+
+// The header at `base` as version 4 fields (an empty rotation section for versions 2 and 3).
+FileHeader read_header(const uint8_t* base, uint64_t file_size, const char* name) {
+  FileHeader h;
+  std::memset(&h, 0, sizeof(h));
+  RETRO_CHECK(file_size >= sizeof(FileHeaderCommon),
+              "'%s' is not a retro index file: %llu bytes is shorter than the header", name,
+              static_cast<unsigned long long>(file_size));
+  std::memcpy(&h.common, base, sizeof(h.common));
+  const FileHeaderCommon& c = h.common;
+  RETRO_CHECK(std::memcmp(c.magic, kIndexMagic, sizeof(c.magic)) == 0,
+              "'%s' is not a retro index file (bad magic bytes)", name);
+  RETRO_CHECK(c.version >= kOldestIndexVersion && c.version <= kIndexVersion,
+              "'%s' has index format version %u; this build reads versions %u to %u", name,
+              c.version, kOldestIndexVersion, kIndexVersion);
+  const bool legacy = c.version < kFirstOpqVersion;
+  RETRO_CHECK(file_size >= (legacy ? sizeof(FileHeaderV3) : sizeof(FileHeader)),
+              "'%s' is not a retro index file: %llu bytes is shorter than the header", name,
+              static_cast<unsigned long long>(file_size));
+  if (!legacy) {
+    std::memcpy(&h, base, sizeof(h));
+    RETRO_CHECK(h.header_checksum == xxh64(&h, offsetof(FileHeader, header_checksum)),
+                "'%s' is corrupt: header checksum mismatch", name);
+    return h;
+  }
+  FileHeaderV3 old;
+  std::memcpy(&old, base, sizeof(old));
+  RETRO_CHECK(old.header_checksum == xxh64(&old, offsetof(FileHeaderV3, header_checksum)),
+              "'%s' is corrupt: header checksum mismatch", name);
+  std::memcpy(h.sections, old.sections, sizeof(old.sections));
+  h.sections[kRotationSection] = FileSection{align_up(sizeof(FileHeaderV3)), 0, xxh64(nullptr, 0)};
+  return h;
+}
 
 }  // namespace
 
 void IvfPqIndex::save(const std::string& path) const {
   FileHeader h;
   std::memset(&h, 0, sizeof(h));
-  std::memcpy(h.magic, kIndexMagic, sizeof(h.magic));
-  h.version = pq_bits_ == 4 ? 3 : 2;
-  h.index_type = by_residual_ ? kIndexTypeIvfPq : kIndexTypeIvfPqNoResidual;
-  h.metric = static_cast<uint32_t>(metric_);
-  h.pq_bits = static_cast<uint32_t>(pq_bits_);
-  h.d = static_cast<uint64_t>(d_);
-  h.nlist = static_cast<uint64_t>(nlist_);
-  h.pq_m = static_cast<uint64_t>(pq_m_);
-  h.ntotal = static_cast<uint64_t>(ntotal_);
-  h.seed = seed_;
-  h.is_trained = is_trained_ ? 1 : 0;
-  h.num_sections = kNumSections;
-  h.coarse_objective = coarse_objective_;
+  FileHeaderCommon& c = h.common;
+  std::memcpy(c.magic, kIndexMagic, sizeof(c.magic));
+  c.version = has_rotation() ? kFirstOpqVersion : pq_bits_ == 4 ? 3 : 2;
+  c.index_type = by_residual_ ? kIndexTypeIvfPq : kIndexTypeIvfPqNoResidual;
+  c.metric = static_cast<uint32_t>(metric_);
+  c.pq_bits = static_cast<uint32_t>(pq_bits_);
+  c.d = static_cast<uint64_t>(d_in_);
+  c.nlist = static_cast<uint64_t>(nlist_);
+  c.pq_m = static_cast<uint64_t>(pq_m_);
+  c.ntotal = static_cast<uint64_t>(ntotal_);
+  c.seed = seed_;
+  c.is_trained = is_trained_ ? 1 : 0;
+  c.num_sections = kNumSections;
+  c.coarse_objective = coarse_objective_;
+  h.opq_m = static_cast<uint32_t>(opq_m_);
+  h.opq_d = has_rotation() ? static_cast<uint32_t>(d_) : 0;
+  const bool legacy = !has_rotation();
 
   const CodeLayout layout = layout_of(*this);
   std::vector<int64_t> sizes(nlist_);
@@ -145,8 +193,9 @@ void IvfPqIndex::save(const std::string& path) const {
                                         sizes.size() * sizeof(int64_t),
                                         code_bytes,
                                         static_cast<uint64_t>(ntotal_) * sizeof(int64_t),
-                                        has_terms() ? padded_total * sizeof(float) : 0};
-  uint64_t offset = align_up(sizeof(FileHeader));
+                                        has_terms() ? padded_total * sizeof(float) : 0,
+                                        rotation_.size() * sizeof(float)};
+  uint64_t offset = align_up(legacy ? sizeof(FileHeaderV3) : sizeof(FileHeader));
   for (int s = 0; s < kNumSections; ++s) {
     h.sections[s].offset = offset;
     h.sections[s].bytes = bytes[s];
@@ -181,8 +230,14 @@ void IvfPqIndex::save(const std::string& path) const {
   write_section(3, codes.data());
   write_section(4, ids.data());
   write_section(5, terms.data());
-  h.header_checksum = xxh64(&h, offsetof(FileHeader, header_checksum));
-  out.write_at(0, &h, sizeof(h));
+  write_section(kRotationSection, rotation_.data());
+  if (legacy) {
+    const FileHeaderV3 old = legacy_header(h);
+    out.write_at(0, &old, sizeof(old));
+  } else {
+    h.header_checksum = xxh64(&h, offsetof(FileHeader, header_checksum));
+    out.write_at(0, &h, sizeof(h));
+  }
   out.commit();
 }
 
@@ -191,25 +246,17 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   const uint8_t* base = file->data();
   const uint64_t file_size = file->size();
   const char* name = path.c_str();
-  RETRO_CHECK(file_size >= sizeof(FileHeader),
-              "'%s' is not a retro index file: %llu bytes is shorter than the header", name,
-              static_cast<unsigned long long>(file_size));
-  FileHeader h;
-  std::memcpy(&h, base, sizeof(h));
-  RETRO_CHECK(std::memcmp(h.magic, kIndexMagic, sizeof(h.magic)) == 0,
-              "'%s' is not a retro index file (bad magic bytes)", name);
-  RETRO_CHECK(h.version >= kOldestIndexVersion && h.version <= kIndexVersion,
-              "'%s' has index format version %u; this build reads versions %u to %u", name,
-              h.version, kOldestIndexVersion, kIndexVersion);
-  RETRO_CHECK(h.header_checksum == xxh64(&h, offsetof(FileHeader, header_checksum)),
-              "'%s' is corrupt: header checksum mismatch", name);
+  const FileHeader full = read_header(base, file_size, name);
+  const FileHeaderCommon& h = full.common;
+  const bool legacy = h.version < kFirstOpqVersion;
   RETRO_CHECK((h.index_type == kIndexTypeIvfPq ||
                (h.index_type == kIndexTypeIvfPqNoResidual && h.version >= 3)) &&
-                  h.num_sections == kNumSections,
+                  static_cast<int>(h.num_sections) == (legacy ? kNumLegacySections : kNumSections),
               "'%s' holds an index type this build does not know (type %u)", name, h.index_type);
+  const uint64_t ivf_d = full.opq_m > 0 ? full.opq_d : h.d;
   RETRO_CHECK(h.d > 0 && h.d <= (1u << 20) && h.nlist > 0 && h.nlist <= (1ull << 40) &&
-                  h.pq_m > 0 && h.pq_m <= h.d && h.ntotal <= (1ull << 48) &&
-                  h.nlist * sizeof(int64_t) <= file_size,
+                  ivf_d > 0 && ivf_d <= h.d && h.pq_m > 0 && h.pq_m <= ivf_d &&
+                  h.ntotal <= (1ull << 48) && h.nlist * sizeof(int64_t) <= file_size,
               "'%s' is corrupt: implausible parameters in the header", name);
   RETRO_CHECK(h.pq_bits == 8 || h.version >= 3,
               "'%s' is corrupt: %u-bit codes in a version %u file (4-bit codes need version 3)",
@@ -217,28 +264,40 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
 
   std::unique_ptr<IvfPqIndex> index;
   try {
-    index = std::make_unique<IvfPqIndex>(static_cast<int>(h.d), static_cast<idx_t>(h.nlist),
-                                         static_cast<int>(h.pq_m), static_cast<int>(h.pq_bits),
-                                         static_cast<Metric>(h.metric), h.seed,
-                                         h.index_type == kIndexTypeIvfPq);
+    index = std::make_unique<IvfPqIndex>(
+        static_cast<int>(h.d), static_cast<idx_t>(h.nlist), static_cast<int>(h.pq_m),
+        static_cast<int>(h.pq_bits), static_cast<Metric>(h.metric), h.seed,
+        h.index_type == kIndexTypeIvfPq, static_cast<int>(full.opq_m),
+        static_cast<int>(full.opq_d));
   } catch (const Error& e) {
     throw Error(ErrorKind::Runtime, "'" + path + "' is corrupt: " + e.what());
   }
   const uint64_t ksub = uint64_t(1) << h.pq_bits;
   const uint64_t trained_bytes = h.is_trained ? 1 : 0;
-  const uint64_t expected[3] = {trained_bytes * h.nlist * h.d * sizeof(float),
-                                trained_bytes * h.pq_m * ksub * (h.d / h.pq_m) * sizeof(float),
+  const uint64_t rotation_bytes = ivf_d * h.d * sizeof(float);
+  const uint64_t rotation_size = full.sections[kRotationSection].bytes;
+  // A rotation is there with OPQ once set, so always in a trained index with OPQ.
+  const bool rotation_size_ok = full.opq_m == 0
+                                    ? rotation_size == 0
+                                    : rotation_size == rotation_bytes ||
+                                          (rotation_size == 0 && !h.is_trained);
+  RETRO_CHECK(rotation_size_ok, "'%s' is corrupt: section '%s' has the wrong size", name,
+              kSectionNames[kRotationSection]);
+  const uint64_t expected[3] = {trained_bytes * h.nlist * ivf_d * sizeof(float),
+                                trained_bytes * h.pq_m * ksub * (ivf_d / h.pq_m) * sizeof(float),
                                 h.nlist * sizeof(int64_t)};
+  const uint64_t header_size = legacy ? sizeof(FileHeaderV3) : sizeof(FileHeader);
   for (int s = 0; s < kNumSections; ++s) {
-    const FileSection& sec = h.sections[s];
-    RETRO_CHECK(sec.offset % kAlign == 0 && sec.offset >= sizeof(FileHeader) &&
+    const FileSection& sec = full.sections[s];
+    RETRO_CHECK(sec.offset % kAlign == 0 && sec.offset >= header_size &&
                     sec.offset <= file_size && sec.bytes <= file_size - sec.offset,
                 "'%s' is truncated or corrupt: section '%s' lies outside the file", name,
                 kSectionNames[s]);
     if (s < 3)
       RETRO_CHECK(sec.bytes == expected[s], "'%s' is corrupt: section '%s' has the wrong size",
                   name, kSectionNames[s]);
-    if (s < 3 || verify)
+    const bool small = s < 3 || s == kRotationSection;
+    if (small || verify)
       RETRO_CHECK(xxh64(base + sec.offset, sec.bytes) == sec.checksum,
                   "'%s' is corrupt: checksum mismatch in section '%s'", name, kSectionNames[s]);
   }
@@ -247,7 +306,7 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   IvfPqIndex& ix = *index;
   const CodeLayout layout = layout_of(ix);
   std::vector<int64_t> sizes(h.nlist);
-  std::memcpy(sizes.data(), base + h.sections[2].offset, h.sections[2].bytes);
+  std::memcpy(sizes.data(), base + full.sections[2].offset, full.sections[2].bytes);
   uint64_t total = 0, padded_total = 0, code_bytes = 0;
   for (int64_t size : sizes) {
     RETRO_CHECK(size >= 0 && static_cast<uint64_t>(size) <= h.ntotal,
@@ -258,23 +317,30 @@ std::unique_ptr<IvfPqIndex> IvfPqIndex::load(const std::string& path, bool mmap,
   }
   const bool has_terms = ix.has_terms();
   RETRO_CHECK(total == h.ntotal, "'%s' is corrupt: list sizes do not add up to ntotal", name);
-  RETRO_CHECK(h.sections[3].bytes == code_bytes &&
-                  h.sections[4].bytes == h.ntotal * sizeof(int64_t) &&
-                  h.sections[5].bytes == (has_terms ? padded_total * sizeof(float) : 0),
+  RETRO_CHECK(full.sections[3].bytes == code_bytes &&
+                  full.sections[4].bytes == h.ntotal * sizeof(int64_t) &&
+                  full.sections[5].bytes == (has_terms ? padded_total * sizeof(float) : 0),
               "'%s' is corrupt: codes, ids or terms section has the wrong size", name);
 
+  if (rotation_size > 0) {
+    try {
+      ix.set_rotation(reinterpret_cast<const float*>(base + full.sections[kRotationSection].offset));
+    } catch (const Error& e) {
+      throw Error(ErrorKind::Runtime, "'" + path + "' is corrupt: " + e.what());
+    }
+  }
   ix.coarse_objective_ = h.coarse_objective;
   if (h.is_trained) {
-    const float* c = reinterpret_cast<const float*>(base + h.sections[0].offset);
-    ix.coarse_centroids_.assign(c, c + h.nlist * h.d);
-    const float* p = reinterpret_cast<const float*>(base + h.sections[1].offset);
-    ix.pq_centroids_.assign(p, p + h.sections[1].bytes / sizeof(float));
+    const float* c = reinterpret_cast<const float*>(base + full.sections[0].offset);
+    ix.coarse_centroids_.assign(c, c + h.nlist * ivf_d);
+    const float* p = reinterpret_cast<const float*>(base + full.sections[1].offset);
+    ix.pq_centroids_.assign(p, p + full.sections[1].bytes / sizeof(float));
     ix.is_trained_ = true;
     ix.rebuild_derived();
   }
-  const uint8_t* codes = base + h.sections[3].offset;
-  const int64_t* ids = reinterpret_cast<const int64_t*>(base + h.sections[4].offset);
-  const float* terms = reinterpret_cast<const float*>(base + h.sections[5].offset);
+  const uint8_t* codes = base + full.sections[3].offset;
+  const int64_t* ids = reinterpret_cast<const int64_t*>(base + full.sections[4].offset);
+  const float* terms = reinterpret_cast<const float*>(base + full.sections[5].offset);
   for (uint64_t l = 0; l < h.nlist; ++l) {
     const uint64_t np = layout.padded(sizes[l]);
     const float* list_terms = has_terms && np > 0 ? terms : nullptr;

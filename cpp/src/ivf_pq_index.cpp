@@ -23,18 +23,31 @@ constexpr idx_t kEncodeBatch = 16384;  // vectors encoded at a time (bounds the 
 }
 
 IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric, uint64_t seed,
-                       bool by_residual)
-    : d_(d),
+                       bool by_residual, int opq_m, int opq_d)
+    : d_in_(d),
+      d_(opq_m > 0 && opq_d > 0 ? opq_d : d),
       nlist_(nlist),
       pq_m_(pq_m),
       pq_bits_(pq_bits),
       metric_(metric),
       seed_(seed),
-      by_residual_(by_residual) {
+      by_residual_(by_residual),
+      opq_m_(opq_m) {
   RETRO_CHECK_ARG(d > 0, "dimension d must be positive, got %d", d);
   RETRO_CHECK_ARG(nlist > 0, "nlist must be positive, got %lld", static_cast<long long>(nlist));
   RETRO_CHECK_ARG(pq_m > 0, "pq_m must be positive, got %d", pq_m);
-  RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
+  RETRO_CHECK_ARG(opq_m >= 0, "opq_m must be >= 0 (0: no OPQ rotation), got %d", opq_m);
+  RETRO_CHECK_ARG(opq_d >= 0 && opq_d <= d,
+                  "the OPQ output dimension opq_d=%d must be in [1, d=%d] (0: d)", opq_d, d);
+  RETRO_CHECK_ARG(opq_m > 0 || opq_d == 0, "opq_d=%d needs an OPQ rotation (opq_m > 0)", opq_d);
+  if (opq_m > 0)
+    RETRO_CHECK_ARG(d_ % opq_m == 0, "the OPQ output dimension %d is not divisible by opq_m=%d",
+                    d_, opq_m);
+  if (opq_m > 0)
+    RETRO_CHECK_ARG(d_ % pq_m == 0, "the OPQ output dimension %d is not divisible by pq_m=%d", d_,
+                    pq_m);
+  else
+    RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
   RETRO_CHECK_ARG(pq_bits == 8 || pq_bits == 4,
                   "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got %d", pq_bits);
   RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
@@ -63,12 +76,61 @@ void IvfPqIndex::check_list(idx_t list) const {
                   static_cast<long long>(list), static_cast<long long>(nlist_));
 }
 
-void IvfPqIndex::train(idx_t n, const float* x) {
+void IvfPqIndex::set_rotation(const float* rotation) {
+  RETRO_CHECK_ARG(has_rotation(), "set_rotation() needs an index with OPQ (opq_m > 0)");
+  RETRO_CHECK(ntotal_ == 0, "set_rotation() needs an empty index: this one holds %lld vectors "
+              "encoded in the current rotation's space (call reset() first)",
+              static_cast<long long>(ntotal_));
+  check_vectors(d_, d_in_, rotation, "OPQ rotation");
+  // Orthonormal rows keep distances (L2 up to the dropped dimensions, inner products likewise):
+  // the index's distances are those of the rotated vectors.
+  for (int i = 0; i < d_; ++i)
+    for (int j = 0; j <= i; ++j) {
+      double dot = 0.0;
+      for (int t = 0; t < d_in_; ++t)
+        dot += double(rotation[i * d_in_ + t]) * double(rotation[j * d_in_ + t]);
+      RETRO_CHECK_ARG(std::abs(dot - (i == j ? 1.0 : 0.0)) <= 1e-3,
+                      "the OPQ rotation's rows must be orthonormal: rows %d and %d have inner "
+                      "product %g", i, j, dot);
+    }
+  rotation_.assign(rotation, rotation + static_cast<size_t>(d_) * d_in_);
+  rotation_packed_ = std::make_unique<PackedVectors>(d_, d_in_, rotation_.data(), d_in_);
+  is_trained_ = false;  // the quantizers belong to the old rotation's space
+  coarse_centroids_.clear();
+  pq_centroids_.clear();
+  derived_.reset();
+}
+
+void IvfPqIndex::rotate(idx_t n, const float* x, float* out) const {
+  if (!has_rotation()) {
+    std::copy(x, x + n * d_in_, out);
+    return;
+  }
+  RETRO_CHECK(rotation_is_set(), "the OPQ rotation is not trained: call set_rotation() first "
+              "(retro.IvfPqIndex.train trains it)");
+  const simd::Kernels& kern = simd::kernels();
+  constexpr idx_t kRows = 256;
+#pragma omp parallel for schedule(static) if (worth_threads(double(n) * d_ * d_in_))
+  for (idx_t i0 = 0; i0 < n; i0 += kRows)
+    kern.gemm_packed(std::min(kRows, n - i0), d_, d_in_, x + i0 * d_in_, d_in_,
+                     rotation_packed_->panels(), out + i0 * d_, d_);
+}
+
+const float* IvfPqIndex::rotated(idx_t n, const float* x, std::vector<float>& buffer) const {
+  if (!has_rotation()) return x;
+  buffer.resize(static_cast<size_t>(n) * d_);
+  rotate(n, x, buffer.data());
+  return buffer.data();
+}
+
+void IvfPqIndex::train(idx_t n, const float* x_in) {
   RETRO_CHECK_ARG(n >= nlist_, "training needs at least nlist=%lld points, got %lld",
                   static_cast<long long>(nlist_), static_cast<long long>(n));
   RETRO_CHECK_ARG(n >= ksub(), "training needs at least 2^pq_bits=%d points, got %lld", ksub(),
                   static_cast<long long>(n));
-  check_vectors(n, d_, x, "training data");
+  check_vectors(n, d_in_, x_in, "training data");
+  std::vector<float> rotated_buffer;
+  const float* x = rotated(n, x_in, rotated_buffer);
 
   KMeansParams coarse_params;
   coarse_params.niter = train_params.niter;
@@ -151,6 +213,8 @@ void IvfPqIndex::set_trained(const float* coarse_centroids, const float* pq_cent
   RETRO_CHECK(ntotal_ == 0, "set_trained() needs an empty index: this one holds %lld vectors "
               "encoded with the current quantizers (call reset() first)",
               static_cast<long long>(ntotal_));
+  RETRO_CHECK(!has_rotation() || rotation_is_set(), "set_trained() on an index with OPQ needs its "
+              "rotation: call set_rotation() first");
   check_vectors(nlist_, d_, coarse_centroids, "coarse centroids");
   check_vectors(static_cast<idx_t>(pq_m_) * ksub(), dsub(), pq_centroids, "PQ centroids");
   coarse_centroids_.assign(coarse_centroids, coarse_centroids + static_cast<size_t>(nlist_) * d_);
@@ -210,12 +274,13 @@ void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
   check_trained("add");
   check_writable("add");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
-  check_vectors(n, d_, x, "added vectors");
+  check_vectors(n, d_in_, x, "added vectors");
   std::vector<idx_t> list_of(kEncodeBatch);
   std::vector<uint8_t> codes(static_cast<size_t>(kEncodeBatch) * pq_m_);
+  std::vector<float> rotated_buffer;
   for (idx_t i0 = 0; i0 < n; i0 += kEncodeBatch) {
     const idx_t nb = std::min(kEncodeBatch, n - i0);
-    encode(nb, x + i0 * d_, list_of.data(), codes.data());
+    encode(nb, rotated(nb, x + i0 * d_in_, rotated_buffer), list_of.data(), codes.data());
     append_batch(nb, list_of.data(), codes.data(), ids != nullptr ? ids + i0 : nullptr, ntotal_ + i0);
   }
   ntotal_ += n;
@@ -459,7 +524,7 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                     static_cast<long long>(params.rerank_rows),
                     static_cast<long long>(cand_labels[i]));
   const simd::Kernels& kern = simd::kernels();
-  const size_t row_bytes = static_cast<size_t>(d_) * (params.rerank_fp16 ? 2 : 4);
+  const size_t row_bytes = static_cast<size_t>(d_in_) * (params.rerank_fp16 ? 2 : 4);
   const char* rows = static_cast<const char*>(params.rerank_vectors);
   // The candidates' rows are scattered over a large (often memory-mapped) array: each is
   // prefetched a few candidates ahead, so several rows are in flight instead of one at a time.
@@ -470,11 +535,11 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
   };
 #pragma omp parallel if (n > 1)
   {
-    std::vector<float> row(d_);
+    std::vector<float> row(d_in_);
     TopK heap(k);
 #pragma omp for schedule(dynamic)
     for (idx_t q = 0; q < n; ++q) {
-      const float* xq = x + q * d_;
+      const float* xq = x + q * d_in_;
       const idx_t* cands = cand_labels + q * k_candidates;
       for (idx_t c = 0; c < std::min(kAhead, k_candidates); ++c) prefetch(cands[c]);
       for (idx_t c = 0; c < k_candidates; ++c) {
@@ -484,12 +549,13 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
         const float* v;
         if (params.rerank_fp16) {
           const uint16_t* h = reinterpret_cast<const uint16_t*>(rows + id * row_bytes);
-          for (int j = 0; j < d_; ++j) row[j] = half_to_float(h[j]);
+          for (int j = 0; j < d_in_; ++j) row[j] = half_to_float(h[j]);
           v = row.data();
         } else {
           v = reinterpret_cast<const float*>(rows + id * row_bytes);
         }
-        heap.push(metric_ == Metric::L2 ? kern.l2_distance(d_, xq, v) : -kern.inner_product(d_, xq, v),
+        heap.push(metric_ == Metric::L2 ? kern.l2_distance(d_in_, xq, v)
+                                        : -kern.inner_product(d_in_, xq, v),
                   id);
       }
       heap.write_sorted(distances + q * k, labels + q * k);
@@ -504,22 +570,24 @@ void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_can
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   RETRO_CHECK_ARG(k_candidates >= 0, "k_candidates must be non-negative");
   RETRO_CHECK_ARG(params.rerank_vectors != nullptr, "rerank_candidates needs rerank vectors");
-  check_vectors(n, d_, x, "queries");
+  check_vectors(n, d_in_, x, "queries");
   rerank(n, x, k, k_candidates, cand_labels, params, distances, labels);
   if (metric_ == Metric::InnerProduct)
     for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
 }
 
-void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
+void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, idx_t* labels,
                         const IvfPqSearchParams& params) const {
   check_trained("search");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   RETRO_CHECK_ARG(params.nprobe > 0, "nprobe must be positive, got %d", params.nprobe);
-  check_vectors(n, d_, x, "queries");
+  check_vectors(n, d_in_, x_in, "queries");
   const bool reranking = params.rerank_vectors != nullptr;
   if (reranking) RETRO_CHECK_ARG(params.k_factor >= 1, "k_factor must be >= 1, got %d", params.k_factor);
   if (n == 0) return;
+  std::vector<float> rotated_buffer;
+  const float* x = rotated(n, x_in, rotated_buffer);  // the PQ search's queries; re-ranking's: x_in
   const int nprobe = static_cast<int>(std::min<idx_t>(params.nprobe, nlist_));
   std::vector<float> probe_dist(static_cast<size_t>(n) * nprobe);
   std::vector<idx_t> probes(static_cast<size_t>(n) * nprobe);
@@ -539,7 +607,7 @@ void IvfPqIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_
     std::vector<idx_t> cand_labels(static_cast<size_t>(n) * kc);
     search_preassigned(n, x, kc, probes.data(), probe_dist.data(), nprobe, cand_dist.data(),
                        cand_labels.data());
-    rerank(n, x, k, kc, cand_labels.data(), params, distances, labels);
+    rerank(n, x_in, k, kc, cand_labels.data(), params, distances, labels);
   } else {
     search_preassigned(n, x, k, probes.data(), probe_dist.data(), nprobe, distances, labels);
   }

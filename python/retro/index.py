@@ -14,6 +14,7 @@ import numpy as np
 
 from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
+from retro.opq import OpqTrainParams, train_opq_rotation
 
 Metric = Literal["l2", "ip"]
 
@@ -34,6 +35,11 @@ class IvfPqIndex:
         by_residual: quantize each vector's residual to its list's centroid (True), or the vector
             itself (False, 4-bit only, as faiss's "PQ<m>x4fs"): then one look-up table per query
             serves every list, which makes probes cheaper.
+        opq_m: 0 for none, or an OPQ rotation (faiss's "OPQ<opq_m>_<opq_d>") in front of the index,
+            trained by :meth:`train` for a PQ of opq_m sub-quantizers (:mod:`retro.opq`; its
+            iterations are ``opq_train_params``): the coarse quantizer and the PQ then work on the
+            rotated vectors, re-ranking on the original ones.
+        opq_d: the rotated dimension (None: d); opq_m and pq_m must divide it.
     """
 
     def __init__(
@@ -45,13 +51,21 @@ class IvfPqIndex:
         metric: Metric = "l2",
         seed: int = 0,
         by_residual: bool = True,
+        opq_m: int = 0,
+        opq_d: int | None = None,
     ) -> None:
-        self._index = _core.IvfPqIndex(d, nlist, pq_m, pq_bits, metric, seed, bool(by_residual))
+        if opq_d is not None and opq_d < 1:
+            raise ValueError(f"opq_d must be positive (None: d), got {opq_d}")
+        self._index = _core.IvfPqIndex(
+            d, nlist, pq_m, pq_bits, metric, seed, bool(by_residual), opq_m, opq_d or 0
+        )
+        self.opq_train_params = OpqTrainParams()
 
     @classmethod
     def _wrap(cls, core_index: Any) -> IvfPqIndex:
         self = cls.__new__(cls)
         self._index = core_index
+        self.opq_train_params = OpqTrainParams()
         return self
 
     @classmethod
@@ -62,17 +76,22 @@ class IvfPqIndex:
         metric: Metric = "l2",
         seed: int = 0,
         by_residual: bool = True,
+        rotation: Any = None,
+        opq_m: int | None = None,
     ) -> IvfPqIndex:
         """An empty index trained with the given quantizers (e.g. another library's).
 
         Args:
-            coarse_centroids: (nlist, d) float32.
-            pq_centroids: (pq_m, 2**pq_bits, d // pq_m) float32; sub-quantizer m codes the
+            coarse_centroids: (nlist, d_ivf) float32, d_ivf = d without a rotation.
+            pq_centroids: (pq_m, 2**pq_bits, d_ivf // pq_m) float32; sub-quantizer m codes the
                 residual's dimensions [m * dsub, (m + 1) * dsub), as in faiss.
             metric: "l2" or "ip"; vectors go to the list of the nearest (l2) or largest inner
                 product (ip) coarse centroid.
             seed: recorded for a later :meth:`train`.
             by_residual: whether the PQ codes residuals (True) or the vectors themselves.
+            rotation: None, or an OPQ rotation (d_ivf, d) float32 with orthonormal rows applied
+                to every vector before the quantizers.
+            opq_m: the OPQ sub-quantizer count recorded with the rotation (None: pq_m).
         """
         coarse = as_float32_matrix(coarse_centroids, "coarse centroids")
         pq = np.asarray(pq_centroids)
@@ -82,6 +101,15 @@ class IvfPqIndex:
                 f"of shape {pq.shape}"
             )
         pq_m, ksub, dsub = pq.shape
+        if rotation is not None:
+            rotation = as_float32_matrix(rotation, "OPQ rotation")
+            if rotation.shape[0] != coarse.shape[1]:
+                raise ValueError(
+                    f"the OPQ rotation {rotation.shape} maps to {rotation.shape[0]} dimensions but "
+                    f"the coarse centroids have d={coarse.shape[1]}"
+                )
+        elif opq_m is not None:
+            raise ValueError("opq_m is given without a rotation")
         if ksub < 1 or ksub & (ksub - 1):
             raise ValueError(f"PQ centroids: ksub={ksub} is not a power of 2")
         if pq_m * dsub != coarse.shape[1]:
@@ -89,11 +117,21 @@ class IvfPqIndex:
                 f"PQ centroids {pq.shape} cover pq_m * dsub = {pq_m * dsub} dimensions but the "
                 f"coarse centroids have d={coarse.shape[1]}"
             )
-        self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed, by_residual)
+        if rotation is None:
+            self = cls(coarse.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed, by_residual)
+        else:
+            self = cls(rotation.shape[1], coarse.shape[0], pq_m, ksub.bit_length() - 1, metric, seed,
+                       by_residual, opq_m=opq_m or pq_m, opq_d=rotation.shape[0])
+            self.set_rotation(rotation)
         self._index.set_trained(coarse, np.ascontiguousarray(pq, dtype=np.float32))
         return self
 
     d = property(lambda self: self._index.d, doc="Vector dimension.")
+    ivf_d = property(
+        lambda self: self._index.ivf_d,
+        doc="Dimension of the coarse quantizer and the PQ: opq_d with an OPQ rotation, else d.",
+    )
+    opq_m = property(lambda self: self._index.opq_m, doc="OPQ sub-quantizers; 0: no rotation.")
     nlist = property(lambda self: self._index.nlist, doc="Number of inverted lists.")
     pq_m = property(lambda self: self._index.pq_m, doc="Sub-quantizers per vector.")
     pq_bits = property(lambda self: self._index.pq_bits, doc="Bits per sub-quantizer code.")
@@ -133,12 +171,25 @@ class IvfPqIndex:
         return self._index.list_sizes()
 
     def coarse_centroids(self) -> np.ndarray:
-        """(nlist, d) float32 coarse centroids (empty before training)."""
+        """(nlist, ivf_d) float32 coarse centroids (empty before training)."""
         return self._index.coarse_centroids()
 
     def pq_centroids(self) -> np.ndarray:
-        """(pq_m, 2**pq_bits, d // pq_m) float32 PQ centroids (pq_m rows only once trained)."""
+        """(pq_m, 2**pq_bits, ivf_d // pq_m) float32 PQ centroids (pq_m rows only once trained)."""
         return self._index.pq_centroids()
+
+    def rotation(self) -> np.ndarray | None:
+        """(ivf_d, d) float32 OPQ rotation (orthonormal rows), or None (no OPQ, or not trained)."""
+        return self._index.rotation()
+
+    def set_rotation(self, rotation: Any) -> None:
+        """Sets the OPQ rotation (ivf_d, d) float32 with orthonormal rows (e.g. another library's)
+        of an index with opq_m > 0 and no vectors; its quantizers are then untrained."""
+        self._index.set_rotation(as_float32_matrix(rotation, "OPQ rotation"))
+
+    def rotate(self, x: Any) -> np.ndarray:
+        """x (n, d) -> (n, ivf_d) float32: the vectors the quantizers see (R x with OPQ, else x)."""
+        return self._index.rotate(as_float32_matrix(x, "vectors"))
 
     def list_codes(self, list_no: int) -> np.ndarray:
         """(list_size, pq_m) uint8: the PQ codes of list list_no's residuals, one row per vector."""
@@ -185,7 +236,8 @@ class IvfPqIndex:
         )
 
     def train(self, x: Any, device: Any = None) -> None:
-        """Trains the coarse quantizer and the PQ on x (n, d); needs n >= nlist and n >= 2**pq_bits.
+        """Trains the OPQ rotation (if opq_m > 0, on the CPU), then the coarse quantizer and the PQ
+        on x (n, d); needs n >= nlist and n >= 2**pq_bits (and n >= 256 with OPQ).
 
         Args:
             x: training vectors (n, d).
@@ -197,7 +249,24 @@ class IvfPqIndex:
 
             train_ivfpq(self, x, device)
             return
-        self._index.train(as_float32_matrix(x, "training data"))
+        x = as_float32_matrix(x, "training data")
+        self.train_rotation(x)
+        self._index.train(x)
+
+    def train_rotation(self, x: Any) -> list[float]:
+        """Trains and sets the OPQ rotation on x (n, d) (the quantizers are then untrained); does
+        nothing without OPQ. Returns the reconstruction error of each training alternation
+        (:class:`retro.opq.OpqTraining`; empty without OPQ)."""
+        if self.opq_m == 0:
+            return []
+        x = as_float32_matrix(x, "training data")
+        if x.shape[1] != self.d:
+            raise ValueError(f"training data have dimension {x.shape[1]} but the index has d={self.d}")
+        if not np.isfinite(x).all():
+            raise ValueError("training data contain NaN or inf")
+        opq = train_opq_rotation(x, self.ivf_d, self.opq_m, self.seed, self.opq_train_params)
+        self.set_rotation(opq.rotation)
+        return opq.errors
 
     def add(self, x: Any, ids: Any = None) -> None:
         """Encodes and stores x (n, d) with ids (n,) int64, or ntotal .. ntotal+n-1 if None."""
@@ -297,7 +366,9 @@ class IvfPqIndex:
 
     def __repr__(self) -> str:
         return (
-            f"IvfPqIndex(d={self.d}, nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
+            f"IvfPqIndex(d={self.d}, "
+            + (f"opq_m={self.opq_m}, opq_d={self.ivf_d}, " if self.opq_m else "")
+            + f"nlist={self.nlist}, pq_m={self.pq_m}, pq_bits={self.pq_bits}, "
             f"metric={self.metric!r}, by_residual={self.by_residual}, ntotal={self.ntotal}, "
             f"trained={self.is_trained})"
         )

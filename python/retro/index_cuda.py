@@ -5,7 +5,9 @@ The copy holds the same quantizers and lists as the host index (the file format 
 the host index back. Searches take numpy arrays or torch tensors; CUDA tensors on the index's
 device are read in place (no host copy) and the results stay there, numpy in gives numpy out. The
 kernels (cuda/ivf_pq.cu) follow the CPU index's distance decomposition, so the results are the
-CPU's up to float rounding at near-ties.
+CPU's up to float rounding at near-ties. An OPQ index's rotation goes to the device too: queries
+and added vectors are rotated there with one matmul (:meth:`CudaIvfPqIndex.rotate`) before the
+kernels see them; re-ranking uses the original vectors, as on the CPU.
 
 An index larger than one GPU is searched as shards (disjoint id ranges with the same quantizers,
 :mod:`retro.sharding`): :func:`search_shards` uploads each shard in turn (or keeps the ones given
@@ -86,6 +88,7 @@ class CudaIvfPqIndex:
 
         coarse = host.coarse_centroids()
         pq_t = np.ascontiguousarray(host.pq_centroids().transpose(0, 2, 1))  # (pq_m, dsub, 256)
+        self._rotation = None if host.opq_m == 0 else up(host.rotation())  # (ivf_d, d)
         self._buffers = {
             "coarse": up(coarse),
             "norms": up(np.einsum("ij,ij->i", coarse, coarse).astype(np.float32)),
@@ -96,7 +99,7 @@ class CudaIvfPqIndex:
         l2 = host.metric == "l2"
         self._max_list_size = int(lists["sizes"].max(initial=0))
         self._core = _core.IvfPqDeviceIndex(
-            host.d, host.pq_m, host.nlist, host.metric, b["coarse"].data_ptr(),
+            host.ivf_d, host.pq_m, host.nlist, host.metric, b["coarse"].data_ptr(),
             b["norms"].data_ptr() if l2 else 0, b["pq_t"].data_ptr(), b["codes"].data_ptr(),
             b["offsets"].data_ptr(), b["sizes"].data_ptr(), b["ids"].data_ptr(),
             b["terms"].data_ptr() if l2 else 0, self._max_list_size,
@@ -123,6 +126,11 @@ class CudaIvfPqIndex:
         if x.numel() and not torch.compiler.is_compiling() and not bool((x.abs() <= MAX_MAGNITUDE).all()):
             raise ValueError(f"{name} hold NaN, inf or values beyond {MAX_MAGNITUDE:g}")
         return x, kind
+
+    def rotate(self, xq: torch.Tensor) -> torch.Tensor:
+        """xq (n, d) float32 on the device -> (n, ivf_d): the OPQ-rotated vectors the kernels (and
+        :meth:`op_args`'s op) take, or xq itself without OPQ."""
+        return xq if self._rotation is None else (xq @ self._rotation.T).contiguous()
 
     def _stream(self) -> int:
         return torch.cuda.current_stream(self.device).cuda_stream
@@ -162,7 +170,9 @@ class CudaIvfPqIndex:
             raise ValueError(f"k_factor must be an integer >= 1, got {k_factor!r}")
         xq, kind = self._queries(x, "queries")
         candidates = int(k) * int(k_factor) if rerank is not None else int(k)
-        distances, labels = ivfpq_search(xq, *self.op_args(), candidates, int(nprobe), bool(fp16_lut))
+        distances, labels = ivfpq_search(
+            self.rotate(xq), *self.op_args(), candidates, int(nprobe), bool(fp16_lut)
+        )
         if rerank is not None:
             distances, labels = self._rerank(xq, labels, self._rerank_vectors(rerank), int(k))
         return _results(distances, labels, kind)
@@ -194,7 +204,7 @@ class CudaIvfPqIndex:
 
     def op_args(self) -> tuple:
         """The index arguments of ``torch.ops.retro.ivfpq_search`` (retro.ops.ivfpq), in order:
-        its tensors, then metric and max_list_size."""
+        its tensors, then metric and max_list_size; its queries are :meth:`rotate`'s output."""
         b = self._buffers
         return (b["coarse"], b["norms"], b["pq_t"], b["codes"], b["offsets"], b["sizes"], b["ids"],
                 b["terms"], self.metric, self._max_list_size)
@@ -203,6 +213,7 @@ class CudaIvfPqIndex:
         """The GPU half of :meth:`add`: x (n, d) -> lists (n,) int64 and codes (n, pq_m) uint8 of
         the residuals, on the device."""
         xq, _ = self._queries(x, "added vectors")
+        xq = self.rotate(xq)
         n, dev = xq.shape[0], self.device.index
         list_of = torch.empty(n, dtype=torch.int64, device=self.device)
         codes = torch.empty((n, self.pq_m), dtype=torch.uint8, device=self.device)

@@ -117,7 +117,8 @@ def kmeans(
 def train_ivfpq(index: IvfPqIndex, x: Any, device: Any = "cuda") -> list[float]:
     """Trains index (coarse k-means, then the PQ on residuals) on a GPU, as
     :meth:`retro.IvfPqIndex.train` does on the CPU, with its niter, max_points_per_centroid, seed
-    and metric.
+    and metric. An OPQ rotation (opq_m > 0) is trained on the CPU (:mod:`retro.opq`) and applied
+    on the device before the k-means.
 
     Args:
         index: an untrained or trained :class:`retro.IvfPqIndex` with no vectors.
@@ -141,13 +142,16 @@ def train_ivfpq(index: IvfPqIndex, x: Any, device: Any = "cuda") -> list[float]:
         raise ValueError(f"training needs at least nlist={index.nlist} and 2^pq_bits={ksub} points, got {n}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("training data hold NaN or inf")
+    if index.opq_m:
+        index.train_rotation(x.cpu().numpy())
+        x = x @ torch.as_tensor(index.rotation(), device=device).T  # (n, ivf_d)
     mppc = index.max_points_per_centroid
     coarse, objective = kmeans(x, index.nlist, index.niter, mppc, index.seed, index.metric)
     n_pq = min(n, ksub * mppc) if mppc > 0 else n
     points = x[:: n // n_pq][:n_pq]  # evenly spaced rows, as the CPU takes them
     if index.by_residual:
         points = points - coarse[nearest_centroids(points, coarse, index.metric)[0]]
-    dsub = index.d // index.pq_m
+    dsub = index.ivf_d // index.pq_m
     pq = torch.stack([
         kmeans(points[:, m * dsub : (m + 1) * dsub].contiguous(), ksub, index.niter, 0,
                index.seed + 1 + m, "l2")[0]

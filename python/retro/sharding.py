@@ -50,10 +50,13 @@ def shard_file(shard: int) -> str:
 
 def quantizer_fingerprint(index: IvfPqIndex) -> str:
     """Hex sha256 of what must be equal across shards: metric, d, pq_bits, whether the PQ codes
-    residuals, and both centroid sets."""
+    residuals, the OPQ rotation (if any) and both centroid sets."""
     if not index.is_trained:
         raise ValueError(f"the index is not trained: {index!r}")
     digest = hashlib.sha256(f"{index.metric} {index.d} {index.pq_bits} {index.by_residual}".encode())
+    if index.opq_m:  # indexes without OPQ keep the fingerprints they had before OPQ existed
+        digest.update(f" OPQ{index.opq_m}_{index.ivf_d}".encode())
+        digest.update(np.ascontiguousarray(index.rotation()).tobytes())
     digest.update(np.ascontiguousarray(index.coarse_centroids()).tobytes())
     digest.update(np.ascontiguousarray(index.pq_centroids()).tobytes())
     return digest.hexdigest()
@@ -129,7 +132,7 @@ def _shard(index: IvfPqIndex, cuts: np.ndarray, s: int) -> IvfPqIndex:
     """Shard s of index under cuts: the codes of the ids in [cuts[s-1], cuts[s]), list by list."""
     shard = IvfPqIndex.from_trained(
         index.coarse_centroids(), index.pq_centroids(), metric=index.metric, seed=index.seed,
-        by_residual=index.by_residual,
+        by_residual=index.by_residual, rotation=index.rotation(), opq_m=index.opq_m or None,
     )
     for list_no in range(index.nlist):
         ids = index.list_ids(list_no)

@@ -75,6 +75,17 @@ void expect_error(ErrorKind kind, const std::string& fragment, F&& f) {
   }
 }
 
+// Searches index and checks that it returns exactly these labels and distances, bit for bit.
+void expect_search_returns(const IvfPqIndex& index, idx_t nq, const float* xq, idx_t k,
+                           const IvfPqSearchParams& params, const std::vector<float>& dist,
+                           const std::vector<idx_t>& labels) {
+  std::vector<float> got_dist(nq * k);
+  std::vector<idx_t> got_labels(nq * k);
+  index.search(nq, xq, k, got_dist.data(), got_labels.data(), params);
+  EXPECT_EQ(got_labels, labels);
+  EXPECT_EQ(0, std::memcmp(got_dist.data(), dist.data(), dist.size() * sizeof(float)));
+}
+
 // --- xxh64 -----------------------------------------------------------------------------------
 
 TEST(Xxh64, KnownVectors) {
@@ -538,11 +549,7 @@ TEST_P(IvfPqRoundTrip, TrainAddSearchSaveLoad) {
     std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, mmap, true);
     EXPECT_EQ(loaded->is_mmapped(), mmap);
     EXPECT_EQ(loaded->ntotal(), nb);
-    std::vector<float> dist2(nq * k);
-    std::vector<idx_t> labels2(nq * k);
-    loaded->search(nq, xq, k, dist2.data(), labels2.data(), params);
-    EXPECT_EQ(labels2, labels);
-    EXPECT_EQ(0, std::memcmp(dist2.data(), dist.data(), dist.size() * sizeof(float)));
+    expect_search_returns(*loaded, nq, xq, k, params, dist, labels);
   }
   std::remove(path.c_str());
 }
@@ -717,6 +724,112 @@ TEST(IvfPqLists, CodesMoveToAnIndexWithTheSameQuantizers) {
                [&] { copy.list_size(nlist); });
   expect_error(ErrorKind::Runtime, "needs an empty index",
                [&] { copy.set_trained(index.coarse_centroids(), index.pq_centroids()); });
+}
+
+// --- OPQ rotation ----------------------------------------------------------------------------
+
+// (rows, d) with orthonormal rows: Gram-Schmidt (twice, in double) of Gaussian rows.
+std::vector<float> random_orthonormal_rows(int rows, int d, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> r(static_cast<size_t>(rows) * d);
+  for (double& v : r) v = normal(rng);
+  for (int pass = 0; pass < 2; ++pass)
+    for (int i = 0; i < rows; ++i) {
+      double* ri = &r[static_cast<size_t>(i) * d];
+      for (int j = 0; j < i; ++j) {
+        const double* rj = &r[static_cast<size_t>(j) * d];
+        double dot = 0.0;
+        for (int t = 0; t < d; ++t) dot += ri[t] * rj[t];
+        for (int t = 0; t < d; ++t) ri[t] -= dot * rj[t];
+      }
+      double norm = 0.0;
+      for (int t = 0; t < d; ++t) norm += ri[t] * ri[t];
+      for (int t = 0; t < d; ++t) ri[t] /= std::sqrt(norm);
+    }
+  return std::vector<float>(r.begin(), r.end());
+}
+
+TEST(IvfPqOpq, RotationMatchesADoubleReferenceAndTravelsThroughTheFile) {
+  const int d = 37, d_out = 24, pq_m = 6, opq_m = 8, k = 5;  // odd d, d_out < d
+  const idx_t nlist = 7, nb = 1301, nq = 29;
+  const std::vector<float> points = clustered(nb + nq, d, 40, 0.5f, 21);
+  const float* xq = points.data() + nb * d;
+  const std::vector<float> rotation = random_orthonormal_rows(d_out, d, 4);
+  IvfPqIndex index(d, nlist, pq_m, 8, Metric::L2, 1, true, opq_m, d_out);
+  EXPECT_EQ(index.d(), d);
+  EXPECT_EQ(index.ivf_d(), d_out);
+  expect_error(ErrorKind::Runtime, "OPQ rotation is not trained",
+               [&] { index.train(nb, points.data()); });
+  std::vector<float> skewed = rotation;
+  skewed[5] += 0.01f;
+  expect_error(ErrorKind::InvalidArgument, "must be orthonormal",
+               [&] { index.set_rotation(skewed.data()); });
+  index.set_rotation(rotation.data());
+
+  std::vector<float> rotated(nb * d_out);
+  index.rotate(nb, points.data(), rotated.data());
+  double worst = 0.0;
+  for (idx_t i = 0; i < nb; ++i)
+    for (int o = 0; o < d_out; ++o) {
+      double want = 0.0, magnitude = 0.0;
+      for (int t = 0; t < d; ++t) {
+        want += double(rotation[o * d + t]) * double(points[i * d + t]);
+        magnitude += std::abs(double(rotation[o * d + t]) * double(points[i * d + t]));
+      }
+      worst = std::max(worst, std::abs(rotated[i * d_out + o] - want) / magnitude);
+    }
+  EXPECT_LE(worst, d * 1.2e-7);  // float32 sums of d products
+
+  index.train_params.niter = 5;
+  index.train(nb, points.data());
+  index.add(nb, points.data());
+  // The coarse centroids live in the rotated space: every list's centroid is near the rotated
+  // vectors it holds, not the originals.
+  IvfPqIndex plain(d_out, nlist, pq_m, 8, Metric::L2, 1);
+  plain.train_params.niter = 5;
+  plain.train(nb, rotated.data());  // the same k-means on the same rotated points
+  EXPECT_EQ(0, std::memcmp(plain.coarse_centroids(), index.coarse_centroids(),
+                           nlist * d_out * sizeof(float)));
+  plain.add(nb, rotated.data());
+  std::vector<float> rotated_q(nq * d_out);
+  index.rotate(nq, xq, rotated_q.data());
+  std::vector<float> dist(nq * k);
+  std::vector<idx_t> labels(nq * k);
+  index.search(nq, xq, k, dist.data(), labels.data());
+  expect_search_returns(plain, nq, rotated_q.data(), k, {}, dist, labels);
+
+  // Re-ranking compares the original query with the original vectors.
+  IvfPqSearchParams params;
+  params.rerank_vectors = points.data();
+  params.rerank_rows = nb;
+  index.search(nq, xq, k, dist.data(), labels.data(), params);
+  for (idx_t i = 0; i < nq * k; ++i) {
+    double want = 0.0;
+    for (int t = 0; t < d; ++t) {
+      const double diff = double(xq[(i / k) * d + t]) - double(points[labels[i] * d + t]);
+      want += diff * diff;
+    }
+    EXPECT_NEAR(dist[i], want, 1e-4 * want + 1e-5);
+  }
+
+  const std::string path = temp_path("opq.index");
+  index.save(path);
+  for (bool mmap : {false, true}) {
+    std::unique_ptr<IvfPqIndex> loaded = IvfPqIndex::load(path, mmap, true);
+    ASSERT_TRUE(loaded->rotation_is_set());
+    EXPECT_EQ((std::vector<int>{loaded->opq_m(), loaded->ivf_d(), loaded->d()}),
+              (std::vector<int>{opq_m, d_out, d}));
+    EXPECT_EQ(0, std::memcmp(loaded->rotation(), rotation.data(), rotation.size() * sizeof(float)));
+    expect_search_returns(*loaded, nq, xq, k, params, dist, labels);
+  }
+  std::remove(path.c_str());
+  expect_error(ErrorKind::Runtime, "needs an empty index",
+               [&] { index.set_rotation(rotation.data()); });
+  expect_error(ErrorKind::InvalidArgument, "not divisible by opq_m=5",
+               [&] { IvfPqIndex(d, nlist, pq_m, 8, Metric::L2, 0, true, 5, d_out); });
+  expect_error(ErrorKind::InvalidArgument, "must be in [1, d=37]",
+               [&] { IvfPqIndex(d, nlist, pq_m, 8, Metric::L2, 0, true, opq_m, 40); });
 }
 
 }  // namespace

@@ -24,6 +24,13 @@
 // themselves instead of their residuals: the lists only select what is scanned, one table per
 // query serves every list (no per-list terms, no per-list quantization), and the distance is
 // ||x||^2 + sum_m (||r_mj||^2 - 2<x_m, r_mj>) (L2) or -sum_m <x_m, r_mj> (inner product).
+//
+// With OPQ (opq_m > 0, faiss's "OPQ<opq_m>_<opq_d>,IVF..,PQ..") every vector x (d) is first
+// rotated to R x (opq_d <= d dimensions; R (opq_d, d) has orthonormal rows), and the coarse
+// quantizer and the PQ above see only rotated vectors, as behind faiss's IndexPreTransform. R is
+// trained outside the core (python/retro/opq.py: it needs an SVD) and given with set_rotation();
+// train, add and search rotate their inputs here, so every entry point applies it. Re-ranking
+// compares the original query with the original vectors.
 #pragma once
 #include <memory>
 #include <string>
@@ -59,6 +66,7 @@ struct IvfPqConcatenatedLists {
 };
 
 class MappedFile;
+class PackedVectors;
 class QuantizedTable;
 class TopK;
 
@@ -67,12 +75,20 @@ class IvfPqIndex {
   static constexpr int kBlock = 64;          // vectors per block of 8-bit codes
   static constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes
 
+  // opq_m > 0 adds an OPQ rotation to opq_d dimensions (0: d), trained with opq_m sub-quantizers;
+  // pq_m must divide ivf_d() (opq_d, or d without OPQ).
   IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits = 8, Metric metric = Metric::L2,
-             uint64_t seed = 0, bool by_residual = true);
+             uint64_t seed = 0, bool by_residual = true, int opq_m = 0, int opq_d = 0);
   ~IvfPqIndex();
 
-  // x: (n, d). Trains the coarse centroids then the PQ on residuals.
+  // x: (n, d). Trains the coarse centroids then the PQ on residuals (of the rotated vectors, with
+  // OPQ: set_rotation() first).
   void train(idx_t n, const float* x);
+  // rotation: (ivf_d, d) with orthonormal rows (|R R^T - I| <= 1e-3 elementwise). Only on an index
+  // with OPQ and no vectors; the quantizers of the old rotation's space are dropped (untrained).
+  void set_rotation(const float* rotation);
+  // x: (n, d) -> out: (n, ivf_d) the rotated vectors R x (a copy of x without OPQ).
+  void rotate(idx_t n, const float* x, float* out) const;
   // x: (n, d); ids: (n,) or nullptr for sequential ids ntotal .. ntotal + n - 1.
   void add(idx_t n, const float* x, const idx_t* ids = nullptr);
   // Appends n vectors encoded elsewhere (e.g. on a GPU): list_of (n,) their lists, codes (n, pq_m)
@@ -93,8 +109,8 @@ class IvfPqIndex {
   void reset();  // drops the stored vectors, keeps the training
 
   // Makes an empty index trained with the given quantizers (e.g. another library's):
-  // coarse_centroids (nlist, d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
-  // x[m * dsub, (m + 1) * dsub).
+  // coarse_centroids (nlist, ivf_d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
+  // x[m * dsub, (m + 1) * dsub) of the (rotated) vector; with OPQ, after set_rotation().
   void set_trained(const float* coarse_centroids, const float* pq_centroids);
   // Appends n vectors already encoded against `list`'s centroid: codes (n, pq_m) with values
   // < 2^pq_bits, ids (n,).
@@ -107,7 +123,12 @@ class IvfPqIndex {
   void save(const std::string& path) const;  // atomic: temp file + rename
   static std::unique_ptr<IvfPqIndex> load(const std::string& path, bool mmap, bool verify);
 
-  int d() const { return d_; }
+  int d() const { return d_in_; }      // dimension of the vectors given and re-ranked
+  int ivf_d() const { return d_; }     // dimension the coarse quantizer and the PQ work in
+  int opq_m() const { return opq_m_; }  // 0: no OPQ rotation
+  bool has_rotation() const { return opq_m_ > 0; }
+  bool rotation_is_set() const { return !rotation_.empty(); }
+  const float* rotation() const { return rotation_.data(); }  // (ivf_d, d) once set
   idx_t nlist() const { return nlist_; }
   int pq_m() const { return pq_m_; }
   int pq_bits() const { return pq_bits_; }
@@ -121,7 +142,7 @@ class IvfPqIndex {
   bool is_mmapped() const { return mapped_ != nullptr; }
   idx_t ntotal() const { return ntotal_; }
   idx_t list_size(idx_t list) const;  // throws on a list out of [0, nlist)
-  const float* coarse_centroids() const { return coarse_centroids_.data(); }  // (nlist, d)
+  const float* coarse_centroids() const { return coarse_centroids_.data(); }  // (nlist, ivf_d)
   const float* pq_centroids() const { return pq_centroids_.data(); }  // (pq_m, ksub, dsub)
   // k-means objective (sum of squared distances) after the last coarse training iteration
   double coarse_objective() const { return coarse_objective_; }
@@ -144,6 +165,8 @@ class IvfPqIndex {
   void check_trained(const char* what) const;
   void check_writable(const char* what) const;
   void check_list(idx_t list) const;
+  // x (n, d) rotated into buffer (n, ivf_d), or x itself without OPQ.
+  const float* rotated(idx_t n, const float* x, std::vector<float>& buffer) const;
   bool has_terms() const { return metric_ == Metric::L2 && pq_bits_ == 8; }  // per-vector terms
   void append(idx_t list, const uint8_t* code, idx_t id);  // one vector; the caller owns `list`
   // n encoded vectors to their lists (ids, or first_id + i where ids is nullptr); ntotal unchanged
@@ -165,13 +188,17 @@ class IvfPqIndex {
   void rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates, const idx_t* cand_labels,
               const IvfPqSearchParams& params, float* distances, idx_t* labels) const;
 
-  int d_;
+  int d_in_;  // d(): input vectors, re-ranking
+  int d_;     // ivf_d(): rotated vectors, coarse centroids, PQ
   idx_t nlist_;
   int pq_m_;
   int pq_bits_;
   Metric metric_;
   uint64_t seed_;
   bool by_residual_;
+  int opq_m_;
+  std::vector<float> rotation_;                     // (d_, d_in_), empty until set
+  std::unique_ptr<PackedVectors> rotation_packed_;  // its rows packed for the GEMM
   bool is_trained_ = false;
   idx_t ntotal_ = 0;
   double coarse_objective_ = 0.0;

@@ -53,7 +53,7 @@ class BuildConfig:
     text_field: str = "text"  # field of .jsonl records / column of parquet files
     tokenizer: str = GPT2  # "gpt2" or a tokenizer.json path
     embedder: str = DEFAULT  # "default" (all-MiniLM-L6-v2) or a model directory
-    index: str = AUTO  # "auto", "Flat" or "IVF<nlist>,PQ<pq_m>"
+    index: str = AUTO  # "auto", "Flat", "IVF<nlist>,PQ<pq_m>" or "OPQ<m>[_<d>],IVF<nlist>,PQ<pq_m>"
     nprobe: int | None = None  # lists visited per query; None: chosen with the index
     index_shards: int = 1  # the IVF-PQ index as this many shards of chunk-id ranges (not Flat)
     n_nbrs: int = 2  # neighbours kept per query chunk (k)

@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--embedder", default=DEFAULTS.embedder,
                        help="'default' (all-MiniLM-L6-v2) or a sentence-transformers/HF model directory")
     build.add_argument("--index", default=DEFAULTS.index,
-                       help="'auto' (chosen from the number of chunks), 'Flat' or 'IVF<nlist>,PQ<pq_m>'")
+                       help="'auto' (chosen from the number of chunks), 'Flat', 'IVF<nlist>,PQ<pq_m>' "
+                            "or with an OPQ rotation 'OPQ<m>[_<d>],IVF<nlist>,PQ<pq_m>'")
     build.add_argument("--nprobe", type=int, default=None, help="lists visited per query")
     build.add_argument("--index-shards", type=int, default=DEFAULTS.index_shards,
                        help="store the IVF-PQ index as S shards of chunk-id ranges "

@@ -43,7 +43,7 @@ Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 class IndexParams:
     """What the manifest records about the index."""
 
-    spec: str  # "Flat" or "IVF<nlist>,PQ<pq_m>"
+    spec: str  # "Flat", "IVF<nlist>,PQ<pq_m>" or with OPQ "OPQ<m>[_<d>],IVF<nlist>,PQ<pq_m>"
     nprobe: int  # lists visited per query (IVF only)
     k_factor: int  # PQ candidates per result re-scored exactly (IVF only)
     shards: int = 1  # S: the index as S shards of chunk-id ranges (IVF only)
@@ -90,8 +90,8 @@ def choose_index(
     index = index_factory(d, spec)  # validates the description
     if isinstance(index, FlatIndex):
         return IndexParams(FLAT, 0, 0)
-    if d % index.pq_m:
-        raise ValueError(f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {d}")
+    if index.ivf_d % index.pq_m:
+        raise ValueError(f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {index.ivf_d}")
     if n < max(index.nlist, 256):
         raise ValueError(
             f"index {spec!r} needs at least max(nlist, 256) = {max(index.nlist, 256)} chunks to "
