@@ -83,3 +83,20 @@ def test_an_interrupted_encoding_resumes_past_its_stored_blocks(embeddings, one_
     assert encoded == [2, 3]
     assert (tmp_path / INDEX_FILE).read_bytes() == one_add[1]
     assert os.listdir(tmp_path) == [INDEX_FILE]
+
+
+def test_an_opq_index_encoded_by_blocks_equals_one_add(embeddings, tmp_path, monkeypatch):
+    """The rotation is applied per block of rows as in one call: the same codes, the same file."""
+    import retro.index
+    from retro.opq import OpqTrainParams
+
+    monkeypatch.setattr(retro.index, "OpqTrainParams",
+                        lambda: OpqTrainParams(niter=4, niter_pq=2, niter_pq_0=4))
+    params = IndexParams("OPQ8,IVF16,PQ8", nprobe=4, k_factor=4)
+    index = train_index(params, embeddings[:N], SEED)
+    assert index.opq_m == 8
+    index.add(embeddings[:N].astype(np.float32))
+    index.save(tmp_path / "one_add.ivfpq")
+    (tmp_path / "built").mkdir()
+    build(tmp_path / "built", params, embeddings)
+    assert (tmp_path / "built" / INDEX_FILE).read_bytes() == (tmp_path / "one_add.ivfpq").read_bytes()

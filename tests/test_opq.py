@@ -239,7 +239,9 @@ def test_shards_of_an_opq_index_search_like_it(points):
 
 def test_the_database_index_takes_an_opq_string(points, tmp_path, monkeypatch):
     import retro.index
-    from retro.db.indexing import INDEX_FILE, build_index, choose_index, open_searcher
+    from retro.db.index_build import build_index
+    from retro.db.indexing import INDEX_FILE, choose_index, open_searcher
+    from retro.distributed import World
 
     monkeypatch.setattr(retro.index, "OpqTrainParams", lambda: FAST_OPQ)  # faiss's 50 alternations
 
@@ -247,9 +249,10 @@ def test_the_database_index_takes_an_opq_string(points, tmp_path, monkeypatch):
     params = choose_index(len(base), D, "OPQ4_16, IVF16, PQ8", nprobe=16)
     assert params.spec == "OPQ4_16,IVF16,PQ8"
     embeddings = base.astype(np.float16)
-    index = build_index(params, embeddings, seed=1, progress=lambda n: None)
+    build_index(tmp_path, params, embeddings, 1, "inputs", World(), lambda rows: None,
+                lambda block: None)
+    index = retro.IvfPqIndex.load(tmp_path / INDEX_FILE)
     assert (index.opq_m, index.ivf_d, index.ntotal) == (4, 16, len(base))
-    index.save(tmp_path / INDEX_FILE)
     found = open_searcher(tmp_path, params, embeddings)(queries, K)[1]
     flat = retro.FlatIndex(D)
     flat.add(embeddings.astype(np.float32))
