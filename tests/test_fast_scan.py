@@ -201,6 +201,26 @@ def test_results_do_not_depend_on_threads_or_batching(fast, data, metric, by_res
 
 
 @pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_a_large_k_keeps_the_best_of_every_scanned_vector(fast, data, by_residual):
+    """Beyond TopK::kMaxHeapK (64) the scan keeps a reservoir cut back as it fills: its k results
+    equal the first k, by (distance, id), of a search that keeps every vector of the same lists
+    (no cut), and a re-ranked search equals re-ranking those k candidates."""
+    index, _ = fast["l2", by_residual]
+    everything = int(index.list_sizes().sum())
+    for threads in (1, 2):
+        retro.set_num_threads(threads)
+        all_d, all_l = index.search(data.queries, everything, nprobe=4)
+        d, l = index.search(data.queries, 150, nprobe=4)
+        for q in range(len(data.queries)):
+            found = all_l[q] >= 0
+            order = np.lexsort((all_l[q][found], all_d[q][found]))[:150]
+            assert np.array_equal(l[q], all_l[q][found][order]) and np.array_equal(d[q], all_d[q][found][order])
+        rr = index.search(data.queries, K, nprobe=4, rerank=data.base, k_factor=15)
+        want = index.rerank_candidates(data.queries, l, K, data.base)
+        assert np.array_equal(rr[0], want[0]) and np.array_equal(rr[1], want[1])
+
+
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
 def test_avx2_and_avx512_give_the_same_results(fast, data, by_residual):
     if not {"avx2", "avx512"} <= set(SIMD_LEVELS):
         pytest.skip("needs a CPU with both avx2 and avx512 kernels")

@@ -113,6 +113,49 @@ TEST(TopK, KeepsTheSmallestOrderedByDistanceThenId) {
   }
 }
 
+// Large k (the reservoir): the kept set and order equal a full sort of every push by
+// (distance, id), whatever the push order, with many ties at the cut (distances on a coarse grid),
+// also after merging two halves, and for fewer pushes than k.
+TEST(TopK, ReservoirKeepsTheSameSetAsASort) {
+  std::mt19937_64 rng(31);
+  for (idx_t k : {TopK::kMaxHeapK + 1, idx_t{97}, idx_t{640}})
+    for (int n : {50, 700, 5003}) {
+      std::uniform_int_distribution<int> grid(0, 40);  // 41 distinct distances: many ties
+      std::vector<Scored> pushes(n);
+      for (int i = 0; i < n; ++i)
+        pushes[i] = {0.25f * static_cast<float>(grid(rng)) - 3.0f, static_cast<idx_t>(rng() % 100000)};
+      std::vector<Scored> want(pushes);
+      std::sort(want.begin(), want.end());
+      std::shuffle(pushes.begin(), pushes.end(), rng);
+      TopK whole(k), first(k), second(k);
+      for (int i = 0; i < n; ++i) {
+        whole.push(pushes[i].distance, pushes[i].id);
+        (i % 2 == 0 ? first : second).push(pushes[i].distance, pushes[i].id);
+        if (whole.full()) ASSERT_GE(whole.threshold(), want[std::min<idx_t>(k, i + 1) - 1].distance);
+      }
+      first.merge(second);
+      for (TopK* top : {&whole, &first}) {
+        std::vector<float> d(k);
+        std::vector<idx_t> l(k);
+        top->write_sorted(d.data(), l.data());
+        for (idx_t i = 0; i < k; ++i) {
+          const bool have = i < n;
+          ASSERT_EQ(l[i], have ? want[i].id : -1) << "k=" << k << " n=" << n << " i=" << i;
+          ASSERT_EQ(d[i], have ? want[i].distance : std::numeric_limits<float>::infinity());
+        }
+      }
+      TopK unordered(k);
+      for (const Scored& p : pushes) unordered.push(p.distance, p.id);
+      std::vector<idx_t> ids(k);
+      unordered.write_unordered(ids.data());
+      std::sort(ids.begin(), ids.end());
+      std::vector<idx_t> want_ids(k, -1);
+      for (idx_t i = 0; i < std::min<idx_t>(k, n); ++i) want_ids[i] = want[i].id;
+      std::sort(want_ids.begin(), want_ids.end());
+      ASSERT_EQ(ids, want_ids) << "k=" << k << " n=" << n;
+    }
+}
+
 TEST(TopK, PadsAndMerges) {
   TopK a(5), b(5);
   a.push(2.0f, 1);

@@ -159,11 +159,17 @@ class IvfPqIndex {
                   const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
   void fast_scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
                        int p1, TopK& heap, ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
+  // The scan of the probed lists and, when params has re-ranking vectors, the re-ranking of each
+  // query's k * k_factor candidates, query by query.
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
-                          const float* probe_dist, int nprobe, float* distances,
-                          idx_t* labels) const;
+                          const float* probe_dist, int nprobe, const IvfPqSearchParams& params,
+                          float* distances, idx_t* labels) const;
   void rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates, const idx_t* cand_labels,
               const IvfPqSearchParams& params, float* distances, idx_t* labels) const;
+  // Pushes the exact distances of candidates (count,) to best, skipping -1 and ids without a row;
+  // returns the largest such id, or -1. row: (d,) scratch.
+  idx_t rerank_query(const float* xq, const idx_t* candidates, idx_t count,
+                     const IvfPqSearchParams& params, TopK& best, std::vector<float>& row) const;
 
   int d_;
   idx_t nlist_;
