@@ -504,7 +504,7 @@ idx_t IvfPqIndex::rerank_query(const float* xq, const idx_t* candidates, idx_t c
     const float* v;
     if (params.rerank_fp16) {
       const uint16_t* h = reinterpret_cast<const uint16_t*>(rows + id * row_bytes);
-      for (int j = 0; j < d_; ++j) row[j] = half_to_float(h[j]);
+      kern.widen_halves(d_, h, row.data());
       v = row.data();
     } else {
       v = reinterpret_cast<const float*>(rows + id * row_bytes);

@@ -15,6 +15,7 @@
 #include "attention/bf16_matmul.h"
 #include "checksum.h"
 #include "code_layout.h"
+#include "distances.h"
 #include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -300,6 +301,28 @@ TEST_P(Kernels, PqScan8IsBitExact) {
             ASSERT_EQ(got, want) << "pq_m=" << pq_m << " nblocks=" << nblocks << " lane=" << lane;
           }
       }
+}
+
+// Every half (all 65536 bit patterns, in a row of odd length so the tail is scalar) widens to the
+// scalar reference's float, bit for bit; NaNs to NaN.
+TEST_P(Kernels, WidenHalvesIsExact) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  const int n = 65537;
+  std::vector<uint16_t> halves(n);
+  for (int i = 0; i < n; ++i) halves[i] = static_cast<uint16_t>(i * 40503u);  // a permutation
+  std::vector<float> out(n);
+  kern.widen_halves(n, halves.data(), out.data());
+  for (int i = 0; i < n; ++i) {
+    const float want = half_to_float(halves[i]);
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(out[i])) << "half " << halves[i];
+    } else {
+      uint32_t got_bits, want_bits;
+      std::memcpy(&got_bits, &out[i], 4);
+      std::memcpy(&want_bits, &want, 4);
+      ASSERT_EQ(got_bits, want_bits) << "half " << halves[i];
+    }
+  }
 }
 
 // The 4-bit scan against sums computed here from the same quantized table, for odd pq_m and

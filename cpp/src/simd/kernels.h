@@ -40,6 +40,9 @@ struct Kernels {
   // + 1): the same order in every build (FMA builds round the products differently).
   float (*l2_distance)(int d, const float* x, const float* y);
   float (*inner_product)(int d, const float* x, const float* y);
+  // out[j] = the float value of the IEEE half h[j] for j < n (exact: every level gives the same
+  // floats; NaNs stay NaN): the float16 rows of a re-ranking.
+  void (*widen_halves)(int n, const uint16_t* h, float* out);
   // Turns a row of inner products into internal distances, in place:
   // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
   void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
