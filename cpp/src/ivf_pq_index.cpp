@@ -417,6 +417,8 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
       buffers.query_lut.resize(table_size);
       buffers.list_lut.resize(table_size);
       buffers.table4 = std::make_unique<QuantizedTable>(pq_m_, ksub());
+      buffers.sums.resize(simd::kMaxScanQueries * kFastScanChunk);
+      buffers.survivors.resize(simd::kMaxScanQueries * kFastScanChunk);
       return buffers;
     }
     if (filtering) buffers.survivors.resize(kFilterChunk);
@@ -430,6 +432,26 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
     return total;
   };
   const int threads = omp_get_max_threads();
+  if (n >= threads && pq_bits_ == 4) {
+    // Blocks of queries, each scanned list by list for all its queries that probe the list; about
+    // four blocks per thread, so that dynamic scheduling can even out their costs.
+    const idx_t block = std::clamp<idx_t>(n / (4 * threads), 1, kScanQueryBlock);
+#pragma omp parallel
+    {
+      ScanBuffers buffers = make_buffers();
+      std::vector<TopK> heaps(block, TopK(k_scan));
+      TopK best(k);
+      std::vector<idx_t> candidates(reranking ? k_scan : 0);
+      std::vector<float> row(reranking ? d_ : 0);
+#pragma omp for schedule(dynamic)
+      for (idx_t q0 = 0; q0 < n; q0 += block) {
+        const idx_t q1 = std::min(n, q0 + block);
+        fast_scan_queries(x, q0, q1, probes, probe_dist, nprobe, heaps.data(), buffers);
+        for (idx_t q = q0; q < q1; ++q) finish(q, heaps[q - q0], candidates, best, row);
+      }
+    }
+    return check_rows();
+  }
   if (n >= threads) {
 #pragma omp parallel
     {

@@ -368,6 +368,50 @@ TEST_P(Kernels, PqScan4IsBitExact) {
     }
 }
 
+// Several queries per pass: each query's sums and survivors equal the scalar single-query scan's
+// with its own table and limit, for every query count and odd sizes.
+TEST_P(Kernels, PqScan4QueriesEqualsOneQueryAtATime) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  const simd::Kernels& reference = simd::kernels_for(SimdLevel::Scalar);
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> nibble(0, 15);
+  for (int pq_m : {3, 48, 96})
+    for (idx_t n : {5, 32, 97}) {
+      const CodeLayout layout{pq_m, 4};
+      std::vector<uint8_t> code(pq_m), blocked(layout.bytes(n), 0);
+      for (idx_t i = 0; i < n; ++i) {
+        for (uint8_t& c : code) c = static_cast<uint8_t>(nibble(rng));
+        layout.put(blocked.data(), i, code.data());
+      }
+      for (int nq = 1; nq <= simd::kMaxScanQueries; ++nq) {
+        std::vector<QuantizedTable> tables(nq, QuantizedTable(pq_m, 16));
+        std::vector<const uint8_t*> qluts(nq);
+        std::vector<uint16_t> limits(nq);
+        std::vector<float> lut(pq_m * 16);
+        for (int j = 0; j < nq; ++j) {
+          for (float& v : lut) v = normal(rng);
+          tables[j].build(lut.data());
+          qluts[j] = tables[j].codes();
+          limits[j] = static_cast<uint16_t>(j == 0 ? 65535 : 40 * pq_m + 500 * j);
+        }
+        const size_t stride = layout.padded(n);
+        std::vector<uint16_t> sums(nq * stride), want_sums(stride);
+        std::vector<uint32_t> survivors(nq * stride), want_survivors(stride);
+        std::vector<size_t> counts(nq);
+        kern.pq_scan4_queries(n, pq_m, blocked.data(), nq, qluts.data(), limits.data(), sums.data(),
+                              survivors.data(), stride, counts.data());
+        for (int j = 0; j < nq; ++j) {
+          const size_t want_count = reference.pq_scan4(n, pq_m, blocked.data(), qluts[j], limits[j],
+                                                       want_sums.data(), want_survivors.data());
+          ASSERT_EQ(counts[j], want_count) << "pq_m=" << pq_m << " n=" << n << " nq=" << nq << " j=" << j;
+          for (idx_t i = 0; i < n; ++i) ASSERT_EQ(sums[j * stride + i], want_sums[i]) << "i=" << i;
+          for (size_t s = 0; s < want_count; ++s) ASSERT_EQ(survivors[j * stride + s], want_survivors[s]);
+        }
+      }
+    }
+}
+
 TEST(CodeLayout, FourBitCodesRoundTrip) {
   for (int pq_m : {1, 3, 16}) {
     const CodeLayout layout{pq_m, 4};

@@ -159,6 +159,10 @@ class IvfPqIndex {
                   const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
   void fast_scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
                        int p1, TopK& heap, ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
+  // Queries [q0, q1) of a batch into heaps[q - q0], several per pass over a list's codes.
+  void fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx_t* probes,
+                         const float* probe_dist, int nprobe, TopK* heaps,
+                         ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
   // The scan of the probed lists and, when params has re-ranking vectors, the re-ranking of each
   // query's k * k_factor candidates, query by query.
   void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
