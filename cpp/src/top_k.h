@@ -99,11 +99,14 @@ class TopK {
   // comparison.
   void cut() {
     const size_t k = static_cast<size_t>(k_);
-    float lo = kept_[0].distance, hi = lo;
-    for (size_t i = 1; i < size_; ++i) {
-      lo = std::min(lo, kept_[i].distance);
-      hi = std::max(hi, kept_[i].distance);
+    float lows[4], highs[4];  // four independent chains: one min / max waits on the previous
+    for (int u = 0; u < 4; ++u) lows[u] = highs[u] = kept_[0].distance;
+    for (size_t i = 0; i < size_; ++i) {
+      lows[i % 4] = std::min(lows[i % 4], kept_[i].distance);
+      highs[i % 4] = std::max(highs[i % 4], kept_[i].distance);
     }
+    const float lo = std::min(std::min(lows[0], lows[1]), std::min(lows[2], lows[3]));
+    const float hi = std::max(std::max(highs[0], highs[1]), std::max(highs[2], highs[3]));
     constexpr int kBuckets = 256;
     float scale = hi > lo ? static_cast<float>(kBuckets - 1) / (hi - lo) : 0.0f;
     if (!std::isfinite(scale)) scale = 0.0f;  // a range too small (or infinite) to split
