@@ -204,7 +204,8 @@ def test_results_do_not_depend_on_threads_or_batching(fast, data, metric, by_res
 def test_a_large_k_keeps_the_best_of_every_scanned_vector(fast, data, by_residual):
     """Beyond TopK::kMaxHeapK (64) the scan keeps a reservoir cut back as it fills: its k results
     equal the first k, by (distance, id), of a search that keeps every vector of the same lists
-    (no cut), and a re-ranked search equals re-ranking those k candidates."""
+    (no cut), and a re-ranked search equals re-ranking those k candidates, in a batch or one query
+    at a time."""
     index, _ = fast["l2", by_residual]
     everything = int(index.list_sizes().sum())
     for threads in (1, 2):
@@ -218,6 +219,11 @@ def test_a_large_k_keeps_the_best_of_every_scanned_vector(fast, data, by_residua
         rr = index.search(data.queries, K, nprobe=4, rerank=data.base, k_factor=15)
         want = index.rerank_candidates(data.queries, l, K, data.base)
         assert np.array_equal(rr[0], want[0]) and np.array_equal(rr[1], want[1])
+        # one query at a time, its 300 candidates' re-ranking shared between the threads
+        rr = index.search(data.queries, K, nprobe=4, rerank=data.base, k_factor=30)
+        for q in range(5):
+            one = index.search(data.queries[q : q + 1], K, nprobe=4, rerank=data.base, k_factor=30)
+            assert np.array_equal(one[0][0], rr[0][q]) and np.array_equal(one[1][0], rr[1][q])
 
 
 @pytest.mark.parametrize("by_residual", BY_RESIDUAL)

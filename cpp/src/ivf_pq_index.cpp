@@ -323,6 +323,9 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
 namespace {
 
 constexpr idx_t kFilterChunk = 8 * IvfPqIndex::kBlock;  // vectors per filter call (limit refresh)
+// From this many candidates a lone query's re-ranking is shared between threads (~400 KB of
+// float32 rows at d = 384: far more than waking the threads costs).
+constexpr idx_t kSplitRerankCandidates = 256;
 // Below this many vectors per query, quantizing the table costs more than the filter saves.
 constexpr idx_t kFilterMinVectors = 16 * IvfPqIndex::kBlock;
 
@@ -388,11 +391,30 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
   const idx_t k_scan = reranking ? k * params.k_factor : k;
   // The largest candidate id without a re-ranking row (-1: none); checked after the threads join.
   idx_t out_of_range = -1;
+  // split: the candidates are shared out between threads (a query on its own: reading hundreds of
+  // scattered rows is the larger part of its time).
   auto finish = [&](idx_t q, TopK& scanned, std::vector<idx_t>& candidates, TopK& best,
-                    std::vector<float>& row) {
+                    std::vector<float>& row, bool split = false) {
     if (!reranking) return scanned.write_sorted(distances + q * k, labels + q * k);
     scanned.write_unordered(candidates.data());
-    const idx_t bad = rerank_query(x + q * d_, candidates.data(), k_scan, params, best, row);
+    idx_t bad = -1;
+    if (split) {
+#pragma omp parallel
+      {
+        TopK local(k);
+        std::vector<float> local_row(d_);
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const idx_t c0 = k_scan * t / nt, c1 = k_scan * (t + 1) / nt;
+        const idx_t local_bad = rerank_query(x + q * d_, candidates.data() + c0, c1 - c0, params, local, local_row);
+#pragma omp critical
+        {
+          best.merge(local);
+          bad = std::max(bad, local_bad);
+        }
+      }
+    } else {
+      bad = rerank_query(x + q * d_, candidates.data(), k_scan, params, best, row);
+    }
     best.write_sorted(distances + q * k, labels + q * k);
     if (bad >= 0) {
 #pragma omp critical
@@ -495,7 +517,7 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
 #pragma omp critical
       merged.merge(heap);
     }
-    finish(q, merged, candidates, best, row);
+    finish(q, merged, candidates, best, row, k_scan >= kSplitRerankCandidates);
   }
   check_rows();
 }
