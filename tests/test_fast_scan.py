@@ -227,6 +227,25 @@ def test_a_large_k_keeps_the_best_of_every_scanned_vector(fast, data, by_residua
 
 
 @pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_queries_scanned_together_equal_one_at_a_time(data, by_residual):
+    """Long lists (4 lists for 5000 vectors) and a batch of 200 queries: the batch is scanned in
+    blocks of queries, list by list, several queries per pass over the codes; each query's
+    results equal its search on its own (query by query), with and without re-ranking, for a small
+    k and one kept in a reservoir."""
+    index = retro.IvfPqIndex(D, 4, FS_PQ_M, pq_bits=4, seed=3, by_residual=by_residual)
+    index.niter = 5
+    index.train(data.base)
+    index.add(data.base)
+    for threads in (1, 2):
+        retro.set_num_threads(threads)
+        for k, rerank in ((K, None), (150, None), (K, data.base)):
+            batch = index.search(data.queries, k, nprobe=3, rerank=rerank, k_factor=20)
+            for q in range(0, len(data.queries), 37):
+                one = index.search(data.queries[q : q + 1], k, nprobe=3, rerank=rerank, k_factor=20)
+                assert np.array_equal(one[0][0], batch[0][q]) and np.array_equal(one[1][0], batch[1][q])
+
+
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
 def test_avx2_and_avx512_give_the_same_results(fast, data, by_residual):
     if not {"avx2", "avx512"} <= set(SIMD_LEVELS):
         pytest.skip("needs a CPU with both avx2 and avx512 kernels")
