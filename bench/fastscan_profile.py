@@ -36,14 +36,16 @@ def cpu_ms(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300_000, help="base vectors")
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--nprobe", type=int, default=8)
     parser.add_argument("--k-factor", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fp16", action="store_true", help="float16 re-ranking rows")
-    parser.add_argument("--loop", type=int, default=0, help="only run this many batch searches (for perf)")
+    parser.add_argument("--loop", type=int, default=0,
+                        help="only run this many batch searches (for perf)")
     args = parser.parse_args()
 
     base, queries = datasets.synthetic_clustered_split(args.n, 1000, 384, seed=0)
@@ -58,23 +60,31 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         index.save(path)
     rows = base.astype(np.float16) if args.fp16 else base
-    search = lambda: index.search(queries, K, nprobe=args.nprobe, rerank=rows, k_factor=args.k_factor)  # noqa: E731
+    k_scan = K * args.k_factor
+
+    def search() -> np.ndarray:
+        return index.search(queries, K, nprobe=args.nprobe, rerank=rows, k_factor=args.k_factor)[1]
+
+    def scan() -> np.ndarray:
+        return index.search(queries, k_scan, nprobe=args.nprobe)[1]
+
+    def single() -> None:
+        for q in queries[:200]:
+            index.search(q[None], K, nprobe=args.nprobe, rerank=rows, k_factor=args.k_factor)
+
     if args.loop:
         for _ in range(args.loop):
             search()
         return
-    k_scan = K * args.k_factor
-    candidates = index.search(queries, k_scan, nprobe=args.nprobe)[1]
-    labels = search()[1]
+    candidates = scan()
+    rerank = lambda: index.rerank_candidates(queries, candidates, K, rows)  # noqa: E731
     print(f"n={args.n} nlist={args.nlist} nprobe={args.nprobe} k_factor={args.k_factor}, "
           f"1000 queries, {'float16' if args.fp16 else 'float32'} rows, labels md5 "
-          f"{hashlib.md5(labels.tobytes()).hexdigest()[:12]}")
+          f"{hashlib.md5(search().tobytes()).hexdigest()[:12]}")
     print(f"  batch with re-ranking {cpu_ms(search, args.repeats):8.1f} ms CPU")
-    print(f"  scan alone (k={k_scan})  {cpu_ms(lambda: index.search(queries, k_scan, nprobe=args.nprobe), args.repeats):8.1f} ms CPU")
-    print(f"  re-ranking alone      {cpu_ms(lambda: index.rerank_candidates(queries, candidates, K, rows), args.repeats):8.1f} ms CPU")
-    single = lambda: [index.search(q[None], K, nprobe=args.nprobe, rerank=rows, k_factor=args.k_factor) for q in queries[:200]]  # noqa: E731
+    print(f"  scan alone (k={k_scan})  {cpu_ms(scan, args.repeats):8.1f} ms CPU")
+    print(f"  re-ranking alone      {cpu_ms(rerank, args.repeats):8.1f} ms CPU")
     print(f"  200 single queries    {cpu_ms(single, args.repeats):8.1f} ms CPU")
-
 
 if __name__ == "__main__":
     main()

@@ -124,8 +124,8 @@ void IvfPqIndex::fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx
           table.build(buffers.list_lut.data());
         }
         qluts[j] = table.codes();
-        pass[j] = {&heaps[visit.query], probe_dist[(q0 + visit.query) * nprobe + visit.probe] + table.offset(),
-                   table.step()};
+        const float bias = probe_dist[(q0 + visit.query) * nprobe + visit.probe];
+        pass[j] = {&heaps[visit.query], bias + table.offset(), table.step()};
       }
       for (idx_t first = 0; first < list.size; first += kFastScanChunk) {
         int kept = 0;  // queries whose threshold still lets some of the list through
@@ -143,9 +143,10 @@ void IvfPqIndex::fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx
                               kFastScanChunk, counts);
         for (int j = 0; j < nq; ++j) {
           TopK& heap = *pass[j].heap;
+          const uint16_t* query_sums = sums + j * kFastScanChunk;
           for (size_t s = 0; s < counts[j]; ++s) {
             const uint32_t i = survivors[j * kFastScanChunk + s];
-            const float dist = pass[j].base + pass[j].step * static_cast<float>(sums[j * kFastScanChunk + i]);
+            const float dist = pass[j].base + pass[j].step * static_cast<float>(query_sums[i]);
             if (dist <= heap.threshold()) heap.push(dist, list.ids[first + i]);
           }
         }

@@ -405,7 +405,8 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, idx_t k, const idx_
         std::vector<float> local_row(d_);
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
         const idx_t c0 = k_scan * t / nt, c1 = k_scan * (t + 1) / nt;
-        const idx_t local_bad = rerank_query(x + q * d_, candidates.data() + c0, c1 - c0, params, local, local_row);
+        const idx_t local_bad =
+            rerank_query(x + q * d_, candidates.data() + c0, c1 - c0, params, local, local_row);
 #pragma omp critical
         {
           best.merge(local);

@@ -30,7 +30,10 @@ class TopK {
   static constexpr idx_t kMaxHeapK = 64;  // beyond this k, a reservoir
 
   explicit TopK(idx_t k)
-      : k_(k), reservoir_(k > kMaxHeapK), kept_(reservoir_ ? 2 * k : k), cut_scratch_(reservoir_ ? 2 * k : 0) {}
+      : k_(k),
+        reservoir_(k > kMaxHeapK),
+        kept_(reservoir_ ? 2 * k : k),
+        cut_scratch_(reservoir_ ? 2 * k : 0) {}
 
   // Largest distance that can still enter (+inf until k results are kept; for a reservoir, until
   // its first cut).
@@ -124,8 +127,9 @@ class TopK {
       cut_scratch_[m] = kept_[i].distance;
       m += bucket(kept_[i].distance) == b;
     }
-    std::nth_element(cut_scratch_.begin(), cut_scratch_.begin() + (k - before - 1), cut_scratch_.begin() + m);
-    const float t = cut_scratch_[k - before - 1];
+    const auto kth = cut_scratch_.begin() + (k - before - 1);  // the k-th overall
+    std::nth_element(cut_scratch_.begin(), kth, cut_scratch_.begin() + m);
+    const float t = *kth;
     size_t below = 0;
     for (size_t i = 0; i < size_; ++i) {
       const Scored s = kept_[i];
