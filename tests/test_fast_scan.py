@@ -201,6 +201,51 @@ def test_results_do_not_depend_on_threads_or_batching(fast, data, metric, by_res
 
 
 @pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_a_large_k_keeps_the_best_of_every_scanned_vector(fast, data, by_residual):
+    """Beyond TopK::kMaxHeapK (64) the scan keeps a reservoir cut back as it fills: its k results
+    equal the first k, by (distance, id), of a search that keeps every vector of the same lists
+    (no cut), and a re-ranked search equals re-ranking those k candidates, in a batch or one query
+    at a time."""
+    index, _ = fast["l2", by_residual]
+    everything = int(index.list_sizes().sum())
+    for threads in (1, 2):
+        retro.set_num_threads(threads)
+        all_d, all_l = index.search(data.queries, everything, nprobe=4)
+        d, l = index.search(data.queries, 150, nprobe=4)
+        for q in range(len(data.queries)):
+            found = all_l[q] >= 0
+            order = np.lexsort((all_l[q][found], all_d[q][found]))[:150]
+            assert np.array_equal(l[q], all_l[q][found][order]) and np.array_equal(d[q], all_d[q][found][order])
+        rr = index.search(data.queries, K, nprobe=4, rerank=data.base, k_factor=15)
+        want = index.rerank_candidates(data.queries, l, K, data.base)
+        assert np.array_equal(rr[0], want[0]) and np.array_equal(rr[1], want[1])
+        # one query at a time, its 300 candidates' re-ranking shared between the threads
+        rr = index.search(data.queries, K, nprobe=4, rerank=data.base, k_factor=30)
+        for q in range(5):
+            one = index.search(data.queries[q : q + 1], K, nprobe=4, rerank=data.base, k_factor=30)
+            assert np.array_equal(one[0][0], rr[0][q]) and np.array_equal(one[1][0], rr[1][q])
+
+
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
+def test_queries_scanned_together_equal_one_at_a_time(data, by_residual):
+    """Long lists (4 lists for 5000 vectors) and a batch of 200 queries: the batch is scanned in
+    blocks of queries, list by list, several queries per pass over the codes; each query's
+    results equal its search on its own (query by query), with and without re-ranking, for a small
+    k and one kept in a reservoir."""
+    index = retro.IvfPqIndex(D, 4, FS_PQ_M, pq_bits=4, seed=3, by_residual=by_residual)
+    index.niter = 5
+    index.train(data.base)
+    index.add(data.base)
+    for threads in (1, 2):
+        retro.set_num_threads(threads)
+        for k, rerank in ((K, None), (150, None), (K, data.base)):
+            batch = index.search(data.queries, k, nprobe=3, rerank=rerank, k_factor=20)
+            for q in range(0, len(data.queries), 37):
+                one = index.search(data.queries[q : q + 1], k, nprobe=3, rerank=rerank, k_factor=20)
+                assert np.array_equal(one[0][0], batch[0][q]) and np.array_equal(one[1][0], batch[1][q])
+
+
+@pytest.mark.parametrize("by_residual", BY_RESIDUAL)
 def test_avx2_and_avx512_give_the_same_results(fast, data, by_residual):
     if not {"avx2", "avx512"} <= set(SIMD_LEVELS):
         pytest.skip("needs a CPU with both avx2 and avx512 kernels")

@@ -68,4 +68,92 @@ void IvfPqIndex::fast_scan_lists(const float* lut, const idx_t* probes, const fl
   }
 }
 
+void IvfPqIndex::fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx_t* probes,
+                                   const float* probe_dist, int nprobe, TopK* heaps,
+                                   ScanBuffers& buffers) const {
+  const simd::Kernels& kern = simd::kernels();
+  const CodeLayout layout = layout_of(*this);
+  const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
+  const bool per_list = metric_ == Metric::L2 && by_residual_;  // as in fast_scan_lists
+  const int nb = static_cast<int>(q1 - q0);
+  constexpr int G = simd::kMaxScanQueries;
+  buffers.block_luts.resize(nb * table_size);
+  while (static_cast<int>(buffers.block_tables.size()) < (per_list ? G : nb))
+    buffers.block_tables.emplace_back(pq_m_, ksub());
+  std::vector<ScanBuffers::Visit>& visits = buffers.visits;
+  visits.clear();
+  for (int b = 0; b < nb; ++b) {
+    const idx_t q = q0 + b;
+    float* lut = &buffers.block_luts[b * table_size];
+    query_table(x + q * d_, lut);
+    if (metric_ == Metric::L2)
+      for (size_t i = 0; i < table_size; ++i) lut[i] += derived_->pq_norms[i];
+    if (!per_list) buffers.block_tables[b].build(lut);
+    for (int p = 0; p < nprobe; ++p) {
+      const idx_t l = probes[q * nprobe + p];
+      if (l >= 0 && lists_[l].size > 0) visits.push_back({l, b, p});
+    }
+  }
+  std::sort(visits.begin(), visits.end(), [](const auto& a, const auto& b) {
+    return a.list < b.list || (a.list == b.list && a.query < b.query);
+  });
+  // The queries of one pass: their tables, heaps and distances base + step * sum.
+  const uint8_t* qluts[G];
+  uint16_t limits[G];
+  size_t counts[G];
+  struct Pass {
+    TopK* heap;
+    float base, step;
+  } pass[G];
+  uint16_t* sums = buffers.sums.data();
+  uint32_t* survivors = buffers.survivors.data();
+  for (size_t v = 0; v < visits.size();) {
+    size_t end = v;
+    while (end < visits.size() && visits[end].list == visits[v].list) ++end;
+    const idx_t l = visits[v].list;
+    const List& list = lists_[l];
+    for (size_t g = v; g < end; g += G) {
+      int nq = static_cast<int>(std::min<size_t>(G, end - g));
+      for (int j = 0; j < nq; ++j) {
+        const ScanBuffers::Visit& visit = visits[g + j];
+        QuantizedTable& table = buffers.block_tables[per_list ? j : visit.query];
+        if (per_list) {
+          kern.add_inner_products16(pq_m_, dsub(), &coarse_centroids_[l * d_], derived_->pq_t.data(),
+                                    2.0f, &buffers.block_luts[visit.query * table_size],
+                                    buffers.list_lut.data());
+          table.build(buffers.list_lut.data());
+        }
+        qluts[j] = table.codes();
+        const float bias = probe_dist[(q0 + visit.query) * nprobe + visit.probe];
+        pass[j] = {&heaps[visit.query], bias + table.offset(), table.step()};
+      }
+      for (idx_t first = 0; first < list.size; first += kFastScanChunk) {
+        int kept = 0;  // queries whose threshold still lets some of the list through
+        for (int j = 0; j < nq; ++j) {
+          const int32_t limit = sum_limit(pass[j].heap->threshold(), pass[j].base, pass[j].step);
+          if (limit < 0) continue;
+          qluts[kept] = qluts[j];
+          pass[kept] = pass[j];
+          limits[kept++] = static_cast<uint16_t>(limit);
+        }
+        nq = kept;
+        if (nq == 0) break;
+        kern.pq_scan4_queries(std::min(kFastScanChunk, list.size - first), pq_m_,
+                              list.codes + layout.bytes(first), nq, qluts, limits, sums, survivors,
+                              kFastScanChunk, counts);
+        for (int j = 0; j < nq; ++j) {
+          TopK& heap = *pass[j].heap;
+          const uint16_t* query_sums = sums + j * kFastScanChunk;
+          for (size_t s = 0; s < counts[j]; ++s) {
+            const uint32_t i = survivors[j * kFastScanChunk + s];
+            const float dist = pass[j].base + pass[j].step * static_cast<float>(query_sums[i]);
+            if (dist <= heap.threshold()) heap.push(dist, list.ids[first + i]);
+          }
+        }
+      }
+    }
+    v = end;
+  }
+}
+
 }  // namespace retro

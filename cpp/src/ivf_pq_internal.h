@@ -16,6 +16,9 @@ namespace retro {
 // between calls.
 constexpr idx_t kFastScanChunk = 8 * IvfPqIndex::kFastScanBlock;
 
+// Queries scanned together, list by list, by one thread of a 4-bit batch search.
+constexpr idx_t kScanQueryBlock = 32;
+
 struct IvfPqIndex::Derived {
   PackedVectors coarse;           // (nlist, d) for coarse assignment
   std::vector<PackedVectors> pq;  // pq_m x (ksub, dsub) for encoding
@@ -31,6 +34,16 @@ struct IvfPqIndex::ScanBuffers {
   std::vector<float> query_lut, list_lut;
   std::vector<uint16_t> sums;
   std::unique_ptr<QuantizedTable> table4;
+  // 4-bit, a block of queries at a time: their float tables (queries, pq_m, 16), their 8-bit
+  // tables (one per query, or one per query of a pass when the tables are per list), and the
+  // (list, query, probe) visits ordered by list
+  std::vector<float> block_luts;
+  std::vector<QuantizedTable> block_tables;
+  struct Visit {
+    idx_t list;
+    int query, probe;
+  };
+  std::vector<Visit> visits;
 };
 
 inline CodeLayout layout_of(const IvfPqIndex& index) {

@@ -15,6 +15,7 @@
 #include "attention/bf16_matmul.h"
 #include "checksum.h"
 #include "code_layout.h"
+#include "distances.h"
 #include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -122,6 +123,49 @@ TEST(TopK, KeepsTheSmallestOrderedByDistanceThenId) {
     EXPECT_EQ(d2[i], want_d[i]);
     EXPECT_EQ(l2[i], want_l[i]);
   }
+}
+
+// Large k (the reservoir): the kept set and order equal a full sort of every push by
+// (distance, id), whatever the push order, with many ties at the cut (distances on a coarse grid),
+// also after merging two halves, and for fewer pushes than k.
+TEST(TopK, ReservoirKeepsTheSameSetAsASort) {
+  std::mt19937_64 rng(31);
+  for (idx_t k : {TopK::kMaxHeapK + 1, idx_t{97}, idx_t{640}})
+    for (int n : {50, 700, 5003}) {
+      std::uniform_int_distribution<int> grid(0, 40);  // 41 distinct distances: many ties
+      std::vector<Scored> pushes(n);
+      for (int i = 0; i < n; ++i)
+        pushes[i] = {0.25f * static_cast<float>(grid(rng)) - 3.0f, static_cast<idx_t>(rng() % 100000)};
+      std::vector<Scored> want(pushes);
+      std::sort(want.begin(), want.end());
+      std::shuffle(pushes.begin(), pushes.end(), rng);
+      TopK whole(k), first(k), second(k);
+      for (int i = 0; i < n; ++i) {
+        whole.push(pushes[i].distance, pushes[i].id);
+        (i % 2 == 0 ? first : second).push(pushes[i].distance, pushes[i].id);
+        if (whole.full()) ASSERT_GE(whole.threshold(), want[std::min<idx_t>(k, i + 1) - 1].distance);
+      }
+      first.merge(second);
+      for (TopK* top : {&whole, &first}) {
+        std::vector<float> d(k);
+        std::vector<idx_t> l(k);
+        top->write_sorted(d.data(), l.data());
+        for (idx_t i = 0; i < k; ++i) {
+          const bool have = i < n;
+          ASSERT_EQ(l[i], have ? want[i].id : -1) << "k=" << k << " n=" << n << " i=" << i;
+          ASSERT_EQ(d[i], have ? want[i].distance : std::numeric_limits<float>::infinity());
+        }
+      }
+      TopK unordered(k);
+      for (const Scored& p : pushes) unordered.push(p.distance, p.id);
+      std::vector<idx_t> ids(k);
+      unordered.write_unordered(ids.data());
+      std::sort(ids.begin(), ids.end());
+      std::vector<idx_t> want_ids(k, -1);
+      for (idx_t i = 0; i < std::min<idx_t>(k, n); ++i) want_ids[i] = want[i].id;
+      std::sort(want_ids.begin(), want_ids.end());
+      ASSERT_EQ(ids, want_ids) << "k=" << k << " n=" << n;
+    }
 }
 
 TEST(TopK, PadsAndMerges) {
@@ -270,6 +314,28 @@ TEST_P(Kernels, PqScan8IsBitExact) {
       }
 }
 
+// Every half (all 65536 bit patterns, in a row of odd length so the tail is scalar) widens to the
+// scalar reference's float, bit for bit; NaNs to NaN.
+TEST_P(Kernels, WidenHalvesIsExact) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  const int n = 65537;
+  std::vector<uint16_t> halves(n);
+  for (int i = 0; i < n; ++i) halves[i] = static_cast<uint16_t>(i * 40503u);  // a permutation
+  std::vector<float> out(n);
+  kern.widen_halves(n, halves.data(), out.data());
+  for (int i = 0; i < n; ++i) {
+    const float want = half_to_float(halves[i]);
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(out[i])) << "half " << halves[i];
+    } else {
+      uint32_t got_bits, want_bits;
+      std::memcpy(&got_bits, &out[i], 4);
+      std::memcpy(&want_bits, &want, 4);
+      ASSERT_EQ(got_bits, want_bits) << "half " << halves[i];
+    }
+  }
+}
+
 // The 4-bit scan against sums computed here from the same quantized table, for odd pq_m and
 // vector counts that end inside a block; tables from QuantizedTable, whose code range keeps even
 // pq_m = 300 sub-quantizers (max code 218) inside 16 bits.
@@ -310,6 +376,50 @@ TEST_P(Kernels, PqScan4IsBitExact) {
         if (want[i] <= limit) want_survivors.push_back(static_cast<uint32_t>(i));
       }
       ASSERT_EQ(std::vector<uint32_t>(survivors.begin(), survivors.begin() + count), want_survivors);
+    }
+}
+
+// Several queries per pass: each query's sums and survivors equal the scalar single-query scan's
+// with its own table and limit, for every query count and odd sizes.
+TEST_P(Kernels, PqScan4QueriesEqualsOneQueryAtATime) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  const simd::Kernels& reference = simd::kernels_for(SimdLevel::Scalar);
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> nibble(0, 15);
+  for (int pq_m : {3, 48, 96})
+    for (idx_t n : {5, 32, 97}) {
+      const CodeLayout layout{pq_m, 4};
+      std::vector<uint8_t> code(pq_m), blocked(layout.bytes(n), 0);
+      for (idx_t i = 0; i < n; ++i) {
+        for (uint8_t& c : code) c = static_cast<uint8_t>(nibble(rng));
+        layout.put(blocked.data(), i, code.data());
+      }
+      for (int nq = 1; nq <= simd::kMaxScanQueries; ++nq) {
+        std::vector<QuantizedTable> tables(nq, QuantizedTable(pq_m, 16));
+        std::vector<const uint8_t*> qluts(nq);
+        std::vector<uint16_t> limits(nq);
+        std::vector<float> lut(pq_m * 16);
+        for (int j = 0; j < nq; ++j) {
+          for (float& v : lut) v = normal(rng);
+          tables[j].build(lut.data());
+          qluts[j] = tables[j].codes();
+          limits[j] = static_cast<uint16_t>(j == 0 ? 65535 : 40 * pq_m + 500 * j);
+        }
+        const size_t stride = layout.padded(n);
+        std::vector<uint16_t> sums(nq * stride), want_sums(stride);
+        std::vector<uint32_t> survivors(nq * stride), want_survivors(stride);
+        std::vector<size_t> counts(nq);
+        kern.pq_scan4_queries(n, pq_m, blocked.data(), nq, qluts.data(), limits.data(), sums.data(),
+                              survivors.data(), stride, counts.data());
+        for (int j = 0; j < nq; ++j) {
+          const size_t want_count = reference.pq_scan4(n, pq_m, blocked.data(), qluts[j], limits[j],
+                                                       want_sums.data(), want_survivors.data());
+          ASSERT_EQ(counts[j], want_count) << "pq_m=" << pq_m << " n=" << n << " nq=" << nq << " j=" << j;
+          for (idx_t i = 0; i < n; ++i) ASSERT_EQ(sums[j * stride + i], want_sums[i]) << "i=" << i;
+          for (size_t s = 0; s < want_count; ++s) ASSERT_EQ(survivors[j * stride + s], want_survivors[s]);
+        }
+      }
     }
 }
 

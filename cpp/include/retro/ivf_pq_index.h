@@ -182,11 +182,23 @@ class IvfPqIndex {
                   const float* probe_dist, int p0, int p1, TopK& heap, ScanBuffers& buffers) const;
   void fast_scan_lists(const float* lut, const idx_t* probes, const float* probe_dist, int p0,
                        int p1, TopK& heap, ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
-  void search_preassigned(idx_t n, const float* x, idx_t k, const idx_t* probes,
-                          const float* probe_dist, int nprobe, float* distances,
+  // Queries [q0, q1) of a batch into heaps[q - q0], several per pass over a list's codes.
+  void fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx_t* probes,
+                         const float* probe_dist, int nprobe, TopK* heaps,
+                         ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
+  // The scan of the probed lists for queries x (n, d_: rotated with OPQ) and, when params has
+  // re-ranking vectors, the re-ranking of each query's k * k_factor candidates against x_rerank
+  // (n, d_in_: the queries as given), query by query.
+  void search_preassigned(idx_t n, const float* x, const float* x_rerank, idx_t k,
+                          const idx_t* probes, const float* probe_dist, int nprobe,
+                          const IvfPqSearchParams& params, float* distances,
                           idx_t* labels) const;
   void rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates, const idx_t* cand_labels,
               const IvfPqSearchParams& params, float* distances, idx_t* labels) const;
+  // Pushes the exact distances of candidates (count,) to best, skipping -1 and ids without a row;
+  // returns the largest such id, or -1. xq: (d_in_,), row: (d_in_,) scratch.
+  idx_t rerank_query(const float* xq, const idx_t* candidates, idx_t count,
+                     const IvfPqSearchParams& params, TopK& best, std::vector<float>& row) const;
 
   int d_in_;  // d(): input vectors, re-ranking
   int d_;     // ivf_d(): rotated vectors, coarse centroids, PQ

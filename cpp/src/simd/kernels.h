@@ -14,6 +14,7 @@ namespace retro::simd {
 constexpr int kPanel = 32;
 constexpr int kScanBlock = 64;  // vectors per code block of the PQ scan (IvfPqIndex::kBlock)
 constexpr int kFastScanBlock = 32;  // vectors per block of 4-bit codes (CodeLayout::kBlock4)
+constexpr int kMaxScanQueries = 4;  // queries per pass of Kernels::pq_scan4_queries
 
 struct Kernels {
   // C (m, n) = A (m, k, row stride lda) . B^T, B given packed (see kPanel); C row stride ldc.
@@ -40,6 +41,9 @@ struct Kernels {
   // + 1): the same order in every build (FMA builds round the products differently).
   float (*l2_distance)(int d, const float* x, const float* y);
   float (*inner_product)(int d, const float* x, const float* y);
+  // out[j] = the float value of the IEEE half h[j] for j < n (exact: every level gives the same
+  // floats; NaNs stay NaN): the float16 rows of a re-ranking.
+  void (*widen_halves)(int n, const uint16_t* h, float* out);
   // Turns a row of inner products into internal distances, in place:
   // ip[j] = base + norms[j] - 2 ip[j] (squared L2; base = ||x||^2) or -ip[j] (norms == nullptr).
   void (*distances_from_inner_products)(size_t n, float base, const float* norms, float* ip);
@@ -75,6 +79,12 @@ struct Kernels {
   // returns the same integers: the scalar build is the reference.
   size_t (*pq_scan4)(idx_t n, int pq_m, const uint8_t* codes, const uint8_t* qlut, uint16_t limit,
                      uint16_t* sums, uint32_t* survivors);
+  // The same scan for nq (1 .. kMaxScanQueries) queries at once, each block of codes loaded once:
+  // query j's table qluts[j] and limit limits[j] give its sums at sums + j * stride and its
+  // survivors at survivors + j * stride, counts[j] of them; the same integers as pq_scan4.
+  void (*pq_scan4_queries)(idx_t n, int pq_m, const uint8_t* codes, int nq,
+                           const uint8_t* const* qluts, const uint16_t* limits, uint16_t* sums,
+                           uint32_t* survivors, size_t stride, size_t* counts);
 
   // out[j] = exp(scale * x[j] - shift) for j < n (relative error < 1e-6 for arguments in
   // [-87, 88]; clamped outside); returns the sum of out. The softmax of the attention kernels.
