@@ -11,7 +11,7 @@
 # then bench/ivfpq.py --device cuda in the budget left) writes junit_ivfpq.xml and
 # ivfpq_cuda.json. A step starts only if 20 s of budget are left,
 # and is cut at its own limit or the budget's end. The machine has no network: the CUTLASS wheel
-# travels in .whl/ (see docs/PERFORMANCE.md, "GPU runs").
+# travels in .whl/ (see docs/PERFORMANCE.md, "GPU runs: how they are made").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-480}
