@@ -40,14 +40,14 @@ IvfPqIndex::IvfPqIndex(int d, idx_t nlist, int pq_m, int pq_bits, Metric metric,
   RETRO_CHECK_ARG(opq_d >= 0 && opq_d <= d,
                   "the OPQ output dimension opq_d=%d must be in [1, d=%d] (0: d)", opq_d, d);
   RETRO_CHECK_ARG(opq_m > 0 || opq_d == 0, "opq_d=%d needs an OPQ rotation (opq_m > 0)", opq_d);
-  if (opq_m > 0)
+  if (opq_m > 0) {
     RETRO_CHECK_ARG(d_ % opq_m == 0, "the OPQ output dimension %d is not divisible by opq_m=%d",
                     d_, opq_m);
-  if (opq_m > 0)
     RETRO_CHECK_ARG(d_ % pq_m == 0, "the OPQ output dimension %d is not divisible by pq_m=%d", d_,
                     pq_m);
-  else
+  } else {
     RETRO_CHECK_ARG(d % pq_m == 0, "d=%d is not divisible by pq_m=%d", d, pq_m);
+  }
   RETRO_CHECK_ARG(pq_bits == 8 || pq_bits == 4,
                   "pq_bits must be 8 (PQ) or 4 (fast-scan PQ), got %d", pq_bits);
   RETRO_CHECK_ARG(metric == Metric::L2 || metric == Metric::InnerProduct, "unknown metric %u",
@@ -447,8 +447,7 @@ void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, cons
 }
 
 void IvfPqIndex::search_preassigned(idx_t n, const float* x, const float* x_rerank, idx_t k,
-                                    const idx_t* probes,
-                                    const float* probe_dist, int nprobe,
+                                    const idx_t* probes, const float* probe_dist, int nprobe,
                                     const IvfPqSearchParams& params, float* distances,
                                     idx_t* labels) const {
   // With re-ranking, each query's k * k_factor scanned candidates are re-scored by the thread that
@@ -471,8 +470,8 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, const float* x_rera
         std::vector<float> local_row(d_in_);
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
         const idx_t c0 = k_scan * t / nt, c1 = k_scan * (t + 1) / nt;
-        const idx_t local_bad =
-            rerank_query(x_rerank + q * d_in_, candidates.data() + c0, c1 - c0, params, local, local_row);
+        const idx_t local_bad = rerank_query(x_rerank + q * d_in_, candidates.data() + c0,
+                                             c1 - c0, params, local, local_row);
 #pragma omp critical
         {
           best.merge(local);
@@ -627,7 +626,8 @@ idx_t IvfPqIndex::rerank_query(const float* xq, const idx_t* candidates, idx_t c
     } else {
       v = reinterpret_cast<const float*>(rows + id * row_bytes);
     }
-    best.push(metric_ == Metric::L2 ? kern.l2_distance(d_in_, xq, v) : -kern.inner_product(d_in_, xq, v),
+    best.push(metric_ == Metric::L2 ? kern.l2_distance(d_in_, xq, v)
+                                    : -kern.inner_product(d_in_, xq, v),
               id);
   }
   return out_of_range;

@@ -91,7 +91,9 @@ def choose_index(
     if isinstance(index, FlatIndex):
         return IndexParams(FLAT, 0, 0)
     if index.ivf_d % index.pq_m:
-        raise ValueError(f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {index.ivf_d}")
+        raise ValueError(
+            f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {index.ivf_d}"
+        )
     if n < max(index.nlist, 256):
         raise ValueError(
             f"index {spec!r} needs at least max(nlist, 256) = {max(index.nlist, 256)} chunks to "

@@ -17,9 +17,10 @@ whose range holds them. Blocks hold the same bytes whoever computes them, so the
 of a one-process build, and a rerun on any number of ranks skips the blocks that were written.
 
 For tests, the environment variable ``RETRO_DB_FAIL_AT`` makes the build raise
-:class:`InjectedFailure` at a named point (or at any of several, separated by commas): ``<stage>`` once its outputs are written but before the
-manifest records them, ``<stage>:<b>`` once block b of a blocked stage (embed, index,
-queries.<split>, neighbours.<split>) is stored (by whichever rank writes it).
+:class:`InjectedFailure` at a named point (or at any of several, separated by commas):
+``<stage>`` once its outputs are written but before the manifest records them, ``<stage>:<b>``
+once block b of a blocked stage (embed, index, queries.<split>, neighbours.<split>) is stored (by
+whichever rank writes it).
 """
 
 from __future__ import annotations
