@@ -18,7 +18,7 @@ from retro.cli import main
 from retro.data.tokenizer import load_tokenizer
 from retro.eval import chunk_overlaps, evaluate, filtered_bpb, longest_common_run
 from retro.eval.bytes import bits_per_byte, group_bytes
-from retro.eval.losses import chunk_losses, samples, stored_neighbours
+from retro.eval.losses import chunk_losses, loss_by_position, oracle_neighbours, sample_neighbours, samples
 from retro.run_db import open_run_db
 
 
@@ -63,8 +63,8 @@ def test_chunk_losses_sum_to_the_models_loss(runs):
     model, state = load_model(runs[1])
     db = open_run_db(model, state)
     tokens = samples(db, "valid", 2)
-    nbr_tokens, nbr_lens = stored_neighbours(db, "valid", 2, db.n_nbrs)
-    nats = chunk_losses(model, tokens, nbr_tokens, nbr_lens, batch_size=1)
+    nbr_tokens, nbr_lens = sample_neighbours(db, "valid", 2, db.n_nbrs)
+    nats = chunk_losses(model, tokens, (nbr_tokens, nbr_lens), batch_size=1)
     assert nats.shape == (2, 256 // 64 + 1) and (nats > 0).all()
     with torch.no_grad():
         x, y = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:])
@@ -73,6 +73,47 @@ def test_chunk_losses_sum_to_the_models_loss(runs):
     # group 0 holds targets 1..63, groups 1-3 64 targets each, group 4 the last target alone
     per_token = nats / np.array([63, 64, 64, 64, 1])
     assert np.all(np.abs(np.log(per_token[:, :4]) - np.log(float(loss))) < 0.2)
+
+
+def test_neighbour_sources(runs):
+    """real: the stored ids' tokens and stored lengths; shuffled: the same set moved to other
+    chunks; oracle: each chunk's own text and continuation from the stream; none: None."""
+    model, state = load_model(runs[1])
+    db = open_run_db(model, state)
+    tokens = samples(db, "valid", 3)
+    real = sample_neighbours(db, "valid", 3, db.n_nbrs)
+    ids, lengths = db.split("valid").neighbours()
+    per_sample = db.block_size // db.chunk_size
+    np.testing.assert_array_equal(real[1].reshape(-1, db.n_nbrs), lengths[:3 * per_sample])
+    np.testing.assert_array_equal(real[0].reshape(-1, db.n_nbrs, 2 * db.chunk_size),
+                                  db.chunks.neighbour_tokens(ids[:3 * per_sample]))
+    shuffled = sample_neighbours(db, "valid", 3, db.n_nbrs, "shuffled")
+    assert sorted(map(bytes, shuffled[0].reshape(-1, 2 * db.chunk_size))) == \
+        sorted(map(bytes, real[0].reshape(-1, 2 * db.chunk_size)))
+    assert not np.array_equal(shuffled[0], real[0])
+    oracle_tokens, oracle_lens = sample_neighbours(db, "valid", 3, db.n_nbrs, "oracle")
+    assert oracle_tokens.shape == (3, per_sample, 1, 2 * db.chunk_size)
+    m = db.chunk_size
+    for j in range(3):
+        for u in range(per_sample - 1):  # the chunk and the next one, as the sample holds them
+            np.testing.assert_array_equal(oracle_tokens[j, u, 0], tokens[j, u * m:(u + 2) * m])
+    assert (oracle_lens == 2 * m).all()
+    assert sample_neighbours(db, "valid", 3, db.n_nbrs, "none") is None
+    with pytest.raises(ValueError, match="neighbours must be one of"):
+        sample_neighbours(db, "valid", 3, db.n_nbrs, "psychic")
+
+
+def test_oracle_at_the_end_of_the_stream_is_short_and_padded():
+    tokens, lens = oracle_neighbours(np.arange(9), 2, 4, 2, eod_id=99)  # samples of 4, chunks of 2
+    assert lens.ravel().tolist() == [4, 4, 4, 3]
+    assert tokens[0, 1, 0].tolist() == [2, 3, 4, 5] and tokens[1, 1, 0].tolist() == [6, 7, 8, 99]
+
+
+def test_loss_by_position_averages_the_targets_that_read_neighbours():
+    m, t = 4, 12
+    nats = np.tile(np.arange(1, t + 1, dtype=np.float64), (2, 1))  # target at sample position q: q
+    # offsets 0..3 over targets q = 4..12: offset 0 -> q 4, 8, 12; offset 1 -> 5, 9; ...
+    np.testing.assert_allclose(loss_by_position(nats, m), [8.0, 7.0, 8.0, 9.0])
 
 
 def test_filtered_bpb_by_hand():
@@ -87,17 +128,27 @@ def test_filtered_bpb_by_hand():
 
 def test_evaluate_retro_retro_off_and_gpt(runs):
     db_dir, retro_run, gpt_run = runs
-    result = evaluate(retro_run, gpt_run=gpt_run, batch_size=2)
+    result = evaluate(retro_run, gpt_run=gpt_run, batch_size=2,
+                      neighbours=("real", "shuffled", "oracle"))
     assert list(result["models"]) == ["retro", "retro_no_retrieval", "gpt"]
     assert result["samples"] == 3 and result["tokens"] == 768 and result["bytes"] > 768
     for s in result["models"].values():
-        assert all(math.isfinite(v) and v > 0 for v in s.values())
+        assert all(math.isfinite(s[key]) and s[key] > 0 for key in ("loss", "perplexity", "bpb"))
         # untrained: about uniform over the padded vocabulary (observed loss 10.81-10.83)
         assert abs(s["loss"] - math.log(50304)) < 0.2
         assert s["perplexity"] == pytest.approx(math.exp(s["loss"]))
         assert s["bpb"] == pytest.approx(s["loss"] * result["tokens"] / math.log(2) / result["bytes"])
     # neighbours change the output (the untrained CCA is not zero)
     assert result["models"]["retro"]["loss"] != result["models"]["retro_no_retrieval"]["loss"]
+    assert {name: s["neighbours"] for name, s in result["models"].items()} == {
+        "retro": "real", "retro_shuffled": "shuffled", "retro_oracle": "oracle",
+        "retro_no_retrieval": "none", "gpt": "none"}
+    gains = result["retrieval_gain"]["retro"]
+    assert set(gains) == {"real", "shuffled", "oracle"}
+    for source, gain in gains.items():
+        loss = result["models"][{"real": "retro"}.get(source, f"retro_{source}")]["loss"]
+        assert gain["nats"] == pytest.approx(result["models"]["retro_no_retrieval"]["loss"] - loss)
+        assert len(gain["per_position"]) == 64 and all(map(math.isfinite, gain["per_position"]))
     leakage = result["leakage"]
     assert leakage["chunks"][-1] == 3 * 3 and leakage["chunk0"]["chunks"] == 3
     assert all(math.isfinite(v) for values in leakage["bpb"].values() for v in values)
@@ -109,7 +160,7 @@ def test_cli_json_and_plot(runs, tmp_path, capsys):
     assert main(["eval", str(retro_run), "--gpt", str(gpt_run), "--json", "--plot", str(plot),
                  "--max-samples", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["samples"] == 2 and set(result["models"]["gpt"]) == {"loss", "perplexity", "bpb"}
+    assert result["samples"] == 2 and set(result["models"]["gpt"]) == {"loss", "perplexity", "bpb", "neighbours"}
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 5000
     assert main(["eval", str(retro_run), "--max-samples", "1", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out

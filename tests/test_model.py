@@ -16,6 +16,8 @@ M, K, R = 4, 2, 6  # chunk_size, neighbours per chunk, tokens per neighbour (R !
 VARIANTS = {
     "learned": {},
     "rope-gate-narrow-encoder": dict(positions="rope", cca_gate=True, enc_n_embd=8, enc_n_head=2),
+    "no-cross-positions": dict(cross_positions="none"),
+    "cca-positions-only": dict(cross_positions="cca"),
 }
 
 
@@ -381,3 +383,33 @@ def test_loss_only_forward_gives_the_same_loss(cls):
     torch.testing.assert_close(loss_only, loss, rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs targets"):
         model(idx, *neighbours, return_logits=False)
+
+
+def test_configs_saved_before_cross_positions_load_without_them():
+    """A checkpoint's config from before cross_positions existed was trained without them; a new
+    config defaults to rotary CCA and encoder cross-attention; RETRO-fit gives the new CCA the
+    default whatever the GPT's config says."""
+    saved = dataclasses.asdict(make_config())
+    del saved["cross_positions"]
+    assert RetroConfig.from_saved(saved).cross_positions == "none"
+    assert RetroConfig.from_saved({**saved, "cross_positions": "cca"}).cross_positions == "cca"
+    assert make_config().cross_positions == "rope"
+    gpt = GPT(RetroConfig.from_saved(saved))
+    assert from_gpt(gpt).config.cross_positions == "rope"
+    assert from_gpt(gpt, cross_positions="none").config.cross_positions == "none"
+    with pytest.raises(ValueError, match="cross_positions must be one of"):
+        make_config(cross_positions="alibi")
+    with pytest.raises(ValueError, match="even head widths"):
+        make_config(n_head=16)  # head width 1
+
+
+def test_cross_positions_change_the_logits_and_none_matches_a_position_free_cca():
+    """Rotary cross-attentions give other logits than position-free ones on the same weights;
+    without rotary positions (cross_positions="none") the model is the position-free one."""
+    idx, nbr_tokens, nbr_lens = make_batch(make_config())
+    outs = {}
+    for positions in ("rope", "cca", "none"):
+        outs[positions] = logits(make_model(cross_positions=positions), idx, nbr_tokens, nbr_lens)
+    assert not torch.allclose(outs["rope"], outs["none"])
+    assert not torch.allclose(outs["rope"], outs["cca"])
+    assert not torch.allclose(outs["cca"], outs["none"])

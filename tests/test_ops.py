@@ -40,17 +40,20 @@ def make_inputs(name, dtype, *, b=2, t=75, h=3, dh=12, n_chunks=2, n_nbrs=3, r=2
     return q, k, v, nbr_lens
 
 
-def options(name, m=32, q_offset=0):
-    return {"cca": {"chunk_size": m, "q_offset": q_offset}, "self": {}, "cross": {"chunk_size": m}}[name]
+def options(name, m=32, q_offset=0, rope_base=0.0):
+    opts = {"cca": {"chunk_size": m, "q_offset": q_offset}, "self": {}, "cross": {"chunk_size": m}}[name]
+    return {**opts, "rope_base": rope_base}
 
 
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("lens", ["mixed", "none"])
-def test_gradcheck_of_the_core_backward_in_float64(name, lens):
+@pytest.mark.parametrize("rope_base", [0.0, 10.0])
+def test_gradcheck_of_the_core_backward_in_float64(name, lens, rope_base):
     q, k, v, nbr_lens = make_inputs(name, torch.float64, b=1, t=21, h=2, dh=4, n_chunks=2, n_nbrs=2, r=5, m=8, lens=lens)
     op, _ = OPS[name]
     inputs = tuple(x.requires_grad_() for x in (q, k, v))
-    assert torch.autograd.gradcheck(lambda q, k, v: op(q, k, v, nbr_lens, **options(name, 8, 3)), inputs)
+    opts = options(name, 8, 3, rope_base)
+    assert torch.autograd.gradcheck(lambda q, k, v: op(q, k, v, nbr_lens, **opts), inputs)
 
 
 def forward_backward(fn, q, k, v, nbr_lens, opts, grad):
@@ -68,9 +71,11 @@ DTYPE_KERNELS = [(torch.float32, "none")] + [(torch.bfloat16, kernel) for kernel
 @pytest.mark.parametrize("dtype, bf16_kernel", DTYPE_KERNELS)
 @pytest.mark.parametrize("q_offset", [0, 7])
 @pytest.mark.parametrize("dh", [12, 40])  # 40: the 16 x 16 SIMD transposes and a tail of 8
-def test_forward_and_gradients_match_the_reference(name, dtype, bf16_kernel, q_offset, dh):
+@pytest.mark.parametrize("rope_base", [0.0, 10000.0])
+def test_forward_and_gradients_match_the_reference(name, dtype, bf16_kernel, q_offset, dh, rope_base):
     """Error against the float64 reference within 2x that of the reference run in `dtype`."""
-    check_against_the_reference(name, dtype, bf16_kernel, dh=dh, seed=q_offset, q_offset=q_offset)
+    check_against_the_reference(name, dtype, bf16_kernel, dh=dh, seed=q_offset, q_offset=q_offset,
+                                rope_base=rope_base)
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -82,10 +87,10 @@ def test_bf16_odd_sizes_match_the_reference(name, bf16_kernel, sizes):
     check_against_the_reference(name, torch.bfloat16, bf16_kernel, dh=dh, r=r, m=m, t=t, n_chunks=-(-t // m), seed=dh)
 
 
-def check_against_the_reference(name, dtype, bf16_kernel, *, seed, q_offset=0, m=32, **sizes):
+def check_against_the_reference(name, dtype, bf16_kernel, *, seed, q_offset=0, m=32, rope_base=0.0, **sizes):
     retro.set_bf16_kernel(bf16_kernel)
     q, k, v, nbr_lens = make_inputs(name, torch.float64, seed=seed, m=m, **sizes)
-    opts = options(name, m=m, q_offset=q_offset)
+    opts = options(name, m=m, q_offset=q_offset, rope_base=rope_base)
     op, ref = OPS[name]
     grad = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     exact = forward_backward(ref, q, k, v, nbr_lens, opts, grad)
@@ -97,7 +102,9 @@ def check_against_the_reference(name, dtype, bf16_kernel, *, seed, q_offset=0, m
         our_error = (a.double() - e).abs().max().item()
         ref_error = (b.double() - e).abs().max().item()
         scale = e.abs().max().item()
-        assert our_error <= 2 * ref_error + 1e-6 * scale, (what, our_error, ref_error)
+        # rotary: the kernel's q and k gradients are rounded to dtype, rotated back, rounded again
+        rounding = torch.finfo(dtype).eps * scale if rope_base and what in ("grad q", "grad k") else 0.0
+        assert our_error <= 2 * ref_error + rounding + 1e-6 * scale, (what, our_error, ref_error)
 
 
 @settings(max_examples=25, deadline=None)
@@ -113,11 +120,13 @@ def check_against_the_reference(name, dtype, bf16_kernel, *, seed, q_offset=0, m
     m=st.integers(1, 12),
     q_offset=st.integers(0, 30),
     seed=st.integers(0, 2**31),
+    rope=st.booleans(),
 )
-def test_any_shape_matches_the_reference_in_float64(name, b, t, h, dh, n_chunks, n_nbrs, r, m, q_offset, seed):
+def test_any_shape_matches_the_reference_in_float64(name, b, t, h, dh, n_chunks, n_nbrs, r, m, q_offset, seed, rope):
+    dh = 2 * dh if rope else dh  # rotary positions pair the halves of a head
     q, k, v, nbr_lens = make_inputs(name, torch.float64, b=b, t=t, h=h, dh=dh, n_chunks=n_chunks, n_nbrs=n_nbrs, r=r, m=m, seed=seed)
     op, ref = OPS[name]
-    opts = options(name, m, q_offset)
+    opts = options(name, m, q_offset, 100.0 if rope else 0.0)
     grad = torch.randn(q.shape, dtype=torch.float64)
     for a, e in zip(forward_backward(op, q, k, v, nbr_lens, opts, grad), forward_backward(ref, q, k, v, nbr_lens, opts, grad)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
@@ -165,8 +174,8 @@ def test_opcheck(name):
     q, k, v, nbr_lens = make_inputs(name, torch.float32, b=1, t=20, h=2, dh=4, n_chunks=2, n_nbrs=2, r=6, m=8)
     op = getattr(torch.ops.retro, {"cca": "chunked_cross_attention", "self": "neighbour_self_attention",
                                    "cross": "neighbour_cross_attention"}[name])
-    for lens in (nbr_lens, None):
-        args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lens, 8, 2, 0.5)
+    for lens, rope_base in ((nbr_lens, 0.0), (None, 0.0), (nbr_lens, 50.0)):
+        args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lens, 8, 2, 0.5, rope_base)
         torch.library.opcheck(op, args)
 
 
@@ -174,7 +183,7 @@ def test_torch_compile_fullgraph():
     q, k, v, nbr_lens = make_inputs("cca", torch.float32, t=40, m=16)
 
     def f(q, k, v):
-        return ops.chunked_cross_attention(q, k, v, nbr_lens, chunk_size=16).sum(-1) * 2
+        return ops.chunked_cross_attention(q, k, v, nbr_lens, chunk_size=16, rope_base=1e4).sum(-1) * 2
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
@@ -198,6 +207,13 @@ def test_bad_input_is_refused_clearly(mutate, message):
     q, k, v, nbr_lens = make_inputs("cca", torch.float32)
     with pytest.raises(ValueError, match=message):
         ops.chunked_cross_attention(*mutate(q, k, v, nbr_lens), chunk_size=32)
+
+
+@pytest.mark.parametrize("rope_base, dh", [(-1.0, 12), (100.0, 11)])
+def test_bad_rope_base_is_refused_clearly(rope_base, dh):
+    q, k, v, nbr_lens = make_inputs("cca", torch.float32, dh=dh)
+    with pytest.raises(ValueError, match="rope_base must be >= 0"):
+        ops.chunked_cross_attention(q, k, v, nbr_lens, chunk_size=32, rope_base=rope_base)
 
 
 def test_bad_chunk_size_and_offset():

@@ -91,7 +91,7 @@ def load_checkpoint(run: str | os.PathLike, map_location: str | torch.device = "
 
 def build_model(state: dict[str, Any]) -> GPT:
     """The model of a checkpoint dict, weights loaded (GPT or Retro, in eval mode)."""
-    config = RetroConfig(**state["config"])
+    config = RetroConfig.from_saved(state["config"])
     model = KINDS[state["kind"]](config)
     model.load_state_dict(state["model"])
     return model.eval()

@@ -14,6 +14,16 @@ attends to RET(C_u) for u = (p - (m-1)) // m, i.e. the last token of chunk u and
 tokens of chunk u+1 see RET(C_u); tokens 0 .. m-2 see nothing, and no token sees neighbours that
 were retrieved with text that comes after it.
 
+Positions in the cross-attentions (cross_positions="rope", the default; retro.ops.rotary): CCA
+rotates queries and keys by positions counted from the start of chunk u. The query at position p
+sits at p - u*m (m-1 .. 2m-2); key j of a neighbour sits at j (the retrieved chunk at 0 .. m-1,
+its continuation at m .. 2m-1). So a neighbour that is C_u followed by C_{u+1} holds each query's
+own token at relative distance 0 and the token it must predict at +1: copying is one fixed
+relative offset, which a content-only attention cannot find (a copy task stays at chance without
+it). The encoder's cross-attention likewise puts neighbour token j at j and the decoder state of
+offset i in chunk u at i. Checkpoints written before these positions existed load with
+cross_positions="none".
+
     model = Retro(RetroConfig.preset("tiny"))
     # training: idx (B, T), nbr_tokens (B, T // m, K, R), nbr_lens (B, T // m, K)
     logits, loss = model(idx, nbr_tokens, nbr_lens, targets)
@@ -37,6 +47,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from retro import ops
+from retro.ops.rotary import apply_rope
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 # The fields that shape the decoder, which RETRO-fit keeps.
@@ -57,7 +68,7 @@ class RetroConfig:
     dropout: float = 0.0  # embeddings, residual branches, decoder self-attention probabilities
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     positions: str = "learned"  # "learned" (GPT-2) or "rope" (rotary, in both self-attentions)
-    rope_base: float = 10000.0  # rotary frequency base (positions = "rope" only)
+    rope_base: float = 10000.0  # rotary frequency base (self-attentions and cross_positions)
     # retrieval
     chunk_size: int = 64  # m: the sequence is cut into chunks of m tokens; one retrieval per chunk
     n_nbrs: int = 2  # k: neighbours retrieved per chunk (the model accepts any number)
@@ -66,6 +77,9 @@ class RetroConfig:
     # 1-based decoder layers with CCA; None: every 3rd from 6 (from 9 when n_layer > 15)
     cca_layers: tuple[int, ...] | None = None
     cca_gate: bool = False  # tanh gate on each CCA output, 0 at init: training starts from the GPT
+    # rotary positions in the cross-attentions: "rope" CCA and the encoder's cross-attention,
+    # "cca" CCA only, "none" (checkpoints from before they existed); see the module docstring
+    cross_positions: str = "rope"
     # neighbour encoder
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
@@ -87,8 +101,11 @@ class RetroConfig:
                  f"({self.enc_heads})")
         _require(self.positions in ("learned", "rope"),
                  f"positions must be 'learned' or 'rope', not {self.positions!r}")
+        _require(self.cross_positions in CROSS_POSITIONS,
+                 f"cross_positions must be one of {CROSS_POSITIONS}, not {self.cross_positions!r}")
         head_widths = (self.n_embd // self.n_head, self.enc_width // self.enc_heads)
-        _require(self.positions != "rope" or all(w % 2 == 0 for w in head_widths),
+        rotary = self.positions == "rope" or self.cross_positions != "none"
+        _require(not rotary or all(w % 2 == 0 for w in head_widths),
                  f"rotary positions need even head widths, not {head_widths}")
         _require(self.positions != "learned" or self.nbr_len <= self.block_size,
                  f"learned positions: nbr_len ({self.nbr_len}) must be <= block_size "
@@ -117,11 +134,20 @@ class RetroConfig:
         return self.n_head if self.enc_n_head is None else self.enc_n_head
 
     @classmethod
+    def from_saved(cls, fields: dict) -> RetroConfig:
+        """The config stored in a checkpoint (dataclasses.asdict); one saved before
+        cross_positions existed was trained without positions in its cross-attentions."""
+        return cls(**{"cross_positions": "none", **fields})
+
+    @classmethod
     def preset(cls, name: str, **overrides) -> RetroConfig:
         """A named configuration (see PRESETS) with some fields overridden."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+CROSS_POSITIONS = ("rope", "cca", "none")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -152,15 +178,9 @@ PAPER_PARAMS: dict[str, tuple[float, float]] = {
 # Building blocks, shared by the decoder and the encoder
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position embedding (rotate-half form): x (..., N, H, Dh) at positions (N,) -> same."""
-    dh = x.shape[-1]
-    dtype = torch.promote_types(x.dtype, torch.float32)  # angles in at least fp32, also under bf16
-    inv_freq = base ** -(torch.arange(0, dh, 2, device=x.device, dtype=dtype) / dh)  # (Dh/2,)
-    angles = positions.to(dtype)[:, None] * inv_freq  # (N, Dh/2)
-    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (N, 1, Dh/2): for every head
-    x1, x2 = x.to(dtype).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+def _rope_base(config: RetroConfig, rotary: bool) -> float:
+    """The rotary base of an attention with positions (rotary), else 0 (none)."""
+    return config.rope_base if rotary else 0.0
 
 
 def run_block(block: nn.Module, recompute: bool, *args) -> torch.Tensor:
@@ -193,7 +213,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, config: RetroConfig, n_embd: int, n_head: int,
-                 context_embd: int | None = None, rotary: bool = False) -> None:
+                 context_embd: int | None = None, rope_base: float = 0.0) -> None:
         super().__init__()
         self.n_head = n_head
         self.c_q = nn.Linear(n_embd, n_embd, bias=config.bias)
@@ -202,7 +222,7 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(context_embd or n_embd, n_embd, bias=config.bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.rope_base = config.rope_base if rotary and config.positions == "rope" else None
+        self.rope_base = rope_base  # > 0: rotary positions (0: none)
         self.chunk_size = config.chunk_size
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,8 +236,8 @@ class Attention(nn.Module):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor,
                start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary positions start, start+1, ... along dim -3 of q, k (..., N, H, Dh) (if rope)."""
-        if self.rope_base is None:
+        """Rotary positions start, start+1, ... along dim -3 of q, k (..., N, H, Dh) (if rotary)."""
+        if not self.rope_base:
             return q, k
         positions = torch.arange(start, start + q.shape[-3], device=q.device)
         return apply_rope(q, positions, self.rope_base), apply_rope(k, positions, self.rope_base)
@@ -261,7 +281,8 @@ class CausalSelfAttention(Attention):
     """The decoder's causal self-attention (torch SDPA), with an optional KV cache."""
 
     def __init__(self, config: RetroConfig) -> None:
-        super().__init__(config, config.n_embd, config.n_head, rotary=True)
+        super().__init__(config, config.n_embd, config.n_head,
+                         rope_base=_rope_base(config, config.positions == "rope"))
         self.attn_dropout = config.dropout
 
     def forward(self, x: torch.Tensor, pos: int, cache: LayerCache | None) -> torch.Tensor:
@@ -290,7 +311,8 @@ class ChunkedCrossAttention(Attention):
     """
 
     def __init__(self, config: RetroConfig) -> None:
-        super().__init__(config, config.n_embd, config.n_head, context_embd=config.enc_width)
+        super().__init__(config, config.n_embd, config.n_head, context_embd=config.enc_width,
+                         rope_base=_rope_base(config, config.cross_positions != "none"))
 
     def forward(self, x: torch.Tensor, memory: NeighbourMemory,
                 cache: LayerCache | None) -> torch.Tensor:
@@ -315,7 +337,8 @@ class ChunkedCrossAttention(Attention):
         v = values[0] if len(values) == 1 else torch.cat(values, dim=1)
         y = ops.chunked_cross_attention(self.project_q(x), k, v, memory.lens,
                                         chunk_size=self.chunk_size,
-                                        q_offset=memory.q_offset)  # (B, T, H, Dh)
+                                        q_offset=memory.q_offset,
+                                        rope_base=self.rope_base)  # (B, T, H, Dh)
         # Megatron's rule: tokens without neighbours get no CCA output, not even c_proj's bias
         # (without a bias their rows are already exactly 0: the op writes zeros there).
         out = self.output(y)
@@ -326,20 +349,22 @@ class NeighbourSelfAttention(Attention):
     """The encoder's self-attention: bidirectional within each neighbour, over its real tokens."""
 
     def __init__(self, config: RetroConfig) -> None:
-        super().__init__(config, config.enc_width, config.enc_heads, rotary=True)
+        super().__init__(config, config.enc_width, config.enc_heads,
+                         rope_base=_rope_base(config, config.positions == "rope"))
 
     def forward(self, x: torch.Tensor, nbr_lens: torch.Tensor) -> torch.Tensor:
         """x (B, L, K, R, D), nbr_lens (B, L, K) int32 -> (B, L, K, R, D)."""
         q, (k, v) = self.project_q(x), self.project_kv(x)  # (B, L, K, R, H, Dh)
-        q, k = self.rotate(q, k, 0)
-        return self.output(ops.neighbour_self_attention(q, k, v, nbr_lens))
+        return self.output(ops.neighbour_self_attention(q, k, v, nbr_lens,
+                                                        rope_base=self.rope_base))
 
 
 class NeighbourCrossAttention(Attention):
     """The encoder's cross-attention: neighbours of chunk l attend to chunk l's decoder states."""
 
     def __init__(self, config: RetroConfig) -> None:
-        super().__init__(config, config.enc_width, config.enc_heads, context_embd=config.n_embd)
+        super().__init__(config, config.enc_width, config.enc_heads, context_embd=config.n_embd,
+                         rope_base=_rope_base(config, config.cross_positions == "rope"))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 nbr_lens: torch.Tensor) -> torch.Tensor:
@@ -347,7 +372,7 @@ class NeighbourCrossAttention(Attention):
         positions l*m .. l*m+m-1; nbr_lens (B, L, K) int32 -> (B, L, K, R, D)."""
         k, v = self.project_kv(context)  # (B, Tc, H, Dh)
         y = ops.neighbour_cross_attention(self.project_q(x), k, v, nbr_lens,
-                                          chunk_size=self.chunk_size)
+                                          chunk_size=self.chunk_size, rope_base=self.rope_base)
         return self.output(y)
 
 
@@ -698,7 +723,7 @@ class Retro(GPT):
         if isinstance(gpt, GPT) and not isinstance(gpt, Retro):
             config, state = gpt.config, gpt.state_dict()
         elif isinstance(gpt, dict) and {"model", "config"} <= gpt.keys():
-            config = RetroConfig(**gpt["config"])
+            config = RetroConfig.from_saved(gpt["config"])
             # torch.compile's wrapper prefixes every name
             state = {k.removeprefix("_orig_mod."): v for k, v in gpt["model"].items()}
         else:
@@ -707,7 +732,8 @@ class Retro(GPT):
         decoder_fields = set(_DECODER_FIELDS) & retro_fields.keys()
         if decoder_fields:
             raise ValueError(f"from_gpt cannot change the decoder's {sorted(decoder_fields)}")
-        config = replace(config, **retro_fields)
+        # the CCA and encoder are new: the current default positions unless retro_fields say
+        config = replace(config, **{"cross_positions": RetroConfig.cross_positions, **retro_fields})
         like = state["lm_head.weight"]
         with torch.device(like.device):
             model = cls(config).to(like.dtype)

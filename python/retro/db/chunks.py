@@ -103,26 +103,29 @@ class ChunkStore:
         same_doc[valid] = self.doc_ids[nxt[valid]] == self.doc_ids[ids[valid]]
         return np.where(same_doc, nxt, -1)
 
-    def neighbour_values(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and lengths of the neighbour values of chunk ids.
-
-        Args:
-            ids: (...,) int64 chunk ids, -1 for none.
-
-        Returns:
-            tokens (..., 2m) int64: chunk then continuation, real tokens first, eod after them;
-            lengths (...,) int32: real tokens (0 where the id is -1).
-        """
+    def neighbour_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """(..., 2m) int64 tokens of the neighbour values of chunk ids (..., -1 for none): the
+        chunk then its continuation, real tokens first, eod after them."""
         ids = np.asarray(ids, dtype=np.int64)
         m = self.chunk_size
         tokens = np.full((*ids.shape, 2 * m), self.eod_id, dtype=np.int64)
-        lengths = np.zeros(ids.shape, dtype=np.int32)
         found = ids >= 0
         tokens[found, :m] = self.tokens[ids[found]]
-        lengths[found] = self.lengths[ids[found]]
         nxt = self.continuation(ids)
         # Only a full chunk can have a continuation, so the real tokens stay contiguous.
-        has_next = nxt >= 0
-        tokens[has_next, m:] = self.tokens[nxt[has_next]]
-        lengths[has_next] += self.lengths[nxt[has_next]]
-        return tokens, lengths
+        tokens[nxt >= 0, m:] = self.tokens[nxt[nxt >= 0]]
+        return tokens
+
+    def neighbour_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """(...,) int32 real tokens of the neighbour values of chunk ids (0 where the id is -1):
+        what the build stores beside the ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        lengths = np.zeros(ids.shape, dtype=np.int32)
+        lengths[ids >= 0] = self.lengths[ids[ids >= 0]]
+        nxt = self.continuation(ids)
+        lengths[nxt >= 0] += self.lengths[nxt[nxt >= 0]]
+        return lengths
+
+    def neighbour_values(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbour_tokens(ids), neighbour_lengths(ids)): a freshly retrieved neighbour set."""
+        return self.neighbour_tokens(ids), self.neighbour_lengths(ids)

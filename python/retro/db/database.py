@@ -64,6 +64,21 @@ class SplitView:
         files = neighbour_files(self.name)
         return tuple(np.load(self._root / files[key], mmap_mode="r") for key in ("ids", "lengths"))
 
+    def sample_neighbours(self, samples: Sequence[int] | np.ndarray, chunks: ChunkStore,
+                          k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The stored neighbours of samples, as a model reads them: tokens (S, L, k, 2m) int64
+        (each neighbour chunk then its continuation, eod-padded) and the stored lengths (S, L, k)
+        int32 (0 = none); k: the first k neighbours (default all). The one read path of
+        training and evaluation."""
+        samples = np.asarray(samples, dtype=np.int64)
+        per_sample = self.stream.chunks_per_sample
+        queries = (samples[:, None] * per_sample + np.arange(per_sample)).reshape(-1)  # (S L,)
+        ids, lengths = self.neighbours()
+        ids, lengths = np.asarray(ids[queries, :k]), np.asarray(lengths[queries, :k])
+        tokens = chunks.neighbour_tokens(ids)
+        shape = (len(samples), per_sample)
+        return tokens.reshape(*shape, *tokens.shape[1:]), lengths.reshape(*shape, -1)
+
     def sample_of_query(self) -> np.ndarray:
         """(n_queries,) int64: the sample of each query chunk."""
         return self.stream.sample_of_query()

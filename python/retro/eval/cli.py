@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from retro.checkpoint import checkpoint_path
-from retro.eval.evaluate import evaluate, results_table
+from retro.eval.evaluate import evaluate, gain_table, results_table
+from retro.eval.losses import NEIGHBOURS
 from retro.eval.qa import qa_table
 from retro.eval.trivia import DEFAULT_LISTS
 from retro.eval.leakage import leakage_table, plot_leakage
@@ -24,6 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="valid")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-samples", type=int, default=None, help="default: the whole split")
+    parser.add_argument("--neighbours", nargs="+", choices=NEIGHBOURS, default=["real", "none"],
+                        help="neighbour sources RETRO is scored with (none is always added: the "
+                        "retrieval gain is the loss without minus the loss with): real = the "
+                        "stored ones, shuffled = another chunk's, oracle = each chunk's own text "
+                        "and true continuation (the upper bound)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="leakage plot PNG (default: RUN/leakage.png)")
     parser.add_argument("--device", default="cpu")
@@ -49,7 +55,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.edited_db and not qa_lists:
         raise ValueError("--edited-db is read by the QA comparison: add --qa")
     result = evaluate(args.run, args.db, args.gpt, args.split, args.batch_size, args.max_samples,
-                      args.device, qa_lists, args.qa_items, args.edited_db)
+                      args.device, qa_lists, args.qa_items, args.edited_db, args.neighbours)
     plot = args.plot or checkpoint_path(args.run).parent / "leakage.png"
     result["leakage"]["plot"] = str(plot_leakage(result["leakage"], plot))
     if args.text_quality:
@@ -61,6 +67,10 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{result['split']}: {result['samples']} samples, {result['tokens']} tokens, "
           f"{result['bytes']} bytes ({result['db']})")
     print(results_table(result))
+    if result["retrieval_gain"]:
+        print("\nRetrieval gain: loss without retrieval minus loss with the neighbours (nats; "
+              "per offset: over the targets that read neighbours)")
+        print(gain_table(result))
     print("\nLeakage-filtered bits per byte (DeepMind §4.4): chunks whose longest common token run "
           "with RET(C_{u-1}) is <= alpha * chunk_size")
     print(leakage_table(result["leakage"]))

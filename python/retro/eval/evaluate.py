@@ -16,36 +16,86 @@ from retro.eval.bytes import bits_per_byte
 from retro.eval.qa import qa_comparison
 from retro.eval.trivia import lists_for
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
-from retro.eval.losses import chunk_bytes, chunk_losses, n_samples, samples, stored_neighbours
+from retro.eval.losses import (NEIGHBOURS, chunk_bytes, group_sums, loss_by_position, n_samples,
+                               sample_neighbours, samples, token_losses)
 from retro.model import GPT
 from retro.run_db import open_matching_db, open_run_db
 
 
 def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: str = "valid",
                     batch_size: int = 4, max_samples: int | None = None,
-                    alphas: tuple[float, ...] = ALPHAS) -> dict[str, Any]:
-    """Scores each named (model, retrieval on?) over the split's samples and stored neighbours.
+                    alphas: tuple[float, ...] = ALPHAS,
+                    neighbours: Sequence[str] = ("real", "none")) -> dict[str, Any]:
+    """Scores each named (model, retrieval on?) over the split's samples.
 
-    Returns a JSON-ready dict: split, samples, tokens, bytes, models {name: {loss, perplexity,
-    bpb}}, and leakage (see leakage.filtered_bpb).
+    A model with retrieval is scored once per neighbour source (retro.eval.losses.NEIGHBOURS):
+    "real" under its own name, the others as "<name>_<source>" ("none" as
+    "<name>_no_retrieval"). Returns a JSON-ready dict: split, samples, tokens, bytes, models
+    {name: {loss, perplexity, bpb, neighbours}}, retrieval_gain {name: {source: {nats,
+    per_position}}} (the loss without retrieval minus the loss with the source's neighbours,
+    overall and at each offset within a chunk, over the targets that read neighbours), and
+    leakage (see leakage.filtered_bpb, with the real neighbours).
     """
     count = n_samples(db, split, max_samples)
     tokens = samples(db, split, count)  # (S, T + 1)
-    nbr_tokens, nbr_lens = stored_neighbours(db, split, count, db.n_nbrs)
+    real = sample_neighbours(db, split, count, db.n_nbrs)
     n_bytes = chunk_bytes(db.tokenizer, tokens, db.chunk_size)  # (S, L + 1)
     n_tokens = count * db.block_size
-    nats, scores = {}, {}
-    for name, (model, retrieval) in models.items():
-        k = model.config.n_nbrs
-        nats[name] = chunk_losses(model, tokens,
-                                  nbr_tokens[:, :, :k] if retrieval else None,
-                                  nbr_lens[:, :, :k] if retrieval else None, batch_size)
-        loss = float(nats[name].sum()) / n_tokens
-        scores[name] = {"loss": loss, "perplexity": math.exp(loss),
-                        "bpb": bits_per_byte(float(nats[name].sum()), int(n_bytes.sum()))}
-    overlaps = sample_overlaps(tokens, nbr_tokens, nbr_lens, db.chunk_size)
+    nats, scores, by_position = {}, {}, {}
+    for name, model, source in scored_models(models, neighbours):
+        given = sample_neighbours(db, split, count, model.config.n_nbrs, source)
+        per_token = token_losses(model, tokens, given, batch_size)  # (S, T)
+        nats[name] = group_sums(per_token, db.chunk_size)
+        by_position[name] = loss_by_position(per_token, db.chunk_size)
+        loss = float(per_token.sum()) / n_tokens
+        scores[name] = {"loss": loss, "perplexity": math.exp(loss), "neighbours": source,
+                        "bpb": bits_per_byte(float(per_token.sum()), int(n_bytes.sum()))}
+    overlaps = sample_overlaps(tokens, *real, db.chunk_size)
     return {"split": split, "samples": count, "tokens": n_tokens, "bytes": int(n_bytes.sum()),
-            "models": scores, "leakage": filtered_bpb(overlaps, nats, n_bytes, alphas)}
+            "models": scores, "retrieval_gain": retrieval_gains(models, scores, by_position),
+            "leakage": filtered_bpb(overlaps, nats, n_bytes, alphas)}
+
+
+def scored_name(name: str, source: str) -> str:
+    """The result name of a retrieval model scored with a neighbour source."""
+    return {"real": name, "none": f"{name}_no_retrieval"}.get(source, f"{name}_{source}")
+
+
+def scored_models(models: dict[str, tuple[GPT, bool]],
+                  neighbours: Sequence[str]) -> list[tuple[str, GPT, str]]:
+    """(result name, model, neighbour source) of every score: a model with retrieval once per
+    source, always with "none" (the gain's baseline); a model without, once with "none"."""
+    bad = sorted(set(neighbours) - set(NEIGHBOURS))
+    if bad:
+        raise ValueError(f"neighbours must be among {NEIGHBOURS}, not {bad}")
+    scored, done = [], set()
+    for name, (model, retrieval) in models.items():
+        if not retrieval or model.encoder is None:
+            if name not in done:
+                scored.append((name, model, "none"))
+            continue
+        for source in dict.fromkeys([*neighbours, "none"]):
+            scored.append((scored_name(name, source), model, source))
+            done.add(scored_name(name, source))  # e.g. run_models' "retro_no_retrieval"
+    return scored
+
+
+def retrieval_gains(models: dict[str, tuple[GPT, bool]], scores: dict[str, dict],
+                    by_position: dict[str, np.ndarray]) -> dict[str, dict[str, dict]]:
+    """{model: {source: {"nats": loss(none) - loss(source), "per_position": [m floats]}}} for
+    every model with retrieval and every source it was scored with."""
+    gains = {}
+    for name, (model, retrieval) in models.items():
+        base = scored_name(name, "none")
+        if not retrieval or model.encoder is None or base not in scores:
+            continue
+        gains[name] = {
+            source: {"nats": scores[base]["loss"] - scores[scored_name(name, source)]["loss"],
+                     "per_position": (by_position[base]
+                                      - by_position[scored_name(name, source)]).tolist()}
+            for source in NEIGHBOURS
+            if source != "none" and scored_name(name, source) in scores}
+    return gains
 
 
 def run_models(run: str | os.PathLike, db: str | os.PathLike | None = None,
@@ -72,9 +122,11 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
              max_samples: int | None = None, device: str = "cpu",
              qa_lists: Sequence[str] | str = (),
              qa_items: int | None = None,
-             edited_db: str | os.PathLike | None = None) -> dict[str, Any]:
+             edited_db: str | os.PathLike | None = None,
+             neighbours: Sequence[str] = ("real", "none")) -> dict[str, Any]:
     """``retro eval``: a RETRO run with retrieval ("retro") and without ("retro_no_retrieval"), or
     a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
+    neighbours: the neighbour sources RETRO is scored with (see evaluate_models).
 
     qa_lists: factual QA lists (retro.eval.trivia) scored by every model, up to qa_items items
     each, into result["qa"] ("default": trivia.lists_for the database's corpus); with edited_db (a database built with edits), also RETRO's answers
@@ -82,7 +134,8 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
     database (see retro.run_db.open_run_db), and edited_db against that database.
     """
     models, database = run_models(run, db, gpt_run, device)
-    result = evaluate_models(models, database, split, batch_size, max_samples)
+    result = evaluate_models(models, database, split, batch_size, max_samples,
+                             neighbours=neighbours)
     result["run"], result["db"] = str(run), str(database.root)
     if qa_lists:
         edited = open_matching_db(database, edited_db) if edited_db is not None else None
@@ -92,6 +145,19 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
         if edited is not None:
             result["edited_db"] = str(edited.root)
     return result
+
+
+def gain_table(result: dict[str, Any]) -> str:
+    """The retrieval gain of each model and neighbour source (nats), overall and at the first,
+    middle and last offsets within a chunk, as a Markdown table."""
+    rows = ["| model | neighbours | gain (nats) | offset 0 | offset m/2 | offset m-1 |",
+            "|---|---|---|---|---|---|"]
+    for name, sources in result["retrieval_gain"].items():
+        for source, gain in sources.items():
+            per = gain["per_position"]
+            rows.append(f"| {name} | {source} | {gain['nats']:+.4f} | {per[0]:+.3f} "
+                        f"| {per[len(per) // 2]:+.3f} | {per[-1]:+.3f} |")
+    return "\n".join(rows)
 
 
 def results_table(result: dict[str, Any]) -> str:

@@ -49,42 +49,91 @@ def chunk_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk_size: int) -> np
     return group_bytes(tokenizer, pieces).reshape(n, n_groups)
 
 
-def stored_neighbours(db: Database, split: str, count: int,
-                      n_nbrs: int) -> tuple[np.ndarray, np.ndarray]:
+NEIGHBOURS = ("real", "shuffled", "none", "oracle")
+
+
+def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
+                      source: str = "real") -> tuple[np.ndarray, np.ndarray] | None:
     """Neighbour tokens (S, L, k, 2m) int64 and lengths (S, L, k) int32 of the first count
-    samples' query chunks, from the stored neighbour ids (chunk + continuation)."""
-    chunks_per_sample = db.block_size // db.chunk_size
-    ids, _ = db.split(split).neighbours()
-    ids = np.asarray(ids[: count * chunks_per_sample, :n_nbrs])
-    tokens, lens = db.chunks.neighbour_values(ids)
-    return (tokens.reshape(count, chunks_per_sample, *tokens.shape[1:]),
-            lens.reshape(count, chunks_per_sample, -1))
+    samples' query chunks, from one source:
+
+    - "real": the stored neighbours (the first n_nbrs);
+    - "shuffled": the stored neighbours of another chunk, half the evaluated chunks away (same
+      distribution, unrelated text: what reading neighbours is worth when they are wrong);
+    - "oracle": one neighbour, the chunk itself then its true continuation in the split's stream
+      (what the database would return if it held the evaluated text: the upper bound);
+    - "none": None (retrieval off).
+    """
+    if source not in NEIGHBOURS:
+        raise ValueError(f"neighbours must be one of {NEIGHBOURS}, not {source!r}")
+    if source == "none":
+        return None
+    view = db.split(split)
+    if source == "oracle":
+        return oracle_neighbours(view.stream.tokens, count, db.block_size, db.chunk_size,
+                                 db.tokenizer.eod_id)
+    tokens, lens = view.sample_neighbours(np.arange(count), db.chunks, n_nbrs)
+    if source == "shuffled":
+        shift = max(1, tokens.shape[0] * tokens.shape[1] // 2)
+        tokens, lens = (np.roll(x.reshape(-1, *x.shape[2:]), shift, axis=0).reshape(x.shape)
+                        for x in (tokens, lens))
+    return tokens, lens
+
+
+def oracle_neighbours(stream: np.ndarray, count: int, block_size: int, chunk_size: int,
+                      eod_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, L, 1, 2m) int64 tokens and (S, L, 1) int32 lengths: chunk u of sample j followed by
+    its continuation, stream[j T + u m : j T + (u + 2) m] (shorter at the stream's end)."""
+    m, per_sample = chunk_size, block_size // chunk_size
+    starts = (np.arange(count)[:, None] * block_size + np.arange(per_sample) * m).reshape(-1)
+    tokens = np.full((len(starts), 2 * m), eod_id, dtype=np.int64)
+    lens = np.minimum(2 * m, len(stream) - starts).astype(np.int32)
+    for row, (start, length) in enumerate(zip(starts, lens)):
+        tokens[row, :length] = stream[start:start + length]
+    return tokens.reshape(count, per_sample, 1, 2 * m), lens.reshape(count, per_sample, 1)
 
 
 @torch.no_grad()
-def chunk_losses(model: GPT, tokens: np.ndarray, nbr_tokens: np.ndarray | None,
-                 nbr_lens: np.ndarray | None, batch_size: int = 4) -> np.ndarray:
-    """Summed cross-entropy (nats) of each target group: (S, L + 1) float64.
+def token_losses(model: GPT, tokens: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray] | None,
+                 batch_size: int = 4) -> np.ndarray:
+    """Cross-entropy (nats) of every target: (S, T) float64.
 
-    tokens (S, T + 1); nbr_tokens (S, L, k, R) and nbr_lens (S, L, k) for a Retro with retrieval,
-    None for a GPT or a Retro with retrieval off.
+    tokens (S, T + 1); neighbours: (nbr_tokens (S, L, k, R), nbr_lens (S, L, k)) for a Retro
+    with retrieval, None for a GPT or a Retro with retrieval off.
     """
     device = model.lm_head.weight.device
-    n, block_size = tokens.shape[0], tokens.shape[1] - 1
-    groups = torch.from_numpy(group_of_target(block_size, model.config.chunk_size)).to(device)
-    n_groups = int(groups[-1]) + 1
-    out = np.zeros((n, n_groups), dtype=np.float64)
-    for begin in range(0, n, batch_size):
+    out = np.zeros((tokens.shape[0], tokens.shape[1] - 1), dtype=np.float64)
+    for begin in range(0, tokens.shape[0], batch_size):
         batch = torch.from_numpy(tokens[begin:begin + batch_size]).to(device)  # (B, T + 1)
         kwargs = {}
-        if nbr_tokens is not None:
-            kwargs["nbr_tokens"] = torch.from_numpy(nbr_tokens[begin:begin + batch_size]).to(device)
-            kwargs["nbr_lens"] = torch.from_numpy(
-                nbr_lens[begin:begin + batch_size].astype(np.int32)).to(device)
+        if neighbours is not None:
+            nbr_tokens, nbr_lens = (x[begin:begin + batch_size] for x in neighbours)
+            kwargs["nbr_tokens"] = torch.from_numpy(nbr_tokens).to(device)
+            kwargs["nbr_lens"] = torch.from_numpy(nbr_lens.astype(np.int32)).to(device)
         logits, _ = model(batch[:, :-1], **kwargs)  # (B, T, vocab)
         nats = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(),
                                reduction="none").view(batch.shape[0], -1)  # (B, T)
-        summed = torch.zeros(batch.shape[0], n_groups, dtype=torch.float64, device=device)
-        summed.index_add_(1, groups, nats.double())
-        out[begin:begin + batch.shape[0]] = summed.cpu().numpy()
+        out[begin:begin + batch.shape[0]] = nats.double().cpu().numpy()
     return out
+
+
+def group_sums(nats: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Per-target nats (S, T) -> summed nats of each target group (S, L + 1)."""
+    groups = group_of_target(nats.shape[1], chunk_size)
+    out = np.zeros((nats.shape[0], groups[-1] + 1), dtype=np.float64)
+    np.add.at(out, (slice(None), groups), nats)
+    return out
+
+
+def chunk_losses(model: GPT, tokens: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray] | None,
+                 batch_size: int = 4) -> np.ndarray:
+    """Summed cross-entropy (nats) of each target group: (S, L + 1) float64 (see token_losses)."""
+    return group_sums(token_losses(model, tokens, neighbours, batch_size), model.config.chunk_size)
+
+
+def loss_by_position(nats: np.ndarray, chunk_size: int) -> np.ndarray:
+    """(m,) float64: mean nats of the targets at each offset within a chunk, over the targets
+    that had neighbours to read (chunks u >= 1, sample positions m .. T)."""
+    read = nats[:, chunk_size - 1:]  # target at sample position q = column + 1 >= m
+    offsets = np.arange(chunk_size - 1, nats.shape[1]) + 1
+    return np.array([read[:, offsets % chunk_size == i].mean() for i in range(chunk_size)])

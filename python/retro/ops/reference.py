@@ -14,6 +14,9 @@ tokens per neighbour, m = chunk_size):
 - neighbour_cross_attention_ref(q (B,L,K,R,H,Dh), k, v (B,T,H,Dh), nbr_lens (B,L,K) | None)
   -> (B,L,K,R,H,Dh). Neighbour token r < len of chunk l attends to the decoder states of chunk l,
   positions [l*m, min((l+1)*m, T)); tokens r >= len, and chunks with no decoder position, get zeros.
+
+Each takes ``rope_base``: > 0 rotates queries and keys by their positions first
+(:mod:`retro.ops.rotary`, in float32 or wider), 0 leaves them as they are.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from retro.ops import rotary
 
 
 def _scale(scale: float | None, head_dim: int) -> float:
@@ -43,6 +48,16 @@ def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return out.to(q.dtype)
 
 
+def _rotated(op: str, q: torch.Tensor, k: torch.Tensor, chunk_size: int, q_offset: int,
+             rope_base: float, upcast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k rotated by their positions in op (rope_base > 0), in float32 when upcast widens."""
+    if rope_base <= 0:
+        return q, k
+    if upcast:
+        q, k = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x for x in (q, k))
+    return rotary.rotate(op, q, k, chunk_size, q_offset, rope_base)
+
+
 def _lengths(nbr_lens: torch.Tensor | None, shape: tuple[int, ...], r: int, device: torch.device) -> torch.Tensor:
     if nbr_lens is None:
         return torch.full(shape, r, dtype=torch.int32, device=device)
@@ -59,12 +74,15 @@ def chunked_cross_attention_ref(
     q_offset: int = 0,
     scale: float | None = None,
     upcast: bool = True,
+    rope_base: float = 0.0,
 ) -> torch.Tensor:
     """Chunked cross-attention (RETRO's CCA) by dense masking. See the module docstring."""
+    dtype = q.dtype
+    q, k = _rotated("chunked_cross", q, k, chunk_size, q_offset, rope_base, upcast)
     b, t, h, dh = q.shape
     _, n_chunks, n_nbrs, r, _, _ = k.shape
     if n_chunks == 0:  # no chunk is complete yet: nothing to attend to
-        return torch.zeros_like(q)
+        return torch.zeros_like(q, dtype=dtype)
     lens = _lengths(nbr_lens, (b, n_chunks, n_nbrs), r, q.device)
     positions = torch.arange(t, device=q.device) + q_offset
     chunk = torch.div(positions - (chunk_size - 1), chunk_size, rounding_mode="floor")  # (T,)
@@ -83,7 +101,7 @@ def chunked_cross_attention_ref(
         _scale(scale, dh),
         upcast,
     )
-    return out.squeeze(3)
+    return out.squeeze(3).to(dtype)
 
 
 def neighbour_self_attention_ref(
@@ -94,8 +112,11 @@ def neighbour_self_attention_ref(
     *,
     scale: float | None = None,
     upcast: bool = True,
+    rope_base: float = 0.0,
 ) -> torch.Tensor:
     """Bidirectional attention inside each neighbour, limited to its real tokens."""
+    dtype = q.dtype
+    q, k = _rotated("neighbour_self", q, k, 0, 0, rope_base, upcast)
     b, n_chunks, n_nbrs, r, h, dh = q.shape
     lens = _lengths(nbr_lens, (b, n_chunks, n_nbrs), r, q.device)
     real = torch.arange(r, device=q.device).view(1, 1, 1, r) < lens.unsqueeze(-1)  # (B, L, K, R)
@@ -104,7 +125,7 @@ def neighbour_self_attention_ref(
         q.permute(0, 1, 2, 4, 3, 5), k.permute(0, 1, 2, 4, 3, 5), v.permute(0, 1, 2, 4, 3, 5),
         mask.unsqueeze(3), _scale(scale, dh), upcast,
     )  # (B, L, K, H, R, Dh)
-    return out.permute(0, 1, 2, 4, 3, 5)
+    return out.permute(0, 1, 2, 4, 3, 5).to(dtype)
 
 
 def neighbour_cross_attention_ref(
@@ -116,8 +137,11 @@ def neighbour_cross_attention_ref(
     chunk_size: int = 64,
     scale: float | None = None,
     upcast: bool = True,
+    rope_base: float = 0.0,
 ) -> torch.Tensor:
     """Neighbour tokens attending to the decoder states of the chunk they were retrieved for."""
+    dtype = q.dtype
+    q, k = _rotated("neighbour_cross", q, k, chunk_size, 0, rope_base, upcast)
     b, n_chunks, n_nbrs, r, h, dh = q.shape
     t = k.shape[1]
     lens = _lengths(nbr_lens, (b, n_chunks, n_nbrs), r, q.device)
@@ -138,4 +162,17 @@ def neighbour_cross_attention_ref(
         _scale(scale, dh),
         upcast,
     )
-    return out.permute(0, 1, 2, 4, 3, 5)
+    return out.permute(0, 1, 2, 4, 3, 5).to(dtype)
+
+
+def attention_ref(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  nbr_lens: torch.Tensor | None, *, chunk_size: int, q_offset: int,
+                  scale: float | None, rope_base: float) -> torch.Tensor:
+    """The reference of op "chunked_cross", "neighbour_self" or "neighbour_cross"."""
+    if op == "chunked_cross":
+        return chunked_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size,
+                                           q_offset=q_offset, scale=scale, rope_base=rope_base)
+    if op == "neighbour_self":
+        return neighbour_self_attention_ref(q, k, v, nbr_lens, scale=scale, rope_base=rope_base)
+    return neighbour_cross_attention_ref(q, k, v, nbr_lens, chunk_size=chunk_size, scale=scale,
+                                         rope_base=rope_base)

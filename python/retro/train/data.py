@@ -1,8 +1,9 @@
 """Training data: a database split's samples with their stored neighbours, in a seeded order.
 
 Sample j of a split is ``stream[j*T : j*T + T + 1]`` (T = block_size); its L = T / m query chunks
-are queries j*L .. j*L + L - 1, whose stored neighbour ids become tokens through the chunk store's
-one path (``ChunkStore.neighbour_values``: the chunk, then its continuation in the same document).
+are queries j*L .. j*L + L - 1, whose stored neighbours reach the model through the database's one
+read path (``SplitView.sample_neighbours``: the chunk, then its continuation in the same document,
+and the stored lengths).
 The order is an endless sequence of epochs, each a permutation drawn from (seed, epoch): position p
 of the sequence depends on p and the seed alone, so a run resumes from ``data_position`` exactly,
 and a GPT and a RETRO run with the same seed read the same samples in the same order.
@@ -40,8 +41,6 @@ class SampleDataset(Dataset):
         db = open_db(self.db_dir)
         self._chunks = db.chunks
         self._view = db.split(self.split)
-        self._nbr_ids = self._view.neighbours()[0]  # (n_queries, K) int64, memmap
-        self._chunks_per_sample = self._view.stream.chunks_per_sample
 
     def __getstate__(self) -> dict:
         # workers reopen the memmaps rather than receive copies of them
@@ -59,9 +58,8 @@ class SampleDataset(Dataset):
         idx, targets = sample[:-1], sample[1:]
         if not self.with_neighbours:
             return idx, targets
-        ids = self._nbr_ids[j * self._chunks_per_sample:(j + 1) * self._chunks_per_sample]  # (L, K)
-        nbr_tokens, nbr_lens = self._chunks.neighbour_values(np.asarray(ids))  # (L, K, R), (L, K)
-        return idx, targets, nbr_tokens, nbr_lens
+        nbr_tokens, nbr_lens = self._view.sample_neighbours([j], self._chunks)  # (1, L, K, R)
+        return idx, targets, nbr_tokens[0], nbr_lens[0]
 
 
 def sample_order(n_samples: int, seed: int, start: int = 0) -> Iterator[int]:

@@ -218,7 +218,7 @@ def _plain(state: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer]:
     from retro.train.config import TrainConfig
     from retro.train.optim import make_optimizer
 
-    model = KINDS[state["kind"]](RetroConfig(**state["config"]))
+    model = KINDS[state["kind"]](RetroConfig.from_saved(state["config"]))
     frozen = set(state.get("frozen") or [])
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen)

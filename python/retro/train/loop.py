@@ -252,7 +252,7 @@ def _model(config: TrainConfig, db: Database,
     random.seed(config.seed)
     np.random.seed(config.seed)
     if state is not None:
-        model = KINDS[state["kind"]](RetroConfig(**state["config"]))
+        model = KINDS[state["kind"]](RetroConfig.from_saved(state["config"]))
         frozen = list(state.get("frozen") or [])
     else:
         # what the database decides, unless set explicitly (then it is checked below)
