@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_run_support import tiny_runs
 
-from retro.checkpoint import load_checkpoint, load_model, save_checkpoint
+from retro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from retro.cli import main
 from retro.data.tokenizer import load_tokenizer
 from retro.eval import chunk_overlaps, evaluate, filtered_bpb, longest_common_run
 from retro.eval.bytes import bits_per_byte, group_bytes
 from retro.eval.losses import chunk_losses, samples, stored_neighbours
-from retro.run_db import open_run_db
+from retro.train.run_db import open_run_db
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from retro.data.corpus import CorpusError
 
 COMMAND_GROUPS = (
     "retro.db.cli",
-    "retro.index_cli",
+    "retro.index.cli",
     "retro.train.cli",
     "retro.train.ckpt_cli",
     "retro.eval.cli",

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retro.data.trivia import read_trivia_list
+
 Edits = tuple[tuple[str, str], ...]  # (old, new) pairs
 CAPITALS = "capitals"
 
@@ -75,8 +77,6 @@ def apply_edits(documents: Sequence[str], edits: Edits) -> list[str]:
 
 def capital_swaps(seed: int = 0) -> Edits:
     """The ``capitals`` edit set (see the module doc), sorted by the old capital."""
-    from retro.eval.trivia import read_trivia_list
-
     countries: dict[str, str] = {}  # capital -> its country, for capitals of one country
     repeated: set[str] = set()
     for item in read_trivia_list("worldcapitals"):

@@ -39,7 +39,7 @@ from retro.db.streams import TokenStream
 from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
-from retro.distributed import World, barrier, join_world, leave_world
+from retro.world import World, barrier, join_world, leave_world
 
 # How long a rank waits for the others: rank 0 chunks and trains the index alone meanwhile.
 RANK_WAIT = timedelta(hours=12)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retro.data.packages import package_dir
-from retro.db.files import BlockWriter
-from retro.distributed import World
+from retro.db.blocks import BlockWriter
+from retro.world import World
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

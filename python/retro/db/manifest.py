@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro.db.files import sha256_of, write_json_atomically
+from retro.files import sha256_of, write_json_atomically
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -21,9 +21,9 @@ import numpy as np
 from retro.data.corpus import canonical_source, corpus_fingerprint, read_corpus
 from retro.db import stages
 from retro.db.database import SplitView, open_db
-from retro.db.files import sha256_of
 from retro.db.streams import TokenStream
 from retro.db.manifest import MANIFEST, QUERY_SET, Manifest, open_or_create
+from retro.files import sha256_of
 
 
 class QuerySet(SplitView):

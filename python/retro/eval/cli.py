@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from retro.checkpoint import checkpoint_path
+from retro.train.checkpoint import checkpoint_path
 from retro.eval.evaluate import evaluate, results_table
 from retro.eval.qa import qa_table
-from retro.eval.trivia import DEFAULT_LISTS
+from retro.data.trivia import DEFAULT_LISTS
 from retro.eval.leakage import leakage_table, plot_leakage
 from retro.eval.text_quality import text_quality_of_runs, text_quality_table
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 import time
 
-from retro.checkpoint import load_model
+from retro.train.checkpoint import load_model
 from retro.generation.generator import GenerationStats, generate
-from retro.run_db import open_run_db
+from retro.train.run_db import open_run_db
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

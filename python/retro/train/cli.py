@@ -56,7 +56,7 @@ def _missing(error: ImportError) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from retro.checkpoint import CheckpointError
+    from retro.train.checkpoint import CheckpointError
     from retro.train.config import TrainConfig, apply_overrides
     from retro.train.distributed_checkpoint import latest_checkpoint, read_train_state
     from retro.train.loop import train

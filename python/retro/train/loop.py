@@ -4,8 +4,8 @@ One optimizer step: grad_accum micro-batches of batch_size samples, each loss sc
 1 / grad_accum, then gradient clipping and AdamW at the scheduled learning rate. Validation runs
 every eval_interval steps on a fixed set of valid samples with their stored neighbours; a
 checkpoint is written every checkpoint_interval steps and at the end, holding everything a
-resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.checkpoint) on one process,
-a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
+resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.train.checkpoint) on one
+process, a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
 added at the end), which resumes on any world size with the same global batch.
 """
 
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from retro.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS, config_dict,
+from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS, config_dict,
                               db_identity, db_mismatches, load_checkpoint, save_checkpoint)
 from retro.db import Database, open_db
 from retro.model import GPT, Retro, RetroConfig
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
-from retro.distributed import World, barrier, leave_world
+from retro.world import World, barrier, leave_world
 from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
                                      rank_batches, rank_device, sum_over_ranks, wrap_model)
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from retro.files import atomic_file
 from retro.model import GPT, Retro, RetroConfig
 
 CHECKPOINT = "ckpt.pt"
@@ -58,13 +59,8 @@ def save_checkpoint(run: str | os.PathLike, state: dict[str, Any]) -> Path:
     if state["kind"] not in KINDS:
         raise CheckpointError(f"kind must be one of {sorted(KINDS)}, got {state['kind']!r}")
     path = checkpoint_path(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as file:
+        torch.save(state, file)
     return path
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from retro.index import FlatIndex, IvfPqIndex, Metric
+from retro.index.flat import FlatIndex, Metric
+from retro.index.ivf_pq import IvfPqIndex
 
 _IVF_PQ = re.compile(r"^(?:OPQ(\d+)(?:_(\d+))?,)?IVF(\d+),PQ(\d+)(?:x(\d+))?(fs)?$")
 

@@ -1,12 +1,12 @@
-"""``retro index shard``: a thin layer over retro.sharding."""
+"""``retro index shard``: a thin layer over retro.index.sharding."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from retro.index import IvfPqIndex
-from retro.sharding import read_manifest, shard_index
+from retro.index.ivf_pq import IvfPqIndex
+from retro.index.sharding import read_manifest, shard_index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     index = subparsers.add_parser("index", help="work with IVF-PQ index files")
     commands = index.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
     shard = commands.add_parser(
-        "shard", help="split an index file into shards of equal-count id ranges (retro.sharding)"
+        "shard",
+        help="split an index file into shards of equal-count id ranges (retro.index.sharding)",
     )
     shard.add_argument("index", type=Path, help="an index file written by IvfPqIndex.save")
     shard.add_argument("out", type=Path, help="the shard directory (shard files + shards.json)")
