@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_run_support import tiny_runs
 
-from retro.train.checkpoint import load_model
 from retro.data.edits import apply_edits, capital_swaps, check_edits, load_edits, parse_edit
-from retro.eval.qa import ChoiceScores, edited_items, qa_scores, score_choices
 from retro.data.trivia import (DEFAULT_LISTS, QAItem, cloze_prompt, qa_items, read_items,
                                with_choices)
+from retro.eval.qa import ChoiceScores, edited_items, qa_scores, score_choices
+from retro.train.checkpoint import load_model
 from retro.train.run_db import open_run_db
 
 

@@ -1,8 +1,9 @@
 """The ``retro`` command line: one subcommand group per module (``retro db ...`` in retro/db/cli.py).
 
 Each group module exposes ``add_parser(subparsers)``, which registers its parser and sets
-``func(args) -> int`` on the parsed arguments. Bad input (a corpus, a directory, a parameter)
-ends with one ``retro: error: ...`` line and exit status 2, never a traceback.
+``func(args) -> int`` on the parsed arguments. Input retro refuses (a corpus, a directory, a
+setting: a :class:`retro.errors.RetroError`) ends with one ``retro: error: ...`` line and exit
+status 2; any other exception is a bug or an environment problem and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from retro.data.corpus import CorpusError
+from retro.errors import RetroError
 
 COMMAND_GROUPS = (
     "retro.db.cli",
@@ -22,6 +23,9 @@ COMMAND_GROUPS = (
     "retro.generation.cli",
     "retro.demo",
 )
+# Groups whose code still raises a bare ValueError for bad input (the prompt, --model-arg): for
+# their commands a ValueError is the user's error too, until they raise RetroError.
+VALUE_ERROR_GROUPS = ("retro.generation.cli", "retro.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    user_errors = ValueError if args.func.__module__ in VALUE_ERROR_GROUPS else RetroError
     try:
         return int(args.func(args) or 0)
-    except (CorpusError, ValueError, KeyError, IndexError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"retro: error: {message}", file=sys.stderr)
+    except user_errors as error:
+        print(f"retro: error: {error}", file=sys.stderr)
         return 2
 
 

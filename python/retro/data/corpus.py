@@ -27,11 +27,12 @@ from contextlib import closing
 from pathlib import Path
 
 from retro.data.packages import package_dir
+from retro.errors import RetroError
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class CorpusError(ValueError):
+class CorpusError(RetroError):
     """A corpus that cannot be read: missing, empty, undecodable or without the text field."""
 
 

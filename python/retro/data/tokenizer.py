@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from retro.data.packages import package_dir
+from retro.errors import RetroError
 
 GPT2 = "gpt2"
 # End-of-document tokens looked for in a user's tokenizer.json, first found wins.
@@ -109,12 +110,12 @@ def _from_file(path: Path) -> Tokenizer:
     try:
         backend = HfTokenizer.from_file(str(path))
     except Exception as error:  # tokenizers raises a bare Exception on a malformed file
-        raise ValueError(f"{path}: not a tokenizers tokenizer.json ({error})") from None
+        raise RetroError(f"{path}: not a tokenizers tokenizer.json ({error})") from None
     eod_id = next(
         (backend.token_to_id(t) for t in EOD_TOKENS if backend.token_to_id(t) is not None), None
     )
     if eod_id is None:
-        raise ValueError(f"{path}: the tokenizer has none of the end-of-document tokens {EOD_TOKENS}")
+        raise RetroError(f"{path}: the tokenizer has none of the end-of-document tokens {EOD_TOKENS}")
     vocab_size = backend.get_vocab_size(with_added_tokens=True)
     return Tokenizer(str(path), _sha256_of_files([path]), eod_id, vocab_size, backend)
 
@@ -125,5 +126,5 @@ def load_tokenizer(name: str = GPT2) -> Tokenizer:
         return _gpt2()
     path = Path(name).resolve()
     if not path.is_file():
-        raise ValueError(f"tokenizer {name!r} is neither 'gpt2' nor an existing tokenizer.json")
+        raise RetroError(f"tokenizer {name!r} is neither 'gpt2' nor an existing tokenizer.json")
     return _from_file(path)

@@ -190,7 +190,7 @@ class Database:
 
     def split(self, name: str) -> SplitView:
         if name not in self.splits:
-            raise KeyError(f"no split {name!r} in {self.root}; it holds {self.splits}")
+            raise DatabaseError(f"no split {name!r} in {self.root}; it holds {self.splits}")
         return SplitView(self.root, name, self.block_size, self.chunk_size)
 
     def neighbours(self, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from retro.errors import RetroError
 from retro.index.factory import index_factory
 from retro.index.flat import FlatIndex
 from retro.index.ivf_pq import IvfPqIndex
@@ -94,11 +95,11 @@ def choose_index(
     if isinstance(index, FlatIndex):
         return IndexParams(FLAT, 0, 0)
     if index.ivf_d % index.pq_m:
-        raise ValueError(
+        raise RetroError(
             f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {index.ivf_d}"
         )
     if n < max(index.nlist, 256):
-        raise ValueError(
+        raise RetroError(
             f"index {spec!r} needs at least max(nlist, 256) = {max(index.nlist, 256)} chunks to "
             f"train; the database has {n}: use a smaller nlist or 'Flat'"
         )

@@ -48,6 +48,7 @@ from retro.db.retrieval import doc_ranges_to_ids, retrieve_embedded
 from retro.db.streams import (
     TokenStream, read_parts, remove_parts, stream_files, write_part, write_stream,
 )
+from retro.errors import RetroError
 from retro.files import save_npy_atomically
 from retro.world import World, barrier, broadcast_object, rank_range
 
@@ -170,7 +171,7 @@ def split_documents(n_docs: int, valid_fraction: float, seed: int) -> dict[str, 
     """Seeded split by document: {"train": ids, "valid": ids} (sorted int64; no "valid" at 0)."""
     n_valid = 0 if valid_fraction == 0 else max(1, round(valid_fraction * n_docs))
     if n_docs - n_valid < 1:
-        raise ValueError(
+        raise RetroError(
             f"{n_docs} document(s) leave none for training with valid_fraction={valid_fraction}"
         )
     valid = np.sort(np.random.default_rng(seed).permutation(n_docs)[:n_valid])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retro.errors import RetroError
 from retro.index.ivf_pq import IvfPqIndex
 from retro.index.sharding import read_manifest, shard_index
 
@@ -25,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_shard(args: argparse.Namespace) -> int:
     if args.shards < 1:
-        raise ValueError(f"--shards must be >= 1, got {args.shards}")
+        raise RetroError(f"--shards must be >= 1, got {args.shards}")
     if not args.index.is_file():
-        raise FileNotFoundError(f"{args.index}: no such index file")
+        raise RetroError(f"{args.index}: no such index file")
     index = IvfPqIndex.load(args.index, mmap=True)
     shard_index(index, args.shards, args.out)
     for entry in read_manifest(args.out)["shards"]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from retro.errors import RetroError
 from retro.files import atomic_file
 from retro.model import GPT, Retro, RetroConfig
 
@@ -41,7 +42,7 @@ KINDS = {"retro": Retro, "gpt": GPT}
 REQUIRED = ("format_version", "kind", "config", "model", "step")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RetroError):
     """A run directory or checkpoint that cannot be used, with the reason."""
 
 

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import typing
 
+from retro.errors import RetroError
+
 PREFIX = "set:"  # dest of the --key=value options
 
 
@@ -52,7 +54,7 @@ def _metavar(hint: typing.Any) -> str:
 
 
 def _missing(error: ImportError) -> int:
-    raise ValueError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
+    raise RetroError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -76,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(stored, **given, out=args.out, resume=True, stop_after=None)
     else:
         if args.db is None:
-            raise ValueError("--db is required (the database to train on)")
+            raise RetroError("--db is required (the database to train on)")
         config = TrainConfig(**given, out=args.out)
     run = train(apply_overrides(config, overrides))
     print(f"trained: {run}")

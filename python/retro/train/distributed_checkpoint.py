@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from retro.train.checkpoint import (CheckpointError, KINDS, checkpoint_path, config_dict,
-                              load_checkpoint, save_checkpoint)
+from retro.files import atomic_file
 from retro.model import RetroConfig
+from retro.train.checkpoint import (KINDS, CheckpointError, checkpoint_path, config_dict,
+                                    load_checkpoint, save_checkpoint)
 from retro.train.distributed import unwrap
 
 DCP_DIR = "dcp"
