@@ -1,5 +1,6 @@
-"""Atomic file writing and checksums, for every file retro writes (databases, indexes' shard
-manifests, checkpoints, logs).
+"""Atomic file writing and checksums for the files retro writes from Python: the database's,
+shard manifests, checkpoints, the run log (an index file has its writer in the core,
+cpp/src/index_file.cpp).
 
 Every file appears under its final name only when complete (written to a temporary name beside it,
 then renamed), so a reader never sees a partial file and a crash leaves either the old file or

@@ -305,7 +305,7 @@ class IvfPqIndex:
         self, x: Any, candidates: Any, k: int, rerank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The exact re-scoring step of a re-ranked :meth:`search`, on candidates found
-        elsewhere (e.g. merged from shards of this index, see :mod:`retro.index.sharding`).
+        elsewhere (e.g. merged from shards of this index, see :mod:`retro.index.shard_search`).
 
         Args:
             x: queries (n, d).
