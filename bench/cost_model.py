@@ -127,7 +127,7 @@ def training_rows(train_cuda: dict) -> tuple[list[dict], list[dict]]:
     MFU on the card of train_cuda.json."""
     import torch
 
-    from retro.flops import training_flops_per_token
+    from retro.train.flops import training_flops_per_token
     from retro.model import GPT, PAPER_PARAMS, Retro, RetroConfig
 
     machine = train_cuda["machine"]
@@ -143,7 +143,7 @@ def training_rows(train_cuda: dict) -> tuple[list[dict], list[dict]]:
                 hours, how = TOKENS / gpt["tokens_per_s"] / 3600, source
             else:
                 hours = TOKENS * flops / (gpt["mfu"] * peak) / 3600
-                how = (f"derived: {flops / 1e9:.2f} GFLOP/token (retro.flops) at GPT-small's "
+                how = (f"derived: {flops / 1e9:.2f} GFLOP/token (retro.train.flops) at GPT-small's "
                        f"measured {gpt['mfu']:.1%} MFU")
             rows.append(dict(stage=f"train {kind}-{preset} ({PAPER_PARAMS[preset][kind == 'GPT']:.3g} "
                                    "params quoted) on 330B tokens",

@@ -5,7 +5,7 @@
 bench/ivfpq.py times each build once where training takes minutes (OPQ), so its add times are
 single samples; this measures add alone: retro trains the index once (an OPQ rotation with 2
 alternations: add does not depend on its quality), faiss gets the same quantizers through
-retro.faiss_interop.to_faiss, then both add the text-57k base vectors `--repeats` times each in
+retro.index.faiss.to_faiss, then both add the text-57k base vectors `--repeats` times each in
 alternating order. Writes bench/results/ivfpq_add_<spec>.json.
 """
 
@@ -23,8 +23,8 @@ import datasets  # noqa: E402  (bench/datasets.py, beside this file)
 import report  # noqa: E402
 
 import retro  # noqa: E402
-from retro.faiss_interop import to_faiss  # noqa: E402
-from retro.opq import OpqTrainParams  # noqa: E402
+from retro.index.faiss import to_faiss  # noqa: E402
+from retro.index.opq import OpqTrainParams  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TEXT_BASE_ROWS = 57988  # the text-57k base of bench/ivfpq.py

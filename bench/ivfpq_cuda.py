@@ -7,7 +7,7 @@
 
 Configurations (name = size-d-pq_m): synthetic Gaussian-mixture data drawn on the GPU (1M x 384 and
 10M x 96), nlist ~ 4 sqrt(N), pq_m = d/8 and d/4. Per configuration, on one card in one run:
-- build: k-means training on the GPU (retro.kmeans_cuda: a sample of 64 points per list, 10
+- build: k-means training on the GPU (retro.index.kmeans: a sample of 64 points per list, 10
   iterations), encoding on the GPU, appending on the host, upload; each time reported.
 - the anchors: exact search in PyTorch (bf16 GEMM + topk over the whole base, chunked) for a
   batch of queries, and our CPU index searching the same index (saved and memory-mapped) with
@@ -184,7 +184,7 @@ def build(config: Config, base):
     """A GPU-trained index (k-means on the GPU over a sample of 64 points per list, 10
     iterations), filled through the GPU encoder: (CudaIvfPqIndex, train, encode, append + upload
     seconds)."""
-    from retro.index_cuda import CudaIvfPqIndex
+    from retro.index.cuda import CudaIvfPqIndex
 
     torch = torch_mod()
     host = retro.IvfPqIndex(config.d, config.nlist, config.pq_m)

@@ -1,5 +1,5 @@
 """Sharded IVF-PQ search: the whole index in one process vs the same index as 2 shards searched by
-2 torchrun ranks (gloo) with retro.sharding.DistributedIndex.
+2 torchrun ranks (gloo) with retro.index.shard_search.DistributedIndex.
 
 Builds a seeded synthetic index, splits it, checks that every configuration returns the unsharded
 results (ids and distances, bit for bit) and only then times it: queries per second of one batch,
@@ -57,7 +57,7 @@ def rank_main(work: Path, repeats: int) -> dict[str, dict[str, float]] | None:
     import torch.distributed as dist
 
     import retro
-    from retro.sharding import DistributedIndex, ShardedIndex
+    from retro.index.shard_search import DistributedIndex, ShardedIndex
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -123,7 +123,7 @@ def main() -> None:
 
     import retro
     from datasets import synthetic_clustered_split
-    from retro.sharding import shard_index
+    from retro.index.sharding import shard_index
 
     base, queries = synthetic_clustered_split(args.n, args.queries, args.d, seed=0)
     index = retro.IvfPqIndex(args.d, args.nlist, args.pq_m, seed=0)

@@ -15,8 +15,8 @@ Retro model is traced by torch._dynamo.explain to count its graph breaks.
 
 Measured: median step time over CUDA events (perf_counter on the CPU) after warm-up (compilation
 included there), tokens/s = batch x block_size / step time, peak memory (max_memory_allocated on
-CUDA, the peak resident set above the start on the CPU), model FLOPs per token (retro.flops: every
-matmul of decoder, encoder, CCA, neighbour cross-attention and the attention products, x3 for
+CUDA, the peak resident set above the start on the CPU), model FLOPs per token (retro.train.flops:
+every matmul of decoder, encoder, CCA, neighbour cross-attention and the attention products, x3 for
 training) and MFU = FLOPs per token x tokens/s / the card's dense bf16 peak. With --db, also
 the training DataLoader alone over that database's memmaps, in tokens/s against RETRO's step rate.
 
@@ -47,9 +47,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import retro
-import retro.model
+import retro.model.layers
 from retro import ops
-from retro.flops import PAPER_SMALL_OVERHEAD, training_flops_per_token
+from retro.train.flops import PAPER_SMALL_OVERHEAD, training_flops_per_token
 from retro.model import GPT, Retro, RetroConfig
 from retro.train.config import TrainConfig
 from retro.train.optim import make_optimizer
@@ -119,15 +119,15 @@ class AnchorGPT(nn.Module):
 @contextlib.contextmanager
 def reference_ops() -> Iterator[None]:
     """retro.model calls the pure-PyTorch *_ref attentions instead of retro.ops' kernels."""
-    saved = retro.model.ops
-    retro.model.ops = types.SimpleNamespace(
+    saved = retro.model.layers.ops
+    retro.model.layers.ops = types.SimpleNamespace(
         chunked_cross_attention=ops.chunked_cross_attention_ref,
         neighbour_self_attention=ops.neighbour_self_attention_ref,
         neighbour_cross_attention=ops.neighbour_cross_attention_ref)
     try:
         yield
     finally:
-        retro.model.ops = saved
+        retro.model.layers.ops = saved
 
 
 # --- data, models, one step ----------------------------------------------------------------------
@@ -191,7 +191,7 @@ class Measurement:
     step_ms_max: float
     tokens_per_s: float
     peak_memory_mb: float
-    flops_per_token: float  # model FLOPs of one training step per token (retro.flops)
+    flops_per_token: float  # model FLOPs of one training step per token (retro.train.flops)
     tflops: float  # achieved model TFLOP/s
     mfu: float | None  # tflops / the device's peak (None: no peak known)
     setup_s: float  # build, compilation and warm-up
@@ -450,7 +450,7 @@ def markdown(result: dict) -> str:
     return "\n".join([
         begin, f"Machine: {where}, torch {m['torch']}, commit `{m['git_commit']}`, {m['date']}. "
         f"Command: `python {m['command']}`. Median step time of {result['settings']['steps']} "
-        "timed steps after warm-up; FLOPs by `retro.flops`.", "", table(result), end])
+        "timed steps after warm-up; FLOPs by `retro.train.flops`.", "", table(result), end])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

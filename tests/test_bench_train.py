@@ -39,7 +39,7 @@ def test_cpu_run_writes_every_measurement(tmp_path):
     by = {r["config"]: r for r in result["results"]}
     assert by["anchor"]["flops_per_token"] == by["gpt"]["flops_per_token"]
     assert by["retro"]["flops_per_token"] == by["retro-ref"]["flops_per_token"]
-    # observed: 1.65 at T = 128 (retro.flops; the encoder runs on 4x the tokens)
+    # observed: 1.65 at T = 128 (retro.train.flops; the encoder runs on 4x the tokens)
     assert 1.2 < by["retro"]["flops_per_token"] / by["gpt"]["flops_per_token"] < 2.0
     # the same initial weights and batch: the custom ops and the references give the same loss
     assert math.isclose(by["retro"]["loss"], by["retro-ref"]["loss"], rel_tol=1e-3)

@@ -11,7 +11,7 @@ import torch
 from support import torchrun
 from test_train import MODEL, SMALL, db_dir, restore_threads, train_losses  # noqa: F401 (fixtures)
 
-from retro.checkpoint import CheckpointError, load_checkpoint
+from retro.train.checkpoint import CheckpointError, load_checkpoint
 from retro.cli import main
 from retro.model import Retro, RetroConfig
 from retro.train import TrainConfig, read_log, train

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_run_support import tiny_runs
 
-from retro.checkpoint import load_checkpoint, load_model, save_checkpoint
+from retro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from retro.cli import main
 from retro.data.tokenizer import load_tokenizer
 from retro.eval import chunk_overlaps, evaluate, filtered_bpb, longest_common_run
 from retro.eval.bytes import bits_per_byte, group_bytes
 from retro.eval.losses import chunk_losses, loss_by_position, oracle_neighbours, sample_neighbours, samples
-from retro.run_db import open_run_db
+from retro.train.run_db import open_run_db
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_evaluate_retro_retro_off_and_gpt(runs):
     db_dir, retro_run, gpt_run = runs
     result = evaluate(retro_run, gpt_run=gpt_run, batch_size=2,
                       neighbours=("real", "shuffled", "oracle"))
-    assert list(result["models"]) == ["retro", "retro_no_retrieval", "gpt"]
+    assert list(result["models"]) == ["retro", "retro_shuffled", "retro_oracle", "retro_no_retrieval", "gpt"]
     assert result["samples"] == 3 and result["tokens"] == 768 and result["bytes"] > 768
     for s in result["models"].values():
         assert all(math.isfinite(s[key]) and s[key] > 0 for key in ("loss", "perplexity", "bpb"))

@@ -1,4 +1,4 @@
-"""retro.faiss_interop: IvfPqIndex <-> faiss IndexIVFPQ both ways, and the accessors it rests on
+"""retro.index.faiss: IvfPqIndex <-> faiss IndexIVFPQ both ways, and the accessors it rests on
 (pq_centroids, list_codes, list_ids, from_trained, add_encoded)."""
 
 import sys
@@ -8,7 +8,7 @@ import pytest
 from support import clustered, recall_at
 
 import retro
-from retro.faiss_interop import from_faiss, to_faiss
+from retro.index.faiss import from_faiss, to_faiss
 
 # Odd sizes: lists of ~81 vectors (two code blocks, the second partial), dsub = 4.
 D, NLIST, PQ_M, N_BASE, N_QUERIES, K, NPROBE = 24, 37, 6, 3001, 123, 10, 5

@@ -1,5 +1,5 @@
-"""retro.flops against torch's FLOP counter on the models themselves: the weight matmuls exactly
-(aten mm/addmm of a forward pass), and the RETRO attention products exactly on the *_ref path
+"""retro.train.flops against torch's FLOP counter on the models themselves: the weight matmuls
+exactly (aten mm/addmm of a forward pass), and the RETRO attention products exactly on the *_ref path
 (aten bmm), whose CCA is dense over all T queries."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from retro.flops import forward_flops, training_flops_per_token
+from retro.train.flops import forward_flops, training_flops_per_token
 from retro.model import GPT, Retro, RetroConfig
 
 _SPEC = importlib.util.spec_from_file_location(

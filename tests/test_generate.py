@@ -8,11 +8,11 @@ import pytest
 import torch
 from test_run_support import tiny_runs
 
-from retro.checkpoint import load_checkpoint, load_model, save_checkpoint
+from retro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from retro.cli import main
 from retro.db import DatabaseError, open_db
 from retro.generation import GenerationStats, generate, sample_next
-from retro.run_db import open_run_db
+from retro.train.run_db import open_run_db
 
 
 @pytest.fixture(scope="module")

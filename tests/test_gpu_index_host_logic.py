@@ -1,6 +1,6 @@
 """The torch-side logic of the GPU index that runs without a GPU: the (distance, id) merge of shard
-and re-ranking results (retro.index_cuda.best_k / merge_top_k) against a plain sort, and the
-k-means loop of retro.kmeans_cuda (update, empty-cluster splits, seeding) with its CUDA assignment
+and re-ranking results (retro.index.cuda.best_k / merge_top_k) against a plain sort, and the
+k-means loop of retro.index.kmeans (update, empty-cluster splits, seeding) with its CUDA assignment
 replaced by an exact torch one."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import retro.kmeans_cuda as kmeans_cuda  # noqa: E402
-from retro.index_cuda import merge_top_k  # noqa: E402
+from retro.index import kmeans  # noqa: E402
+from retro.index.cuda import merge_top_k  # noqa: E402
 
 
 def reference_merge(distances, labels, k, metric):
@@ -54,12 +54,12 @@ def exact_assignment(x, centroids, metric="l2"):
 def test_kmeans_loop_with_exact_assignment(monkeypatch):
     """Duplicated points force empty clusters: they are split, the objective falls, a seed
     reproduces the run."""
-    monkeypatch.setattr(kmeans_cuda, "nearest_centroids", exact_assignment)
+    monkeypatch.setattr(kmeans, "nearest_centroids", exact_assignment)
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32))
     x = torch.cat([x, x, x])  # 900 points, 300 distinct
-    centroids, objective = kmeans_cuda.kmeans(x, 280, niter=6, seed=3)
+    centroids, objective = kmeans.kmeans(x, 280, niter=6, seed=3)
     assert objective[-1] < objective[0]
     labels, _ = exact_assignment(x, centroids)
     assert len(torch.unique(labels)) >= 250  # splits refilled the clusters left empty
-    again, _ = kmeans_cuda.kmeans(x, 280, niter=6, seed=3)
+    again, _ = kmeans.kmeans(x, 280, niter=6, seed=3)
     assert torch.equal(centroids, again)

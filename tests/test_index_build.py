@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from support import clustered
 
+import retro.index.ivf_pq
 from retro.db.index_build import ENCODE_BLOCK, build_index, train_index
 from retro.db.indexing import INDEX_FILE, SHARDS_DIR, IndexParams
-from retro.distributed import World
-from retro.sharding import SHARDS_FILE, ShardedIndex, split_index
+from retro.index.shard_search import ShardedIndex
+from retro.index.sharding import SHARDS_FILE, split_index
+from retro.world import World
 
 N, D, SEED = 1000, 32, 3  # 4 encoding blocks of 256, the last one short
 PARAMS = IndexParams("IVF16,PQ8", nprobe=4, k_factor=4)
@@ -87,10 +89,9 @@ def test_an_interrupted_encoding_resumes_past_its_stored_blocks(embeddings, one_
 
 def test_an_opq_index_encoded_by_blocks_equals_one_add(embeddings, tmp_path, monkeypatch):
     """The rotation is applied per block of rows as in one call: the same codes, the same file."""
-    import retro.index
-    from retro.opq import OpqTrainParams
+    from retro.index.opq import OpqTrainParams
 
-    monkeypatch.setattr(retro.index, "OpqTrainParams",
+    monkeypatch.setattr(retro.index.ivf_pq, "OpqTrainParams",
                         lambda: OpqTrainParams(niter=4, niter_pq=2, niter_pq_0=4))
     params = IndexParams("OPQ8,IVF16,PQ8", nprobe=4, k_factor=4)
     index = train_index(params, embeddings[:N], SEED)

@@ -1,4 +1,4 @@
-"""The GPU IVF-PQ (cuda/ivf_pq.cu through retro.index_cuda) against the CPU index as reference: a
+"""The GPU IVF-PQ (cuda/ivf_pq.cu through retro.index.cuda) against the CPU index as reference: a
 CPU-built index searched on the GPU returns the CPU's labels for >= 99.9% of (query, rank) pairs
 (differences only at float near-ties), over d = 96/384/768, both metrics, k up to 1024, lists
 shorter than k, empty lists and an empty index, single queries (probes split over blocks and
@@ -15,8 +15,9 @@ import retro
 
 torch = pytest.importorskip("torch")
 
-from retro.index_cuda import CudaIvfPqIndex, search_shards  # noqa: E402
-from retro.sharding import split_index  # noqa: E402
+from retro.index.cuda import CudaIvfPqIndex  # noqa: E402
+from retro.index.shard_search import search_shards  # noqa: E402
+from retro.index.sharding import split_index  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -262,7 +263,7 @@ def test_gpu_training_recall_as_cpu():
 def test_gpu_kmeans_assignment_matches_cpu():
     """nearest_centroids (the k-means assignment) equals the exact nearest centroid but at
     near-ties; the objective falls."""
-    from retro.kmeans_cuda import kmeans, nearest_centroids
+    from retro.index.kmeans import kmeans, nearest_centroids
 
     x = clustered(5_000, 64, seed=22)
     c = clustered(300, 64, seed=23)

@@ -1,5 +1,5 @@
-"""OPQ: the rotation in front of IVF-PQ (retro.opq trains it, the core applies it): what it buys on
-anisotropic data, the file format (version 4, older versions still read), the factory strings,
+"""OPQ: the rotation in front of IVF-PQ (retro.index.opq trains it, the core applies it): what it
+buys on anisotropic data, the file format (version 4, older versions still read), the factory strings,
 sharding, the database's index and the GPU training path's host logic, and bad input."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from data.make_legacy_files import LEGACY_FILES, legacy_index
 from support import HEADER_DTYPE, recall_at
 
 import retro
-from retro.factory import index_factory
-from retro.opq import OpqTrainParams, train_opq_rotation
-from retro.sharding import ShardedIndex, quantizer_fingerprint, split_index
+from retro.index.factory import index_factory
+from retro.index.opq import OpqTrainParams, train_opq_rotation
+from retro.index.shard_search import ShardedIndex
+from retro.index.sharding import quantizer_fingerprint, split_index
 
 D, NLIST, N_BASE, N_QUERIES, K = 32, 16, 2000, 150, 10
 FAST_OPQ = OpqTrainParams(niter=6, niter_pq=3, niter_pq_0=8)
@@ -238,12 +239,12 @@ def test_shards_of_an_opq_index_search_like_it(points):
 
 
 def test_the_database_index_takes_an_opq_string(points, tmp_path, monkeypatch):
-    import retro.index
     from retro.db.index_build import build_index
     from retro.db.indexing import INDEX_FILE, choose_index, open_searcher
-    from retro.distributed import World
+    from retro.world import World
 
-    monkeypatch.setattr(retro.index, "OpqTrainParams", lambda: FAST_OPQ)  # faiss's 50 alternations
+    # faiss's 50 alternations are slow
+    monkeypatch.setattr(retro.index.ivf_pq, "OpqTrainParams", lambda: FAST_OPQ)
 
     base, queries = points
     params = choose_index(len(base), D, "OPQ4_16, IVF16, PQ8", nprobe=16)
@@ -261,19 +262,19 @@ def test_the_database_index_takes_an_opq_string(points, tmp_path, monkeypatch):
 
 def test_gpu_training_trains_the_rotation_and_rotates_before_kmeans(points, monkeypatch):
     torch = pytest.importorskip("torch")
-    import retro.kmeans_cuda as kmeans_cuda
+    from retro.index import kmeans
 
     def exact_assignment(x, centroids, metric="l2"):  # the CUDA assignment, in torch
         dist = torch.cdist(x.double(), centroids.double()) ** 2 if metric == "l2" else -(x @ centroids.T)
         distances, labels = dist.min(1)
         return labels, distances.float()
 
-    monkeypatch.setattr(kmeans_cuda, "nearest_centroids", exact_assignment)
+    monkeypatch.setattr(kmeans, "nearest_centroids", exact_assignment)
     base, queries = points
     index = retro.IvfPqIndex(D, NLIST, 8, opq_m=4, opq_d=16, seed=5)
     index.niter = 3
     index.opq_train_params = FAST_OPQ
-    kmeans_cuda.train_ivfpq(index, base, "cpu")
+    kmeans.train_ivfpq(index, base, "cpu")
     on_cpu = train_opq_rotation(base, 16, 4, seed=5, params=FAST_OPQ).rotation
     assert np.array_equal(index.rotation(), on_cpu)
     assert index.coarse_centroids().shape == (NLIST, 16)

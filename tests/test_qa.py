@@ -1,4 +1,4 @@
-"""Factual QA (retro.eval.trivia, retro.eval.qa) and database edits (retro.data.edits): cloze
+"""Factual QA (retro.data.trivia, retro.eval.qa) and database edits (retro.data.edits): cloze
 prompts, choices, cached choice scoring equal to full forwards, the summary's arithmetic, the
 capital swap, and clear errors."""
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from test_run_support import tiny_runs
 
-from retro.checkpoint import load_model
 from retro.data.edits import apply_edits, capital_swaps, check_edits, load_edits, parse_edit
-from retro.eval.qa import ChoiceScores, edited_items, qa_scores, score_choices
-from retro.eval.trivia import (DEFAULT_LISTS, QAItem, cloze_prompt, qa_items, read_items,
+from retro.data.trivia import (DEFAULT_LISTS, QAItem, cloze_prompt, qa_items, read_items,
                                with_choices)
-from retro.run_db import open_run_db
+from retro.eval.qa import ChoiceScores, edited_items, qa_scores, score_choices
+from retro.train.checkpoint import load_model
+from retro.train.run_db import open_run_db
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_eval_cli_refuses_an_edited_database_without_qa(runs, capsys):
 
 
 def test_the_factbook_list_joins_the_defaults_for_a_factbook_database():
-    from retro.eval.trivia import lists_for
+    from retro.data.trivia import lists_for
 
     assert lists_for(["default"]) == DEFAULT_LISTS
     assert lists_for(["default", "factbook"]) == (*DEFAULT_LISTS, "factbook")
@@ -222,7 +222,7 @@ def test_open_matching_db_names_what_differs(runs, tmp_path):
     import shutil
 
     from retro.db import DatabaseError, open_db
-    from retro.run_db import open_matching_db
+    from retro.train.run_db import open_matching_db
 
     other = tmp_path / "other_db"
     shutil.copytree(runs[0], other)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from test_db_support import reference_db
 
-from retro.checkpoint import config_dict, db_identity, save_checkpoint
+from retro.train.checkpoint import config_dict, db_identity, save_checkpoint
 from retro.db import open_db
 from retro.model import GPT, Retro, RetroConfig
 

@@ -15,9 +15,9 @@ import pytest
 from support import D, NLIST, clustered
 
 import retro
-from retro.sharding import (
+from retro.index.shard_search import ShardedIndex
+from retro.index.sharding import (
     SHARDS_FILE,
-    ShardedIndex,
     load_shards,
     read_manifest,
     save_shards,
@@ -140,7 +140,7 @@ def rank_main(rank: int, world: int, init_method: str, work: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from retro.sharding import DistributedIndex
+    from retro.index.shard_search import DistributedIndex
 
     torch.set_num_threads(1)
     retro.set_num_threads(1)  # 2 ranks on 2 cores

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_db_support import reference_db
 
-from retro.checkpoint import load_checkpoint, load_model
+from retro.train.checkpoint import load_checkpoint, load_model
 from retro.cli import main
 from retro.db import open_db
 from retro.train import TrainConfig, read_log, train

@@ -12,9 +12,7 @@
 
 from retro import _core
 from retro.db import build_db, open_db
-from retro.factory import index_factory
-from retro.faiss_interop import from_faiss, to_faiss
-from retro.index import FlatIndex, IvfPqIndex
+from retro.index import FlatIndex, IvfPqIndex, from_faiss, index_factory, to_faiss
 
 __version__: str = _core.__version__
 

@@ -1,8 +1,9 @@
 """The ``retro`` command line: one subcommand group per module (``retro db ...`` in retro/db/cli.py).
 
 Each group module exposes ``add_parser(subparsers)``, which registers its parser and sets
-``func(args) -> int`` on the parsed arguments. Bad input (a corpus, a directory, a parameter)
-ends with one ``retro: error: ...`` line and exit status 2, never a traceback.
+``func(args) -> int`` on the parsed arguments. Input retro refuses (a corpus, a directory, a
+setting: a :class:`retro.errors.RetroError`) ends with one ``retro: error: ...`` line and exit
+status 2; any other exception is a bug or an environment problem and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from retro.data.corpus import CorpusError
+from retro.errors import RetroError
 
 COMMAND_GROUPS = (
     "retro.db.cli",
-    "retro.index_cli",
+    "retro.index.cli",
     "retro.train.cli",
     "retro.train.ckpt_cli",
     "retro.eval.cli",
@@ -42,9 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CorpusError, ValueError, KeyError, IndexError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"retro: error: {message}", file=sys.stderr)
+    except RetroError as error:
+        print(f"retro: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from retro.errors import RetroError
+
 DEFAULT_OUT = Path("runs") / "demo"
 
 
@@ -44,12 +46,12 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     """Runs the demo; returns the summary (also written to OUT/summary.json)."""
     import torch
 
-    from retro.checkpoint import load_model
+    from retro.train.checkpoint import load_model
     from retro.db import BuildConfig, build_db, open_db
     from retro.eval.evaluate import evaluate, results_table
     from retro.eval.leakage import leakage_table, plot_leakage
     from retro.eval.qa import qa_table
-    from retro.eval.trivia import DEFAULT_LISTS
+    from retro.data.trivia import DEFAULT_LISTS
     from retro.model import RetroConfig
     from retro.train import TrainConfig, train
 
@@ -130,7 +132,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
 
 def finished_steps(run: Path) -> int | None:
     """Steps of the checkpoint in run, or None if there is none."""
-    from retro.checkpoint import checkpoint_path, load_checkpoint
+    from retro.train.checkpoint import checkpoint_path, load_checkpoint
 
     return load_checkpoint(run)["step"] if checkpoint_path(run).exists() else None
 
@@ -138,8 +140,8 @@ def finished_steps(run: Path) -> int | None:
 def training_flops(run: Path, config: DemoConfig, block_size: int) -> float:
     """Model FLOPs of the run's training (retro.flops: every matmul of decoder, encoder, CCA and
     the attention products, forward and backward) over steps x batch_size samples."""
-    from retro.checkpoint import load_model
-    from retro.flops import training_flops_per_token
+    from retro.train.checkpoint import load_model
+    from retro.train.flops import training_flops_per_token
 
     model, _ = load_model(run)
     per_token = training_flops_per_token(model.config, model.encoder is not None, block_size)
@@ -204,7 +206,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key:
-            raise ValueError(f"--model-arg takes KEY=VALUE (a RetroConfig field), got {pair!r}")
+            raise RetroError(f"--model-arg takes KEY=VALUE (a RetroConfig field), got {pair!r}")
         fields[key] = None if value.lower() == "none" else value
     return fields
 

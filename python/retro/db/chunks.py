@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.db.files import load_npy, save_npy_atomically
 from retro.db.streams import TokenStream
+from retro.files import load_npy, save_npy_atomically
 
 CHUNK_FILES = {name: f"chunks/{name}.npy" for name in ("tokens", "lengths", "doc_ids", "doc_offsets")}
 

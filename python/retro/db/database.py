@@ -14,7 +14,7 @@ k = neighbours, d = embedding dimension)::
     embeddings.npy                     (N, d) float16           unit norm
     index.ivfpq                        retro IVF-PQ index (absent for Flat and sharded indexes)
     index.shards/shard-<s>.ivfpq       with index_shards S > 1 instead: shard s, chunk ids
-                                       [s * N // S, (s + 1) * N // S) (retro.sharding)
+                                       [s * N // S, (s + 1) * N // S) (retro.index.sharding)
     index.shards/shards.json           the shards' ranges and quantizer checksum
     queries/<split>/embeddings.npy     (n_queries, d) float16   query q = stream[q*m:(q+1)*m]
     queries/<split>/sample_docs.npy    (n_samples, 2) int64     documents [first, last) of sample j
@@ -205,7 +205,7 @@ class Database:
 
     def split(self, name: str) -> SplitView:
         if name not in self.splits:
-            raise KeyError(f"no split {name!r} in {self.root}; it holds {self.splits}")
+            raise DatabaseError(f"no split {name!r} in {self.root}; it holds {self.splits}")
         return SplitView(self.root, name, self.block_size, self.chunk_size)
 
     def neighbours(self, split: str) -> tuple[np.ndarray, np.ndarray]:

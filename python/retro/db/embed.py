@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retro.data.packages import package_dir
-from retro.db.files import BlockWriter
-from retro.distributed import World
+from retro.db.blocks import BlockWriter
+from retro.errors import RetroError
+from retro.world import World
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -60,7 +61,7 @@ def resolve_name(name_or_path: str) -> str:
         return DEFAULT_NAME
     path = Path(name_or_path)
     if not path.is_dir():
-        raise ValueError(
+        raise RetroError(
             f"embedder {name_or_path!r} is neither 'default' nor a model directory "
             "(sentence-transformers or HF; nothing is downloaded)"
         )
@@ -98,7 +99,7 @@ class Embedder:
         self.device = device or default_device()
         self.precision = precision or default_precision(self.device)
         if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+            raise RetroError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         self.model = load_model(self.name, self.device)
         # sentence-transformers >= 6 renamed get_sentence_embedding_dimension (now deprecated).
         dimension = getattr(self.model, "get_embedding_dimension", None)

@@ -4,11 +4,11 @@
    index (``index.trained.ivfpq``); every rank loads it.
 2. Every rank encodes its range of ENCODE_BLOCK-row blocks of the embeddings (each chunk's coarse
    list and PQ code) into ``index.lists.npy`` (N,) int64 and ``index.codes.npy`` (N, pq_m) uint8,
-   block by block and resumably (:class:`retro.db.files.BlockWriter`).
+   block by block and resumably (:class:`retro.db.blocks.BlockWriter`).
 3. Shard s of S (the one index file when S = 1) is the trained index plus the codes of its chunk
    ids ``[s * N // S, (s + 1) * N // S)``; rank r writes shards r, r + W, ... (the ones
-   :class:`retro.sharding.DistributedIndex` loads on it), rank 0 writes ``shards.json`` and
-   removes the intermediate files.
+   :class:`retro.index.shard_search.DistributedIndex` loads on it), rank 0 writes
+   ``shards.json`` and removes the intermediate files.
 
 The files equal those of one ``add`` of all embeddings in id order, on any number of ranks: the
 core assigns and encodes rows in groups of CODE_GROUP starting at multiples of CODE_GROUP of its
@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.db.files import BlockWriter
+from retro.db.blocks import BlockWriter
 from retro.db.indexing import INDEX_FILE, SHARDS_DIR, IndexParams
-from retro.distributed import World, barrier
-from retro.factory import index_factory
-from retro.index import IvfPqIndex
-from retro.sharding import quantizer_fingerprint, shard_entry, shard_file, write_shards_manifest
+from retro.index.factory import index_factory
+from retro.index.ivf_pq import IvfPqIndex
+from retro.index.sharding import (quantizer_fingerprint, shard_entry, shard_file,
+                                  write_shards_manifest)
+from retro.world import World, barrier
 
 TRAIN_SAMPLE = 65536  # training rows at most (the PQ's k-means wants 256 per centroid)
 CODE_GROUP = 256  # rows the core's nearest-centroid search takes at a time (distances.cpp kRows)
@@ -64,7 +65,7 @@ def encode(scratch: IvfPqIndex, x: np.ndarray, first: int) -> tuple[np.ndarray, 
 
 def shard_bounds(n: int, n_shards: int, s: int) -> tuple[int, int]:
     """Chunk ids [lo, hi) of shard s of n_shards over n chunks (equal counts, as
-    :func:`retro.sharding.equal_count_bounds` cuts ids 0 .. n - 1)."""
+    :func:`retro.index.sharding.equal_count_bounds` cuts ids 0 .. n - 1)."""
     return s * n // n_shards, (s + 1) * n // n_shards
 
 

@@ -7,10 +7,11 @@ stored float16 embeddings (8-bit PQ alone caps recall@10 near 0.7 on sentence em
 order is cosine order.
 
 The index is one file, ``index.ivfpq``, or, built with ``shards`` S > 1, the shard directory
-``index.shards/`` of :mod:`retro.sharding`: S files over the chunk-id ranges
+``index.shards/`` of :mod:`retro.index.sharding`: S files over the chunk-id ranges
 ``[s * N // S, (s + 1) * N // S)`` with the same quantizers, searched together with the same
-results as the one file (:class:`~retro.sharding.ShardedIndex`; under torchrun each rank loads its
-shards only, :class:`~retro.sharding.DistributedIndex`). See index_build.py for how it is built.
+results as the one file (:class:`~retro.index.shard_search.ShardedIndex`; under torchrun each
+rank loads its shards only, :class:`~retro.index.shard_search.DistributedIndex`). See
+index_build.py for how it is built.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from retro.factory import index_factory
-from retro.index import FlatIndex, IvfPqIndex
-from retro.sharding import SHARDS_FILE, DistributedIndex, ShardedIndex, shard_file
+from retro.errors import RetroError
+from retro.index.factory import index_factory
+from retro.index.flat import FlatIndex
+from retro.index.ivf_pq import IvfPqIndex
+from retro.index.shard_search import DistributedIndex, ShardedIndex
+from retro.index.sharding import SHARDS_FILE, shard_file
 
 INDEX_FILE = "index.ivfpq"
 SHARDS_DIR = "index.shards"  # the index as shards (IndexParams.shards > 1)
@@ -91,11 +95,11 @@ def choose_index(
     if isinstance(index, FlatIndex):
         return IndexParams(FLAT, 0, 0)
     if index.ivf_d % index.pq_m:
-        raise ValueError(
+        raise RetroError(
             f"index {spec!r}: pq_m={index.pq_m} does not divide the dimension {index.ivf_d}"
         )
     if n < max(index.nlist, 256):
-        raise ValueError(
+        raise RetroError(
             f"index {spec!r} needs at least max(nlist, 256) = {max(index.nlist, 256)} chunks to "
             f"train; the database has {n}: use a smaller nlist or 'Flat'"
         )

@@ -9,6 +9,7 @@ from retro.db.indexing import exact_searcher
 from retro.db.manifest import Manifest
 from retro.db.retrieval import doc_ranges_to_ids, search_excluding
 from retro.db.stages import stage_order
+from retro.errors import RetroError
 
 RECALL_SAMPLE = 500
 
@@ -78,7 +79,7 @@ def show_query(db: Database, split: str, query: int) -> str:
     view = db.split(split)
     ids, lengths = view.neighbours()
     if not 0 <= query < len(ids):
-        raise IndexError(f"query {query} out of range: the {split} split has {len(ids)} query chunks")
+        raise RetroError(f"query {query} out of range: the {split} split has {len(ids)} query chunks")
     sample = int(view.sample_of_query()[query])
     docs = view.sample_doc_ids(sample)
     text = db.tokenizer.texts_without_eod([view.stream.query_tokens(query, query + 1)[0]])[0]

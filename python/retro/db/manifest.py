@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro.db.files import sha256_of, write_json_atomically
+from retro.errors import RetroError
+from retro.files import sha256_of, write_json_atomically
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -29,7 +30,7 @@ DATABASE = "retro-database"
 QUERY_SET = "retro-query-set"
 
 
-class DatabaseError(ValueError):
+class DatabaseError(RetroError):
     """A database directory that cannot be used as asked; the message says what and why."""
 
 

@@ -21,9 +21,10 @@ import numpy as np
 from retro.data.corpus import canonical_source, corpus_fingerprint, read_corpus
 from retro.db import stages
 from retro.db.database import SplitView, open_db
-from retro.db.files import sha256_of
 from retro.db.streams import TokenStream
 from retro.db.manifest import MANIFEST, QUERY_SET, Manifest, open_or_create
+from retro.errors import RetroError
+from retro.files import sha256_of
 
 
 class QuerySet(SplitView):
@@ -67,7 +68,7 @@ def query_db(
     db = open_db(database)
     block_size = block_size or db.block_size
     if block_size % db.chunk_size:
-        raise ValueError(f"block_size {block_size} is not a multiple of chunk_size {db.chunk_size}")
+        raise RetroError(f"block_size {block_size} is not a multiple of chunk_size {db.chunk_size}")
     chosen = db.embedder if embedder is None else db.embedder_for(embedder)
     out = Path(out)
     config = {

@@ -5,15 +5,15 @@ parameters it is computed from) and every output file still has its recorded che
 redoes any other stage; since every stage is deterministic, a redone stage whose inputs did not
 change writes the same bytes, and the stages after it stay complete.
 
-On several ranks (``torchrun -m retro db build``; retro.distributed) every rank runs the same
+On several ranks (``torchrun -m retro db build``; retro.world) every rank runs the same
 sequence of stages: rank 0 decides which are complete, runs "chunks" alone and records every
 finished stage in the manifest; the others run on every rank. "tokenize" is split by document
 range (rank 0 joins the parts); "index" is trained by rank 0 and encoded by block range, each rank
 writing its shards (index_build.py); embed, queries.<split> and neighbours.<split> are split by
-block range, each rank writing its own blocks into the shared files (retro.db.files.BlockWriter).
+block range, each rank writing its own blocks into the shared files (retro.db.blocks.BlockWriter).
 With an index of at least as many shards as ranks, the neighbour blocks are searched by all ranks
-together, each rank its own shards (retro.sharding.DistributedIndex), and written by the rank
-whose range holds them. Blocks hold the same bytes whoever computes them, so the files are those
+together, each rank its own shards (retro.index.shard_search.DistributedIndex), and written by the
+rank whose range holds them. Blocks hold the same bytes whoever computes them, so the files are those
 of a one-process build, and a rerun on any number of ranks skips the blocks that were written.
 
 For tests, the environment variable ``RETRO_DB_FAIL_AT`` makes the build raise
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from retro.data.tokenizer import Tokenizer
+from retro.db.blocks import BlockWriter
 from retro.db.chunks import CHUNK_FILES, ChunkStore, write_chunks
 from retro.db.embed import Embedder, embed_to_file
-from retro.db.files import BlockWriter, save_npy_atomically
 from retro.db.index_build import build_index
 from retro.db.indexing import IndexParams, open_distributed_searcher, open_searcher
 from retro.db.manifest import DatabaseError, Manifest
@@ -48,7 +48,9 @@ from retro.db.retrieval import doc_ranges_to_ids, retrieve_embedded
 from retro.db.streams import (
     TokenStream, read_parts, remove_parts, stream_files, write_part, write_stream,
 )
-from retro.distributed import World, barrier, broadcast_object, rank_range
+from retro.errors import RetroError
+from retro.files import save_npy_atomically
+from retro.world import World, barrier, broadcast_object, rank_range
 
 FAIL_AT = "RETRO_DB_FAIL_AT"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -169,7 +171,7 @@ def split_documents(n_docs: int, valid_fraction: float, seed: int) -> dict[str, 
     """Seeded split by document: {"train": ids, "valid": ids} (sorted int64; no "valid" at 0)."""
     n_valid = 0 if valid_fraction == 0 else max(1, round(valid_fraction * n_docs))
     if n_docs - n_valid < 1:
-        raise ValueError(
+        raise RetroError(
             f"{n_docs} document(s) leave none for training with valid_fraction={valid_fraction}"
         )
     valid = np.sort(np.random.default_rng(seed).permutation(n_docs)[:n_valid])
@@ -351,8 +353,8 @@ def find_neighbours(
     excludes every chunk of every document of its sample.
 
     On W ranks with an index of S >= W shards the ranks search every block together, each its
-    own shards (retro.sharding.DistributedIndex), and the rank whose range holds a block writes
-    it; otherwise each rank searches its own blocks in the whole index.
+    own shards (retro.index.shard_search.DistributedIndex), and the rank whose range holds a block
+    writes it; otherwise each rank searches its own blocks in the whole index.
     """
     name = f"neighbours.{split}"
     params = IndexParams(**db.components["index"])

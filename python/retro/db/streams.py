@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.db.files import load_npy, save_npy_atomically
+from retro.files import load_npy, save_npy_atomically
 
 PARTS_DIR = "tokens/parts"
 

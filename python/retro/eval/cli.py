@@ -6,13 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from retro.checkpoint import checkpoint_path
+from retro.data.trivia import DEFAULT_LISTS
+from retro.errors import RetroError
 from retro.eval.evaluate import evaluate, gain_table, results_table
 from retro.eval.losses import NEIGHBOURS
-from retro.eval.qa import qa_table
-from retro.eval.trivia import DEFAULT_LISTS
 from retro.eval.leakage import leakage_table, plot_leakage
+from retro.eval.qa import qa_table
 from retro.eval.text_quality import text_quality_of_runs, text_quality_table
+from retro.train.checkpoint import checkpoint_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     qa_lists = () if args.qa is None else (args.qa or "default")
     if args.edited_db and not qa_lists:
-        raise ValueError("--edited-db is read by the QA comparison: add --qa")
+        raise RetroError("--edited-db is read by the QA comparison: add --qa")
     result = evaluate(args.run, args.db, args.gpt, args.split, args.batch_size, args.max_samples,
                       args.device, qa_lists, args.qa_items, args.edited_db, args.neighbours)
     plot = args.plot or checkpoint_path(args.run).parent / "leakage.png"

@@ -10,16 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from retro.checkpoint import load_model
+from retro.errors import RetroError
+from retro.train.checkpoint import load_model
 from retro.db import Database
 from retro.eval.bytes import bits_per_byte
 from retro.eval.qa import qa_comparison
-from retro.eval.trivia import lists_for
+from retro.data.trivia import lists_for
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
 from retro.eval.losses import (NEIGHBOURS, chunk_bytes, group_sums, loss_by_position, n_samples,
                                sample_neighbours, samples, token_losses)
 from retro.model import GPT
-from retro.run_db import open_matching_db, open_run_db
+from retro.train.run_db import open_matching_db, open_run_db
 
 
 def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: str = "valid",
@@ -67,7 +68,7 @@ def scored_models(models: dict[str, tuple[GPT, bool]],
     source, always with "none" (the gain's baseline); a model without, once with "none"."""
     bad = sorted(set(neighbours) - set(NEIGHBOURS))
     if bad:
-        raise ValueError(f"neighbours must be among {NEIGHBOURS}, not {bad}")
+        raise RetroError(f"neighbours must be among {NEIGHBOURS}, not {bad}")
     scored, done = [], set()
     for name, (model, retrieval) in models.items():
         if not retrieval or model.encoder is None:
@@ -103,7 +104,7 @@ def run_models(run: str | os.PathLike, db: str | os.PathLike | None = None,
                device: str = "cpu") -> tuple[dict[str, tuple[GPT, bool]], Database]:
     """The models a comparison runs, name -> (model, with retrieval), and their database: a RETRO
     run as "retro" and "retro_no_retrieval" (or a GPT run as "gpt"), plus gpt_run as "gpt" (or
-    "gpt_2"). Every run is checked against the database (retro.run_db.open_run_db)."""
+    "gpt_2"). Every run is checked against the database (retro.train.run_db.open_run_db)."""
     model, state = load_model(run, map_location=device)
     database = open_run_db(model, state, db)
     if model.encoder is not None:
@@ -128,10 +129,10 @@ def evaluate(run: str | os.PathLike, db: str | os.PathLike | None = None,
     a GPT run ("gpt"), plus gpt_run ("gpt") when given, on db (default: the run's database).
     neighbours: the neighbour sources RETRO is scored with (see evaluate_models).
 
-    qa_lists: factual QA lists (retro.eval.trivia) scored by every model, up to qa_items items
+    qa_lists: factual QA lists (retro.data.trivia) scored by every model, up to qa_items items
     each, into result["qa"] ("default": trivia.lists_for the database's corpus); with edited_db (a database built with edits), also RETRO's answers
     with neighbours from it (retro.eval.qa.qa_comparison). Every run is checked against the
-    database (see retro.run_db.open_run_db), and edited_db against that database.
+    database (see retro.train.run_db.open_run_db), and edited_db against that database.
     """
     models, database = run_models(run, db, gpt_run, device)
     result = evaluate_models(models, database, split, batch_size, max_samples,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from retro.errors import RetroError
 from retro.data.tokenizer import Tokenizer
 from retro.db import Database
 from retro.eval.bytes import group_bytes
@@ -22,7 +23,7 @@ def n_samples(db: Database, split: str, max_samples: int | None) -> int:
     """Samples evaluated: the split's, or its first max_samples."""
     total = db.split(split).stream.n_samples
     if total == 0:
-        raise ValueError(f"the {split} split of {db.root} has no sample of {db.block_size + 1} "
+        raise RetroError(f"the {split} split of {db.root} has no sample of {db.block_size + 1} "
                          "tokens")
     return total if max_samples is None else min(total, max_samples)
 
@@ -65,7 +66,7 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
     - "none": None (retrieval off).
     """
     if source not in NEIGHBOURS:
-        raise ValueError(f"neighbours must be one of {NEIGHBOURS}, not {source!r}")
+        raise RetroError(f"neighbours must be one of {NEIGHBOURS}, not {source!r}")
     if source == "none":
         return None
     view = db.split(split)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from retro.db import Database
-from retro.eval.trivia import QAItem
+from retro.data.trivia import QAItem, qa_items
+from retro.db import Database, DatabaseError
 from retro.model import GPT
 
 
@@ -186,11 +186,9 @@ def qa_comparison(models: dict[str, tuple[GPT, bool]], db: Database, lists: Sequ
     """{list: {setting: qa_scores}} for each named (model, retrieval on?) on each list, and for
     every model with retrieval, "<name>_edited_db": its answers with neighbours from edited_db
     (a database built with edits) on the items whose answer was edited."""
-    from retro.eval.trivia import qa_items
-
     edits = edited_db.config.get("edits", []) if edited_db is not None else []
     if edited_db is not None and not edits:
-        raise ValueError(f"{edited_db.root} was built without edits (retro db build --edits)")
+        raise DatabaseError(f"{edited_db.root} was built without edits (retro db build --edits)")
     results: dict[str, dict[str, Any]] = {}
     for name in lists:
         items = qa_items(name, max_items)

@@ -6,9 +6,10 @@ import argparse
 import sys
 import time
 
-from retro.checkpoint import load_model
+from retro.errors import RetroError
+from retro.train.checkpoint import load_model
 from retro.generation.generator import GenerationStats, generate
-from retro.run_db import open_run_db
+from retro.train.run_db import open_run_db
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def run_generate(args: argparse.Namespace) -> int:
     tokenizer = db.tokenizer
     prompt = tokenizer.encode_batch([args.prompt])[0]
     if len(prompt) == 0:
-        raise ValueError("the prompt is empty: give some text with --prompt")
+        raise RetroError("the prompt is empty: give some text with --prompt")
     retrieving = model.encoder is not None and not args.no_retrieval
     if retrieving:  # load the embedder and the index before the clock starts
         setup = time.perf_counter()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from retro.errors import RetroError
 from retro.db import Database
 from retro.generation.sampling import sample_next
 from retro.model import GPT
@@ -82,15 +83,15 @@ def generate(model: GPT, db: Database | None, prompt_tokens: Sequence[int] | np.
     m, block_size = config.chunk_size, config.block_size
     prompt = np.asarray(prompt_tokens, dtype=np.int64).ravel()
     if len(prompt) == 0:
-        raise ValueError("the prompt is empty: give at least one token")
+        raise RetroError("the prompt is empty: give at least one token")
     if len(prompt) > block_size:
-        raise ValueError(f"the prompt has {len(prompt)} tokens, more than the model's block_size "
+        raise RetroError(f"the prompt has {len(prompt)} tokens, more than the model's block_size "
                          f"({block_size}); shorten it")
     vocab_size = config.vocab_size if db is None else min(db.tokenizer.vocab_size, config.vocab_size)
     if prompt.min() < 0 or prompt.max() >= vocab_size:
-        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+        raise RetroError(f"prompt token ids must be in [0, {vocab_size})")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise RetroError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     sample_next(torch.zeros(1), temperature, top_k, top_p)  # checks the parameters before any work
     stats = GenerationStats() if stats is None else stats
     pad_id = config.pad_id if db is None else db.eod_id

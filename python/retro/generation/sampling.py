@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from retro.errors import RetroError
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> int:
@@ -12,7 +14,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     set whose probability reaches top_p (the most likely token always stays)."""
     if temperature < 0 or (top_k is not None and top_k < 1) \
             or (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, "
+        raise RetroError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, "
                          f"{top_k}, {top_p}")
     if temperature == 0:
         return int(logits.argmax())

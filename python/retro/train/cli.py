@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import typing
 
+from retro.errors import RetroError
+
 PREFIX = "set:"  # dest of the --key=value options
 
 
@@ -52,11 +54,11 @@ def _metavar(hint: typing.Any) -> str:
 
 
 def _missing(error: ImportError) -> int:
-    raise ValueError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
+    raise RetroError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from retro.checkpoint import CheckpointError
+    from retro.train.checkpoint import CheckpointError
     from retro.train.config import TrainConfig, apply_overrides
     from retro.train.distributed_checkpoint import latest_checkpoint, read_train_state
     from retro.train.loop import train
@@ -76,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(stored, **given, out=args.out, resume=True, stop_after=None)
     else:
         if args.db is None:
-            raise ValueError("--db is required (the database to train on)")
+            raise RetroError("--db is required (the database to train on)")
         config = TrainConfig(**given, out=args.out)
     run = train(apply_overrides(config, overrides))
     print(f"trained: {run}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retro.errors import RetroError
 from retro.model import RetroConfig
 
 MODELS = ("retro", "gpt")
@@ -102,7 +103,7 @@ class TrainConfig:
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise RetroError(message)
 
 
 def _suggest(key: str, choices: typing.Iterable[str]) -> str:
@@ -125,7 +126,7 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
         except (TypeError, ValueError):
             continue
     expected = " or ".join(_type_name(o) for o in options)
-    raise ValueError(f"{name} must be {expected}, got {value!r}")
+    raise RetroError(f"{name} must be {expected}, got {value!r}")
 
 
 def _as(kind: Any, value: Any) -> Any:
@@ -184,7 +185,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     train_values, model_values = {}, dict(config.model_args)
     for key, value in overrides.items():
         if key not in fields:
-            raise ValueError(f"unknown setting {key!r}{_suggest(key, fields)}")
+            raise RetroError(f"unknown setting {key!r}{_suggest(key, fields)}")
         group, hint = fields[key]
         (train_values if group == "train" else model_values)[key] = coerce(key, value, hint)
     return dataclasses.replace(config, **train_values, model_args=model_values)

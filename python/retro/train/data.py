@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retro.db import open_db
-from retro.distributed import World
+from retro.world import World
 from retro.train.distributed import rank_slices
 
 

@@ -1,7 +1,7 @@
 """Training on several processes: torch.distributed as torchrun starts it, DDP or FSDP2.
 
 ``torchrun --nproc-per-node N -m retro train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; the run
-then joins the process group (retro.distributed; gloo on CPU, NCCL on GPU: rank r uses
+then joins the process group (retro.world; gloo on CPU, NCCL on GPU: rank r uses
 cuda:LOCAL_RANK) and wraps the
 model in DistributedDataParallel (``parallel="ddp"``, the default) or shards it with FSDP2
 (``parallel="fsdp"``: ``fully_shard`` on every transformer block, then on the whole model).
@@ -23,12 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from retro.distributed import World, join_world
+from retro.world import World, join_world
 from retro.train.config import PARALLEL
 
 
 def join_training(device: str) -> World:
-    """The process group of a training run (see retro.distributed): NCCL when the run is on CUDA,
+    """The process group of a training run (see retro.world): NCCL when the run is on CUDA,
     else gloo."""
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return join_world("nccl" if cuda else "gloo")

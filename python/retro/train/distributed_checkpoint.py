@@ -1,6 +1,6 @@
 """Checkpoints of distributed runs (torch.distributed.checkpoint) and the canonical ckpt.pt.
 
-A run on one process writes the canonical checkpoint RUN/ckpt.pt (retro.checkpoint: one plain
+A run on one process writes the canonical checkpoint RUN/ckpt.pt (retro.train.checkpoint: one plain
 dict). A run under torchrun writes a DCP checkpoint instead: each rank its own part of the model
 and optimizer state (DDP's replicated tensors once, FSDP2's shards by each owner) into
 ``RUN/dcp/step-<step>/``, then rank 0 writes ``train_state.pt`` there: the canonical dict without
@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from retro.checkpoint import (CheckpointError, KINDS, checkpoint_path, config_dict,
-                              load_checkpoint, save_checkpoint)
+from retro.files import atomic_file
 from retro.model import RetroConfig
+from retro.train.checkpoint import (KINDS, CheckpointError, checkpoint_path, config_dict,
+                                    load_checkpoint, save_checkpoint)
 from retro.train.distributed import unwrap
 
 DCP_DIR = "dcp"
@@ -121,9 +122,8 @@ def save_dcp(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
         dist.barrier()
     if main:
         kept = {key: value for key, value in train_state.items() if key not in TENSOR_KEYS}
-        tmp = path / f"{TRAIN_STATE}.tmp"
-        torch.save(kept, tmp)
-        tmp.replace(path / TRAIN_STATE)
+        with atomic_file(path / TRAIN_STATE) as file:
+            torch.save(kept, file)
         for other in (Path(run) / DCP_DIR).glob("step-*"):  # older ones, complete or not
             if other != path:
                 shutil.rmtree(other)

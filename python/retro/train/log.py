@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from retro.files import atomic_file
+
 LOG = "log.jsonl"
 
 
@@ -20,9 +22,8 @@ class RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = read_log(self.path) if resume_step is not None else []
         kept = [entry for entry in kept if entry["step"] <= (resume_step or 0)]
-        tmp = self.path.with_name(f"{LOG}.tmp.{os.getpid()}")
-        tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        with atomic_file(self.path) as file:
+            file.write("".join(json.dumps(entry) + "\n" for entry in kept).encode("utf-8"))
 
     def write(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as file:

@@ -4,8 +4,8 @@ One optimizer step: grad_accum micro-batches of batch_size samples, each loss sc
 1 / grad_accum, then gradient clipping and AdamW at the scheduled learning rate. Validation runs
 every eval_interval steps on a fixed set of valid samples with their stored neighbours; a
 checkpoint is written every checkpoint_interval steps and at the end, holding everything a
-resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.checkpoint) on one process,
-a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
+resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.train.checkpoint) on one
+process, a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
 added at the end), which resumes on any world size with the same global batch.
 """
 
@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from retro.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS, config_dict,
-                              db_identity, db_mismatches, load_checkpoint, save_checkpoint)
-from retro.db import Database, open_db
+from retro.db import Database, DatabaseError, open_db
+from retro.errors import RetroError
 from retro.model import GPT, Retro, RetroConfig
+from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS,
+                                    CheckpointError, config_dict, db_identity, db_mismatches,
+                                    load_checkpoint, save_checkpoint)
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
-from retro.distributed import World, barrier, leave_world
 from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
                                      rank_batches, rank_device, sum_over_ranks, wrap_model)
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
@@ -36,6 +37,7 @@ from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_cano
                                                 read_train_state, save_dcp)
 from retro.train.log import RunLog
 from retro.train.optim import learning_rate, make_optimizer
+from retro.world import World, barrier, leave_world
 
 
 def train(config: TrainConfig) -> Path:
@@ -60,7 +62,7 @@ def _train(config: TrainConfig, world: World) -> Path:
     mode = parallel_mode(config.parallel, world)
     db = open_db(config.db)
     if "valid" not in db.splits:
-        raise ValueError(f"{db.root} has no valid split to validate on (valid_fraction was 0)")
+        raise DatabaseError(f"{db.root} has no valid split to validate on (valid_fraction was 0)")
     checkpoint, state = _resume_state(run, config, db, world)
     plain, frozen = _model(config, db, state)
     plain.to(device).train()
@@ -202,7 +204,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+        raise RetroError(f"device {name!r} asked for, but torch sees no CUDA device")
     return device
 
 
@@ -213,12 +215,12 @@ def _resume_state(run: Path, config: TrainConfig, db: Database,
     checkpoint = latest_checkpoint(run)
     if not config.resume:
         if checkpoint is not None:
-            raise ValueError(f"{run} already holds a training run: resume it (--resume) or choose "
-                             "another --out")
+            raise CheckpointError(f"{run} already holds a training run: resume it (--resume) or "
+                                  "choose another --out")
         return None, None
     if checkpoint is None:
-        raise ValueError(f"nothing to resume: {run} has no checkpoint ({CHECKPOINT} or "
-                         f"{DCP_DIR}/step-*)")
+        raise CheckpointError(f"nothing to resume: {run} has no checkpoint ({CHECKPOINT} or "
+                              f"{DCP_DIR}/step-*)")
     state = read_train_state(checkpoint)
     stored = state.get("train_args") or {}
     changed = [f"{key}: the run has {stored.get(key)!r}, now {getattr(config, key)!r}"
@@ -233,13 +235,14 @@ def _resume_state(run: Path, config: TrainConfig, db: Database,
             f"{now} ({config.batch_size} x {config.grad_accum} x {world.size}); on {world.size} "
             f"rank(s) pass batch_size and grad_accum whose product is {before / world.size:g}")
     if changed:
-        raise ValueError(f"cannot resume {run} with other settings:\n  " + "\n  ".join(changed))
+        raise CheckpointError(f"cannot resume {run} with other settings:\n  "
+                              + "\n  ".join(changed))
     mismatches = db_mismatches(state["db"], db, MODEL_DB_KEYS + ("n_nbrs", "train_data"))
     if mismatches:
-        raise ValueError(f"{db.root} is not the database {run} was trained on:\n  "
-                         + "\n  ".join(mismatches))
+        raise DatabaseError(f"{db.root} is not the database {run} was trained on:\n  "
+                            + "\n  ".join(mismatches))
     if state["kind"] != config.model:
-        raise ValueError(f"{run} trains a {state['kind']}, not a {config.model}")
+        raise CheckpointError(f"{run} trains a {state['kind']}, not a {config.model}")
     return checkpoint, state
 
 
@@ -275,13 +278,15 @@ def _retro_fit(config: TrainConfig, db: Database, fields: dict[str, Any]) -> Ret
     """A Retro on the decoder of the GPT run config.init_from (frozen with config.freeze)."""
     gpt = load_checkpoint(config.init_from)
     if gpt["kind"] != "gpt":
-        raise ValueError(f"init_from needs a GPT run; {config.init_from} holds a {gpt['kind']}")
+        raise CheckpointError(
+            f"init_from needs a GPT run; {config.init_from} holds a {gpt['kind']}"
+        )
     mismatches = db_mismatches(gpt.get("db") or {}, db)
     if mismatches:
-        raise ValueError(f"the GPT run {config.init_from} does not fit {db.root}:\n  "
-                         + "\n  ".join(mismatches))
+        raise DatabaseError(f"the GPT run {config.init_from} does not fit {db.root}:\n  "
+                            + "\n  ".join(mismatches))
     if config.preset is not None:
-        raise ValueError("init_from takes the decoder's config from the GPT run: drop the preset")
+        raise RetroError("init_from takes the decoder's config from the GPT run: drop the preset")
     model = Retro.from_gpt(gpt, freeze=config.freeze, **fields)
     _check_fits_db(model.config, db)
     return model
@@ -310,7 +315,8 @@ def _check_fits_db(config: RetroConfig, db: Database) -> None:
     ]
     wrong = [message for ok, message in problems if not ok]
     if wrong:
-        raise ValueError(f"the model does not fit the database {db.root}:\n  " + "\n  ".join(wrong))
+        raise DatabaseError(f"the model does not fit the database {db.root}:\n  "
+                            + "\n  ".join(wrong))
 
 
 def _rng_state() -> dict[str, Any]:

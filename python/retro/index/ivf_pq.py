@@ -1,22 +1,22 @@
-"""Vector indexes: IVF-PQ for the retrieval database and exact search for ground truth.
+"""IVF-PQ: the retrieval database's approximate index (faiss's IVFADC), on the CPU.
 
-Vectors are float32 rows: x has shape (n, d). Searches return ``(D, I)``: distances (n, k) float32
-and labels (n, k) int64, best first. Where fewer than k results exist, labels are -1 and
-distances +inf (L2) or -inf (inner product). L2 distances are squared.
+This module is also the index's one hand-off to a CUDA device: :meth:`IvfPqIndex.to`,
+:meth:`IvfPqIndex.load` with ``device=`` and :meth:`IvfPqIndex.train` with ``device=`` import the
+device side (:mod:`retro.index.cuda`, :mod:`retro.index.kmeans`, which need torch) when called;
+the device side never imports this module.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
-from retro.opq import OpqTrainParams, train_opq_rotation
-
-Metric = Literal["l2", "ip"]
+from retro.index.flat import Metric
+from retro.index.opq import OpqTrainParams, train_opq_rotation
 
 
 class IvfPqIndex:
@@ -36,7 +36,7 @@ class IvfPqIndex:
             itself (False, 4-bit only, as faiss's "PQ<m>x4fs"): then one look-up table per query
             serves every list, which makes probes cheaper.
         opq_m: 0 for none, or an OPQ rotation (faiss's "OPQ<opq_m>_<opq_d>") in front of the index,
-            trained by :meth:`train` for a PQ of opq_m sub-quantizers (:mod:`retro.opq`; its
+            trained by :meth:`train` for a PQ of opq_m sub-quantizers (:mod:`retro.index.opq`; its
             iterations are ``opq_train_params``): the coarse quantizer and the PQ then work on the
             rotated vectors, re-ranking on the original ones.
         opq_d: the rotated dimension (None: d); opq_m and pq_m must divide it.
@@ -242,10 +242,10 @@ class IvfPqIndex:
         Args:
             x: training vectors (n, d).
             device: None or "cpu", or a CUDA device to run k-means there (the same algorithm with
-                other random streams: :mod:`retro.kmeans_cuda`; needs a CUDA build and torch).
+                other random streams: :mod:`retro.index.kmeans`; needs a CUDA build and torch).
         """
         if device is not None and str(device) != "cpu":
-            from retro.kmeans_cuda import train_ivfpq
+            from retro.index.kmeans import train_ivfpq
 
             train_ivfpq(self, x, device)
             return
@@ -256,7 +256,7 @@ class IvfPqIndex:
     def train_rotation(self, x: Any) -> list[float]:
         """Trains and sets the OPQ rotation on x (n, d) (the quantizers are then untrained); does
         nothing without OPQ. Returns the reconstruction error of each training alternation
-        (:class:`retro.opq.OpqTraining`; empty without OPQ)."""
+        (:class:`retro.index.opq.OpqTraining`; empty without OPQ)."""
         if self.opq_m == 0:
             return []
         x = as_float32_matrix(x, "training data")
@@ -305,7 +305,7 @@ class IvfPqIndex:
         self, x: Any, candidates: Any, k: int, rerank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The exact re-scoring step of a re-ranked :meth:`search`, on candidates found
-        elsewhere (e.g. merged from shards of this index, see :mod:`retro.sharding`).
+        elsewhere (e.g. merged from shards of this index, see :mod:`retro.index.shard_search`).
 
         Args:
             x: queries (n, d).
@@ -334,11 +334,11 @@ class IvfPqIndex:
 
     def to(self, device: Any) -> Any:
         """This index for "cpu"; for a CUDA device ("cuda", "cuda:1", a torch.device) a
-        :class:`retro.index_cuda.CudaIvfPqIndex`: a device-resident copy searched on the GPU (8-bit
+        :class:`retro.index.cuda.CudaIvfPqIndex`: a device-resident copy searched on the GPU (8-bit
         PQ of residuals; needs a CUDA build and torch with CUDA)."""
         if str(device) == "cpu":
             return self
-        from retro.index_cuda import CudaIvfPqIndex
+        from retro.index.cuda import CudaIvfPqIndex
 
         return CudaIvfPqIndex(self, device)
 
@@ -379,29 +379,3 @@ def _as_rerank(rerank: Any) -> Any:
     if rerank is not None and type(rerank).__module__.startswith("torch"):
         return rerank.detach().cpu().numpy()
     return rerank
-
-
-class FlatIndex:
-    """Exact search over stored float32 vectors: the ground truth for recall measurements."""
-
-    def __init__(self, d: int, metric: Metric = "l2") -> None:
-        self._index = _core.FlatIndex(d, metric)
-
-    d = property(lambda self: self._index.d, doc="Vector dimension.")
-    metric = property(lambda self: self._index.metric, doc='"l2" or "ip".')
-    ntotal = property(lambda self: self._index.ntotal, doc="Number of stored vectors.")
-
-    def add(self, x: Any, ids: Any = None) -> None:
-        """Stores x (n, d) with ids (n,) int64, or ntotal .. ntotal+n-1 if None."""
-        x = as_float32_matrix(x, "added vectors")
-        self._index.add(x, None if ids is None else as_int64_vector(ids, x.shape[0]))
-
-    def search(self, x: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest neighbours of x (n, d): D (n, k) float32, I (n, k) int64, best first."""
-        return self._index.search(as_float32_matrix(x, "queries"), int(k))
-
-    def reset(self) -> None:
-        self._index.reset()
-
-    def __repr__(self) -> str:
-        return f"FlatIndex(d={self.d}, metric={self.metric!r}, ntotal={self.ntotal})"

@@ -24,6 +24,7 @@ import numpy as np
 
 from retro.data.corpus import factbook_country_name, plain_text
 from retro.data.packages import package_dir
+from retro.errors import RetroError
 
 DEFAULT_LISTS = ("worldcapitals", "general", "artandliterature", "greekmyth")
 FACTBOOK = "factbook"
@@ -94,11 +95,11 @@ def read_trivia_list(name: str) -> list[QAItem]:
     path = trivia_lists_dir() / f"{name}.yaml"
     if not path.exists():
         names = sorted(p.stem for p in trivia_lists_dir().glob("*.yaml"))
-        raise ValueError(f"no trivia list {name!r}: Red-Trivia has {', '.join(names)} "
+        raise RetroError(f"no trivia list {name!r}: Red-Trivia has {', '.join(names)} "
                          f"(and {FACTBOOK!r} for the Factbook's capitals)")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a mapping of question -> answers")
+        raise RetroError(f"{path} is not a mapping of question -> answers")
     items = []
     for question, answers in data.items():
         if question == "AUTHOR" or not isinstance(answers, list) or not answers:
@@ -141,7 +142,7 @@ def with_choices(items: list[QAItem], n_choices: int = N_CHOICES, seed: int = 0)
     """
     pool = list(dict.fromkeys(item.gold for item in items))
     if len(pool) < n_choices:
-        raise ValueError(f"{len(pool)} distinct answers are too few for {n_choices} choices")
+        raise RetroError(f"{len(pool)} distinct answers are too few for {n_choices} choices")
     rng = np.random.default_rng(seed)
     out = []
     for item in items:

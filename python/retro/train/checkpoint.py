@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from retro.errors import RetroError
+from retro.files import atomic_file
 from retro.model import GPT, Retro, RetroConfig
 
 CHECKPOINT = "ckpt.pt"
@@ -40,7 +42,7 @@ KINDS = {"retro": Retro, "gpt": GPT}
 REQUIRED = ("format_version", "kind", "config", "model", "step")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RetroError):
     """A run directory or checkpoint that cannot be used, with the reason."""
 
 
@@ -58,13 +60,8 @@ def save_checkpoint(run: str | os.PathLike, state: dict[str, Any]) -> Path:
     if state["kind"] not in KINDS:
         raise CheckpointError(f"kind must be one of {sorted(KINDS)}, got {state['kind']!r}")
     path = checkpoint_path(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as file:
+        torch.save(state, file)
     return path
 
 

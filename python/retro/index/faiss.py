@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from retro.index import IvfPqIndex
+from retro.index.ivf_pq import IvfPqIndex
 
 
 def _import_faiss() -> Any:
@@ -28,7 +28,7 @@ def _import_faiss() -> Any:
         import faiss
     except ImportError as e:
         raise ImportError(
-            "retro.faiss_interop needs faiss: pip install faiss-cpu (or faiss-gpu)"
+            "retro.index.faiss needs faiss: pip install faiss-cpu (or faiss-gpu)"
         ) from e
     return faiss
 

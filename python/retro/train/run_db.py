@@ -1,7 +1,7 @@
 """Opening the database of a run again, for evaluation and generation.
 
-``state["db"]`` is :func:`retro.checkpoint.db_identity` of the training database. Evaluation and
-generation open a database through :func:`open_run_db`, which refuses one whose tokenizer, chunk
+``state["db"]`` is :func:`retro.train.checkpoint.db_identity` of the training database.
+Evaluation and generation open a database through :func:`open_run_db`, which refuses one whose tokenizer, chunk
 size, block size or embedder differ from it, or that does not fit the model.
 """
 
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retro.checkpoint import MODEL_DB_KEYS, db_identity, db_mismatches
+from retro.train.checkpoint import MODEL_DB_KEYS, db_identity, db_mismatches
 from retro.db import Database, DatabaseError, open_db
 from retro.model import GPT
 

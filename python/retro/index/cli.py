@@ -1,12 +1,13 @@
-"""``retro index shard``: a thin layer over retro.sharding."""
+"""``retro index shard``: a thin layer over retro.index.sharding."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from retro.index import IvfPqIndex
-from retro.sharding import read_manifest, shard_index
+from retro.errors import RetroError
+from retro.index.ivf_pq import IvfPqIndex
+from retro.index.sharding import read_manifest, shard_index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     index = subparsers.add_parser("index", help="work with IVF-PQ index files")
     commands = index.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
     shard = commands.add_parser(
-        "shard", help="split an index file into shards of equal-count id ranges (retro.sharding)"
+        "shard",
+        help="split an index file into shards of equal-count id ranges (retro.index.sharding)",
     )
     shard.add_argument("index", type=Path, help="an index file written by IvfPqIndex.save")
     shard.add_argument("out", type=Path, help="the shard directory (shard files + shards.json)")
@@ -24,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_shard(args: argparse.Namespace) -> int:
     if args.shards < 1:
-        raise ValueError(f"--shards must be >= 1, got {args.shards}")
+        raise RetroError(f"--shards must be >= 1, got {args.shards}")
     if not args.index.is_file():
-        raise FileNotFoundError(f"{args.index}: no such index file")
+        raise RetroError(f"{args.index}: no such index file")
     index = IvfPqIndex.load(args.index, mmap=True)
     shard_index(index, args.shards, args.out)
     for entry in read_manifest(args.out)["shards"]:

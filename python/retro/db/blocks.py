@@ -1,13 +1,8 @@
-"""Files of the database: atomic writes, checksums, and arrays filled block by block with resume.
-
-Every file appears under its final name only when complete (written to a temporary name beside it,
-then renamed), so a reader never sees a partial file and a crash leaves either the old file or
-none. Arrays are ``.npy`` files, memory-mappable with ``np.load(path, mmap_mode="r")``.
-"""
+"""Arrays of the database filled block by block, with resume, on one process or on the ranks of
+a world together (:class:`BlockWriter`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,57 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.distributed import World, barrier, rank_range
-
-HASH_BLOCK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Writes data to path through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def write_json_atomically(path: Path, value: dict) -> None:
-    """Writes value as indented, key-sorted JSON (the same value always gives the same bytes)."""
-    write_bytes_atomically(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
-
-
-def save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    """Writes an .npy file through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    with open(temporary, "wb") as file:
-        np.save(file, np.ascontiguousarray(array))
-    os.replace(temporary, path)
-
-
-def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
-    """An .npy file, memory-mapped read-only by default."""
-    return np.load(path, mmap_mode="r" if mmap else None)
+from retro.files import write_json_atomically
+from retro.world import World, barrier, rank_range
 
 
 class BlockWriter:
     """Fills .npy arrays of equal row count, block_rows rows at a time, and resumes after a crash,
-    on one process or on the ranks of a world (retro.distributed) together.
+    on one process or on the ranks of a world (retro.world) together.
 
     Rows [b * block_rows, (b + 1) * block_rows) of every array form block b. The arrays live in
     ``<name>.partial`` files until :meth:`finish` renames them. ``<first name>.progress.json``

@@ -10,16 +10,13 @@ the CPU's, so a GPU-trained index matches a CPU-trained one by recall, not bit f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from retro import _core
 from retro._arrays import as_float32_matrix
-
-if TYPE_CHECKING:
-    from retro.index import IvfPqIndex
 
 SPLIT_EPS = 1.0 / 1024  # relative perturbation that separates a split cluster's two centroids
 
@@ -114,11 +111,11 @@ def kmeans(
     return centroids, objective
 
 
-def train_ivfpq(index: IvfPqIndex, x: Any, device: Any = "cuda") -> list[float]:
+def train_ivfpq(index: Any, x: Any, device: Any = "cuda") -> list[float]:
     """Trains index (coarse k-means, then the PQ on residuals) on a GPU, as
     :meth:`retro.IvfPqIndex.train` does on the CPU, with its niter, max_points_per_centroid, seed
-    and metric. An OPQ rotation (opq_m > 0) is trained on the CPU (:mod:`retro.opq`) and applied
-    on the device before the k-means.
+    and metric. An OPQ rotation (opq_m > 0) is trained on the CPU (:mod:`retro.index.opq`) and
+    applied on the device before the k-means.
 
     Args:
         index: an untrained or trained :class:`retro.IvfPqIndex` with no vectors.

@@ -9,9 +9,12 @@ CPU's up to float rounding at near-ties. An OPQ index's rotation goes to the dev
 and added vectors are rotated there with one matmul (:meth:`CudaIvfPqIndex.rotate`) before the
 kernels see them; re-ranking uses the original vectors, as on the CPU.
 
-An index larger than one GPU is searched as shards (disjoint id ranges with the same quantizers,
-:mod:`retro.sharding`): :func:`search_shards` uploads each shard in turn (or keeps the ones given
-as device indexes, e.g. one per GPU) and merges by (distance, id).
+An index larger than one GPU is searched as shards (disjoint id ranges with the same quantizers):
+:func:`retro.index.shard_search.search_shards` uploads each shard in turn (or keeps the ones given
+as device indexes, e.g. one per GPU) and merges by (distance, id) with :func:`merge_top_k`.
+
+This module does not import the host index (:mod:`retro.index.ivf_pq` imports this one): the host
+index reaches it as an object.
 
 Needs a CUDA build of retro (``retro.has_cuda()``) and torch with CUDA: torch owns every device
 buffer, so that the kernels run on torch's current stream and share its allocator.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +33,10 @@ from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
 from retro.ops.ivfpq import ivfpq_search
 
-if TYPE_CHECKING:
-    from retro.index import IvfPqIndex
-
 MAX_MAGNITUDE = 1e15  # as the CPU index (cpp/src/distances.h: kMaxMagnitude)
 
 
-def _device_of(device: Any) -> torch.device:
+def cuda_device(device: Any) -> torch.device:
     """A CUDA torch.device with an index; ValueError for another device type, RuntimeError
     without a CUDA build or a usable GPU."""
     device = torch.device(device)
@@ -53,11 +53,12 @@ class CudaIvfPqIndex:
     """A trained 8-bit IVF-PQ index (PQ of residuals) copied to a GPU for search and encoding.
 
     Args:
-        index: the host index (kept: :meth:`add` appends to it and uploads again).
+        index: the host :class:`retro.IvfPqIndex` (kept: :meth:`add` appends to it and uploads
+            again).
         device: a CUDA device ("cuda", "cuda:1", torch.device).
     """
 
-    def __init__(self, index: IvfPqIndex, device: Any = "cuda") -> None:
+    def __init__(self, index: Any, device: Any = "cuda") -> None:
         if not index.is_trained:
             raise ValueError("only a trained index can go to the GPU: call train() first")
         if index.pq_bits != 8 or not index.by_residual:
@@ -66,7 +67,7 @@ class CudaIvfPqIndex:
                 f"by_residual={index.by_residual}"
             )
         self.host = index
-        self.device = _device_of(device)
+        self.device = cuda_device(device)
         self._upload()
 
     d = property(lambda self: self.host.d, doc="Vector dimension.")
@@ -175,7 +176,7 @@ class CudaIvfPqIndex:
         )
         if rerank is not None:
             distances, labels = self._rerank(xq, labels, self._rerank_vectors(rerank), int(k))
-        return _results(distances, labels, kind)
+        return results_for(distances, labels, kind)
 
     def _rerank_vectors(self, rerank: Any) -> torch.Tensor:
         """The re-ranking vectors as an (N, d) float32 or float16 tensor on the device."""
@@ -233,15 +234,15 @@ class CudaIvfPqIndex:
         self.host.add_preassigned(list_of.cpu().numpy(), codes.cpu().numpy(), host_ids)
         self._upload()
 
-    def cpu(self) -> IvfPqIndex:
+    def cpu(self) -> Any:
         """The host index this copy was made from (with everything added through the copy)."""
         return self.host
 
-    def to(self, device: Any) -> IvfPqIndex | CudaIvfPqIndex:
+    def to(self, device: Any) -> Any:
         """The host index for "cpu", this copy for its own device, else a copy on `device`."""
         if torch.device(device).type == "cpu":
             return self.host
-        target = _device_of(device)
+        target = cuda_device(device)
         return self if target == self.device else CudaIvfPqIndex(self.host, target)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -255,7 +256,7 @@ class CudaIvfPqIndex:
         )
 
 
-def _results(distances: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[Any, Any]:
+def results_for(distances: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[Any, Any]:
     if kind == "numpy":
         return distances.cpu().numpy(), labels.cpu().numpy()
     if kind == "cpu":
@@ -281,45 +282,3 @@ def merge_top_k(
     d = torch.cat(list(distances), dim=1)
     key, merged = best_k(-d if metric == "ip" else d, torch.cat(list(labels), dim=1), k)
     return (-key if metric == "ip" else key), merged
-
-
-def search_shards(
-    shards: Sequence[IvfPqIndex | CudaIvfPqIndex | str | os.PathLike],
-    x: Any,
-    k: int,
-    nprobe: int = 8,
-    device: Any = "cuda",
-    fp16_lut: bool = False,
-) -> tuple[Any, Any]:
-    """Searches shards of one index (same quantizers, disjoint ids) and merges their results.
-
-    Args:
-        shards: host indexes or index files (uploaded to `device` one at a time and freed, for an
-            index larger than the GPU) or device indexes (searched where they are, e.g. one per
-            GPU; their results are merged on `device`).
-        x, k, nprobe, fp16_lut: as :meth:`CudaIvfPqIndex.search`.
-
-    Returns:
-        D (n, k), I (n, k) as one index holding every shard's vectors would return them; numpy for
-        numpy queries, else tensors on x's device.
-    """
-    from retro.index import IvfPqIndex
-
-    if not shards:
-        raise ValueError("search_shards needs at least one shard")
-    target = _device_of(device)
-    kind = "numpy" if not isinstance(x, torch.Tensor) else ("device" if x.is_cuda else "cpu")
-    x_dev = torch.as_tensor(as_float32_matrix(x, "queries")) if kind == "numpy" else x
-    parts_d, parts_i, metric = [], [], None
-    for shard in shards:
-        if isinstance(shard, (str, os.PathLike)):
-            shard = IvfPqIndex.load(shard, mmap=True)
-        gpu = shard if isinstance(shard, CudaIvfPqIndex) else CudaIvfPqIndex(shard, target)
-        if metric is not None and gpu.metric != metric:
-            raise ValueError(f"shards mix metrics {metric!r} and {gpu.metric!r}")
-        metric = gpu.metric
-        d, i = gpu.search(x_dev.to(gpu.device), k, nprobe=nprobe, fp16_lut=fp16_lut)
-        parts_d.append(d.to(target))
-        parts_i.append(i.to(target))
-        del gpu  # an uploaded host shard is freed before the next one
-    return _results(*merge_top_k(parts_d, parts_i, k, metric), kind)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retro.index.flat import FlatIndex
+
 try:  # numpy's BLAS threads and the core's OpenMP threads, alternating, slow each other down
     from threadpoolctl import threadpool_limits
 except ImportError:  # not a dependency: then both keep their threads
@@ -68,8 +70,6 @@ def pq_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     Returns:
         codes (n, m) int64.
     """
-    from retro.index import FlatIndex  # retro.index imports this module
-
     m, _, dsub = centroids.shape
     n = x.shape[0]
     sub = np.ascontiguousarray(x.reshape(n, m, dsub).transpose(1, 0, 2))  # (m, n, dsub): one copy

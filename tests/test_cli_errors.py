@@ -1,0 +1,40 @@
+"""The command line's error contract: retro's own errors (RetroError and its kinds) end with one
+``retro: error:`` line and status 2; anything else is a bug and keeps its traceback."""
+
+import pytest
+
+import retro.cli
+import retro.index.cli
+from retro.data import CorpusError
+from retro.db import DatabaseError
+from retro.errors import RetroError
+
+
+def failing_with(error):
+    def run(args):
+        raise error
+    return run
+
+
+@pytest.mark.parametrize("error", [RetroError("bad --shards"), CorpusError("bad corpus"),
+                                   DatabaseError("bad database")])
+def test_retro_errors_end_with_one_line(monkeypatch, capsys, error):
+    monkeypatch.setattr(retro.index.cli, "run_shard", failing_with(error))
+    assert retro.cli.main(["index", "shard", "in.ivfpq", "out", "--shards", "2"]) == 2
+    assert capsys.readouterr().err == f"retro: error: {error}\n"
+
+
+@pytest.mark.parametrize("error", [KeyError("nlist"), IndexError("list index out of range"),
+                                   ValueError("operands could not be broadcast"),
+                                   FileNotFoundError("index.lists.npy")])
+def test_other_errors_keep_their_traceback(monkeypatch, error):
+    monkeypatch.setattr(retro.index.cli, "run_shard", failing_with(error))
+    with pytest.raises(type(error)):
+        retro.cli.main(["index", "shard", "in.ivfpq", "out", "--shards", "2"])
+
+
+def test_the_error_kinds_are_retro_errors_and_value_errors():
+    from retro.train.checkpoint import CheckpointError
+
+    for kind in (CorpusError, DatabaseError, CheckpointError):
+        assert issubclass(kind, RetroError) and issubclass(kind, ValueError)
