@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "and neighbour search by range (with --index-shards S >= N each rank searches "
                     "its own shards); the files are those of a one-process build.")
     build.add_argument("--corpus", nargs="+", default=list(DEFAULTS.corpus),
-                       help="'default' (Wikipedia leads), 'factbook', 'kjv', or .txt/.jsonl/.parquet "
+                       help="'default' (Wikipedia leads), 'factbook' (or 'factbook:government,"
+                            "geography' for some sections), 'kjv', or .txt/.jsonl/.parquet "
                             "files and directories (default: %(default)s)")
     build.add_argument("--out", type=Path, required=True, help="database directory (resumed if it exists)")
     build.add_argument("--tokenizer", default=DEFAULTS.tokenizer, help="'gpt2' or a tokenizer.json")
