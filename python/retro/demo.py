@@ -1,17 +1,26 @@
 """``retro demo``: the paper's experiment at laptop scale, end to end on the built-in default data.
 
-1. builds (or reuses) the default retrieval database (Wikipedia leads, MiniLM, IVF-PQ);
-2. trains a tiny GPT and a tiny RETRO with the same decoder, for the same steps, on the same
-   samples in the same order;
-3. evaluates both on the validation split: loss, perplexity and bits per byte for GPT, RETRO and
-   RETRO with retrieval off, and the leakage-filtered bits per byte of DeepMind §4.4; and on
-   factual QA (trivia cloze prompts, 10 choices) with retrieval on and off;
+1. trains a byte-level BPE of ``vocab_size`` tokens on the corpus (Wikipedia leads next to the
+   Factbook's Government and Geography sections: facts stated twice in different documents, the
+   cross-document redundancy a retrieval model learns to use) and builds three databases from it:
+   ``db`` (strict: train documents only), ``db_knowledge`` (the valid documents added, DeepMind's
+   Wikipedia setting) and ``db_capitals`` (world capitals swapped among countries in the train
+   documents); the last two reuse ``db``'s embeddings;
+2. trains a small GPT, then RETRO-fits it (DeepMind §4.2: its decoder frozen, only CCA and the
+   encoder trained; without neighbours its logits are exactly the GPT's) on the strict database,
+   whose training neighbours never come from the sample's own documents;
+3. evaluates both on the validation split of the strict and of the knowledge database: loss,
+   perplexity, bits per byte, RETRO with real, shuffled, no and oracle neighbours and its retrieval
+   gain, the leakage-filtered bits per byte of DeepMind §4.4; factual QA on world capitals with
+   retrieval on and off, and against the edited capitals;
 4. generates from a validation prompt with live retrieval, showing the neighbours;
-5. writes ``OUT/summary.json``, ``OUT/loss_curves.png`` and ``OUT/leakage.png`` and prints a table.
+5. writes ``OUT/summary.json`` (with the paper's four checks under ``claims``),
+   ``OUT/loss_curves.png`` and ``OUT/leakage.png`` and prints the tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -24,20 +33,36 @@ import numpy as np
 from retro.errors import RetroError
 
 DEFAULT_OUT = Path("runs") / "demo"
+DEMO_CORPUS = ("default", "factbook:government,geography")
+# the decoder of both models; RETRO adds CCA in layers 2 and 4 and a narrower 2-layer encoder
+DEMO_MODEL = dict(n_layer=4, n_head=4, n_embd=256)
+DEMO_RETRIEVAL = dict(cca_layers=(2, 4), enc_n_embd=128, enc_n_head=2)
+QA_LIST = "worldcapitals"
+# the paper's effects as the demo checks them: (summary key, comparison, threshold)
+CLAIMS = {
+    "knowledge_ppl_ratio": ("<=", 0.8),  # RETRO / GPT perplexity, valid documents in the database
+    "knowledge_retrieval_gain_nats": (">=", 0.2),  # loss without minus with retrieval, same
+    "strict_ppl_ratio": ("<=", 1.0),  # RETRO / GPT perplexity, valid documents absent
+    "qa_accuracy_ratio": (">=", 2.0),  # capitals accuracy with / without retrieval
+    "edited_follows_database": (">=", 0.5),  # share of swapped capitals answered as edited
+}
 
 
 @dataclass
 class DemoConfig:
-    out: str = str(DEFAULT_OUT)  # runs, plots and summary.json go here
-    db: str | None = None  # an existing database; None: OUT/db, built (or resumed) first
-    steps: int = 50  # optimizer steps of each model (~11 minutes for both on 2 cores, float32)
-    batch_size: int = 8  # samples of block_size tokens per step
-    preset: str = "tiny"
+    out: str = str(DEFAULT_OUT)  # tokenizer, databases, runs, plots and summary.json go here
+    corpus: tuple[str, ...] = DEMO_CORPUS
+    vocab_size: int = 8192  # the corpus-trained BPE's tokens (0: GPT-2's BPE)
+    block_size: int = 256  # tokens per training sample
+    gpt_steps: int = 600  # optimizer steps of the GPT
+    fit_steps: int = 400  # optimizer steps of RETRO-fitting it
+    batch_size: int = 16  # samples per step
+    learning_rate: float = 2e-3
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     eval_samples: int | None = None  # validation samples evaluated; None: all
     new_tokens: int = 64  # tokens generated in the sample
-    qa_items: int = 50  # items of each factual QA list (retro.eval.trivia.DEFAULT_LISTS); 0: no QA
+    qa_items: int = 0  # items of the capitals list; 0: all
     seed: int = 1337
     progress: bool = True  # progress bars
 
@@ -46,88 +71,188 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     """Runs the demo; returns the summary (also written to OUT/summary.json)."""
     import torch
 
+    from retro.eval.leakage import plot_leakage
     from retro.train.checkpoint import load_model
-    from retro.db import BuildConfig, build_db, open_db
-    from retro.eval.evaluate import evaluate, results_table
-    from retro.eval.leakage import leakage_table, plot_leakage
-    from retro.eval.qa import qa_table
-    from retro.data.trivia import DEFAULT_LISTS
-    from retro.model import RetroConfig
-    from retro.train import TrainConfig, train
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     timings: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    start = time.perf_counter()
-    db_dir = Path(config.db) if config.db else out / "db"
-    if config.db:
-        db = open_db(db_dir)
-    else:
-        block_size = RetroConfig.preset(config.preset, **config.model_args).block_size
-        db = build_db(db_dir, BuildConfig(corpus=("default",), block_size=block_size))
-    timings["database_seconds"] = time.perf_counter() - start
-    block_size = db.block_size  # the models are built for the database's samples
-    model_args = {**config.model_args, "block_size": block_size}
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[f"{name}_seconds"] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
-    runs = {}
-    for kind in ("gpt", "retro"):
-        start = time.perf_counter()
-        run = out / kind
-        done = finished_steps(run)
-        if done == config.steps:  # a finished run of an earlier demo: reuse it
-            runs[kind] = run
-            continue
-        runs[kind] = train(TrainConfig(
-            resume=done is not None,
-            db=str(db_dir), out=str(out / kind), model=kind, preset=config.preset,
-            model_args=model_args, max_iters=config.steps, batch_size=config.batch_size, warmup_iters=config.steps // 10,
-            eval_interval=max(1, config.steps // 5), checkpoint_interval=config.steps,
-            seed=config.seed, threads=config.threads, progress=config.progress,
-        ))
-        timings[f"train_{kind}_seconds"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    result = evaluate(runs["retro"], db_dir, gpt_run=runs["gpt"], max_samples=config.eval_samples,
-                      qa_lists=DEFAULT_LISTS if config.qa_items else (), qa_items=config.qa_items)
-    timings["eval_seconds"] = time.perf_counter() - start
-    plot_leakage(result["leakage"], out / "leakage.png", title="bits per byte of chunks with overlap <= alpha")
+    dbs = build_databases(out, config)
+    lap("databases")
+    runs = train_models(out, config, dbs["strict"])
+    lap("training")
+    results = evaluate_settings(runs, dbs, config)
+    lap("evaluation")
+    for setting, result in results.items():
+        plot_leakage(result["leakage"], out / f"leakage_{setting}.png",
+                     title=f"{setting}: bits per byte of chunks with overlap <= alpha")
     plot_loss_curves(runs, out / "loss_curves.png")
+    sample = generate_sample(load_model(runs["retro"])[0], dbs["strict"], config)
+    lap("generation")
 
-    start = time.perf_counter()
-    sample = generate_sample(load_model(runs["retro"])[0], db, config)
-    timings["generate_seconds"] = time.perf_counter() - start
-
+    claims = claim_values(results)
     summary = {
-        "models": result["models"],
-        "leakage": result["leakage"],
-        "qa": result.get("qa", {}),
-        "steps": config.steps,
-        "tokens_per_model": config.steps * config.batch_size * block_size,
-        "flops_per_model": {kind: training_flops(runs[kind], config, block_size) for kind in runs},
+        "claims": {key: {"value": value, "target": f"{CLAIMS[key][0]} {CLAIMS[key][1]}",
+                         "met": meets(value, *CLAIMS[key])} for key, value in claims.items()},
+        "settings": {setting: {key: result[key] for key in
+                               ("models", "retrieval_gain", "leakage", "samples", "tokens", "db")}
+                     for setting, result in results.items()},
+        "qa": results["strict"].get("qa", {}),
+        "config": {key: value for key, value in vars(config).items()},
+        "steps": {"gpt": config.gpt_steps, "retro_fit": config.fit_steps},
+        "flops": {kind: training_flops(run, config) for kind, run in runs.items()},
         "timings": timings,
         "sample": sample,
-        "database": {"path": str(db_dir), "chunks": len(db)},
+        "databases": {name: {"path": str(db.root), "chunks": len(db)} for name, db in dbs.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    print()
-    print(results_table(result))
-    print()
-    print(leakage_table(result["leakage"]))
-    if "qa" in result:
-        print()
-        print(qa_table(result["qa"]))
-    print()
-    print(f"prompt: {sample['prompt']!r}")
-    print(f"RETRO continues: {sample['continuation']!r}")
-    for text in sample["neighbours"]:
-        print(f"  neighbour: {text[:160]!r}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print_summary(summary, results)
     total = sum(timings.values())
-    print(f"\n{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; total {total / 60:.1f} min")
-    print(f"wrote {out / 'summary.json'}, {out / 'loss_curves.png'}, {out / 'leakage.png'}")
+    print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+          + f"; total {total / 60:.1f} min")
+    print(f"wrote {out / 'summary.json'}, {out / 'loss_curves.png'}, {out}/leakage_*.png")
     return summary
+
+
+def build_databases(out: Path, config: DemoConfig) -> dict[str, Any]:
+    """The tokenizer (trained once, OUT/tokenizer.json) and the three databases (built, resumed
+    or reused): strict, knowledge (valid documents in it) and capitals (edited)."""
+    from retro.data.corpus import read_corpus
+    from retro.data.tokenizer import GPT2, train_tokenizer
+    from retro.db import BuildConfig, build_db
+
+    tokenizer = GPT2
+    if config.vocab_size:
+        path = out / "tokenizer.json"
+        if not path.exists():
+            train_tokenizer(read_corpus(config.corpus), config.vocab_size, path)
+        tokenizer = str(path)
+    base = BuildConfig(corpus=tuple(config.corpus), tokenizer=tokenizer,
+                       block_size=config.block_size)
+    strict = build_db(out / "db", base)
+    reuse = dict(reuse_embeddings=str(out / "db"))
+    return {"strict": strict,
+            "knowledge": build_db(out / "db_knowledge", replace_config(base, valid_in_db=True,
+                                                                       **reuse)),
+            "capitals": build_db(out / "db_capitals", replace_config(base, edits="capitals",
+                                                                     **reuse))}
+
+
+def replace_config(config: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    if "edits" in changes:
+        from retro.data.edits import load_edits
+
+        changes["edits"] = load_edits(changes["edits"])
+    return replace(config, **changes)
+
+
+def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
+    """The GPT (OUT/gpt) and its RETRO-fit (OUT/retro), trained or resumed; a finished run of an
+    earlier demo with the same steps is reused."""
+    from retro.train import TrainConfig, train
+
+    from retro.model import DECODER_FIELDS
+
+    fields = {**DEMO_MODEL, **DEMO_RETRIEVAL, "vocab_size": _round_up(db.tokenizer.vocab_size, 64),
+              "block_size": db.block_size, **config.model_args}
+    retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
+    common = dict(db=str(db.root), batch_size=config.batch_size,
+                  learning_rate=config.learning_rate, seed=config.seed, threads=config.threads,
+                  progress=config.progress, eval_batches=4)
+    plans = {
+        "gpt": dict(model="gpt", model_args=fields, max_iters=config.gpt_steps),
+        "retro": dict(model="retro", init_from=str(out / "gpt"), freeze=True,
+                      model_args=retrieval, max_iters=config.fit_steps),
+    }
+    runs = {}
+    for kind, plan in plans.items():
+        run = out / kind
+        done = finished_steps(run)
+        steps = plan["max_iters"]
+        if done != steps:
+            if kind == "retro" and done is not None:
+                plan.pop("init_from")  # a resumed RETRO-fit takes its weights from its checkpoint
+            train(TrainConfig(out=str(run), resume=done is not None, warmup_iters=steps // 20,
+                              eval_interval=max(1, steps // 4), checkpoint_interval=steps,
+                              **common, **plan))
+        runs[kind] = run
+    return runs
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def evaluate_settings(runs: dict[str, Path], dbs: dict[str, Any],
+                      config: DemoConfig) -> dict[str, dict[str, Any]]:
+    """retro.eval.evaluate of RETRO (real, shuffled, oracle and no neighbours) and GPT on the
+    strict database (with QA on world capitals, and against the edited capitals) and on the
+    knowledge database."""
+    from retro.eval.evaluate import evaluate
+
+    common = dict(gpt_run=runs["gpt"], max_samples=config.eval_samples,
+                  neighbours=("real", "shuffled", "oracle"))
+    qa = dict(qa_lists=(QA_LIST,), qa_items=config.qa_items or None,
+              edited_db=dbs["capitals"].root)
+    return {"strict": evaluate(runs["retro"], dbs["strict"].root, **common, **qa),
+            "knowledge": evaluate(runs["retro"], dbs["knowledge"].root, **common)}
+
+
+def claim_values(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The numbers the CLAIMS check, from the two settings' results."""
+    def ppl_ratio(setting: str) -> float:
+        models = results[setting]["models"]
+        return models["retro"]["perplexity"] / models["gpt"]["perplexity"]
+
+    qa = results["strict"]["qa"][QA_LIST]
+    with_retrieval, without = qa["retro"]["accuracy"], qa["retro_no_retrieval"]["accuracy"]
+    return {
+        "knowledge_ppl_ratio": ppl_ratio("knowledge"),
+        "knowledge_retrieval_gain_nats":
+            results["knowledge"]["retrieval_gain"]["retro"]["real"]["nats"],
+        "strict_ppl_ratio": ppl_ratio("strict"),
+        "qa_accuracy_ratio": with_retrieval / without if without else float("inf"),
+        "edited_follows_database": qa.get("retro_edited_db", {}).get("follows_database", 0.0),
+    }
+
+
+def meets(value: float, comparison: str, threshold: float) -> bool:
+    return value <= threshold if comparison == "<=" else value >= threshold
+
+
+def print_summary(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    from retro.eval.evaluate import gain_table, results_table
+    from retro.eval.leakage import leakage_table
+    from retro.eval.qa import qa_table
+
+    for setting, result in results.items():
+        print(f"\n{setting} database ({result['db']}): {result['samples']} valid samples")
+        print(results_table(result))
+        print(gain_table(result))
+        print(leakage_table(result["leakage"]))
+    if summary["qa"]:
+        print()
+        print(qa_table(summary["qa"]))
+    sample = summary["sample"]
+    print(f"\nprompt: {sample['prompt']!r}")
+    print(f"RETRO continues: {sample['continuation']!r}")
+    for text in sample["neighbours"][:4]:
+        print(f"  neighbour: {text[:160]!r}")
+    print("\nThe paper's effects at this scale:")
+    for key, claim in summary["claims"].items():
+        print(f"  {key}: {claim['value']:.3f} (target {claim['target']}): "
+              f"{'met' if claim['met'] else 'NOT met'}")
 
 
 def finished_steps(run: Path) -> int | None:
@@ -137,15 +262,16 @@ def finished_steps(run: Path) -> int | None:
     return load_checkpoint(run)["step"] if checkpoint_path(run).exists() else None
 
 
-def training_flops(run: Path, config: DemoConfig, block_size: int) -> float:
+def training_flops(run: Path, config: DemoConfig) -> float:
     """Model FLOPs of the run's training (retro.flops: every matmul of decoder, encoder, CCA and
-    the attention products, forward and backward) over steps x batch_size samples."""
+    the attention products, forward and backward) over its steps x batch_size samples."""
     from retro.train.checkpoint import load_model
     from retro.train.flops import training_flops_per_token
 
-    model, _ = load_model(run)
+    model, state = load_model(run)
+    block_size = model.config.block_size
     per_token = training_flops_per_token(model.config, model.encoder is not None, block_size)
-    return per_token * block_size * config.steps * config.batch_size
+    return per_token * block_size * state["step"] * config.batch_size
 
 
 def generate_sample(model: Any, db: Any, config: DemoConfig) -> dict[str, Any]:
@@ -212,22 +338,32 @@ def parse_model_args(pairs: list[str]) -> dict[str, str]:
 
 
 def add_parser(subparsers: Any) -> None:
-    """``retro demo [--out DIR] [--steps N] ...``"""
-    parser = subparsers.add_parser("demo", help="the whole chain on the default data (~15 min on 2 cores)",
-                                   description=__doc__.split("\n")[0])
+    """``retro demo [--out DIR] [--gpt-steps N] [--fit-steps N] ...``"""
+    parser = subparsers.add_parser(
+        "demo", help="the whole chain on the default data (~15 min on 2 cores)",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = DemoConfig()
-    parser.add_argument("--out", default=defaults.out, help="runs, plots and summary.json")
-    parser.add_argument("--db", default=None, help="use this database instead of building OUT/db")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per model")
+    parser.add_argument("--out", default=defaults.out,
+                        help="tokenizer, databases, runs, plots and summary.json")
+    parser.add_argument("--corpus", nargs="+", default=list(defaults.corpus),
+                        help="corpus sources, as retro db build --corpus")
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size,
+                        help="tokens of the BPE trained on the corpus (0: GPT-2's)")
+    parser.add_argument("--block-size", type=int, default=defaults.block_size)
+    parser.add_argument("--gpt-steps", type=int, default=defaults.gpt_steps)
+    parser.add_argument("--fit-steps", type=int, default=defaults.fit_steps,
+                        help="steps of RETRO-fitting the GPT")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--preset", default=defaults.preset)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a RetroConfig field of both models (repeatable)")
+                        help="override a RetroConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
-    parser.add_argument("--eval-samples", type=int, default=None, help="default: the whole valid split")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="default: the whole valid split")
     parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
     parser.add_argument("--qa-items", type=int, default=defaults.qa_items,
-                        help="items per factual QA list (0: no QA)")
+                        help="items of the capitals list (0: all)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run_demo)
@@ -235,10 +371,11 @@ def add_parser(subparsers: Any) -> None:
 
 def run_demo(args: Any) -> int:
     demo(DemoConfig(
-        out=args.out, db=args.db, steps=args.steps, batch_size=args.batch_size, preset=args.preset,
+        out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
+        block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples, new_tokens=args.new_tokens, qa_items=args.qa_items,
-        seed=args.seed,
-        progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress,
     ))
     return 0

@@ -38,11 +38,12 @@ Files: config.py (RetroConfig, presets), layers.py (blocks, the four attentions,
 decoding.py (what a call attends to, the decoding cache), gpt.py (GPT, Retro, RETRO-fit).
 """
 
-from retro.model.config import CROSS_POSITIONS, PAPER_PARAMS, PRESETS, RetroConfig
+from retro.model.config import (CROSS_POSITIONS, DECODER_FIELDS, PAPER_PARAMS, PRESETS,
+                                 RetroConfig)
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory
 from retro.model.gpt import GPT, Retro, count_parameters, from_gpt, parameter_table
 from retro.model.layers import ChunkedCrossAttention, Encoder
 
-__all__ = ["CROSS_POSITIONS", "GPT", "PAPER_PARAMS", "PRESETS", "ChunkedCrossAttention",
-           "DecodeCache", "Encoder", "LayerCache", "NeighbourMemory", "Retro", "RetroConfig",
-           "count_parameters", "from_gpt", "parameter_table"]
+__all__ = ["CROSS_POSITIONS", "DECODER_FIELDS", "GPT", "PAPER_PARAMS", "PRESETS",
+           "ChunkedCrossAttention", "DecodeCache", "Encoder", "LayerCache", "NeighbourMemory",
+           "Retro", "RetroConfig", "count_parameters", "from_gpt", "parameter_table"]

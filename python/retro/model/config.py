@@ -103,6 +103,9 @@ class RetroConfig:
 
 
 CROSS_POSITIONS = ("rope", "cca", "none")
+# The fields that shape the decoder, which RETRO-fit keeps (the rest shape retrieval).
+DECODER_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "positions",
+                  "rope_base")
 
 
 def _require(ok: bool, message: str) -> None:

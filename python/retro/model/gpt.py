@@ -12,15 +12,12 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from retro.model.config import PAPER_PARAMS, RetroConfig
+from retro.model.config import DECODER_FIELDS, PAPER_PARAMS, RetroConfig
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory, _attends, _describe
 from retro.model.layers import (Block, CausalSelfAttention, ChunkedCrossAttention, Encoder,
                                 run_block)
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
-# The fields that shape the decoder, which RETRO-fit keeps.
-_DECODER_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "positions",
-                   "rope_base")
 
 
 class GPT(nn.Module):
@@ -271,7 +268,7 @@ class Retro(GPT):
         else:
             raise ValueError("from_gpt needs a GPT, a checkpoint dict with 'model' and 'config', "
                              f"or its path; got {_describe(gpt)}")
-        decoder_fields = set(_DECODER_FIELDS) & retro_fields.keys()
+        decoder_fields = set(DECODER_FIELDS) & retro_fields.keys()
         if decoder_fields:
             raise ValueError(f"from_gpt cannot change the decoder's {sorted(decoder_fields)}")
         # the CCA and encoder are new: the current default positions unless retro_fields say
