@@ -26,7 +26,8 @@ def arms():
 
 
 def test_retro_copies_from_its_neighbours(arms):
-    # observed at 200 steps: real 0.05 of chance, shuffled and gpt 1.00
+    # observed at 200 steps (bench/results/copy_task.json): real 0.081 of chance, shuffled and gpt
+    # 1.001; without positions in the cross-attentions real stays at 0.926
     assert arms["real"]["fraction_of_chance"] < 0.25, arms["real"]["loss"]
 
 

@@ -1,5 +1,7 @@
-"""retro demo end to end on the small reference database: both models train for the same steps,
-are evaluated and compared, a sample is generated, and summary.json and the plots are written."""
+"""retro demo end to end on a small corpus: a BPE trained on it, the strict, knowledge and edited
+databases, a GPT and its RETRO-fit, both settings evaluated with every neighbour source, QA on world
+capitals against the edited database, a sample generated, summary.json with the paper's checks and
+the plots written."""
 
 from __future__ import annotations
 
@@ -8,33 +10,49 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-from test_run_support import tiny_runs  # noqa: E402
+from test_db_support import corpus_dir  # noqa: E402
 
 import retro.cli  # noqa: E402
+from retro.demo import CLAIMS  # noqa: E402
 
 
-def test_demo_on_a_small_database(tmp_path_factory, tmp_path, capsys):
-    db_dir, _, _ = tiny_runs(tmp_path_factory.getbasetemp())
+def test_demo_on_a_small_corpus(tmp_path_factory, tmp_path, capsys):
+    corpus = corpus_dir(tmp_path_factory.getbasetemp())
     out = tmp_path / "demo"
-    tiny = ["--model-arg", "n_layer=2", "--model-arg", "n_embd=64", "--model-arg", "n_head=2",
-            "--model-arg", "cca_layers=2"]
-    status = retro.cli.main(["demo", "--out", str(out), "--db", str(db_dir), "--steps", "3",
-                             "--batch-size", "2", "--eval-samples", "2", "--new-tokens", "8", "--qa-items", "12",
-                             "--threads", "1", "--no-progress", *tiny])
-    assert status == 0
+    tiny = ["--model-arg", "n_layer=2", "--model-arg", "n_embd=32", "--model-arg", "n_head=2",
+            "--model-arg", "cca_layers=2", "--model-arg", "enc_n_embd=16",
+            "--model-arg", "enc_n_head=2"]
+    args = ["demo", "--out", str(out), "--corpus", str(corpus), "--vocab-size", "400",
+            "--gpt-steps", "3", "--fit-steps", "2", "--batch-size", "2", "--eval-samples", "2",
+            "--new-tokens", "8", "--qa-items", "12", "--threads", "1", "--no-progress", *tiny]
+    assert retro.cli.main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["models"]) == {"retro", "retro_no_retrieval", "gpt"}
-    for scores in summary["models"].values():
-        assert scores["loss"] > 0 and scores["bpb"] > 0 and scores["perplexity"] > 1
-    assert summary["steps"] == 3 and summary["flops_per_model"]["retro"] > summary["flops_per_model"]["gpt"]
+    assert set(summary["claims"]) == set(CLAIMS)
+    for claim in summary["claims"].values():
+        assert isinstance(claim["met"], bool) and claim["target"]
+    for setting in ("strict", "knowledge"):
+        models = summary["settings"][setting]["models"]
+        assert set(models) == {"retro", "retro_shuffled", "retro_oracle", "retro_no_retrieval",
+                               "gpt"}
+        for scores in models.values():
+            assert scores["loss"] > 0 and scores["bpb"] > 0 and scores["perplexity"] > 1
+        # RETRO-fit: without neighbours exactly the GPT (its decoder is the GPT's, frozen)
+        assert models["retro_no_retrieval"]["loss"] == pytest.approx(models["gpt"]["loss"],
+                                                                     rel=1e-6)
+        assert set(summary["settings"][setting]["retrieval_gain"]["retro"]) == {
+            "real", "shuffled", "oracle"}
+    assert summary["steps"] == {"gpt": 3, "retro_fit": 2}
+    assert summary["flops"]["retro"] > 0 and summary["flops"]["gpt"] > 0
     assert summary["sample"]["prompt"] and summary["sample"]["neighbours"]
-    assert set(summary["qa"]) == {"worldcapitals", "general", "artandliterature", "greekmyth"}
-    for settings in summary["qa"].values():
-        assert set(settings) == {"retro", "retro_no_retrieval", "gpt"}
-        assert all(s["items"] == 12 and 0 <= s["accuracy"] <= 1 for s in settings.values())
-    assert (out / "loss_curves.png").stat().st_size > 0 and (out / "leakage.png").stat().st_size > 0
+    settings = summary["qa"]["worldcapitals"]
+    assert {"retro", "retro_no_retrieval", "gpt"} <= set(settings)
+    assert all(s["items"] == 12 and 0 <= s["accuracy"] <= 1 for s in settings.values())
+    assert (out / "tokenizer.json").exists() and (out / "loss_curves.png").stat().st_size > 0
+    assert (out / "leakage_strict.png").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "| retro |" in printed and "| greekmyth | gpt | 12 |" in printed and "total" in printed
+    assert "| retro |" in printed and "knowledge_ppl_ratio" in printed and "total" in printed
+    # a second run reuses the tokenizer, the databases and the finished runs
+    assert retro.cli.main(args) == 0
 
 
 def test_demo_refuses_a_bad_model_arg(tmp_path):

@@ -1,8 +1,8 @@
 """``torch.ops.retro.ivfpq_search``: the GPU IVF-PQ search (cuda/ivf_pq.cu) as a torch custom op,
 so that it runs on torch's current stream, inside CUDA graphs and under ``torch.compile``.
 
-The op takes the device index as the tensors :class:`retro.index_cuda.CudaIvfPqIndex` uploads
-(:meth:`~retro.index_cuda.CudaIvfPqIndex.op_args` gives them in order); most callers use
+The op takes the device index as the tensors :class:`retro.index.cuda.CudaIvfPqIndex` uploads
+(:meth:`~retro.index.cuda.CudaIvfPqIndex.op_args` gives them in order); most callers use
 ``CudaIvfPqIndex.search``, which checks its input first and calls this op.
 """
 
