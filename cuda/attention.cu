@@ -175,6 +175,7 @@ void dispatch(const RetroAttentionParams& p, F&& f) {
 }
 
 void check(const RetroAttentionParams& p, int device) {
+  check_attention_params(p, false);  // nbr_lens is device memory: the kernels clamp it
   const std::string why = attention_unsupported(p);
   RETRO_CHECK_ARG(why.empty(), "CUDA attention: %s", why.c_str());
   const cudaError_t status = cudaSetDevice(device);
@@ -192,12 +193,6 @@ std::string attention_unsupported(const RetroAttentionParams& p) {
   if (p.dtype != DType::BFloat16 && p.dtype != DType::Float16)
     return "the CUDA kernels take bfloat16 and float16";
   if (p.head_dim != 64 && p.head_dim != 128) return "the CUDA kernels take head_dim 64 or 128";
-  if (p.batch < 0 || p.tokens < 0 || p.chunks < 0 || p.neighbours < 0 || p.neighbour_len < 0 ||
-      p.heads <= 0)
-    return "attention sizes must be non-negative and heads positive";
-  if (p.op != RetroAttention::NeighbourSelf && p.chunk_size <= 0) return "chunk_size must be positive";
-  if (p.q_offset < 0) return "q_offset must be non-negative";
-  if (!std::isfinite(p.scale)) return "scale must be finite";
   if (max_key_slots(p) > kMaxKeySlots)
     return "at most " + std::to_string(kMaxKeySlots) + " key slots per group (K R for CCA, R, m)";
   return "";
