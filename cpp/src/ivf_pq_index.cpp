@@ -389,8 +389,7 @@ void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_can
   RETRO_CHECK_ARG(params.rerank_vectors != nullptr, "rerank_candidates needs rerank vectors");
   check_vectors(n, d_in_, x, "queries");
   rerank(n, x, k, k_candidates, cand_labels, params, distances, labels);
-  if (metric_ == Metric::InnerProduct)
-    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+  to_search_distances(metric_, n * k, distances);
 }
 
 void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, idx_t* labels,
@@ -420,8 +419,7 @@ void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, i
   }
   search_preassigned(n, x, x_in, k, probes.data(), probe_dist.data(), nprobe, params, distances,
                      labels);
-  if (metric_ == Metric::InnerProduct)
-    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+  to_search_distances(metric_, n * k, distances);
 }
 
 }  // namespace retro
