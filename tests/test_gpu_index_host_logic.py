@@ -1,5 +1,5 @@
 """The torch-side logic of the GPU index that runs without a GPU: the (distance, id) merge of shard
-and re-ranking results (retro.index_cuda.best_k / merge_top_k) against a plain sort, and the
+and re-ranking results (merge_top_k, from retro.topk_merge) against a plain sort, and the
 k-means loop of retro.kmeans_cuda (update, empty-cluster splits, seeding) with its CUDA assignment
 replaced by an exact torch one."""
 

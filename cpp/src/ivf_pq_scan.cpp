@@ -106,6 +106,11 @@ struct IvfPqIndex::PreassignedSearch {
   bool filtering = index.pq_bits_ == 8 && simd::kernels().pq_filter8 != nullptr &&
                    index.pq_m_ <= QuantizedTable::kMaxPqM;
   size_t table_size = static_cast<size_t>(index.pq_m_) * index.ksub();
+  idx_t max_list = [this] {  // the longest list: the 8-bit scan's distance buffer
+    idx_t longest = 0;
+    for (const List& list : index.lists_) longest = std::max(longest, list.size);
+    return longest;
+  }();
   idx_t out_of_range = -1;  // the largest candidate id without a re-ranking row (-1: none)
 
   RerankScratch scratch() const { return RerankScratch(k, k_scan, index.d_in_, reranking); }
@@ -120,8 +125,6 @@ struct IvfPqIndex::PreassignedSearch {
       buffers.survivors.resize(simd::kMaxScanQueries * kFastScanChunk);
       return buffers;
     }
-    idx_t max_list = 0;
-    for (const List& list : index.lists_) max_list = std::max(max_list, list.size);
     if (filtering) buffers.survivors.resize(kFilterChunk);
     buffers.list_dist.resize((max_list + kBlock - 1) / kBlock * kBlock);
     return buffers;
@@ -256,7 +259,8 @@ void IvfPqIndex::search_preassigned(idx_t n, const float* x, const float* x_rera
     search.by_query();
   else
     search.by_probe();
-  RETRO_CHECK_ARG(search.out_of_range < 0, "rerank vectors have %lld rows but the index holds id %lld",
+  RETRO_CHECK_ARG(search.out_of_range < 0,
+                  "rerank vectors have %lld rows but the index holds id %lld",
                   static_cast<long long>(params.rerank_rows),
                   static_cast<long long>(search.out_of_range));
 }

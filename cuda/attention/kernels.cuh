@@ -360,8 +360,8 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(Geometry geo, Tensors
     for (int sub = 0; sub < kTile; sub += kSub) {
       float ds_t[kSub / 8][4];
       key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, s.k_tile + row0 * ld, s.v_tile + row0 * ld,
-                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub, s.delta + sub,
-                               row_real, t.scale);
+                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub,
+                               s.delta + sub, row_real, t.scale);
     }
   }
   commit_copies();  // a key tile without queries still started its copies
@@ -411,8 +411,8 @@ __global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tens
     for (int sub = 0; sub < kTile; sub += kSub) {
       float ds_t[kSub / 8][4];
       key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, keys + row0 * ld, values + row0 * ld,
-                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub, s.delta + sub,
-                               row_real, t.scale);
+                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub,
+                               s.delta + sub, row_real, t.scale);
 #pragma unroll
       for (int j = 0; j < kSub / 8; ++j)
 #pragma unroll

@@ -6,7 +6,7 @@
 //                         in shared memory, the slice's lists scanned warp per 64-vector block
 //                         with 16-byte code loads, a fused BlockTopK; writes final results, or
 //                         partial ones when a query's probes are split over several blocks
-//                         (ivf_pq/scan_kernel.cuh, one table type per file: scan_f32.cu, scan_f16.cu)
+//                         (ivf_pq/scan_kernel.cuh; one table type per file: scan_f32.cu, _f16.cu)
 //   merge_kernel          one block per query: top-k of its blocks' partial results
 // This header holds what they share: sizes, arguments and block helpers.
 #pragma once

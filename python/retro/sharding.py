@@ -9,9 +9,10 @@ Searching S shards and merging their top-k gives the unsharded index's results e
 bit-identical distances): a vector's ADC distance depends only on the query, its list and its code,
 which are the same in any shard, and the core orders results by ``(distance, id)`` (smaller id
 first on equal distance; for inner product by score, largest first), so the global top-k is the
-top-k of the union of the per-shard top-k under that same order (:func:`retro.topk_merge.merge_top_k`). Re-ranking stays exact too: the merge
-keeps the global top ``k * k_factor`` PQ candidates (the unsharded candidate set), which the
-core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as a re-ranked search does.
+top-k of the union of the per-shard top-k under that same order (:mod:`retro.topk_merge`).
+Re-ranking stays exact too: the merge keeps the global top ``k * k_factor`` PQ candidates (the
+unsharded candidate set), which the core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as
+a re-ranked search does.
 
 - :func:`split_index` / :func:`save_shards` / :func:`shard_index`: make and write shards.
 - :class:`ShardedIndex`: all shards in one process.

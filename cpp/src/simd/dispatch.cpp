@@ -77,8 +77,8 @@ CpuFeatures detect_features() {
   __builtin_cpu_init();  // the AVX-512 checks include the OS's saving of the zmm state
   CpuFeatures f;
   f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512_core = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl");
+  const bool avx512_core = __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   f.avx512 = avx512_core && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vbmi");
   f.avx512_bf16 = avx512_core && cpuid_bit(7, 1, kEax, 5);
