@@ -1,167 +1,21 @@
 // RETRO's three attentions on the GPU (retro/cuda.h; shapes and semantics:
 // cpp/include/retro/attention.h; the CPU path with the same groups: cpp/src/attention/). This file
-// is the host side: checks, grid sizes and launches; the kernels are in cuda/attention/.
+// checks a call and dispatches it to its (dtype, head_dim) instantiation (attention/launch.h);
+// grid sizes and launches are in attention/run.cuh, the kernels in attention/kernels.cuh.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
 #include <string>
 #include <type_traits>
 
-#include "attention/kernels.cuh"
+#include "attention/groups.cuh"
+#include "attention/launch.h"
 #include "retro/cuda.h"
 #include "retro/error.h"
 
 namespace retro::cuda {
 namespace {
-
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Slots per group on each side (the widest group of the call).
-int64_t max_query_slots(const RetroAttentionParams& p) {
-  switch (p.op) {
-    case RetroAttention::ChunkedCross: return std::min(p.chunk_size, p.tokens);
-    case RetroAttention::NeighbourSelf: return p.neighbour_len;
-    case RetroAttention::NeighbourCross: return p.neighbours * p.neighbour_len;
-  }
-  return 0;
-}
-
-int64_t max_key_slots(const RetroAttentionParams& p) {
-  switch (p.op) {
-    case RetroAttention::ChunkedCross: return p.neighbours * p.neighbour_len;
-    case RetroAttention::NeighbourSelf: return p.neighbour_len;
-    case RetroAttention::NeighbourCross: return p.chunk_size;
-  }
-  return 0;
-}
-
-Geometry geometry_of(const RetroAttentionParams& p, Cover cover) {
-  Geometry g{p.op, p.tokens, p.chunks, p.neighbours, p.neighbour_len, p.chunk_size, p.q_offset,
-             0, 0, p.nbr_lens};
-  const int64_t m = p.chunk_size;
-  switch (p.op) {
-    case RetroAttention::ChunkedCross:
-      if (cover == Cover::Queries) {
-        g.first_chunk = floor_div(p.q_offset - (m - 1), m);
-        g.groups_per_batch = floor_div(p.q_offset + p.tokens - 1 - (m - 1), m) - g.first_chunk + 1;
-      } else {
-        g.groups_per_batch = p.chunks;
-      }
-      break;
-    case RetroAttention::NeighbourSelf: g.groups_per_batch = p.chunks * p.neighbours; break;
-    case RetroAttention::NeighbourCross:
-      g.groups_per_batch = cover == Cover::Queries ? p.chunks : std::max(p.chunks, ceil_div(p.tokens, m));
-      break;
-  }
-  return g;
-}
-
-void check_launch(const char* what) {
-  const cudaError_t status = cudaGetLastError();
-  RETRO_CHECK(status == cudaSuccess, "CUDA attention %s failed: %s", what,
-              cudaGetErrorString(status));
-}
-
-// Shared memory of a kernel with `tiles` 64 x Dh tiles, `stats` per-slot float arrays (lse,
-// delta) and `flags` bytes of slot flags.
-size_t shared_bytes(int head_dim, int tiles, int stats, int flags) {
-  return size_t{2} * tiles * kTile * (head_dim + kHalfPad) + 4 * stats * kTile + flags;
-}
-
-template <typename... Args>
-void launch(void (*kernel)(Args...), int64_t groups, int tiles, int64_t heads, int threads,
-            size_t smem, cudaStream_t stream, const char* what, Args... args) {
-  if (groups <= 0 || tiles <= 0) return;
-  RETRO_CHECK(groups * tiles < (int64_t{1} << 31) && heads < 65536,
-              "CUDA attention %s: grid of %lld x %lld CTAs is too large", what,
-              static_cast<long long>(groups * tiles), static_cast<long long>(heads));
-  cudaError_t status =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  RETRO_CHECK(status == cudaSuccess, "CUDA attention %s: %zu bytes of shared memory refused: %s",
-              what, smem, cudaGetErrorString(status));
-  kernel<<<dim3(static_cast<unsigned>(groups * tiles), static_cast<unsigned>(heads)), threads,
-           smem, stream>>>(args...);
-  check_launch(what);
-}
-
-template <typename T, int Dh>
-void run_forward(const RetroAttentionParams& p, const AttentionForward& f, cudaStream_t stream) {
-  Tensors<T> t{};
-  t.q = static_cast<const T*>(f.q);
-  t.k = static_cast<const T*>(f.k);
-  t.v = static_cast<const T*>(f.v);
-  t.result = static_cast<T*>(f.out);
-  t.lse_out = static_cast<float*>(f.lse);
-  t.heads = p.heads;
-  t.scale = static_cast<float>(p.scale);
-  t.tiles = static_cast<int>(ceil_div(std::max<int64_t>(max_query_slots(p), 1), kTile));
-  const Geometry g = geometry_of(p, Cover::Queries);
-  launch(forward_kernel<T, Dh>, p.batch * g.groups_per_batch, t.tiles, p.heads, kThreads,
-         shared_bytes(Dh, 5, 0, kTile + kMaxKeySlots), stream, "forward", g, t);
-}
-
-bool fused_backward_enabled = true;
-
-// Whether one CTA per group can write every gradient row: the group's queries fit one tile, and
-// the query cover's groups hold every key row (CCA: the call covers all chunks, as in training).
-bool takes_fused_backward(const RetroAttentionParams& p, const Geometry& by_query) {
-  if (!fused_backward_enabled || max_query_slots(p) > kTile) return false;
-  switch (p.op) {
-    case RetroAttention::ChunkedCross:
-      return by_query.first_chunk <= 0 &&
-             by_query.first_chunk + by_query.groups_per_batch - 1 >= p.chunks - 1;
-    case RetroAttention::NeighbourSelf: return true;
-    case RetroAttention::NeighbourCross: return false;  // decoder rows past the chunks
-  }
-  return false;
-}
-
-template <typename T, int Dh>
-void run_backward(const RetroAttentionParams& p, const AttentionBackward& b, float* delta,
-                  cudaStream_t stream) {
-  Tensors<T> t{};
-  t.q = static_cast<const T*>(b.q);
-  t.k = static_cast<const T*>(b.k);
-  t.v = static_cast<const T*>(b.v);
-  t.out = static_cast<const T*>(b.out);
-  t.grad_out = static_cast<const T*>(b.grad_out);
-  t.lse = static_cast<const float*>(b.lse);
-  t.delta = delta;
-  t.result = static_cast<T*>(b.grad_q);
-  t.grad_k = static_cast<T*>(b.grad_k);
-  t.grad_v = static_cast<T*>(b.grad_v);
-  t.heads = p.heads;
-  t.scale = static_cast<float>(p.scale);
-
-  const int64_t rows = query_rows(p) * p.heads;
-  if (rows > 0) {
-    delta_kernel<T, Dh><<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
-        t.out, t.grad_out, delta, rows);
-    check_launch("backward (delta)");
-  }
-  const Geometry by_query = geometry_of(p, Cover::Queries);
-  if constexpr (Dh == 64) {  // at 128 the three accumulators would not fit the registers
-    if (takes_fused_backward(p, by_query)) {
-      t.tiles = 1;
-      launch(grad_fused_kernel<T, Dh>, p.batch * by_query.groups_per_batch, 1, p.heads, kThreads,
-             shared_bytes(Dh, 6, 2, kTile + kMaxKeySlots) + 2 * kTile * kRowStride<kTile>, stream,
-             "backward (fused)", by_query, t);
-      return;
-    }
-  }
-  t.tiles = static_cast<int>(ceil_div(std::max<int64_t>(max_query_slots(p), 1), kTile));
-  launch(grad_q_kernel<T, Dh>, p.batch * by_query.groups_per_batch, t.tiles, p.heads, kThreads,
-         shared_bytes(Dh, 6, 2, kTile + kMaxKeySlots), stream, "backward (grad q)", by_query, t);
-  const Geometry by_key = geometry_of(p, Cover::Keys);
-  t.tiles = static_cast<int>(ceil_div(std::max<int64_t>(max_key_slots(p), 1), kTile));
-  launch(grad_kv_kernel<T, Dh>, p.batch * by_key.groups_per_batch, t.tiles, p.heads, kThreads,
-         shared_bytes(Dh, 4, 2, 2 * kTile), stream, "backward (grad k, v)", by_key, t);
-}
 
 // Calls f(T*, std::integral_constant<int, Dh>) for the call's element type and head width.
 template <typename F>
@@ -174,7 +28,10 @@ void dispatch(const RetroAttentionParams& p, F&& f) {
   else with_width(static_cast<__half*>(nullptr));
 }
 
+bool fused_backward_enabled = true;
+
 void check(const RetroAttentionParams& p, int device) {
+  check_attention_params(p, false);  // nbr_lens is device memory: the kernels clamp it
   const std::string why = attention_unsupported(p);
   RETRO_CHECK_ARG(why.empty(), "CUDA attention: %s", why.c_str());
   const cudaError_t status = cudaSetDevice(device);
@@ -192,12 +49,6 @@ std::string attention_unsupported(const RetroAttentionParams& p) {
   if (p.dtype != DType::BFloat16 && p.dtype != DType::Float16)
     return "the CUDA kernels take bfloat16 and float16";
   if (p.head_dim != 64 && p.head_dim != 128) return "the CUDA kernels take head_dim 64 or 128";
-  if (p.batch < 0 || p.tokens < 0 || p.chunks < 0 || p.neighbours < 0 || p.neighbour_len < 0 ||
-      p.heads <= 0)
-    return "attention sizes must be non-negative and heads positive";
-  if (p.op != RetroAttention::NeighbourSelf && p.chunk_size <= 0) return "chunk_size must be positive";
-  if (p.q_offset < 0) return "q_offset must be non-negative";
-  if (!std::isfinite(p.scale)) return "scale must be finite";
   if (max_key_slots(p) > kMaxKeySlots)
     return "at most " + std::to_string(kMaxKeySlots) + " key slots per group (K R for CCA, R, m)";
   return "";
@@ -217,7 +68,7 @@ void attention_backward(const RetroAttentionParams& p, const AttentionBackward& 
   check(p, device);
   dispatch(p, [&](auto* type, auto width) {
     run_backward<std::remove_pointer_t<decltype(type)>, decltype(width)::value>(
-        p, b, delta, reinterpret_cast<cudaStream_t>(stream));
+        p, b, delta, fused_backward_enabled, reinterpret_cast<cudaStream_t>(stream));
   });
 }
 

@@ -1,5 +1,6 @@
 // IVF-PQ on the GPU (retro/ivf_pq_cuda.h): checks, workspace plans and launches. The kernels are in
-// cuda/ivf_pq/: the coarse CUTLASS GEMM, the search kernels with their block top-k, the encoder.
+// cuda/ivf_pq/: the coarse CUTLASS GEMM (coarse_gemm.cu), the search kernels with their block
+// top-k (the scan instantiated once per file: scan_f32.cu, scan_f16.cu), the encoder.
 // Queries go in chunks that bound the coarse (chunk, nlist) matrix; when a chunk has too few
 // queries to fill the GPU (single queries), each query's probes are split over several blocks
 // whose partial top-k are merged by a last kernel.
@@ -10,9 +11,9 @@
 #include <cstdint>
 #include <string>
 
-#include "ivf_pq/block_top_k.cuh"
 #include "ivf_pq/coarse_gemm.cuh"
 #include "ivf_pq/encode_kernel.cuh"
+#include "ivf_pq/launch.cuh"
 #include "ivf_pq/search_kernels.cuh"
 #include "retro/error.h"
 #include "retro/ivf_pq_cuda.h"
@@ -99,21 +100,6 @@ SearchPlan plan_search(const IvfPqDeviceIndex& ix, idx_t n, const IvfPqCudaSearc
   return plan;
 }
 
-template <typename Kernel, typename Args>
-void launch(Kernel kernel, idx_t blocks_x, int blocks_y, int threads, size_t smem,
-            cudaStream_t stream, const char* what, const Args& args) {
-  if (blocks_x <= 0) return;
-  RETRO_CHECK(blocks_x < (idx_t{1} << 31), "CUDA IVF-PQ %s: %lld blocks are too many", what,
-              static_cast<long long>(blocks_x));
-  cudaError_t status =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  RETRO_CHECK(status == cudaSuccess, "CUDA IVF-PQ %s: %zu bytes of shared memory refused: %s",
-              what, smem, cudaGetErrorString(status));
-  kernel<<<dim3(static_cast<unsigned>(blocks_x), blocks_y), threads, smem, stream>>>(args);
-  status = cudaGetLastError();
-  RETRO_CHECK(status == cudaSuccess, "CUDA IVF-PQ %s failed: %s", what, cudaGetErrorString(status));
-}
-
 // Coarse GEMM and top-nprobe of nq queries against k centroids: probes and their distances
 // (||q - c||^2 or -<q, c>); coarse is (nq, k) scratch.
 void select_probes(Metric metric, idx_t nq, int d, const float* x, idx_t k,
@@ -121,7 +107,7 @@ void select_probes(Metric metric, idx_t nq, int d, const float* x, idx_t k,
                    idx_t* probes, float* probe_dist, cudaStream_t stream) {
   ivfpq::coarse_gemm(metric, nq, d, x, k, centroids, norms, coarse, stream);
   const ivfpq::SelectArgs args{coarse, x, k, d, metric == Metric::L2, nprobe, probes, probe_dist};
-  launch(ivfpq::select_probes_kernel, nq, 1, kThreads, ivfpq::top_k_bytes(nprobe, kThreads),
+  ivfpq::launch(ivfpq::select_probes_kernel, nq, 1, kThreads, ivfpq::top_k_bytes(nprobe, kThreads),
          stream, "probe selection", args);
 }
 
@@ -196,13 +182,13 @@ void ivfpq_search(const IvfPqDeviceIndex& ix, idx_t n, const float* x,
                          split ? at_offset<idx_t>(workspace, plan.part_ids) : labels + q0 * k};
     const size_t smem = ivfpq::scan_shared_bytes(ix.d, ix.pq_m, p.fp16_lut, k);
     if (p.fp16_lut)
-      launch(ivfpq::scan_kernel<__half>, nq * plan.splits, 1, kThreads, smem, stream, "scan", scan);
+      ivfpq::launch_scan<__half>(scan, nq * plan.splits, smem, stream);
     else
-      launch(ivfpq::scan_kernel<float>, nq * plan.splits, 1, kThreads, smem, stream, "scan", scan);
+      ivfpq::launch_scan<float>(scan, nq * plan.splits, smem, stream);
     if (split) {
       const ivfpq::MergeArgs merge{scan.dist_out, scan.ids_out, plan.splits, k, negate,
                                    distances + q0 * k, labels + q0 * k};
-      launch(ivfpq::merge_kernel, nq, 1, kThreads, ivfpq::top_k_bytes(k, kThreads), stream,
+      ivfpq::launch(ivfpq::merge_kernel, nq, 1, kThreads, ivfpq::top_k_bytes(k, kThreads), stream,
              "merge", merge);
     }
   }
@@ -259,7 +245,7 @@ void ivfpq_encode(const IvfPqDeviceIndex& ix, idx_t n, const float* x, idx_t* li
                     stream_handle);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const ivfpq::EncodeArgs args{ix, n, x, list_of, codes};
-  launch(ivfpq::encode_kernel, (n + ivfpq::kEncodeVectors - 1) / ivfpq::kEncodeVectors, ix.pq_m,
+  ivfpq::launch(ivfpq::encode_kernel, (n + ivfpq::kEncodeVectors - 1) / ivfpq::kEncodeVectors, ix.pq_m,
          ivfpq::kEncodeVectors, ivfpq::encode_shared_bytes(ix.d / ix.pq_m), stream, "encode", args);
 }
 

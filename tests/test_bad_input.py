@@ -170,7 +170,7 @@ def test_global_settings_refuse_bad_values():
         ("IVF1024", "unsupported index description"),
         ("", "unsupported index description"),
         ("IVF1024,PQ5", "d=96 is not divisible by pq_m=5"),
-        ("OPQ5,IVF1024,PQ8", "'OPQ5,IVF1024,PQ8' for d=96: the OPQ output dimension 96 is not divisible by opq_m=5"),
+        ("OPQ5,IVF1024,PQ8", "'OPQ5,IVF1024,PQ8' for d=96: .*the OPQ output dimension 96 is not divisible by opq_m=5"),
         ("OPQ8_128,IVF1024,PQ8", "opq_d=128 must be in \\[1, d=96\\]"),
         ("OPQ8_48,IVF1024,PQ32", "the OPQ output dimension 48 is not divisible by pq_m=32"),
         ("OPQ0,IVF1024,PQ8", "OPQ needs at least one sub-quantizer"),

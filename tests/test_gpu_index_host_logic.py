@@ -1,5 +1,5 @@
 """The torch-side logic of the GPU index that runs without a GPU: the (distance, id) merge of shard
-and re-ranking results (retro.index.cuda.best_k / merge_top_k) against a plain sort, and the
+and re-ranking results (merge_top_k, from retro.index.topk_merge) against a plain sort, and the
 k-means loop of retro.index.kmeans (update, empty-cluster splits, seeding) with its CUDA assignment
 replaced by an exact torch one."""
 
@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from retro.index import kmeans  # noqa: E402
-from retro.index.cuda import merge_top_k  # noqa: E402
+from retro.index.topk_merge import merge_top_k  # noqa: E402
 
 
 def reference_merge(distances, labels, k, metric):

@@ -60,8 +60,7 @@ void check_vectors(idx_t n, int d, const float* x, const char* what) {
   const long long row = static_cast<long long>(i / d), column = static_cast<long long>(i % d);
   RETRO_CHECK_ARG(std::isfinite(x[i]), "%s contains NaN or inf (first at row %lld, column %lld)",
                   what, row, column);
-  RETRO_CHECK_ARG(false,
-                  "%s contains %g at row %lld, column %lld: values beyond 1e15 in magnitude "
+  RETRO_THROW_ARG("%s contains %g at row %lld, column %lld: values beyond 1e15 in magnitude "
                   "would overflow float32 squared distances",
                   what, static_cast<double>(x[i]), row, column);
 }

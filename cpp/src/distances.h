@@ -38,6 +38,13 @@ class PackedVectors {
 void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base, idx_t k,
          float* distances, idx_t* labels);
 
+// Internal distances (n,) -> search results in place: minus the inner product becomes the inner
+// product (larger is better, as faiss returns it); L2 stays. Every search converts here, once.
+inline void to_search_distances(Metric metric, idx_t n, float* distances) {
+  if (metric == Metric::InnerProduct)
+    for (idx_t i = 0; i < n; ++i) distances[i] = -distances[i];
+}
+
 float squared_norm(int d, const float* x);
 
 // IEEE half (as stored in float16 numpy arrays) to float.

@@ -44,8 +44,7 @@ void FlatIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t
     for (idx_t i = 0; i < n * k; ++i)
       if (labels[i] >= 0) labels[i] = ids_[labels[i]];
   }
-  if (metric_ == Metric::InnerProduct)
-    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+  to_search_distances(metric_, n * k, distances);
 }
 
 void FlatIndex::reset() {

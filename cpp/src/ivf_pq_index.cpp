@@ -1,20 +1,15 @@
 #include "retro/ivf_pq_index.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "distances.h"
 #include "index_file.h"
 #include "ivf_pq_internal.h"
 #include "kmeans.h"
-#include "quantized_table.h"
 #include "retro/error.h"
 #include "simd/kernels.h"
-#include "top_k.h"
 
 namespace retro {
 
@@ -385,274 +380,6 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
                           scale, lut + static_cast<size_t>(m) * K);
 }
 
-namespace {
-
-constexpr idx_t kFilterChunk = 8 * IvfPqIndex::kBlock;  // vectors per filter call (limit refresh)
-// From this many candidates a lone query's re-ranking is shared between threads (~400 KB of
-// float32 rows at d = 384: far more than waking the threads costs).
-constexpr idx_t kSplitRerankCandidates = 256;
-// Below this many vectors per query, quantizing the table costs more than the filter saves.
-constexpr idx_t kFilterMinVectors = 16 * IvfPqIndex::kBlock;
-
-// The float distance of vector i of a list, summed in the order of simd pq_scan8.
-float scan_one(int pq_m, const uint8_t* codes, const float* terms, const float* lut, float bias,
-               idx_t i) {
-  const uint8_t* block = codes + (i / IvfPqIndex::kBlock) * pq_m * IvfPqIndex::kBlock;
-  const idx_t lane = i % IvfPqIndex::kBlock;
-  float acc = terms != nullptr ? bias + terms[i] : bias;
-  for (int m = 0; m < pq_m; ++m) acc += lut[m * 256 + block[m * IvfPqIndex::kBlock + lane]];
-  return acc;
-}
-
-}  // namespace
-
-// Scans probes [p0, p1) of one query into heap. With a quantized table the filter runs first and
-// only its survivors are scored exactly; otherwise every vector is scored.
-void IvfPqIndex::scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,
-                            const float* probe_dist, int p0, int p1, TopK& heap,
-                            ScanBuffers& buffers) const {
-  if (pq_bits_ == 4) return fast_scan_lists(lut, probes, probe_dist, p0, p1, heap, buffers);
-  const simd::Kernels& kern = simd::kernels();
-  for (int p = p0; p < p1; ++p) {
-    const idx_t l = probes[p];
-    if (l < 0 || lists_[l].size == 0) continue;
-    const List& list = lists_[l];
-    const float bias = probe_dist[p];  // ||x - c||^2, or -<x, c>
-    if (qtable != nullptr) {
-      uint32_t* survivors = buffers.survivors.data();
-      for (idx_t first = 0; first < list.size; first += kFilterChunk) {
-        const float* terms = list.terms != nullptr ? list.terms + first : nullptr;
-        const size_t count = kern.pq_filter8(
-            std::min(kFilterChunk, list.size - first), pq_m_, list.codes + first * pq_m_,
-            qtable->codes(), bias, terms, qtable->offset(), qtable->step(),
-            qtable->limit(heap.threshold(), bias), qtable->term_slack(), survivors);
-        for (size_t s = 0; s < count; ++s) {
-          const idx_t i = first + survivors[s];
-          const float dist = scan_one(pq_m_, list.codes, list.terms, lut, bias, i);
-          if (dist <= heap.threshold()) heap.push(dist, list.ids[i]);
-        }
-      }
-      continue;
-    }
-    const size_t nblocks = (list.size + kBlock - 1) / kBlock;
-    float* list_dist = buffers.list_dist.data();
-    kern.pq_scan8(nblocks, pq_m_, list.codes, lut, bias, list.terms, list_dist);
-    float threshold = heap.threshold();
-    for (idx_t i = 0; i < list.size; ++i)
-      if (list_dist[i] <= threshold) {
-        heap.push(list_dist[i], list.ids[i]);
-        threshold = heap.threshold();
-      }
-  }
-}
-
-void IvfPqIndex::search_preassigned(idx_t n, const float* x, const float* x_rerank, idx_t k,
-                                    const idx_t* probes, const float* probe_dist, int nprobe,
-                                    const IvfPqSearchParams& params, float* distances,
-                                    idx_t* labels) const {
-  // With re-ranking, each query's k * k_factor scanned candidates are re-scored by the thread that
-  // found them, while their ids are in cache: no (n, k * k_factor) arrays in between.
-  const bool reranking = params.rerank_vectors != nullptr;
-  const idx_t k_scan = reranking ? k * params.k_factor : k;
-  // The largest candidate id without a re-ranking row (-1: none); checked after the threads join.
-  idx_t out_of_range = -1;
-  // split: the candidates are shared out between threads (a query on its own: reading hundreds of
-  // scattered rows is the larger part of its time).
-  auto finish = [&](idx_t q, TopK& scanned, std::vector<idx_t>& candidates, TopK& best,
-                    std::vector<float>& row, bool split = false) {
-    if (!reranking) return scanned.write_sorted(distances + q * k, labels + q * k);
-    scanned.write_unordered(candidates.data());
-    idx_t bad = -1;
-    if (split) {
-#pragma omp parallel
-      {
-        TopK local(k);
-        std::vector<float> local_row(d_in_);
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const idx_t c0 = k_scan * t / nt, c1 = k_scan * (t + 1) / nt;
-        const idx_t local_bad = rerank_query(x_rerank + q * d_in_, candidates.data() + c0,
-                                             c1 - c0, params, local, local_row);
-#pragma omp critical
-        {
-          best.merge(local);
-          bad = std::max(bad, local_bad);
-        }
-      }
-    } else {
-      bad = rerank_query(x_rerank + q * d_in_, candidates.data(), k_scan, params, best, row);
-    }
-    best.write_sorted(distances + q * k, labels + q * k);
-    if (bad >= 0) {
-#pragma omp critical
-      out_of_range = std::max(out_of_range, bad);
-    }
-  };
-  auto check_rows = [&] {
-    RETRO_CHECK_ARG(out_of_range < 0, "rerank vectors have %lld rows but the index holds id %lld",
-                    static_cast<long long>(params.rerank_rows),
-                    static_cast<long long>(out_of_range));
-  };
-  const bool filtering = pq_bits_ == 8 && simd::kernels().pq_filter8 != nullptr &&
-                         pq_m_ <= QuantizedTable::kMaxPqM;
-  idx_t max_list = 0;
-  for (const List& list : lists_) max_list = std::max(max_list, list.size);
-  const size_t table_size = static_cast<size_t>(pq_m_) * ksub();
-  auto make_buffers = [&] {
-    ScanBuffers buffers;
-    if (pq_bits_ == 4) {
-      buffers.survivors.resize(kFastScanChunk);
-      buffers.sums.resize(kFastScanChunk);
-      buffers.query_lut.resize(table_size);
-      buffers.list_lut.resize(table_size);
-      buffers.table4 = std::make_unique<QuantizedTable>(pq_m_, ksub());
-      buffers.sums.resize(simd::kMaxScanQueries * kFastScanChunk);
-      buffers.survivors.resize(simd::kMaxScanQueries * kFastScanChunk);
-      return buffers;
-    }
-    if (filtering) buffers.survivors.resize(kFilterChunk);
-    buffers.list_dist.resize((max_list + kBlock - 1) / kBlock * kBlock);
-    return buffers;
-  };
-  auto vectors_in = [&](const idx_t* query_probes) {  // vectors in a query's probed lists
-    idx_t total = 0;
-    for (int p = 0; p < nprobe; ++p)
-      if (query_probes[p] >= 0) total += lists_[query_probes[p]].size;
-    return total;
-  };
-  const int threads = omp_get_max_threads();
-  // 4-bit: blocks of queries, each scanned list by list for all its queries that probe the list;
-  // about four blocks per thread, so that dynamic scheduling can even out their costs. It pays
-  // where the probed lists are long (a 1M synthetic set: thousands of vectors per probe), not on
-  // short ones (57k text embeddings: ~70 per probe, 10% slower than query by query there).
-  const idx_t block = std::clamp<idx_t>(n / (4 * threads), 1, kScanQueryBlock);
-  auto long_lists = [&] {
-    double probed = 0.0;
-    for (idx_t q = 0; q < n; ++q) probed += static_cast<double>(vectors_in(probes + q * nprobe));
-    return probed >= static_cast<double>(n) * nprobe * kFastScanChunk;
-  };
-  if (pq_bits_ == 4 && block >= 2 && long_lists()) {
-#pragma omp parallel
-    {
-      ScanBuffers buffers = make_buffers();
-      std::vector<TopK> heaps(block, TopK(k_scan));
-      TopK best(k);
-      std::vector<idx_t> candidates(reranking ? k_scan : 0);
-      std::vector<float> row(reranking ? d_in_ : 0);
-#pragma omp for schedule(dynamic)
-      for (idx_t q0 = 0; q0 < n; q0 += block) {
-        const idx_t q1 = std::min(n, q0 + block);
-        fast_scan_queries(x, q0, q1, probes, probe_dist, nprobe, heaps.data(), buffers);
-        for (idx_t q = q0; q < q1; ++q) finish(q, heaps[q - q0], candidates, best, row);
-      }
-    }
-    return check_rows();
-  }
-  if (n >= threads) {
-#pragma omp parallel
-    {
-      std::vector<float> lut(table_size);
-      QuantizedTable qtable(pq_m_);
-      ScanBuffers buffers = make_buffers();
-      TopK heap(k_scan), best(k);
-      std::vector<idx_t> candidates(reranking ? k_scan : 0);
-      std::vector<float> row(reranking ? d_in_ : 0);
-#pragma omp for schedule(dynamic)
-      for (idx_t q = 0; q < n; ++q) {
-        query_table(x + q * d_, lut.data());
-        const bool filter = filtering && vectors_in(probes + q * nprobe) >= kFilterMinVectors;
-        if (filter) qtable.build(lut.data());
-        scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
-                   probe_dist + q * nprobe, 0, nprobe, heap, buffers);
-        finish(q, heap, candidates, best, row);
-      }
-    }
-    return check_rows();
-  }
-  // Few queries: the probes of each query are split between threads, then merged; small scans
-  // stay on the calling thread.
-  std::vector<float> lut(table_size);
-  QuantizedTable qtable(pq_m_);
-  TopK merged(k_scan), best(k);
-  std::vector<idx_t> candidates(reranking ? k_scan : 0);
-  std::vector<float> row(reranking ? d_in_ : 0);
-  for (idx_t q = 0; q < n; ++q) {
-    query_table(x + q * d_, lut.data());
-    const idx_t vectors = vectors_in(probes + q * nprobe);
-    const bool filter = filtering && vectors >= kFilterMinVectors;
-    if (filter) qtable.build(lut.data());
-#pragma omp parallel if (worth_threads(double(vectors) * pq_m_))
-    {
-      ScanBuffers buffers = make_buffers();
-      TopK heap(k_scan);
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
-                 probe_dist + q * nprobe, nprobe * t / nt, nprobe * (t + 1) / nt, heap, buffers);
-#pragma omp critical
-      merged.merge(heap);
-    }
-    finish(q, merged, candidates, best, row, k_scan >= kSplitRerankCandidates);
-  }
-  check_rows();
-}
-
-idx_t IvfPqIndex::rerank_query(const float* xq, const idx_t* candidates, idx_t count,
-                               const IvfPqSearchParams& params, TopK& best,
-                               std::vector<float>& row) const {
-  idx_t out_of_range = -1;
-  const simd::Kernels& kern = simd::kernels();
-  const size_t row_bytes = static_cast<size_t>(d_in_) * (params.rerank_fp16 ? 2 : 4);
-  const char* rows = static_cast<const char*>(params.rerank_vectors);
-  // The candidates' rows are scattered over a large (often memory-mapped) array: each is
-  // prefetched a few candidates ahead, so several rows are in flight instead of one at a time.
-  constexpr idx_t kAhead = 4;
-  auto prefetch = [&](idx_t id) {
-    if (id < 0) return;
-    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(rows + id * row_bytes + b);
-  };
-  for (idx_t c = 0; c < std::min(kAhead, count); ++c) prefetch(candidates[c]);
-  for (idx_t c = 0; c < count; ++c) {
-    if (c + kAhead < count) prefetch(candidates[c + kAhead]);
-    const idx_t id = candidates[c];
-    if (id < 0) continue;
-    if (id >= params.rerank_rows) {
-      out_of_range = std::max(out_of_range, id);
-      continue;
-    }
-    const float* v;
-    if (params.rerank_fp16) {
-      const uint16_t* h = reinterpret_cast<const uint16_t*>(rows + id * row_bytes);
-      kern.widen_halves(d_in_, h, row.data());
-      v = row.data();
-    } else {
-      v = reinterpret_cast<const float*>(rows + id * row_bytes);
-    }
-    best.push(metric_ == Metric::L2 ? kern.l2_distance(d_in_, xq, v)
-                                    : -kern.inner_product(d_in_, xq, v),
-              id);
-  }
-  return out_of_range;
-}
-
-void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
-                        const idx_t* cand_labels, const IvfPqSearchParams& params,
-                        float* distances, idx_t* labels) const {
-  for (idx_t i = 0; i < n * k_candidates; ++i)
-    RETRO_CHECK_ARG(cand_labels[i] < params.rerank_rows,
-                    "rerank vectors have %lld rows but the index holds id %lld",
-                    static_cast<long long>(params.rerank_rows),
-                    static_cast<long long>(cand_labels[i]));
-#pragma omp parallel if (n > 1)
-  {
-    std::vector<float> row(d_in_);
-    TopK best(k);
-#pragma omp for schedule(dynamic)
-    for (idx_t q = 0; q < n; ++q) {
-      rerank_query(x + q * d_in_, cand_labels + q * k_candidates, k_candidates, params, best, row);
-      best.write_sorted(distances + q * k, labels + q * k);
-    }
-  }
-}
-
 void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                                    const idx_t* cand_labels, const IvfPqSearchParams& params,
                                    float* distances, idx_t* labels) const {
@@ -662,8 +389,7 @@ void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_can
   RETRO_CHECK_ARG(params.rerank_vectors != nullptr, "rerank_candidates needs rerank vectors");
   check_vectors(n, d_in_, x, "queries");
   rerank(n, x, k, k_candidates, cand_labels, params, distances, labels);
-  if (metric_ == Metric::InnerProduct)
-    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+  to_search_distances(metric_, n * k, distances);
 }
 
 void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, idx_t* labels,
@@ -693,8 +419,7 @@ void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, i
   }
   search_preassigned(n, x, x_in, k, probes.data(), probe_dist.data(), nprobe, params, distances,
                      labels);
-  if (metric_ == Metric::InnerProduct)
-    for (idx_t i = 0; i < n * k; ++i) distances[i] = -distances[i];
+  to_search_distances(metric_, n * k, distances);
 }
 
 }  // namespace retro

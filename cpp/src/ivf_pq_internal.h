@@ -1,5 +1,6 @@
-// The private parts of IvfPqIndex shared by its source files (ivf_pq_index.cpp: training, adding,
-// the 8-bit scan; ivf_pq_fast_scan.cpp: the 4-bit scan; index_file.cpp: the file format).
+// The private parts of IvfPqIndex shared by its source files (ivf_pq_index.cpp: training, adding;
+// ivf_pq_scan.cpp: the search's threading, the 8-bit scan, re-ranking; ivf_pq_fast_scan.cpp: the
+// 4-bit scan; index_file.cpp: the file format).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -38,6 +38,61 @@ struct Tensors {
   int tiles;  // query tiles (forward, grad q) or key tiles (grad kv) per group
 };
 
+// Hands out a kernel's dynamic shared memory in order. On the kernel's smem it carves; on no memory
+// (the host) it only counts: one layout struct per kernel gives both its pointers and, on the
+// host, its launch size (shared_bytes in run.cuh).
+class SharedCarver {
+ public:
+  __host__ __device__ explicit SharedCarver(unsigned char* base)
+      : base_(reinterpret_cast<uintptr_t>(base)), at_(base_) {}
+  template <typename U>
+  __host__ __device__ U* take(size_t count) {
+    U* p = reinterpret_cast<U*>(at_);
+    at_ += count * sizeof(U);
+    return p;
+  }
+  template <typename T, int Cols>  // n tiles of 64 padded rows of Cols elements
+  __host__ __device__ T* tiles(int n) {
+    return take<T>(size_t(n) * kTile * kRowStride<Cols>);
+  }
+  __host__ __device__ size_t bytes() const { return at_ - base_; }
+
+ private:
+  uintptr_t base_, at_;
+};
+
+// The shared memory of the kernels that own a query tile: the forward (Grad false), grad q (Grad)
+// and the fused backward (Grad, WithDs), carved top to bottom.
+template <typename T, int Dh, bool Grad, bool WithDs = false>
+struct QueryTileShared {
+  SharedCarver carver;
+  T* q_tile{carver.tiles<T, Dh>(1)};
+  T* go_tile{carver.tiles<T, Dh>(Grad ? 1 : 0)};
+  T* k_tiles{carver.tiles<T, Dh>(2)};  // two buffers
+  T* v_tiles{carver.tiles<T, Dh>(2)};  // two buffers
+  T* ds_tile{carver.tiles<T, kTile>(WithDs ? 1 : 0)};  // dS (queries x keys) of one key tile
+  float* lse{carver.take<float>(Grad ? kTile : 0)};
+  float* delta{carver.take<float>(Grad ? kTile : 0)};
+  uint8_t* q_real{carver.take<uint8_t>(kTile)};
+  uint8_t* key_real{carver.take<uint8_t>(kMaxKeySlots)};
+  __host__ __device__ explicit QueryTileShared(unsigned char* base) : carver(base) {}
+};
+
+// The shared memory of grad kv: its key and value tiles, then the query tile it visits.
+template <typename T, int Dh>
+struct KeyTileShared {
+  SharedCarver carver;
+  T* k_tile{carver.tiles<T, Dh>(1)};
+  T* v_tile{carver.tiles<T, Dh>(1)};
+  T* q_tile{carver.tiles<T, Dh>(1)};
+  T* go_tile{carver.tiles<T, Dh>(1)};
+  float* lse{carver.take<float>(kTile)};
+  float* delta{carver.take<float>(kTile)};
+  uint8_t* key_real{carver.take<uint8_t>(kTile)};
+  uint8_t* q_real{carver.take<uint8_t>(kTile)};
+  __host__ __device__ explicit KeyTileShared(unsigned char* base) : carver(base) {}
+};
+
 // The column (slot within its 8-wide tile j) of accumulator element e of this lane.
 __device__ int column_of(int j, int e) { return 8 * j + 2 * (threadIdx.x % 4) + (e & 1); }
 // The row (within the warp's 16) of accumulator element e of this lane.
@@ -90,11 +145,7 @@ template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* q_tile = reinterpret_cast<T*>(smem);
-  T* k_tiles = q_tile + kTile * ld;       // two buffers
-  T* v_tiles = k_tiles + 2 * kTile * ld;  // two buffers
-  uint8_t* q_real = reinterpret_cast<uint8_t*>(v_tiles + 2 * kTile * ld);
-  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
+  const QueryTileShared<T, Dh, false> s(smem);
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Queries);
   const int q_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
@@ -102,11 +153,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
   const int lane = threadIdx.x % 32, row0 = (threadIdx.x / 32) * 16;
   const int key_tiles = (g.k.slots + kTile - 1) / kTile;
 
-  mark_real(q_real, g.q, q_first, kTile);
-  mark_real(key_real, g.k, 0, key_tiles * kTile);
+  mark_real(s.q_real, g.q, q_first, kTile);
+  mark_real(s.key_real, g.k, 0, key_tiles * kTile);
   __syncthreads();
-  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
-  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
+  copy_tile<T, Dh>(s.q_tile, t.q, g.q, s.q_real, q_first, t.heads, h);
+  first_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, key_tiles, h);
   commit_copies();
 
   uint32_t q_frag[Dh / 16][4];
@@ -114,17 +165,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
   float top[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};  // per row_of(e) / 8
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
-    if (kt == 0) load_rows<T, Dh>(q_frag, q_tile + row0 * ld);
+    next_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, kt, key_tiles, h);
+    if (kt == 0) load_rows<T, Dh>(q_frag, s.q_tile + row0 * ld);
 
     float score[kTile / 8][4] = {};
-    rows_times_tile<T, Dh, kTile>(score, q_frag, k_tiles + buffer * kTile * ld);
+    rows_times_tile<T, Dh, kTile>(score, q_frag, s.k_tiles + buffer * kTile * ld);
     float tile_top[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        score[j][e] = key_real[kt * kTile + column_of(j, e)] ? score[j][e] * t.scale : -INFINITY;
+        score[j][e] = s.key_real[kt * kTile + column_of(j, e)] ? score[j][e] * t.scale : -INFINITY;
         tile_top[e / 2] = fmaxf(tile_top[e / 2], score[j][e]);
       }
     float rescale[2];
@@ -149,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
         sum[e / 2] += p;
         score[j][e] = p;
       }
-    probs_times_tile<T, Dh, kTile>(out, score, v_tiles + buffer * kTile * ld);
+    probs_times_tile<T, Dh, kTile>(out, score, s.v_tiles + buffer * kTile * ld);
     __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   wait_copies<0>();
@@ -161,13 +212,13 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Geometry geo, Tensors
     sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
     sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
     const int row = row0 + row_of(2 * r), slot = q_first + row;
-    const bool attends = q_real[row] && top[r] != -INFINITY && sum[r] > 0.0f;
+    const bool attends = s.q_real[row] && top[r] != -INFINITY && sum[r] > 0.0f;
     inv[r] = attends ? 1.0f / sum[r] : 0.0f;
     if (lane % 4 == 0 && slot < g.q.slots)
       t.lse_out[(g.q.row0 + slot) * t.heads + h] = attends ? top[r] + logf(sum[r]) : -INFINITY;
   }
-  stage_rows<T, Dh>(q_tile, row0, out, inv);
-  write_rows<T, Dh>(t.result, q_tile, row0, g.q, q_first, t.heads, h);
+  stage_rows<T, Dh>(s.q_tile, row0, out, inv);
+  write_rows<T, Dh>(t.result, s.q_tile, row0, g.q, q_first, t.heads, h);
 }
 
 // delta = rowsum(grad_out * out) per (query row, head), fp32: the softmax backward's row term.
@@ -190,14 +241,7 @@ template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* q_tile = reinterpret_cast<T*>(smem);
-  T* go_tile = q_tile + kTile * ld;
-  T* k_tiles = go_tile + kTile * ld;      // two buffers
-  T* v_tiles = k_tiles + 2 * kTile * ld;  // two buffers
-  float* lse = reinterpret_cast<float*>(v_tiles + 2 * kTile * ld);
-  float* delta = lse + kTile;
-  uint8_t* q_real = reinterpret_cast<uint8_t*>(delta + kTile);
-  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
+  const QueryTileShared<T, Dh, true> s(smem);
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Queries);
   const int q_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
@@ -205,38 +249,38 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<
   const int row0 = (threadIdx.x / 32) * 16;
   const int key_tiles = (g.k.slots + kTile - 1) / kTile;
 
-  mark_real(q_real, g.q, q_first, kTile);
-  mark_real(key_real, g.k, 0, key_tiles * kTile);
-  load_row_stats(lse, delta, t, g.q, q_first, h);
+  mark_real(s.q_real, g.q, q_first, kTile);
+  mark_real(s.key_real, g.k, 0, key_tiles * kTile);
+  load_row_stats(s.lse, s.delta, t, g.q, q_first, h);
   __syncthreads();
-  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, q_first, t.heads, h);
-  copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, q_first, t.heads, h);
-  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
+  copy_tile<T, Dh>(s.q_tile, t.q, g.q, s.q_real, q_first, t.heads, h);
+  copy_tile<T, Dh>(s.go_tile, t.grad_out, g.q, s.q_real, q_first, t.heads, h);
+  first_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, key_tiles, h);
   commit_copies();
-  const float row_lse[2] = {lse[row0 + row_of(0)], lse[row0 + row_of(2)]};
-  const float row_delta[2] = {delta[row0 + row_of(0)], delta[row0 + row_of(2)]};
+  const float row_lse[2] = {s.lse[row0 + row_of(0)], s.lse[row0 + row_of(2)]};
+  const float row_delta[2] = {s.delta[row0 + row_of(0)], s.delta[row0 + row_of(2)]};
 
   uint32_t q_frag[Dh / 16][4], go_frag[Dh / 16][4];
   float grad[Dh / 8][4] = {};
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
+    next_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, kt, key_tiles, h);
     if (kt == 0) {
-      load_rows<T, Dh>(q_frag, q_tile + row0 * ld);
-      load_rows<T, Dh>(go_frag, go_tile + row0 * ld);
+      load_rows<T, Dh>(q_frag, s.q_tile + row0 * ld);
+      load_rows<T, Dh>(go_frag, s.go_tile + row0 * ld);
     }
 #pragma unroll
     for (int sub = 0; sub < kTile; sub += kSub) {
-      const T* keys = k_tiles + (buffer * kTile + sub) * ld;
+      const T* keys = s.k_tiles + (buffer * kTile + sub) * ld;
       float ds[kSub / 8][4] = {}, grad_p[kSub / 8][4] = {};
       rows_times_tile<T, Dh, kSub>(ds, q_frag, keys);
-      rows_times_tile<T, Dh, kSub>(grad_p, go_frag, v_tiles + (buffer * kTile + sub) * ld);
+      rows_times_tile<T, Dh, kSub>(grad_p, go_frag, s.v_tiles + (buffer * kTile + sub) * ld);
 #pragma unroll
       for (int j = 0; j < kSub / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float p = probability(ds[j][e], row_lse[e / 2],
-                                      key_real[kt * kTile + sub + column_of(j, e)], t.scale);
+                                      s.key_real[kt * kTile + sub + column_of(j, e)], t.scale);
           ds[j][e] = p * (grad_p[j][e] - row_delta[e / 2]) * t.scale;
         }
       probs_times_tile<T, Dh, kSub>(grad, ds, keys);  // grad_q += dS k
@@ -245,8 +289,8 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(Geometry geo, Tensors<
   }
   wait_copies<0>();
   __syncthreads();
-  stage_rows<T, Dh>(q_tile, row0, grad, {1.0f, 1.0f});
-  write_rows<T, Dh>(t.result, q_tile, row0, g.q, q_first, t.heads, h);
+  stage_rows<T, Dh>(s.q_tile, row0, grad, {1.0f, 1.0f});
+  write_rows<T, Dh>(t.result, s.q_tile, row0, g.q, q_first, t.heads, h);
 }
 
 // The backward of a warp's 16 key rows against kSub query rows (lse and delta point at theirs):
@@ -288,52 +332,45 @@ template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) grad_kv_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* k_tile = reinterpret_cast<T*>(smem);
-  T* v_tile = k_tile + kTile * ld;
-  T* q_tile = v_tile + kTile * ld;
-  T* go_tile = q_tile + kTile * ld;
-  float* lse = reinterpret_cast<float*>(go_tile + kTile * ld);
-  float* delta = lse + kTile;
-  uint8_t* key_real = reinterpret_cast<uint8_t*>(delta + kTile);
-  uint8_t* q_real = key_real + kTile;
+  const KeyTileShared<T, Dh> s(smem);
 
   const Group g = group_of(geo, blockIdx.x / t.tiles, Cover::Keys);
   const int k_first = (blockIdx.x % t.tiles) * kTile, h = blockIdx.y;
   if (k_first >= g.k.slots) return;
   const int row0 = (threadIdx.x / 32) * 16;
 
-  mark_real(key_real, g.k, k_first, kTile);
+  mark_real(s.key_real, g.k, k_first, kTile);
   __syncthreads();
-  copy_tile<T, Dh>(k_tile, t.k, g.k, key_real, k_first, t.heads, h);
-  copy_tile<T, Dh>(v_tile, t.v, g.k, key_real, k_first, t.heads, h);
-  const bool row_real[2] = {key_real[row0 + row_of(0)] != 0, key_real[row0 + row_of(2)] != 0};
+  copy_tile<T, Dh>(s.k_tile, t.k, g.k, s.key_real, k_first, t.heads, h);
+  copy_tile<T, Dh>(s.v_tile, t.v, g.k, s.key_real, k_first, t.heads, h);
+  const bool row_real[2] = {s.key_real[row0 + row_of(0)] != 0, s.key_real[row0 + row_of(2)] != 0};
   float grad_k[Dh / 8][4] = {}, grad_v[Dh / 8][4] = {};
   const int query_tiles = (g.q.slots + kTile - 1) / kTile;
   for (int qt = 0; qt < query_tiles; ++qt) {
     __syncthreads();  // the previous query tile is consumed
-    mark_real(q_real, g.q, qt * kTile, kTile);
-    load_row_stats(lse, delta, t, g.q, qt * kTile, h);
+    mark_real(s.q_real, g.q, qt * kTile, kTile);
+    load_row_stats(s.lse, s.delta, t, g.q, qt * kTile, h);
     __syncthreads();
-    copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, qt * kTile, t.heads, h);
-    copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, qt * kTile, t.heads, h);
+    copy_tile<T, Dh>(s.q_tile, t.q, g.q, s.q_real, qt * kTile, t.heads, h);
+    copy_tile<T, Dh>(s.go_tile, t.grad_out, g.q, s.q_real, qt * kTile, t.heads, h);
     commit_copies();
     wait_copies<0>();
     __syncthreads();
 #pragma unroll
     for (int sub = 0; sub < kTile; sub += kSub) {
       float ds_t[kSub / 8][4];
-      key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, k_tile + row0 * ld, v_tile + row0 * ld,
-                               q_tile + sub * ld, go_tile + sub * ld, lse + sub, delta + sub,
-                               row_real, t.scale);
+      key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, s.k_tile + row0 * ld, s.v_tile + row0 * ld,
+                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub,
+                               s.delta + sub, row_real, t.scale);
     }
   }
   commit_copies();  // a key tile without queries still started its copies
   wait_copies<0>();
   __syncthreads();  // q_tile is free for staging
-  stage_rows<T, Dh>(q_tile, row0, grad_v, {1.0f, 1.0f});
-  write_rows<T, Dh>(t.grad_v, q_tile, row0, g.k, k_first, t.heads, h);
-  stage_rows<T, Dh>(q_tile, row0, grad_k, {1.0f, 1.0f});
-  write_rows<T, Dh>(t.grad_k, q_tile, row0, g.k, k_first, t.heads, h);
+  stage_rows<T, Dh>(s.q_tile, row0, grad_v, {1.0f, 1.0f});
+  write_rows<T, Dh>(t.grad_v, s.q_tile, row0, g.k, k_first, t.heads, h);
+  stage_rows<T, Dh>(s.q_tile, row0, grad_k, {1.0f, 1.0f});
+  write_rows<T, Dh>(t.grad_k, s.q_tile, row0, g.k, k_first, t.heads, h);
 }
 
 // grad q, k and v in one CTA per group, for groups whose queries fit one tile (CCA with m <= 64
@@ -344,15 +381,7 @@ template <typename T, int Dh>
 __global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tensors<T> t) {
   constexpr int ld = kRowStride<Dh>, lds = kRowStride<kTile>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* q_tile = reinterpret_cast<T*>(smem);
-  T* go_tile = q_tile + kTile * ld;
-  T* k_tiles = go_tile + kTile * ld;      // two buffers
-  T* v_tiles = k_tiles + 2 * kTile * ld;  // two buffers
-  T* ds_tile = v_tiles + 2 * kTile * ld;  // dS (queries x keys) of one key tile
-  float* lse = reinterpret_cast<float*>(ds_tile + kTile * lds);
-  float* delta = lse + kTile;
-  uint8_t* q_real = reinterpret_cast<uint8_t*>(delta + kTile);
-  uint8_t* key_real = q_real + kTile;  // kMaxKeySlots
+  const QueryTileShared<T, Dh, true, true> s(smem);
 
   const Group g = group_of(geo, blockIdx.x, Cover::Queries);
   const int h = blockIdx.y;
@@ -360,40 +389,40 @@ __global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tens
   const int row0 = (threadIdx.x / 32) * 16;
   const int key_tiles = (g.k.slots + kTile - 1) / kTile;
 
-  mark_real(q_real, g.q, 0, kTile);
-  mark_real(key_real, g.k, 0, key_tiles * kTile);
-  load_row_stats(lse, delta, t, g.q, 0, h);
+  mark_real(s.q_real, g.q, 0, kTile);
+  mark_real(s.key_real, g.k, 0, key_tiles * kTile);
+  load_row_stats(s.lse, s.delta, t, g.q, 0, h);
   __syncthreads();
-  copy_tile<T, Dh>(q_tile, t.q, g.q, q_real, 0, t.heads, h);
-  copy_tile<T, Dh>(go_tile, t.grad_out, g.q, q_real, 0, t.heads, h);
-  first_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, key_tiles, h);
+  copy_tile<T, Dh>(s.q_tile, t.q, g.q, s.q_real, 0, t.heads, h);
+  copy_tile<T, Dh>(s.go_tile, t.grad_out, g.q, s.q_real, 0, t.heads, h);
+  first_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, key_tiles, h);
   commit_copies();
 
   float grad_q[Dh / 8][4] = {};
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int buffer = kt % 2;
-    next_key_tile<T, Dh>(k_tiles, v_tiles, t, g.k, key_real, kt, key_tiles, h);
-    T* keys = k_tiles + buffer * kTile * ld;
-    T* values = v_tiles + buffer * kTile * ld;
-    const bool row_real[2] = {key_real[kt * kTile + row0 + row_of(0)] != 0,
-                              key_real[kt * kTile + row0 + row_of(2)] != 0};
+    next_key_tile<T, Dh>(s.k_tiles, s.v_tiles, t, g.k, s.key_real, kt, key_tiles, h);
+    T* keys = s.k_tiles + buffer * kTile * ld;
+    T* values = s.v_tiles + buffer * kTile * ld;
+    const bool row_real[2] = {s.key_real[kt * kTile + row0 + row_of(0)] != 0,
+                              s.key_real[kt * kTile + row0 + row_of(2)] != 0};
     float grad_k[Dh / 8][4] = {}, grad_v[Dh / 8][4] = {};
 #pragma unroll
     for (int sub = 0; sub < kTile; sub += kSub) {
       float ds_t[kSub / 8][4];
       key_rows_backward<T, Dh>(grad_k, grad_v, ds_t, keys + row0 * ld, values + row0 * ld,
-                               q_tile + sub * ld, go_tile + sub * ld, lse + sub, delta + sub,
-                               row_real, t.scale);
+                               s.q_tile + sub * ld, s.go_tile + sub * ld, s.lse + sub,
+                               s.delta + sub, row_real, t.scale);
 #pragma unroll
       for (int j = 0; j < kSub / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          ds_tile[(sub + column_of(j, e)) * lds + row0 + row_of(e)] = from_float<T>(ds_t[j][e]);
+          s.ds_tile[(sub + column_of(j, e)) * lds + row0 + row_of(e)] = from_float<T>(ds_t[j][e]);
     }
     __syncthreads();  // dS of the whole tile is staged
     {
       uint32_t ds_frag[kTile / 16][4];
-      load_rows<T, kTile>(ds_frag, ds_tile + row0 * lds);
+      load_rows<T, kTile>(ds_frag, s.ds_tile + row0 * lds);
       frags_times_tile<T, Dh, kTile>(grad_q, ds_frag, keys);  // grad_q += dS k
     }
     __syncthreads();  // every warp is done with this tile's keys and dS
@@ -405,8 +434,8 @@ __global__ void __launch_bounds__(kThreads) grad_fused_kernel(Geometry geo, Tens
   }
   wait_copies<0>();
   __syncthreads();
-  stage_rows<T, Dh>(q_tile, row0, grad_q, {1.0f, 1.0f});
-  write_rows<T, Dh>(t.result, q_tile, row0, g.q, 0, t.heads, h);
+  stage_rows<T, Dh>(s.q_tile, row0, grad_q, {1.0f, 1.0f});
+  write_rows<T, Dh>(t.result, s.q_tile, row0, g.q, 0, t.heads, h);
 }
 
 }  // namespace

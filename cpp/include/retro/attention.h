@@ -61,6 +61,11 @@ struct AttentionBackward {
   void* grad_v;          // v's shape
 };
 
+// The one check of params for the CPU and CUDA paths: throws (InvalidArgument) unless the sizes,
+// chunk_size, q_offset and scale are valid and, where nbr_lens is host memory (lens_on_host: the
+// CPU path), every length lies in [0, R].
+void check_attention_params(const RetroAttentionParams& params, bool lens_on_host);
+
 void attention_forward(const RetroAttentionParams& params, const AttentionForward& tensors);
 void attention_backward(const RetroAttentionParams& params, const AttentionBackward& tensors);
 

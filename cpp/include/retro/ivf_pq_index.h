@@ -188,7 +188,8 @@ class IvfPqIndex {
                          ScanBuffers& buffers) const;  // ivf_pq_fast_scan.cpp
   // The scan of the probed lists for queries x (n, d_: rotated with OPQ) and, when params has
   // re-ranking vectors, the re-ranking of each query's k * k_factor candidates against x_rerank
-  // (n, d_in_: the queries as given), query by query.
+  // (n, d_in_: the queries as given), query by query (ivf_pq_scan.cpp).
+  struct PreassignedSearch;  // its strategies
   void search_preassigned(idx_t n, const float* x, const float* x_rerank, idx_t k,
                           const idx_t* probes, const float* probe_dist, int nprobe,
                           const IvfPqSearchParams& params, float* distances,

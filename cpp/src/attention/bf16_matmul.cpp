@@ -1,5 +1,5 @@
 // The bfloat16 products of bf16_matmul.h. Built with the AVX-512, AVX512-BF16 and AMX flags
-// (CMakeLists.txt), so nothing here may run before the dispatch (simd/bf16_dispatch.cpp) has found
+// (CMakeLists.txt), so nothing here may run before the dispatch (simd/dispatch.cpp) has found
 // those features; this file keeps to its own helpers so no shared inline code picks up the flags.
 #include "attention/bf16_matmul.h"
 
@@ -393,32 +393,32 @@ void transpose(idx_t rows, idx_t cols, const bfloat16* src, idx_t lds, bfloat16*
 #else  // no x86 kernels: best_bf16_kernel() is None, so nothing calls these
 
 void pack_rows(idx_t, idx_t, const bfloat16* const*, bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void pack_depth(idx_t, idx_t, const bfloat16* const*, bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void gemm(Bf16Kernel, idx_t, idx_t, idx_t, const bfloat16*, idx_t, const bfloat16*, float*, idx_t) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void copy_row(idx_t, idx_t, const bfloat16*, bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void narrow_row(idx_t, idx_t, const float*, float, bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 float exp_row(idx_t, idx_t, const float*, float, bfloat16*, float*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void softmax_gradient_row(idx_t, idx_t, const float*, const float*, const float*, const float*,
                           float, bfloat16*, bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 float dot(idx_t, const bfloat16*, const bfloat16*) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 void transpose(idx_t, idx_t, const bfloat16*, idx_t, bfloat16*, idx_t, idx_t) {
-  RETRO_CHECK(false, "this build has no bf16 kernels");
+  RETRO_THROW("this build has no bf16 kernels");
 }
 
 #endif

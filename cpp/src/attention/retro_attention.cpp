@@ -67,29 +67,8 @@ void neighbour_cross_groups(const RetroAttentionParams& p, std::vector<Attention
     }
 }
 
-void check(const RetroAttentionParams& p) {
-  RETRO_CHECK_ARG(p.batch >= 0 && p.tokens >= 0 && p.chunks >= 0 && p.neighbours >= 0 &&
-                      p.neighbour_len >= 0,
-                  "attention sizes must be non-negative");
-  RETRO_CHECK_ARG(p.heads > 0 && p.head_dim > 0, "attention needs heads > 0 and head_dim > 0");
-  RETRO_CHECK_ARG(p.op == RetroAttention::NeighbourSelf || p.chunk_size > 0,
-                  "chunk_size must be positive, got %lld",
-                  static_cast<long long>(p.chunk_size));
-  RETRO_CHECK_ARG(p.q_offset >= 0, "q_offset must be non-negative, got %lld",
-                  static_cast<long long>(p.q_offset));
-  RETRO_CHECK_ARG(std::isfinite(p.scale), "scale must be finite, got %g", p.scale);
-  if (p.nbr_lens != nullptr) {
-    const idx_t n = p.batch * p.chunks * p.neighbours;
-    for (idx_t i = 0; i < n; ++i)
-      RETRO_CHECK_ARG(p.nbr_lens[i] >= 0 && p.nbr_lens[i] <= p.neighbour_len,
-                      "nbr_lens must lie in [0, R=%lld]; element %lld is %d",
-                      static_cast<long long>(p.neighbour_len), static_cast<long long>(i),
-                      p.nbr_lens[i]);
-  }
-}
-
 std::vector<AttentionGroup> groups_of(const RetroAttentionParams& p) {
-  check(p);
+  check_attention_params(p, true);
   std::vector<AttentionGroup> groups;
   switch (p.op) {
     case RetroAttention::ChunkedCross: chunked_cross_groups(p, groups); break;
@@ -108,7 +87,7 @@ void with_element_type(DType dtype, Run&& run) {
     case DType::BFloat16: return run(static_cast<bfloat16*>(nullptr));
     case DType::Float16: break;
   }
-  RETRO_CHECK_ARG(false, "float16 attention runs on CUDA only: use float32, bfloat16 or float64 on the CPU");
+  RETRO_THROW_ARG("float16 attention runs on CUDA only: use float32, bfloat16 or float64 on the CPU");
 }
 
 AttentionLayout layout_of(const RetroAttentionParams& p) {
@@ -116,6 +95,27 @@ AttentionLayout layout_of(const RetroAttentionParams& p) {
 }
 
 }  // namespace
+
+void check_attention_params(const RetroAttentionParams& p, bool lens_on_host) {
+  RETRO_CHECK_ARG(p.batch >= 0 && p.tokens >= 0 && p.chunks >= 0 && p.neighbours >= 0 &&
+                      p.neighbour_len >= 0,
+                  "attention sizes must be non-negative");
+  RETRO_CHECK_ARG(p.heads > 0 && p.head_dim > 0, "attention needs heads > 0 and head_dim > 0");
+  RETRO_CHECK_ARG(p.op == RetroAttention::NeighbourSelf || p.chunk_size > 0,
+                  "chunk_size must be positive, got %lld",
+                  static_cast<long long>(p.chunk_size));
+  RETRO_CHECK_ARG(p.q_offset >= 0, "q_offset must be non-negative, got %lld",
+                  static_cast<long long>(p.q_offset));
+  RETRO_CHECK_ARG(std::isfinite(p.scale), "scale must be finite, got %g", p.scale);
+  if (lens_on_host && p.nbr_lens != nullptr) {
+    const idx_t n = p.batch * p.chunks * p.neighbours;
+    for (idx_t i = 0; i < n; ++i)
+      RETRO_CHECK_ARG(p.nbr_lens[i] >= 0 && p.nbr_lens[i] <= p.neighbour_len,
+                      "nbr_lens must lie in [0, R=%lld]; element %lld is %d",
+                      static_cast<long long>(p.neighbour_len), static_cast<long long>(i),
+                      p.nbr_lens[i]);
+  }
+}
 
 idx_t query_rows(const RetroAttentionParams& p) {
   return p.op == RetroAttention::ChunkedCross ? p.batch * p.tokens

@@ -32,6 +32,7 @@ import torch
 from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
 from retro.ops.ivfpq import ivfpq_search
+from retro.index.topk_merge import merge_top_k
 
 MAX_MAGNITUDE = 1e15  # as the CPU index (cpp/src/distances.h: kMaxMagnitude)
 
@@ -195,13 +196,12 @@ class CudaIvfPqIndex:
         if not torch.compiler.is_compiling() and bool((candidates >= vectors.shape[0]).any()):
             raise ValueError(f"rerank vectors have {vectors.shape[0]} rows but the index holds larger ids")
         rows_per_chunk = max(1, (1 << 28) // max(1, candidates.shape[1] * self.d))
-        keys = []
+        scores = []
         for s in range(0, xq.shape[0], rows_per_chunk):  # (chunk, kc, d) stays under 1 GiB
             rows = vectors[candidates[s : s + rows_per_chunk].clamp(min=0)].float()
             q = xq[s : s + rows_per_chunk, None, :]
-            keys.append(((rows - q) ** 2).sum(-1) if self.metric == "l2" else -(rows * q).sum(-1))
-        key, labels = best_k(torch.cat(keys), candidates, k)
-        return (-key if self.metric == "ip" else key), labels
+            scores.append(((rows - q) ** 2).sum(-1) if self.metric == "l2" else (rows * q).sum(-1))
+        return merge_top_k([torch.cat(scores)], [candidates], k, self.metric)
 
     def op_args(self) -> tuple:
         """The index arguments of ``torch.ops.retro.ivfpq_search`` (retro.ops.ivfpq), in order:
@@ -264,21 +264,3 @@ def results_for(distances: torch.Tensor, labels: torch.Tensor, kind: str) -> tup
     return distances, labels
 
 
-def best_k(key: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best entries per row of key (n, c), smaller is better, ordered by (key, label) with
-    the smaller label first on ties; labels < 0 (missing) last, with key +inf -> key, labels (n, k)."""
-    key = torch.where(labels < 0, float("inf"), key)
-    by_id = torch.argsort(torch.where(labels < 0, torch.iinfo(torch.int64).max, labels), dim=1, stable=True)
-    key, labels = key.gather(1, by_id), labels.gather(1, by_id)
-    order = torch.argsort(key, dim=1, stable=True)[:, :k]
-    return key.gather(1, order), labels.gather(1, order)
-
-
-def merge_top_k(
-    distances: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], k: int, metric: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merges per-shard results (each (n, k_s), best first, distances as search returns them) into
-    the best k per row by (distance, id), smaller id first on ties; missing results last."""
-    d = torch.cat(list(distances), dim=1)
-    key, merged = best_k(-d if metric == "ip" else d, torch.cat(list(labels), dim=1), k)
-    return (-key if metric == "ip" else key), merged

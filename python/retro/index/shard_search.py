@@ -3,10 +3,11 @@
 Searching S shards and merging their top-k gives the unsharded index's results exactly (ids and
 bit-identical distances): a vector's ADC distance depends only on the query, its list and its code,
 which are the same in any shard, and the core orders results by ``(distance, id)`` (smaller id
-first on equal distance; for inner product by ``(-score, id)``), so the global top-k is the top-k
-of the union of the per-shard top-k under that same order. Re-ranking stays exact too: the merge
-keeps the global top ``k * k_factor`` PQ candidates (the unsharded candidate set), which the
-core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as a re-ranked search does.
+first on equal distance; for inner product by score, largest first), so the global top-k is the
+top-k of the union of the per-shard top-k under that same order (:mod:`retro.index.topk_merge`).
+Re-ranking stays exact too: the merge keeps the global top ``k * k_factor`` PQ candidates (the
+unsharded candidate set), which the core's :meth:`IvfPqIndex.rerank_candidates` then re-scores as
+a re-ranked search does.
 
 - :class:`ShardedIndex`: all shards in one process.
 - :class:`DistributedIndex`: under ``torch.distributed`` (gloo or NCCL), rank r holds shards
@@ -30,45 +31,31 @@ from retro._arrays import as_float32_matrix
 from retro.index.ivf_pq import IvfPqIndex
 from retro.index.sharding import (check_disjoint, check_shards, load_shards, manifest_ranges,
                                   read_manifest)
+from retro.index.topk_merge import merge_top_k
 
 if TYPE_CHECKING:
     from retro.index.cuda import CudaIvfPqIndex
 
-_NO_ID = np.iinfo(np.int64).max  # sort key of a missing result (-1): after every real id
-
 
 @dataclass
 class _Candidates:
-    """Per-query PQ results before the final selection: m columns ordered by (key, id).
+    """Per-query PQ results before the final selection.
 
-    ids: (n, m) int64, -1 where missing. key: (n, m) float32 PQ distance in the core's order
-    (smaller is better: the L2 distance or minus the inner product; +inf where missing).
+    ids: (n, m) int64, -1 where missing. distances: (n, m) float32 PQ distances as search returns
+    them (L2 distance or inner product score). metric: "l2" or "ip".
     """
 
     ids: np.ndarray
-    key: np.ndarray
+    distances: np.ndarray
+    metric: str
 
     @staticmethod
-    def concat(parts: Sequence[_Candidates]) -> _Candidates:
-        return _Candidates(
-            np.concatenate([p.ids for p in parts], 1), np.concatenate([p.key for p in parts], 1)
+    def merge(parts: Sequence[_Candidates], m: int) -> _Candidates:
+        """The best m columns of each row over all parts, padded with missing results."""
+        distances, ids = merge_top_k(
+            [p.distances for p in parts], [p.ids for p in parts], m, parts[0].metric
         )
-
-    def top(self, m: int) -> _Candidates:
-        """The best m columns of each row by (key, id), padded with missing results."""
-        id_key = np.where(self.ids == -1, _NO_ID, self.ids)
-        order = np.lexsort((id_key, self.key), axis=1)[:, :m]  # lexsort: last key is the primary
-        n, have = order.shape
-        ids = np.full((n, m), -1, np.int64)
-        key = np.full((n, m), np.inf, np.float32)
-        ids[:, :have] = np.take_along_axis(self.ids, order, 1)
-        key[:, :have] = np.take_along_axis(self.key, order, 1)
-        return _Candidates(ids, key)
-
-
-def _to_key(distances: np.ndarray, metric: str) -> np.ndarray:
-    """Search distances -> the core's order (smaller is better); negation is exact in float32."""
-    return distances if metric == "l2" else -distances
+        return _Candidates(ids, distances, parts[0].metric)
 
 
 @dataclass(frozen=True)
@@ -144,7 +131,7 @@ class ShardedIndex:
     def _candidates(self, x: np.ndarray, request: _Request) -> _Candidates:
         """The best request.m candidates of x (n, d) over this process's shards."""
         parts = [_shard_candidates(shard, x, request) for shard in self.shards]
-        return _Candidates.concat(parts).top(request.m)
+        return _Candidates.merge(parts, request.m)
 
     def __repr__(self) -> str:
         return (
@@ -156,7 +143,7 @@ class ShardedIndex:
 def _shard_candidates(shard: IvfPqIndex, x: np.ndarray, request: _Request) -> _Candidates:
     """One shard's best request.m PQ candidates of x (n, d), ordered by (PQ distance, id)."""
     distances, ids = shard.search(x, request.m, nprobe=request.nprobe)
-    return _Candidates(ids, _to_key(distances, shard.metric))
+    return _Candidates(ids, distances, shard.metric)
 
 
 def _finish(
@@ -164,11 +151,10 @@ def _finish(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merged candidates of x (n, d) -> (D (n, k) float32, I (n, k) int64) as the unsharded search
     returns them; index is any shard (re-ranking needs only its metric and dimension)."""
-    best = candidates.top(request.m)
+    best = _Candidates.merge([candidates], request.m)
     if request.rerank is not None:
         return index.rerank_candidates(x, best.ids, request.k, request.rerank)
-    distances = best.key if index.metric == "l2" else -best.key
-    return np.ascontiguousarray(distances), best.ids
+    return best.distances, best.ids
 
 
 class DistributedIndex:
@@ -301,13 +287,14 @@ class DistributedIndex:
 
         local = self.local._candidates(queries, request)
         ids = np.concatenate(_gather(local.ids, self.group, device), 1)  # (n, W * m)
-        key = np.concatenate(_gather(local.key, self.group, device), 1)
+        distances = np.concatenate(_gather(local.distances, self.group, device), 1)
         # Each rank finishes (merges, re-ranks) one slice of the queries, then the slices are
         # gathered: the re-ranking is split over the ranks instead of repeated on each.
         n, rows = len(queries), -(-len(queries) // world)
         mine = slice(min(n, rank * rows), min(n, (rank + 1) * rows))
         distances, labels = _finish(
-            _Candidates(ids[mine], key[mine]), request, queries[mine], self.local.shards[0]
+            _Candidates(ids[mine], distances[mine], self.metric), request, queries[mine],
+            self.local.shards[0],
         )
         pad = rows - len(labels)  # the last slices can be short or empty
         distances = np.pad(distances, ((0, pad), (0, 0)))
@@ -340,7 +327,7 @@ def search_shards(
     """
     import torch
 
-    from retro.index.cuda import CudaIvfPqIndex, cuda_device, merge_top_k, results_for
+    from retro.index.cuda import CudaIvfPqIndex, cuda_device, results_for
 
     if not shards:
         raise ValueError("search_shards needs at least one shard")
