@@ -23,7 +23,6 @@ buffer, so that the kernels run on torch's current stream and share its allocato
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         from retro.model import PRESETS
         from retro.train.config import MODELS, TrainConfig, settable_fields
     except ImportError as error:  # torch is an optional dependency; `retro db` works without it
+        missing = error  # `error` is unbound once the except block ends
         parser = subparsers.add_parser("train", help="train RETRO (needs torch)")
-        parser.set_defaults(func=lambda args: _missing(error))
+        parser.set_defaults(func=lambda args: _missing(missing))
         return
     parser = subparsers.add_parser(
         "train", help="train RETRO or the GPT baseline on a database", allow_abbrev=False,
