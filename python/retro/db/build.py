@@ -22,8 +22,8 @@ With ``reuse_embeddings`` (``--reuse-embeddings DIR``) the embed and queries.<sp
 the embedding of every row (chunk or query chunk) whose tokens the database DIR already embedded
 (same tokenizer, chunk size and embedder, else refused) and embed only the others, e.g. a
 ``valid_in_db`` or ``edits`` build from a strict one (retro.db.reuse). The stage records say which
-database and how many rows; a reused row may differ from one embedded from scratch by about one
-fp16 ulp (the embedder pads each batch to its longest text).
+database and how many rows; vectors may differ from a build from scratch by a few fp16 ulps (the
+embedder pads each batch to its longest text), see reuse.py.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ already is its key. A source database built with the same tokenizer, chunk size 
 (embeddings.npy) and from the query chunks of every split whose queries stage is complete.
 
 The reused vectors are the source's bytes. The embedder's output for a text depends slightly on
-the other texts of its encode call (padding to the batch's longest text), so a reused row may
-differ from the same row embedded from scratch in another block by about one fp16 ulp (see
-tests/test_db_reuse.py for the measured difference).
+the other texts of its encode call (each batch is padded to its longest text; in bf16 that moves
+a vector by a few fp16 ulps), so a row reused from another block, or embedded without its block's
+reused rows, may differ from a build from scratch by that much (max 7.7e-4 measured; see
+tests/test_db_reuse.py). Reuse is per row within each resumable block: a resumed build keeps the
+blocks already written, whatever it reused then.
 """
 
 from __future__ import annotations
