@@ -1,8 +1,9 @@
 """retro db build --reuse-embeddings: rows a database already embedded are taken from it.
 
-The knowledge build (valid_in_db) reusing the strict reference database embeds only its valid
-documents' chunks and gives the files of a knowledge build from scratch; an edited build embeds
-only rows of the edited documents; a source of another tokenizer or chunk size is refused.
+The knowledge build (valid_in_db) reusing the strict reference database embeds only valid
+documents' chunks, and an edited build only the rows whose tokens changed (chunks of edited
+documents, train query chunks after the first edit); both match a build from scratch within the
+measured tolerance below. A source of another tokenizer, chunk size or embedder is refused.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def test_a_mismatched_source_is_refused(field, value, message, tmp_path, tmp_pat
         manifest["components"]["embedder"]["name"] = value
     (source / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "db"
-    with pytest.raises(DatabaseError, match=re.escape(f"cannot reuse embeddings of {source}: {message}")):
+    expected = re.escape(f"cannot reuse embeddings of {source}: {message}")
+    with pytest.raises(DatabaseError, match=expected):
         build(out, base, valid_in_db=True, reuse_embeddings=str(source))
     assert not out.exists()

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -28,8 +28,6 @@ from retro.world import World
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-    from retro.db.reuse import EmbeddingSource
 
 DEFAULT = "default"
 DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -128,6 +126,15 @@ class Embedder:
         return vectors.cpu().numpy().astype(np.float16)
 
 
+class KnownEmbeddings(Protocol):
+    """Embeddings of token rows already embedded elsewhere (retro.db.reuse.EmbeddingSource)."""
+
+    root: Path  # the database they come from
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """found (n,) bool for the (n, m) token rows; (found.sum(), dim) float16 vectors."""
+
+
 def embed_to_file(
     embedder: Embedder,
     path: Path,
@@ -139,7 +146,7 @@ def embed_to_file(
     progress: Callable[[int], None],
     after_block: Callable[[int], None],
     world: World = World(),
-    source: EmbeddingSource | None = None,
+    source: KnownEmbeddings | None = None,
 ) -> tuple[int, int]:
     """Embeds rows 0 .. n_rows - 1 into path, an (n_rows, dim) float16 .npy, block by block; on
     several ranks each embeds its range of blocks (collective: see :class:`BlockWriter`).

@@ -34,14 +34,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retro.data.tokenizer import Tokenizer
 from retro.db.blocks import BlockWriter
 from retro.db.chunks import CHUNK_FILES, ChunkStore, write_chunks
-from retro.db.embed import Embedder, embed_to_file
+from retro.db.embed import Embedder, KnownEmbeddings, embed_to_file
 from retro.db.index_build import build_index
 from retro.db.indexing import IndexParams, open_distributed_searcher, open_searcher
 from retro.db.manifest import DatabaseError, Manifest
@@ -52,9 +51,6 @@ from retro.db.streams import (
 from retro.errors import RetroError
 from retro.files import save_npy_atomically
 from retro.world import World, barrier, broadcast_object, gather_objects, rank_range
-
-if TYPE_CHECKING:
-    from retro.db.reuse import EmbeddingSource
 
 FAIL_AT = "RETRO_DB_FAIL_AT"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -257,7 +253,7 @@ def embed_chunks(
     tokenizer: Tokenizer,
     embedder: Callable[[], Embedder],
     block: int,
-    source: Callable[[], EmbeddingSource] | None = None,
+    source: Callable[[], KnownEmbeddings] | None = None,
 ) -> None:
     """Stage "embed": each chunk's text -> embeddings.npy (N, dim) float16; with a source, the
     chunks it holds are taken from it (retro.db.reuse)."""
@@ -285,7 +281,7 @@ def _embed_rows(
     name: str,
     tokenizer: Tokenizer,
     embedder: Callable[[], Embedder],
-    source: Callable[[], EmbeddingSource] | None,
+    source: Callable[[], KnownEmbeddings] | None,
     details: dict,
     path: Path,
     n_rows: int,
@@ -340,7 +336,7 @@ def embed_queries(
     chunk_size: int,
     block_size: int,
     block: int,
-    source: Callable[[], EmbeddingSource] | None = None,
+    source: Callable[[], KnownEmbeddings] | None = None,
 ) -> None:
     """Stage "queries.<split>": the split's query chunks -> embeddings (with a source, those it
     holds taken from it: retro.db.reuse); samples -> documents."""
