@@ -11,7 +11,8 @@ already is its key. A source database built with the same tokenizer, chunk size 
 The reused vectors are the source's bytes. The embedder's output for a text depends slightly on
 the other texts of its encode call (each batch is padded to its longest text; in bf16 that moves
 a vector by a few fp16 ulps), so a row reused from another block, or embedded without its block's
-reused rows, may differ from a build from scratch by that much (max 7.7e-4 measured; see
+reused rows, may differ from a build from scratch by that much (max 7.7e-4 in the tests, 1.3e-3 in
+245 of 21031 chunks of a default-corpus knowledge build; see
 tests/test_db_reuse.py). Reuse is per row within each resumable block: a resumed build keeps the
 blocks already written, whatever it reused then.
 """
