@@ -17,6 +17,13 @@ search neighbours by block range; rank 0 alone chunks, trains the index's quanti
 the manifest. With ``index_shards`` S > 1 the index is S shard files, each rank adds to its own
 and, with S >= N, loads only its own to search (queries broadcast, per-shard results gathered and
 merged). The files are byte-identical to a one-process build with the same config.
+
+With ``reuse_embeddings`` (``--reuse-embeddings DIR``) the embed and queries.<split> stages take
+the embedding of every row (chunk or query chunk) whose tokens the database DIR already embedded
+(same tokenizer, chunk size and embedder, else refused) and embed only the others, e.g. a
+``valid_in_db`` or ``edits`` build from a strict one (retro.db.reuse). The stage records say which
+database and how many rows; vectors may differ from a build from scratch by a few fp16 ulps (the
+embedder pads each batch to its longest text), see reuse.py.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from retro.db.streams import TokenStream
 from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
+from retro.db.reuse import EmbeddingSource, check_source
 from retro.errors import RetroError
 from retro.world import World, barrier, join_world, leave_world
 
@@ -70,6 +78,10 @@ class BuildConfig:
     # Whole-word replacements made in the train documents (the database), never in the valid
     # ones: a database of edited knowledge (retro.data.edits), e.g. (("Paris", "Lyon"),).
     edits: Edits = ()
+    # An already built database of the same tokenizer, chunk size and embedder: the chunks and
+    # query chunks whose tokens it holds take its embeddings instead of being embedded again
+    # (retro.db.reuse). Not a parameter of the result: left out of the manifest's config.
+    reuse_embeddings: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str):
@@ -104,6 +116,7 @@ class BuildConfig:
                 del value[key]
         if value["index_shards"] == 1:
             del value["index_shards"]
+        del value["reuse_embeddings"]
         return value
 
 
@@ -163,6 +176,12 @@ def _build(
         rank 0's after every stage)."""
         return manifest.components["embedder"]
 
+    checked = None
+    if config.reuse_embeddings:
+        checked = check_source(
+            Path(config.reuse_embeddings), tokenizer, config.chunk_size, embedder_info()
+        )
+
     barrier(world)  # every rank has checked the directory before rank 0 creates it
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -178,14 +197,24 @@ def _build(
                 f"{out}: embedder {loaded.name} gives {loaded.dim}-d vectors; the database holds "
                 f"{info['dim']}-d ones"
             )
+        if checked and checked.components["embedder"].get("dim", loaded.dim) != loaded.dim:
+            raise DatabaseError(f"cannot reuse embeddings of {checked.root}: its embedder gives "
+                                f"{checked.components['embedder']['dim']}-d vectors, this "
+                                f"build's {loaded.dim}-d ones")
         info["dim"] = loaded.dim
         return loaded
 
+    @cache
+    def source() -> EmbeddingSource:
+        """The reused embeddings, indexed on first use only."""
+        return EmbeddingSource(checked)
+
+    reuse = source if checked else None
     runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}), world=world)
     stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size)
     stages.chunk(runner, tokenizer, config.chunk_size, config.block_size,
                  ("train", "valid") if config.valid_in_db else ("train",))
-    stages.embed_chunks(runner, tokenizer, embedder, config.block)
+    stages.embed_chunks(runner, tokenizer, embedder, config.block, reuse)
 
     n_chunks = manifest.stages["chunks"]["rows"]
     if "dim" not in embedder_info():  # embeddings made by an earlier run that recorded no dim
@@ -198,7 +227,7 @@ def _build(
     for split in splits:
         stages.embed_queries(
             runner, split, tokenizer, embedder, config.chunk_size, config.block_size,
-            config.block,
+            config.block, reuse,
         )
     for split in splits:
         stages.find_neighbours(

@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "'capitals' (world capitals swapped among countries) or a JSON {old: new}")
     build.add_argument("--edit", action="append", default=[], metavar="OLD=NEW",
                        help="one replacement, e.g. --edit Paris=Lyon (repeatable)")
+    build.add_argument("--reuse-embeddings", type=Path, default=None, metavar="DIR",
+                       help="take the embeddings of the chunks and query chunks that the database "
+                            "DIR (same tokenizer, chunk size, embedder) already embedded")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
 
@@ -96,6 +99,7 @@ def run_build(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, block_size=args.block_size,
         valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
         valid_in_db=args.valid_in_db,
+        reuse_embeddings=str(args.reuse_embeddings) if args.reuse_embeddings else None,
         edits=(load_edits(args.edits) if args.edits else ()) + tuple(map(parse_edit, args.edit)),
     )
     db = build_db(args.out, config, progress=not args.no_progress)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -126,33 +126,61 @@ class Embedder:
         return vectors.cpu().numpy().astype(np.float16)
 
 
+class KnownEmbeddings(Protocol):
+    """Embeddings of token rows already embedded elsewhere (retro.db.reuse.EmbeddingSource)."""
+
+    root: Path  # the database they come from
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """found (n,) bool for the (n, m) token rows; (found.sum(), dim) float16 vectors."""
+
+
 def embed_to_file(
     embedder: Embedder,
     path: Path,
     n_rows: int,
-    texts: Callable[[int, int], list[str]],
+    rows: Callable[[int, int], np.ndarray],
+    texts_of: Callable[[np.ndarray], list[str]],
     key: str,
     block: int,
     progress: Callable[[int], None],
     after_block: Callable[[int], None],
     world: World = World(),
-) -> Path:
+    source: KnownEmbeddings | None = None,
+) -> tuple[int, int]:
     """Embeds rows 0 .. n_rows - 1 into path, an (n_rows, dim) float16 .npy, block by block; on
     several ranks each embeds its range of blocks (collective: see :class:`BlockWriter`).
 
     Args:
-        texts: texts(start, stop) -> the texts of rows start .. stop - 1.
+        rows: rows(start, stop) -> the (stop - start, m) token rows start .. stop - 1.
+        texts_of: token rows -> the texts to embed.
         key: identifies the inputs; a partial file made from other inputs is discarded.
         block: rows per block (fixed for the database).
         progress: called with the rows of each block done (also the blocks resumed past).
         after_block: called with each block's number once it is stored (a test hook).
         world: the ranks that share the work.
+        source: embeddings of an earlier database, taken for the rows it holds (retro.db.reuse);
+            the block's other rows are embedded in one encode call.
+
+    Returns:
+        (reused, embedded): how many of the rows this rank stored were taken from source, how
+        many embedded.
     """
     writer = BlockWriter({path: ((n_rows, embedder.dim), np.dtype(np.float16))}, block, key, world)
     progress(writer.rows_done)
+    reused = embedded = 0
     for b, start, stop in writer.pending():
-        writer.write(b, {path: embedder.embed(texts(start, stop))})
+        tokens = rows(start, stop)
+        vectors = np.empty((stop - start, embedder.dim), dtype=np.float16)
+        found = np.zeros(stop - start, dtype=bool)
+        if source is not None:
+            found, known = source.lookup(tokens)
+            vectors[found] = known
+        vectors[~found] = embedder.embed(texts_of(tokens[~found]))
+        reused += int(found.sum())
+        embedded += int((~found).sum())
+        writer.write(b, {path: vectors})
         progress(stop - start)
         after_block(b)
     writer.finish()
-    return path
+    return reused, embedded

@@ -11,7 +11,8 @@ Layout (JSON, keys sorted):
 - ``counts``: documents, tokens, chunks, samples and query chunks.
 - ``files``: ``{relative path: {"bytes": n, "sha256": hex}}`` for every complete data file.
 - ``stages``: ``{name: {"inputs": {what: sha256}, "outputs": [paths], "seconds": s, "rows": n}}``
-  for every complete stage.
+  for every complete stage; an embedding stage of a build that reused another database's
+  embeddings adds ``"reused_from": dir, "rows_reused": n`` (rows taken, not embedded, in that run).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import numpy as np
 from retro.data.tokenizer import Tokenizer
 from retro.db.blocks import BlockWriter
 from retro.db.chunks import CHUNK_FILES, ChunkStore, write_chunks
-from retro.db.embed import Embedder, embed_to_file
+from retro.db.embed import Embedder, KnownEmbeddings, embed_to_file
 from retro.db.index_build import build_index
 from retro.db.indexing import IndexParams, open_distributed_searcher, open_searcher
 from retro.db.manifest import DatabaseError, Manifest
@@ -50,7 +50,7 @@ from retro.db.streams import (
 )
 from retro.errors import RetroError
 from retro.files import save_npy_atomically
-from retro.world import World, barrier, broadcast_object, rank_range
+from retro.world import World, barrier, broadcast_object, gather_objects, rank_range
 
 FAIL_AT = "RETRO_DB_FAIL_AT"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -116,8 +116,10 @@ class StageRunner:
         inputs: dict[str, str],
         work: Callable[[], tuple[list[str], int]],
         blocked: bool = False,
+        details: dict | None = None,
     ) -> None:
-        """Runs work() -> (output paths, rows processed) unless the stage is complete.
+        """Runs work() -> (output paths, rows processed) unless the stage is complete; details,
+        which work() may fill, are recorded with the stage (informational).
 
         Collective on several ranks: work() runs on every rank if blocked (each does its blocks),
         else on rank 0 alone; rank 0 then records the stage and every rank gets its manifest.
@@ -140,6 +142,7 @@ class StageRunner:
                 "outputs": outputs,
                 "rows": rows,
                 "seconds": round(seconds, 3),
+                **(details or {}),
             }
             self.manifest.save()
         self.sync()
@@ -246,33 +249,60 @@ def chunk(runner: StageRunner, tokenizer: Tokenizer, chunk_size: int, block_size
 
 
 def embed_chunks(
-    runner: StageRunner, tokenizer: Tokenizer, embedder: Callable[[], Embedder], block: int
+    runner: StageRunner,
+    tokenizer: Tokenizer,
+    embedder: Callable[[], Embedder],
+    block: int,
+    source: Callable[[], KnownEmbeddings] | None = None,
 ) -> None:
-    """Stage "embed": each chunk's text -> embeddings.npy (N, dim) float16."""
+    """Stage "embed": each chunk's text -> embeddings.npy (N, dim) float16; with a source, the
+    chunks it holds are taken from it (retro.db.reuse)."""
     inputs = {
         **runner.checksums([CHUNK_FILES["tokens"], CHUNK_FILES["lengths"]]),
         "embedder": _embedder_key(runner.manifest),
         "block": str(block),
     }
+    details: dict = {}
 
     def work() -> tuple[list[str], int]:
-        chunks = ChunkStore.open(runner.root, tokenizer.eod_id)
+        # A chunk's row is eod after its length: its text is that of tokens[:length].
+        tokens = ChunkStore.open(runner.root, tokenizer.eod_id).tokens
+        _embed_rows(runner, "embed", tokenizer, embedder, source, details,
+                    runner.root / EMBEDDINGS_FILE, len(tokens),
+                    lambda start, stop: np.asarray(tokens[start:stop]),
+                    json.dumps(inputs, sort_keys=True), block)
+        return [EMBEDDINGS_FILE], len(tokens)
 
-        def texts(start: int, stop: int) -> list[str]:
-            rows = np.asarray(chunks.tokens[start:stop])
-            return tokenizer.texts_without_eod(
-                [row[:length] for row, length in zip(rows, chunks.lengths[start:stop])]
-            )
+    runner.run("embed", inputs, work, blocked=True, details=details)
 
-        with runner.bar("embed", len(chunks), "chunk") as update:
-            embed_to_file(
-                embedder(), runner.root / EMBEDDINGS_FILE, len(chunks), texts,
-                json.dumps(inputs, sort_keys=True), block, update,
-                lambda b: fail_point(f"embed:{b}"), runner.world,
-            )
-        return [EMBEDDINGS_FILE], len(chunks)
 
-    runner.run("embed", inputs, work, blocked=True)
+def _embed_rows(
+    runner: StageRunner,
+    name: str,
+    tokenizer: Tokenizer,
+    embedder: Callable[[], Embedder],
+    source: Callable[[], KnownEmbeddings] | None,
+    details: dict,
+    path: Path,
+    n_rows: int,
+    rows: Callable[[int, int], np.ndarray],
+    key: str,
+    block: int,
+) -> None:
+    """Embeds the rows of stage name into path (embed_to_file) with a progress bar; with a source,
+    logs how many rows were reused and records it in details."""
+    reusing = source() if source else None
+    with runner.bar(name, n_rows, "chunk") as update:
+        reused, embedded = embed_to_file(
+            embedder(), path, n_rows, rows, tokenizer.texts_without_eod, key, block, update,
+            lambda b: fail_point(f"{name}:{b}"), runner.world, reusing,
+        )
+    if reusing is not None:
+        reused, embedded = map(sum, zip(*gather_objects((reused, embedded), runner.world)))
+        details["reused_from"] = str(reusing.root)
+        details["rows_reused"] = reused
+        if runner.world.is_main:
+            runner.log(f"{name}: {reused} rows reused from {reusing.root}, {embedded} embedded")
 
 
 def index(runner: StageRunner, params: IndexParams, seed: int) -> None:
@@ -306,8 +336,10 @@ def embed_queries(
     chunk_size: int,
     block_size: int,
     block: int,
+    source: Callable[[], KnownEmbeddings] | None = None,
 ) -> None:
-    """Stage "queries.<split>": the split's query chunks -> embeddings; samples -> documents."""
+    """Stage "queries.<split>": the split's query chunks -> embeddings (with a source, those it
+    holds taken from it: retro.db.reuse); samples -> documents."""
     name = f"queries.{split}"
     inputs = {
         **runner.checksums(list(stream_files(split).values())),
@@ -317,24 +349,19 @@ def embed_queries(
         "chunk_size": str(chunk_size),
     }
     files = query_files(split)
+    details: dict = {}
 
     def work() -> tuple[list[str], int]:
         stream = TokenStream.open(runner.root, split, block_size, chunk_size)
         if runner.world.is_main:
             save_npy_atomically(runner.root / files["sample_docs"], stream.sample_doc_ranges())
 
-        def texts(start: int, stop: int) -> list[str]:
-            return tokenizer.texts_without_eod(stream.query_tokens(start, stop))
-
-        with runner.bar(name, stream.n_queries, "chunk") as update:
-            embed_to_file(
-                embedder(), runner.root / files["embeddings"], stream.n_queries, texts,
-                json.dumps(inputs, sort_keys=True), block, update,
-                lambda b: fail_point(f"{name}:{b}"), runner.world,
-            )
+        _embed_rows(runner, name, tokenizer, embedder, source, details,
+                    runner.root / files["embeddings"], stream.n_queries, stream.query_tokens,
+                    json.dumps(inputs, sort_keys=True), block)
         return list(files.values()), stream.n_queries
 
-    runner.run(name, inputs, work, blocked=True)
+    runner.run(name, inputs, work, blocked=True, details=details)
 
 
 def find_neighbours(
