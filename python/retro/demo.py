@@ -54,13 +54,13 @@ class DemoConfig:
     corpus: tuple[str, ...] = DEMO_CORPUS
     vocab_size: int = 8192  # the corpus-trained BPE's tokens (0: GPT-2's BPE)
     block_size: int = 256  # tokens per training sample
-    gpt_steps: int = 600  # optimizer steps of the GPT
-    fit_steps: int = 400  # optimizer steps of RETRO-fitting it
+    gpt_steps: int = 400  # optimizer steps of the GPT
+    fit_steps: int = 300  # optimizer steps of RETRO-fitting it
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
-    eval_samples: int | None = None  # validation samples evaluated; None: all
+    eval_samples: int | None = 128  # the first validation samples evaluated; None: all
     new_tokens: int = 64  # tokens generated in the sample
     qa_items: int = 0  # items of the capitals list; 0: all
     seed: int = 1337
@@ -359,8 +359,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RetroConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
-    parser.add_argument("--eval-samples", type=int, default=None,
-                        help="default: the whole valid split")
+    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
+                        help="the first validation samples evaluated (0: all)")
     parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
     parser.add_argument("--qa-items", type=int, default=defaults.qa_items,
                         help="items of the capitals list (0: all)")
@@ -375,7 +375,8 @@ def run_demo(args: Any) -> int:
         block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
-        eval_samples=args.eval_samples, new_tokens=args.new_tokens, qa_items=args.qa_items,
+        eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
+        qa_items=args.qa_items,
         seed=args.seed, progress=not args.no_progress,
     ))
     return 0
