@@ -138,13 +138,13 @@ def build_databases(out: Path, config: DemoConfig) -> dict[str, Any]:
         tokenizer = str(path)
     base = BuildConfig(corpus=tuple(config.corpus), tokenizer=tokenizer,
                        block_size=config.block_size)
-    strict = build_db(out / "db", base)
+    strict = build_db(out / "db", base, progress=config.progress)
     reuse = dict(reuse_embeddings=str(out / "db"))
+    knowledge = replace_config(base, valid_in_db=True, **reuse)
+    capitals = replace_config(base, edits="capitals", **reuse)
     return {"strict": strict,
-            "knowledge": build_db(out / "db_knowledge", replace_config(base, valid_in_db=True,
-                                                                       **reuse)),
-            "capitals": build_db(out / "db_capitals", replace_config(base, edits="capitals",
-                                                                     **reuse))}
+            "knowledge": build_db(out / "db_knowledge", knowledge, progress=config.progress),
+            "capitals": build_db(out / "db_capitals", capitals, progress=config.progress)}
 
 
 def replace_config(config: Any, **changes: Any) -> Any:
