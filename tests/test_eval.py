@@ -162,9 +162,11 @@ def test_cli_json_and_plot(runs, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 2 and set(result["models"]["gpt"]) == {"loss", "perplexity", "bpb", "neighbours"}
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 5000
-    assert main(["eval", str(retro_run), "--max-samples", "1", "--plot", str(plot)]) == 0
+    assert main(["eval", str(retro_run), "--max-samples", "1", "--plot", str(plot),
+                 "--neighbours", "real", "oracle"]) == 0
     out = capsys.readouterr().out
     assert "| retro_no_retrieval |" in out and "| chunk 0 (no neighbours) | 1 |" in out
+    assert "| retro | oracle |" in out and "Retrieval gain" in out
 
 
 def test_mismatched_database_is_refused(runs, tmp_path, capsys):
