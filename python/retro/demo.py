@@ -95,7 +95,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     for setting, result in results.items():
         plot_leakage(result["leakage"], out / f"leakage_{setting}.png",
                      title=f"{setting}: bits per byte of chunks with overlap <= alpha")
-    plot_loss_curves(runs, out / "loss_curves.png")
+    plot_loss_curves(runs, out / "loss_curves.png", first_steps={"retro": config.gpt_steps})
     sample = generate_sample(load_model(runs["retro"])[0], dbs["strict"], config)
     lap("generation")
 
@@ -298,8 +298,10 @@ def generate_sample(model: Any, db: Any, config: DemoConfig) -> dict[str, Any]:
     }
 
 
-def plot_loss_curves(runs: dict[str, Path], path: Path) -> Path:
-    """Training and validation loss of each run against the step, as PNG."""
+def plot_loss_curves(runs: dict[str, Path], path: Path,
+                     first_steps: dict[str, int] | None = None) -> Path:
+    """Training and validation loss of each run against the step, as PNG; first_steps shifts a
+    run that continues another (a RETRO-fit starts where its GPT ended)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,8 +312,9 @@ def plot_loss_curves(runs: dict[str, Path], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (kind, run) in enumerate(runs.items()):
         log = read_log(run)
-        train = [(e["step"], e["loss"]) for e in log if "loss" in e]
-        valid = [(e["step"], e["val_loss"]) for e in log if "val_loss" in e]
+        first = (first_steps or {}).get(kind, 0)
+        train = [(first + e["step"], e["loss"]) for e in log if "loss" in e]
+        valid = [(first + e["step"], e["val_loss"]) for e in log if "val_loss" in e]
         if train:
             ax.plot(*zip(*train), color=f"C{i}", alpha=0.5, label=f"{kind} train")
         if valid:
