@@ -223,7 +223,9 @@ def claim_values(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             results["knowledge"]["retrieval_gain"]["retro"]["real"]["nats"],
         "strict_ppl_ratio": ppl_ratio("strict"),
         "qa_accuracy_ratio": with_retrieval / without if without else float("inf"),
-        "edited_follows_database": qa.get("retro_edited_db", {}).get("follows_database", 0.0),
+        # NaN (never met) when no item's answer was edited
+        "edited_follows_database": qa.get("retro_edited_db", {}).get("follows_database",
+                                                                     float("nan")),
     }
 
 
@@ -343,7 +345,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, str]:
 def add_parser(subparsers: Any) -> None:
     """``retro demo [--out DIR] [--gpt-steps N] [--fit-steps N] ...``"""
     parser = subparsers.add_parser(
-        "demo", help="the whole chain on the default data (~15 min on 2 cores)",
+        "demo", help="the whole chain on the default data (~26 min on 2 cores)",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = DemoConfig()

@@ -43,8 +43,12 @@ def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: st
     n_bytes = chunk_bytes(db.tokenizer, tokens, db.chunk_size)  # (S, L + 1)
     n_tokens = count * db.block_size
     nats, scores, by_position = {}, {}, {}
+    given_by_source = {("real", db.n_nbrs): real}  # each source's neighbours are read once
     for name, model, source in scored_models(models, neighbours):
-        given = sample_neighbours(db, split, count, model.config.n_nbrs, source)
+        key = (source, model.config.n_nbrs)
+        if key not in given_by_source:
+            given_by_source[key] = sample_neighbours(db, split, count, key[1], source)
+        given = given_by_source[key]
         per_token = token_losses(model, tokens, given, batch_size)  # (S, T)
         nats[name] = group_sums(per_token, db.chunk_size)
         by_position[name] = loss_by_position(per_token, db.chunk_size)

@@ -75,7 +75,10 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
                                  db.tokenizer.eod_id)
     tokens, lens = view.sample_neighbours(np.arange(count), db.chunks, n_nbrs)
     if source == "shuffled":
-        shift = max(1, tokens.shape[0] * tokens.shape[1] // 2)
+        if tokens.shape[0] * tokens.shape[1] < 2:
+            raise RetroError("shuffled neighbours need at least two query chunks to swap; "
+                             f"{count} sample(s) of {tokens.shape[1]} chunk(s) were given")
+        shift = tokens.shape[0] * tokens.shape[1] // 2
         tokens, lens = (np.roll(x.reshape(-1, *x.shape[2:]), shift, axis=0).reshape(x.shape)
                         for x in (tokens, lens))
     return tokens, lens
