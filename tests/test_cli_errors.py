@@ -3,6 +3,7 @@
 
 import pytest
 
+import retro
 import retro.cli
 import retro.index.cli
 from retro.data import CorpusError
@@ -36,5 +37,21 @@ def test_other_errors_keep_their_traceback(monkeypatch, error):
 def test_the_error_kinds_are_retro_errors_and_value_errors():
     from retro.train.checkpoint import CheckpointError
 
-    for kind in (CorpusError, DatabaseError, CheckpointError):
+    from retro.errors import IndexFileError
+
+    for kind in (CorpusError, DatabaseError, CheckpointError, IndexFileError):
         assert issubclass(kind, RetroError) and issubclass(kind, ValueError)
+
+
+def test_a_foreign_index_file_ends_with_one_line(tmp_path, capsys):
+    from retro.errors import IndexFileError
+
+    foreign = tmp_path / "in.ivfpq"
+    foreign.write_bytes(b"PK\x03\x04 this is a zip file, not an index" * 8)
+    with pytest.raises(IndexFileError, match="not a retro index file"):
+        retro.IvfPqIndex.load(foreign)
+    assert retro.cli.main(["index", "shard", str(foreign), str(tmp_path / "out"),
+                           "--shards", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("retro: error: ") and "not a retro index file" in err
+    assert err.count("\n") == 1

@@ -12,4 +12,11 @@ class RetroError(ValueError):
 
     A ValueError, so that callers that catch ValueError keep working. The specific kinds:
     :class:`retro.data.CorpusError`, :class:`retro.db.DatabaseError`,
-    :class:`retro.train.checkpoint.CheckpointError`."""
+    :class:`retro.train.checkpoint.CheckpointError`, :class:`IndexFileError`."""
+
+
+class IndexFileError(RetroError, RuntimeError):
+    """An index file that cannot be loaded: missing, not a regular file, truncated, corrupt or not
+    a retro index. The compiled core raises these as RuntimeError; :meth:`retro.IvfPqIndex.load`
+    turns them into this kind, which is a RuntimeError still, so that callers catching it keep
+    working."""

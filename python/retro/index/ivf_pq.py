@@ -15,6 +15,7 @@ import numpy as np
 
 from retro import _core
 from retro._arrays import as_float32_matrix, as_int64_vector
+from retro.errors import IndexFileError
 from retro.index.flat import Metric
 from retro.index.opq import OpqTrainParams, train_opq_rotation
 
@@ -361,7 +362,11 @@ class IvfPqIndex:
         """
         if verify is None:
             verify = not mmap
-        index = cls._wrap(_core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify)))
+        try:
+            loaded = _core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify))
+        except RuntimeError as error:
+            raise IndexFileError(str(error)) from None
+        index = cls._wrap(loaded)
         return index if device is None else index.to(device)
 
     def __repr__(self) -> str:
