@@ -56,6 +56,7 @@ class DemoConfig:
     block_size: int = 256  # tokens per training sample
     gpt_steps: int = 400  # optimizer steps of the GPT
     fit_steps: int = 300  # optimizer steps of RETRO-fitting it
+    copy_fraction: float = 0.5  # share of RETRO-fit samples that are copy samples (curriculum)
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
@@ -137,7 +138,7 @@ def build_databases(out: Path, config: DemoConfig) -> dict[str, Any]:
             train_tokenizer(read_corpus(config.corpus), config.vocab_size, path)
         tokenizer = str(path)
     base = BuildConfig(corpus=tuple(config.corpus), tokenizer=tokenizer,
-                       block_size=config.block_size)
+                       block_size=config.block_size, align_documents=True)
     strict = build_db(out / "db", base, progress=config.progress)
     reuse = dict(reuse_embeddings=str(out / "db"))
     knowledge = replace_config(base, valid_in_db=True, **reuse)
@@ -173,7 +174,8 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     plans = {
         "gpt": dict(model="gpt", model_args=fields, max_iters=config.gpt_steps),
         "retro": dict(model="retro", init_from=str(out / "gpt"), freeze=True,
-                      model_args=retrieval, max_iters=config.fit_steps),
+                      model_args=retrieval, max_iters=config.fit_steps,
+                      copy_fraction=config.copy_fraction),
     }
     runs = {}
     for kind, plan in plans.items():
@@ -359,6 +361,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--gpt-steps", type=int, default=defaults.gpt_steps)
     parser.add_argument("--fit-steps", type=int, default=defaults.fit_steps,
                         help="steps of RETRO-fitting the GPT")
+    parser.add_argument("--copy-fraction", type=float, default=defaults.copy_fraction,
+                        help="share of RETRO-fit samples that are copy samples (0: real text only)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -378,7 +382,7 @@ def run_demo(args: Any) -> int:
     demo(DemoConfig(
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
         block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        copy_fraction=args.copy_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
         qa_items=args.qa_items,

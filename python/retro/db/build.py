@@ -78,6 +78,11 @@ class BuildConfig:
     # Whole-word replacements made in the train documents (the database), never in the valid
     # ones: a database of edited knowledge (retro.data.edits), e.g. (("Paris", "Lyon"),).
     edits: Edits = ()
+    # Each document starts a chunk: the streams pad every document with eods to a multiple of
+    # chunk_size, so that a query chunk lies in one document and equals a database chunk (its
+    # embedding is the chunk's, and a database holding the text retrieves it aligned). The
+    # padding costs ~m/2 tokens per document and is never a target.
+    align_documents: bool = False
     # An already built database of the same tokenizer, chunk size and embedder: the chunks and
     # query chunks whose tokens it holds take its embeddings instead of being embedded again
     # (retro.db.reuse). Not a parameter of the result: left out of the manifest's config.
@@ -111,7 +116,8 @@ class BuildConfig:
         value["tokenizer"] = canonical_source(self.tokenizer)
         value["embedder"] = resolve_name(self.embedder)
         value["edits"] = [list(pair) for pair in self.edits]
-        for key in ("valid_in_db", "edits"):  # left out at their defaults, as before they existed
+        # left out at their defaults, as before they existed
+        for key in ("valid_in_db", "edits", "align_documents"):
             if not value[key]:
                 del value[key]
         if value["index_shards"] == 1:
@@ -211,7 +217,8 @@ def _build(
 
     reuse = source if checked else None
     runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}), world=world)
-    stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size)
+    stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size,
+                    config.chunk_size if config.align_documents else 1)
     stages.chunk(runner, tokenizer, config.chunk_size, config.block_size,
                  ("train", "valid") if config.valid_in_db else ("train",))
     stages.embed_chunks(runner, tokenizer, embedder, config.block, reuse)
@@ -224,6 +231,13 @@ def _build(
     ).to_json()
     stages.index(runner, IndexParams(**manifest.components["index"]), config.seed)
 
+    if config.align_documents:
+        # every query chunk is a chunk of some document: those of the database's own (all the
+        # train ones) take their embeddings from it, the rest from the source if one is given
+        def own_and_source() -> EmbeddingSource:
+            return EmbeddingSource(manifest, also=source() if checked else None)
+
+        reuse = cache(own_and_source)
     for split in splits:
         stages.embed_queries(
             runner, split, tokenizer, embedder, config.chunk_size, config.block_size,

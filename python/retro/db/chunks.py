@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retro.db.streams import TokenStream
+from retro.db.streams import TokenStream, document_lengths
 from retro.files import load_npy, save_npy_atomically
 
 CHUNK_FILES = {name: f"chunks/{name}.npy" for name in ("tokens", "lengths", "doc_ids", "doc_offsets")}
@@ -27,7 +27,7 @@ CHUNK_FILES = {name: f"chunks/{name}.npy" for name in ("tokens", "lengths", "doc
 def write_chunks(root: Path, streams: Sequence[TokenStream], eod_id: int) -> list[str]:
     """Cuts every document of the streams, in order, (without its eod) into chunks; returns the
     written paths. Document ids count on from one stream to the next."""
-    parts = [cut_documents(stream) for stream in streams]
+    parts = [cut_documents(stream, eod_id) for stream in streams]
     doc_ids = np.concatenate([ids + sum(s.n_docs for s in streams[:i])
                               for i, (ids, _, _) in enumerate(parts)])
     lengths = np.concatenate([lengths for _, lengths, _ in parts])
@@ -44,11 +44,11 @@ def write_chunks(root: Path, streams: Sequence[TokenStream], eod_id: int) -> lis
     return list(CHUNK_FILES.values())
 
 
-def cut_documents(stream: TokenStream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cut_documents(stream: TokenStream, eod_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stream's documents as chunks: doc_ids (n,) int64 (in the stream), lengths (n,) int32
     and starts (n,) int64 (each chunk's first token in the stream)."""
     m = stream.chunk_size
-    doc_lengths = np.diff(stream.doc_offsets) - 1  # without the trailing eod
+    doc_lengths = document_lengths(stream, eod_id)
     chunks_per_doc = -(-doc_lengths // m)
     first_chunk = np.zeros(stream.n_docs + 1, dtype=np.int64)
     np.cumsum(chunks_per_doc, out=first_chunk[1:])

@@ -70,11 +70,14 @@ class EmbeddingSource:
     """The embeddings of a source database by row key (see the module docstring).
 
     Args:
-        source: the manifest returned by :func:`check_source`.
+        source: the manifest returned by :func:`check_source` (or a database's own manifest, in
+            its build, once its chunks are embedded).
+        also: asked for the rows that source does not hold.
     """
 
-    def __init__(self, source: Manifest) -> None:
+    def __init__(self, source: Manifest, also: EmbeddingSource | None = None) -> None:
         self.root = source.root
+        self.also = also
         self.eod_id = source.components["tokenizer"]["eod_id"]
         config = source.config
         files = [(CHUNK_FILES["tokens"], EMBEDDINGS_FILE)]
@@ -112,8 +115,13 @@ class EmbeddingSource:
         hits = [self.where.get(key, (-1, -1)) for key in row_keys(rows, self.eod_id)]
         array, row = np.array(hits, dtype=np.int64).reshape(-1, 2).T
         found = array >= 0
-        vectors = np.empty((int(found.sum()), self.dim), dtype=np.float16)
+        vectors = np.empty((len(found), self.dim), dtype=np.float16)
         for a, embeddings in enumerate(self.arrays):
-            mine = array[found] == a
-            vectors[mine] = embeddings[row[found][mine]]
-        return found, vectors
+            mine = array == a
+            vectors[mine] = embeddings[row[mine]]
+        if self.also is not None and not found.all():
+            missing = np.flatnonzero(~found)
+            more, extra = self.also.lookup(np.asarray(rows)[missing])
+            vectors[missing[more]] = extra
+            found[missing[more]] = True
+        return found, vectors[found]

@@ -191,8 +191,10 @@ def tokenize(
     splits: dict[str, np.ndarray],
     tokenizer: Tokenizer,
     block_size: int,
+    align: int = 1,
 ) -> None:
-    """Stage "tokenize": every split's documents -> its token stream (see streams.py)."""
+    """Stage "tokenize": every split's documents -> its token stream (see streams.py), each
+    document padded to a multiple of align tokens."""
 
     world = runner.world
 
@@ -224,13 +226,16 @@ def tokenize(
         for split, doc_index in splits.items():
             docs = [encoded[i] for i in doc_index]
             outputs += write_stream(
-                runner.root, split, docs, doc_index, tokenizer.eod_id, tokenizer.token_dtype
+                runner.root, split, docs, doc_index, tokenizer.eod_id, tokenizer.token_dtype,
+                align,
             )
         if world.distributed:
             remove_parts(runner.root)
         return outputs, sum(map(len, encoded))
 
     inputs = {"corpus": fingerprint, "tokenizer": tokenizer.sha256, "splits": _digest(splits)}
+    if align != 1:  # recorded only when set, so that earlier builds' records stay valid
+        inputs["align"] = str(align)
     runner.run("tokenize", inputs, work, blocked=True)
 
 

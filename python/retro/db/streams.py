@@ -1,7 +1,11 @@
 """Token streams: a split's documents joined by end-of-document tokens, cut into samples and queries.
 
 Each document is followed by one end-of-document (eod) token, so document i occupies
-``stream[doc_offsets[i] : doc_offsets[i + 1]]``, its eod last. For the block size T, sample j is
+``stream[doc_offsets[i] : doc_offsets[i + 1]]``, its eod last. A stream built with ``align`` = m
+pads each document's eod with more eods up to a multiple of m: every document then starts a chunk,
+so each query chunk lies in one document and is a chunk of the database (the same tokens, the same
+embedding), and the padding targets (an eod after an eod) are no one's to predict
+(:func:`padding_targets`). For the block size T, sample j is
 ``stream[j * T : j * T + T + 1]`` (inputs and next-token targets) for j < (len(stream) - 1) // T,
 and query chunk q is ``stream[q * m : (q + 1) * m]`` (m = chunk size) for q < n_samples * T / m:
 the m-token slices of the samples' first T tokens, sample after sample.
@@ -42,9 +46,11 @@ def write_stream(
     doc_index: np.ndarray,
     eod_id: int,
     dtype: np.dtype,
+    align: int = 1,
 ) -> list[str]:
-    """Joins documents (each (len_i,) int) with an eod after each; returns the written paths."""
-    lengths = np.array([len(doc) + 1 for doc in documents], dtype=np.int64)
+    """Joins documents (each (len_i,) int) with an eod after each, padded with eods to a
+    multiple of align tokens; returns the written paths."""
+    lengths = np.array([-(-(len(doc) + 1) // align) * align for doc in documents], dtype=np.int64)
     offsets = np.zeros(len(documents) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     stream = np.full(int(offsets[-1]), eod_id, dtype=dtype)
@@ -80,6 +86,25 @@ def remove_parts(root: Path) -> None:
     for path in (root / PARTS_DIR).glob("*.npy"):
         path.unlink()
     (root / PARTS_DIR).rmdir()
+
+
+def document_lengths(stream: TokenStream, eod_id: int) -> np.ndarray:
+    """(n_docs,) int64: each document's tokens without the eods that end its span of the stream
+    (its own eod, and up to m - 1 of padding in an aligned stream; a document holds none)."""
+    starts, ends = stream.doc_offsets[:-1], stream.doc_offsets[1:]
+    window = stream.chunk_size + 1  # holds a non-empty document's last token
+    columns = ends[:, None] - window + np.arange(window)[None, :]
+    is_eod = np.asarray(stream.tokens)[np.maximum(columns, 0)] == eod_id
+    is_eod |= columns < starts[:, None]  # before the span (a short document): never its token
+    trailing = np.cumprod(is_eod[:, ::-1], axis=1).sum(axis=1)
+    return np.maximum(ends - starts - trailing, 0).astype(np.int64)
+
+
+def padding_targets(samples: np.ndarray, eod_id: int) -> np.ndarray:
+    """samples (..., T + 1) -> (..., T) bool: the targets that are padding (an eod after an
+    eod), which no loss counts."""
+    samples = np.asarray(samples)
+    return (samples[..., 1:] == eod_id) & (samples[..., :-1] == eod_id)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from retro.eval.bytes import bits_per_byte
 from retro.eval.qa import qa_comparison
 from retro.data.trivia import lists_for
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
+from retro.db.streams import padding_targets
 from retro.eval.losses import (NEIGHBOURS, chunk_bytes, group_sums, loss_by_position, n_samples,
                                sample_neighbours, samples, token_losses)
 from retro.model import GPT
@@ -41,7 +42,8 @@ def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: st
     tokens = samples(db, split, count)  # (S, T + 1)
     real = sample_neighbours(db, split, count, db.n_nbrs)
     n_bytes = chunk_bytes(db.tokenizer, tokens, db.chunk_size)  # (S, L + 1)
-    n_tokens = count * db.block_size
+    counted = ~padding_targets(tokens, db.eod_id)  # (S, T): an aligned stream's padding is not
+    n_tokens = int(counted.sum())
     nats, scores, by_position = {}, {}, {}
     given_by_source = {("real", db.n_nbrs): real}  # each source's neighbours are read once
     for name, model, source in scored_models(models, neighbours):
@@ -49,9 +51,9 @@ def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: st
         if key not in given_by_source:
             given_by_source[key] = sample_neighbours(db, split, count, key[1], source)
         given = given_by_source[key]
-        per_token = token_losses(model, tokens, given, batch_size)  # (S, T)
+        per_token = token_losses(model, tokens, given, batch_size) * counted  # (S, T)
         nats[name] = group_sums(per_token, db.chunk_size)
-        by_position[name] = loss_by_position(per_token, db.chunk_size)
+        by_position[name] = loss_by_position(per_token, db.chunk_size, counted)
         loss = float(per_token.sum()) / n_tokens
         scores[name] = {"loss": loss, "perplexity": math.exp(loss), "neighbours": source,
                         "bpb": bits_per_byte(float(per_token.sum()), int(n_bytes.sum()))}

@@ -135,9 +135,15 @@ def chunk_losses(model: GPT, tokens: np.ndarray, neighbours: tuple[np.ndarray, n
     return group_sums(token_losses(model, tokens, neighbours, batch_size), model.config.chunk_size)
 
 
-def loss_by_position(nats: np.ndarray, chunk_size: int) -> np.ndarray:
+def loss_by_position(nats: np.ndarray, chunk_size: int,
+                     counted: np.ndarray | None = None) -> np.ndarray:
     """(m,) float64: mean nats of the targets at each offset within a chunk, over the targets
-    that had neighbours to read (chunks u >= 1, sample positions m .. T)."""
-    read = nats[:, chunk_size - 1:]  # target at sample position q = column + 1 >= m
-    offsets = np.arange(chunk_size - 1, nats.shape[1]) + 1
-    return np.array([read[:, offsets % chunk_size == i].mean() for i in range(chunk_size)])
+    that had neighbours to read (chunks u >= 1, sample positions m .. T) and are counted
+    ((S, T) bool; None: all)."""
+    if counted is None:
+        counted = np.ones(nats.shape, dtype=bool)
+    read = (nats * counted)[:, chunk_size - 1:]  # target at sample position q = column + 1 >= m
+    weight = counted[:, chunk_size - 1:]
+    offset = (np.arange(chunk_size - 1, nats.shape[1]) + 1) % chunk_size
+    return np.array([read[:, offset == i].sum() / max(1, weight[:, offset == i].sum())
+                     for i in range(chunk_size)])

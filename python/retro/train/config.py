@@ -38,6 +38,9 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     init_from: str | None = None  # a GPT run to RETRO-fit (its decoder, fresh CCA and encoder)
     freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
+    # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
+    # curriculum that teaches CCA to read; RETRO only, 0: off
+    copy_fraction: float = 0.0
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
     max_iters: int = 2000  # optimizer steps
@@ -82,6 +85,10 @@ class TrainConfig:
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, not {getattr(self, name)}")
         for name in ("warmup_iters", "num_workers", "weight_decay", "grad_clip", "learning_rate"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, not {getattr(self, name)}")
+        _check(0.0 <= self.copy_fraction <= 1.0,
+               f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
+        _check(self.copy_fraction == 0 or self.model == "retro",
+               "copy_fraction is a curriculum for RETRO: it needs model='retro'")
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,

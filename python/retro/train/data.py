@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retro.db import open_db
+from retro.db.streams import TokenStream, padding_targets
 from retro.world import World
 from retro.train.distributed import rank_slices
 
 
 class SampleDataset(Dataset):
-    """Item j: idx (T,) int64, targets (T,) int64, and with neighbours nbr_tokens (L, K, R) int64
+    """Item j: idx (T,) int64, targets (T,) int64 (-1: padding, no target), and with neighbours nbr_tokens (L, K, R) int64
     (R = 2m, eod-padded) and nbr_lens (L, K) int32 (0 = none)."""
 
     def __init__(self, db_dir: str | Path, split: str, with_neighbours: bool) -> None:
@@ -39,6 +40,7 @@ class SampleDataset(Dataset):
 
     def _open(self) -> None:
         db = open_db(self.db_dir)
+        self._eod_id = db.eod_id
         self._chunks = db.chunks
         self._view = db.split(self.split)
 
@@ -53,9 +55,19 @@ class SampleDataset(Dataset):
     def __len__(self) -> int:
         return self.n_samples
 
+    @property
+    def stream(self) -> TokenStream:
+        """The split's token stream."""
+        return self._view.stream
+
+    @property
+    def eod_id(self) -> int:
+        return self._eod_id
+
     def __getitem__(self, j: int) -> tuple[np.ndarray, ...]:
         sample = self._view.stream.sample(j).astype(np.int64)  # (T + 1,)
-        idx, targets = sample[:-1], sample[1:]
+        idx, targets = sample[:-1], sample[1:].copy()
+        targets[padding_targets(sample, self._eod_id)] = -1  # an aligned stream's padding
         if not self.with_neighbours:
             return idx, targets
         nbr_tokens, nbr_lens = self._view.sample_neighbours([j], self._chunks)  # (1, L, K, R)

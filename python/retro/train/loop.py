@@ -29,6 +29,7 @@ from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_
                                     CheckpointError, config_dict, db_identity, db_mismatches,
                                     load_checkpoint, save_checkpoint)
 from retro.train.config import RESUME_FIXED, TrainConfig
+from retro.train.copy_curriculum import CopyCurriculum
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
 from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
                                      rank_batches, rank_device, sum_over_ranks, wrap_model)
@@ -85,6 +86,9 @@ def _train(config: TrainConfig, world: World) -> Path:
 
     with_neighbours = config.model == "retro"
     train_set = SampleDataset(db.root, "train", with_neighbours)
+    if config.copy_fraction:
+        train_set = CopyCurriculum(train_set, config.copy_fraction, config.seed,
+                                   plain.config.n_nbrs)
     valid_set = SampleDataset(db.root, "valid", with_neighbours)
     global_batch = config.batch_size * world.size  # samples per micro-batch over all ranks
     # validation batches of a step's samples: the same set for any split of the global batch

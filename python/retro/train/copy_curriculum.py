@@ -1,0 +1,78 @@
+"""The copy curriculum: synthetic samples that only a model reading its neighbours can predict.
+
+A share of the training samples is replaced by a copy sample (the copy task of
+retro.eval.copy_task, in the database's own tokens): T + m + 1 tokens drawn from the train stream's
+token distribution (eod aside) with no order a decoder could learn, whose chunk u has among its k
+neighbours (in a random slot) chunk u then chunk u + 1 of the sample itself, aligned, the others
+drawn the same way (distractors). Every target from position m - 1 on is then predictable by
+copying from the one right neighbour, and by nothing else; the first m - 1 targets are -1 (no
+neighbour holds them).
+
+Real text rarely repeats another document (training neighbours never come from the sample's own
+document), so a small model RETRO-fitted on it alone learns to ignore its neighbours within a
+few hundred steps; the curriculum gives CCA the reading skill, and the real samples beside it teach
+when a neighbour is worth reading. Which samples are replaced, and their tokens, depend on
+(seed, sample id) alone: a resumed run reads the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from retro.train.data import SampleDataset
+
+SALT = 0xC0917  # keeps the curriculum's draws apart from the other uses of the seed
+
+
+class CopyCurriculum(Dataset):
+    """A RETRO training set with `fraction` of its samples replaced by copy samples.
+
+    Items are those of `samples` (idx (T,), targets (T,), nbr_tokens (L, k, 2m), nbr_lens (L, k)),
+    int64 and int32 as there.
+    """
+
+    def __init__(self, samples: SampleDataset, fraction: float, seed: int, k: int) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"the copy curriculum's fraction must be in [0, 1], not {fraction}")
+        if not samples.with_neighbours:
+            raise ValueError("the copy curriculum is for RETRO: its samples need neighbours")
+        self.samples, self.fraction, self.seed, self.k = samples, fraction, seed, k
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng([self.seed, SALT, j])
+        if rng.random() >= self.fraction:
+            return self.samples[j]
+        stream = self.samples.stream
+        return copy_sample(rng, stream.tokens, self.samples.eod_id, stream.block_size,
+                           stream.chunk_size, self.k)
+
+
+def copy_sample(rng: np.random.Generator, pool: np.ndarray, eod_id: int, block_size: int,
+                chunk_size: int, k: int) -> tuple[np.ndarray, ...]:
+    """One copy sample of T = block_size tokens drawn from pool (any 1-D token array; its eods
+    are never drawn): idx (T,), targets (T,) int64, nbr_tokens (L, k, 2m) int64, nbr_lens (L, k)
+    int32 (all 2m)."""
+    m, n_chunks = chunk_size, block_size // chunk_size
+    seq = _draw(rng, pool, eod_id, block_size + m + 1)
+    idx, targets = seq[:block_size], seq[1:block_size + 1].copy()
+    targets[:m - 1] = -1
+    nbr_tokens = _draw(rng, pool, eod_id, n_chunks * k * 2 * m).reshape(n_chunks, k, 2 * m)
+    slots = rng.integers(0, k, n_chunks)
+    for u in range(n_chunks):
+        nbr_tokens[u, slots[u]] = seq[u * m:(u + 2) * m]
+    return idx, targets, nbr_tokens, np.full((n_chunks, k), 2 * m, dtype=np.int32)
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, eod_id: int, n: int) -> np.ndarray:
+    """(n,) int64 tokens of pool at uniformly drawn positions, eods drawn again."""
+    out = np.asarray(pool[rng.integers(0, len(pool), n)], dtype=np.int64)
+    for _ in range(100):
+        redo = np.flatnonzero(out == eod_id)
+        if len(redo) == 0:
+            return out
+        out[redo] = pool[rng.integers(0, len(pool), len(redo))]
+    raise ValueError("the token stream is (almost) all end-of-document tokens")

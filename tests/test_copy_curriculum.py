@@ -1,0 +1,76 @@
+"""The copy curriculum (retro.train.copy_curriculum): which samples it replaces, what a copy
+sample holds, and that training with it runs and resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_db_support import reference_db
+
+from retro.train import TrainConfig
+from retro.train.copy_curriculum import CopyCurriculum, copy_sample
+from retro.train.data import SampleDataset
+
+K = 2
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> SampleDataset:
+    return SampleDataset(reference_db(tmp_path_factory.getbasetemp()), "train", True)
+
+
+def test_a_copy_sample_is_predictable_from_its_one_right_neighbour():
+    rng = np.random.default_rng(3)
+    pool = np.array([0, 0, 7, 0, 3, 5, 0, 11, 13, 0, 2], dtype=np.uint16)  # eod 0
+    m, T = 5, 15
+    for _ in range(20):
+        idx, targets, nbr_tokens, nbr_lens = copy_sample(rng, pool, 0, T, m, K)
+        assert idx.shape == targets.shape == (T,) and nbr_tokens.shape == (T // m, K, 2 * m)
+        assert (nbr_lens == 2 * m).all() and not (nbr_tokens == 0).any() and not (idx == 0).any()
+        assert (targets[:m - 1] == -1).all() and (targets[m - 1:] > 0).all()
+        assert (idx[1:] == targets[:-1])[m - 1:].all()
+        for u in range(T // m):
+            # the target of position p (chunk u's last token onwards) is the neighbour's token
+            # at p + 1 - u*m of the slot that holds chunk u then chunk u + 1
+            slots = [s for s in range(K)
+                     if (nbr_tokens[u, s, :m] == idx[u * m:(u + 1) * m]).all()]
+            assert slots
+            stop = min(T, (u + 2) * m - 1)
+            positions = np.arange(max(m - 1, u * m), stop)
+            assert any((nbr_tokens[u, s][positions + 1 - u * m] == targets[positions]).all()
+                       for s in slots)
+
+
+def test_the_curriculum_replaces_a_seeded_share_of_samples(samples):
+    m = samples.stream.chunk_size
+    none = CopyCurriculum(samples, 0.0, seed=1, k=K)
+    every = CopyCurriculum(samples, 1.0, seed=1, k=K)
+    some = CopyCurriculum(samples, 0.5, seed=1, k=K)
+    replaced = 0
+    for j in range(len(samples)):
+        real = samples[j]
+        for a, b in zip(none[j], real):
+            np.testing.assert_array_equal(a, b)
+        copy = every[j]
+        assert (copy[1][:m - 1] == -1).all() and not any(
+            np.array_equal(a, b) for a, b in zip(copy[:2], real[:2]))
+        for a, b in zip(every[j], copy):  # (seed, j) alone decide
+            np.testing.assert_array_equal(a, b)
+        replaced += not np.array_equal(some[j][0], real[0])
+    assert 0.2 < replaced / len(samples) < 0.8
+    with pytest.raises(ValueError, match="fraction"):
+        CopyCurriculum(samples, 1.5, seed=1, k=K)
+
+
+def test_training_with_the_curriculum(tmp_path, samples):
+    from retro.train import train
+
+    config = TrainConfig(db=str(samples.db_dir), out=str(tmp_path / "run"), copy_fraction=0.5,
+                         max_iters=2, batch_size=2, eval_batches=1, eval_interval=2,
+                         checkpoint_interval=2, progress=False, threads=1,
+                         model_args=dict(n_layer=2, n_embd=32, n_head=2, cca_layers=(2,),
+                                         block_size=samples.stream.block_size))
+    train(config)
+    assert (tmp_path / "run" / "ckpt.pt").exists()
+    with pytest.raises(ValueError, match="copy_fraction"):
+        TrainConfig(db="db", out="run", model="gpt", copy_fraction=0.5)
