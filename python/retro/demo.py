@@ -382,7 +382,8 @@ def run_demo(args: Any) -> int:
     demo(DemoConfig(
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
         block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
-        copy_fraction=args.copy_fraction, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        copy_fraction=args.copy_fraction, batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
         qa_items=args.qa_items,

@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--valid-in-db", action="store_true",
                        help="knowledge in the database (DeepMind's Wikipedia setting): add the valid "
                             "documents' chunks to the database; default: strict, train documents only")
+    build.add_argument("--align-documents", action="store_true",
+                       help="start every document on a chunk (eod padding in the streams): query "
+                            "chunks are database chunks, embedded once and retrieved aligned")
     build.add_argument("--edits", default=None, metavar="capitals|FILE.json",
                        help="whole-word replacements made in the database's (train) documents: "
                             "'capitals' (world capitals swapped among countries) or a JSON {old: new}")
@@ -98,7 +101,7 @@ def run_build(args: argparse.Namespace) -> int:
         index_shards=args.index_shards, n_nbrs=args.n_nbrs,
         chunk_size=args.chunk_size, block_size=args.block_size,
         valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
-        valid_in_db=args.valid_in_db,
+        valid_in_db=args.valid_in_db, align_documents=args.align_documents,
         reuse_embeddings=str(args.reuse_embeddings) if args.reuse_embeddings else None,
         edits=(load_edits(args.edits) if args.edits else ()) + tuple(map(parse_edit, args.edit)),
     )

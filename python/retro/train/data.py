@@ -25,8 +25,8 @@ from retro.train.distributed import rank_slices
 
 
 class SampleDataset(Dataset):
-    """Item j: idx (T,) int64, targets (T,) int64 (-1: padding, no target), and with neighbours nbr_tokens (L, K, R) int64
-    (R = 2m, eod-padded) and nbr_lens (L, K) int32 (0 = none)."""
+    """Item j: idx (T,) int64, targets (T,) int64 (-1: padding, no target), and with neighbours
+    nbr_tokens (L, K, R) int64 (R = 2m, eod-padded) and nbr_lens (L, K) int32 (0 = none)."""
 
     def __init__(self, db_dir: str | Path, split: str, with_neighbours: bool) -> None:
         self.db_dir = Path(db_dir)
