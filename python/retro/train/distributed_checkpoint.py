@@ -3,9 +3,11 @@
 A run on one process writes the canonical checkpoint RUN/ckpt.pt (retro.train.checkpoint: one plain
 dict). A run under torchrun writes a DCP checkpoint instead: each rank its own part of the model
 and optimizer state (DDP's replicated tensors once, FSDP2's shards by each owner) into
-``RUN/dcp/step-<step>/``, then rank 0 writes ``train_state.pt`` there: the canonical dict without
-``model`` and ``optimizer`` (step, data position, RNG, settings, database identity, and
-``world_size``), which marks the directory complete. The model and optimizer state are stored by
+``RUN/dcp/step-<step>/``, then rank 0 writes ``train_state.safetensors`` there: the canonical dict
+without ``model`` and ``optimizer`` (step, data position, RNG, settings, database identity, and
+``world_size``), which marks the directory complete (``train_state.pt``, torch.save, before
+checkpoint format 2: read with weights_only=True). DCP's own ``.metadata`` is a pickle; it is read
+here by an unpickler that builds only DCP's metadata classes, so that no file runs code. The model and optimizer state are stored by
 parameter name, not by a rank's layout, so a DCP checkpoint loads on any world size, with DDP, FSDP2
 or none, and converts to and from the canonical one (:func:`dcp_to_canonical`,
 :func:`canonical_to_dcp`, ``retro ckpt convert``).
@@ -18,6 +20,8 @@ first and loads on its own layout without gathering the whole model on every ran
 from __future__ import annotations
 
 import contextlib
+import io
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -30,12 +34,14 @@ from torch import nn
 
 from retro.files import atomic_file
 from retro.model import RetroConfig
-from retro.train.checkpoint import (KINDS, CheckpointError, checkpoint_path, config_dict,
-                                    load_checkpoint, save_checkpoint)
+from retro.model.checkpoint_file import UnsafeCheckpointError, load_state, save_state
+from retro.train.checkpoint import (KINDS, LEGACY_CHECKPOINT, CheckpointError, checkpoint_path,
+                                    config_dict, load_checkpoint, save_checkpoint)
 from retro.train.distributed import unwrap
 
 DCP_DIR = "dcp"
-TRAIN_STATE = "train_state.pt"  # in a DCP step directory, written last
+TRAIN_STATE = "train_state.safetensors"  # in a DCP step directory, written last
+LEGACY_TRAIN_STATE = "train_state.pt"  # checkpoint format 1
 TENSOR_KEYS = ("model", "optimizer")  # what the DCP files hold; the rest is in TRAIN_STATE
 
 
@@ -57,7 +63,7 @@ def dcp_checkpoints(run: str | Path) -> list[Checkpoint]:
     """The complete DCP checkpoints of a run, oldest first."""
     root = Path(run) / DCP_DIR
     found = [Checkpoint("dcp", path, int(path.name.removeprefix("step-")))
-             for path in root.glob("step-*") if (path / TRAIN_STATE).exists()]
+             for path in root.glob("step-*") if _train_state_file(path).exists()]
     return sorted(found, key=lambda c: c.step)
 
 
@@ -70,13 +76,22 @@ def latest_checkpoint(run: str | Path) -> Checkpoint | None:
     return max(found, key=lambda c: (c.step, c.format == "dcp"), default=None)
 
 
+def _train_state_file(step_path: Path) -> Path:
+    """A step directory's train state: the safetensors one, or a legacy train_state.pt."""
+    path = step_path / TRAIN_STATE
+    legacy = step_path / LEGACY_TRAIN_STATE
+    return legacy if not path.exists() and legacy.exists() else path
+
+
 def read_train_state(checkpoint: Checkpoint) -> dict[str, Any]:
     """The checkpoint's dict without its tensors (model and optimizer state absent for DCP)."""
     if checkpoint.format == "canonical":
         return load_checkpoint(checkpoint.path)
-    path = checkpoint.path / TRAIN_STATE
+    path = _train_state_file(checkpoint.path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_state(path)
+    except UnsafeCheckpointError as error:
+        raise CheckpointError(str(error)) from error
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable retro train state: {error}") from error
     if not isinstance(state, dict) or "config" not in state or "step" not in state:
@@ -123,7 +138,7 @@ def save_dcp(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
     if main:
         kept = {key: value for key, value in train_state.items() if key not in TENSOR_KEYS}
         with atomic_file(path / TRAIN_STATE) as file:
-            torch.save(kept, file)
+            save_state(file, kept)
         for other in (Path(run) / DCP_DIR).glob("step-*"):  # older ones, complete or not
             if other != path:
                 shutil.rmtree(other)
@@ -168,7 +183,7 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     try:
         no_dist = _alone(no_dist)
         with _quiet_if(no_dist):
-            dcp.load(holder, checkpoint_id=checkpoint.path, no_dist=no_dist)
+            dcp.load(holder, storage_reader=_safe_reader(checkpoint.path), no_dist=no_dist)
     except Exception as error:  # missing files, other shapes: say which checkpoint
         raise CheckpointError(f"cannot load the DCP checkpoint {checkpoint.path}: {error}") \
             from error
@@ -178,6 +193,48 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
         set_state_dict(model, optimizer, model_state_dict=holder["model"],
                        optim_state_dict=holder["optimizer"])
     return state
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata (its dataclasses and enums, torch.Size, dtypes) and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import dataclasses
+        import enum
+
+        found = super().find_class(module, name) if module.split(".")[0] in (
+            "torch", "collections") else None
+        allowed = (
+            (module.startswith("torch.distributed.checkpoint") and isinstance(found, type)
+             and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)))
+            or found is torch.Size or (module, name) == ("collections", "OrderedDict")
+            or isinstance(found, (torch.dtype, torch.memory_format, torch.layout))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP's metadata")
+        return found
+
+
+def _safe_reader(path: Path) -> Any:
+    """DCP's file reader for path, whose metadata is read by _MetadataUnpickler."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata_path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(metadata_path, "rb") as file:
+                data = file.read()
+            try:
+                metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+            except pickle.UnpicklingError as error:
+                raise CheckpointError(f"{metadata_path} was refused: {error}") from error
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
 
 
 def load_canonical(state: dict[str, Any], model: nn.Module,
@@ -240,6 +297,19 @@ def dcp_to_canonical(run: str | Path, checkpoint: Checkpoint | None = None) -> P
     load_dcp(checkpoint, model, optimizer, no_dist=True)
     return save_checkpoint(run, {**state, "model": model.state_dict(),
                                  "optimizer": optimizer.state_dict()})
+
+
+def to_canonical(run: str | Path, trust_pickle: bool = False) -> Path:
+    """``retro ckpt convert --to canonical``: RUN/ckpt.safetensors from the run's latest DCP
+    checkpoint, or, where it has none, from its legacy ckpt.pt (trust_pickle: read with the full
+    unpickler)."""
+    if dcp_checkpoints(run):
+        return dcp_to_canonical(run)
+    legacy = Path(run) / LEGACY_CHECKPOINT
+    if not legacy.exists():
+        raise CheckpointError(f"{Path(run)} has no DCP checkpoint nor a legacy {LEGACY_CHECKPOINT} "
+                              "to convert")
+    return save_checkpoint(run, load_checkpoint(legacy, trust_pickle=trust_pickle))
 
 
 def canonical_to_dcp(run: str | Path) -> Path:
