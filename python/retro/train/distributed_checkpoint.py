@@ -195,6 +195,13 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     return state
 
 
+# Plain values and functions DCP's metadata names besides its own classes (a layout is stored as
+# torch.serialization._get_layout("torch.strided"), the checkpoint id as a path).
+_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+                     ("collections", "OrderedDict"), ("pathlib", "PosixPath"),
+                     ("pathlib", "PurePosixPath")}
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds DCP's metadata (its dataclasses and enums, torch.Size, dtypes) and nothing else."""
 
@@ -203,11 +210,11 @@ class _MetadataUnpickler(pickle.Unpickler):
         import enum
 
         found = super().find_class(module, name) if module.split(".")[0] in (
-            "torch", "collections") else None
+            "torch", "collections", "pathlib") else None
         allowed = (
             (module.startswith("torch.distributed.checkpoint") and isinstance(found, type)
              and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)))
-            or found is torch.Size or (module, name) == ("collections", "OrderedDict")
+            or (module, name) in _METADATA_GLOBALS
             or isinstance(found, (torch.dtype, torch.memory_format, torch.layout))
         )
         if not allowed:
