@@ -169,6 +169,7 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     torch.distributed unless no_dist. Returns its train state. Raises CheckpointError if it holds
     another model."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                          set_model_state_dict, set_state_dict)
 
@@ -184,9 +185,10 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
         no_dist = _alone(no_dist)
         with _quiet_if(no_dist):
             dcp.load(holder, storage_reader=_safe_reader(checkpoint.path), no_dist=no_dist)
-    except Exception as error:  # missing files, other shapes: say which checkpoint
-        raise CheckpointError(f"cannot load the DCP checkpoint {checkpoint.path}: {error}") \
-            from error
+    except (Exception, CheckpointException) as error:  # missing files, other shapes, refused
+        # metadata (DCP's own exception is a BaseException): say which checkpoint
+        raise CheckpointError(f"cannot load the DCP checkpoint {checkpoint.path}: "
+                              f"{_first_cause(error)}") from error
     if optimizer is None:
         set_model_state_dict(model, holder["model"])
     else:
@@ -242,6 +244,16 @@ def _safe_reader(path: Path) -> Any:
             return metadata
 
     return SafeReader(path)
+
+
+def _first_cause(error: BaseException) -> str:
+    """The message of the first rank's failure in DCP's exception (which only counts ranks),
+    else error's."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        failure = next(iter(failures.values()))  # (exception, stack summary)
+        return str(failure[0] if isinstance(failure, tuple) else failure)
+    return str(error)
 
 
 def load_canonical(state: dict[str, Any], model: nn.Module,
