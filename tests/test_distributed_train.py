@@ -1,6 +1,6 @@
 """``retro train`` under torchrun on 2 gloo ranks: DDP and FSDP2 train as one process with the same
-global batch, checkpoints resume on another world size, and the DCP <-> ckpt.safetensors converter keeps
-every tensor. The model is test_train's 2-layer, 64-wide RETRO on the reference database."""
+global batch, checkpoints resume on another world size, and the DCP <-> ckpt.safetensors converter
+keeps every tensor. The model is test_train's 2-layer, 64-wide RETRO on the reference database."""
 
 from __future__ import annotations
 

@@ -1,19 +1,19 @@
-"""Checkpoints of distributed runs (torch.distributed.checkpoint) and the canonical ckpt.pt.
+"""Checkpoints of distributed runs (torch.distributed.checkpoint) and the canonical checkpoint.
 
-A run on one process writes the canonical checkpoint RUN/ckpt.pt (retro.train.checkpoint: one plain
-dict). A run under torchrun writes a DCP checkpoint instead: each rank its own part of the model
+A run on one process writes the canonical checkpoint RUN/ckpt.safetensors (retro.train.checkpoint:
+one plain dict). A run under torchrun writes a DCP checkpoint instead: each rank its own part of the model
 and optimizer state (DDP's replicated tensors once, FSDP2's shards by each owner) into
 ``RUN/dcp/step-<step>/``, then rank 0 writes ``train_state.safetensors`` there: the canonical dict
 without ``model`` and ``optimizer`` (step, data position, RNG, settings, database identity, and
 ``world_size``), which marks the directory complete (``train_state.pt``, torch.save, before
 checkpoint format 2: read with weights_only=True). DCP's own ``.metadata`` is a pickle; it is read
-here by an unpickler that builds only DCP's metadata classes, so that no file runs code. The model and optimizer state are stored by
-parameter name, not by a rank's layout, so a DCP checkpoint loads on any world size, with DDP, FSDP2
-or none, and converts to and from the canonical one (:func:`dcp_to_canonical`,
+here by an unpickler that builds only DCP's metadata classes, so that no file runs code. The model
+and optimizer state are stored by parameter name, not by a rank's layout, so a DCP checkpoint loads
+on any world size, with DDP, FSDP2 or none, and converts to and from the canonical one (:func:`dcp_to_canonical`,
 :func:`canonical_to_dcp`, ``retro ckpt convert``).
 
-:func:`latest_checkpoint` picks what ``--resume`` continues from: the one of ckpt.pt and the
-complete DCP directories with the most steps; on a tie the DCP one, which a distributed run writes
+:func:`latest_checkpoint` picks what ``--resume`` continues from: the one of the canonical
+checkpoint and the complete DCP directories with the most steps; on a tie the DCP one, which a distributed run writes
 first and loads on its own layout without gathering the whole model on every rank.
 """
 
@@ -35,8 +35,9 @@ from torch import nn
 from retro.files import atomic_file
 from retro.model import RetroConfig
 from retro.model.checkpoint_file import UnsafeCheckpointError, load_state, save_state
-from retro.train.checkpoint import (KINDS, LEGACY_CHECKPOINT, CheckpointError, checkpoint_path,
-                                    config_dict, load_checkpoint, save_checkpoint)
+from retro.train.checkpoint import (FORMAT_VERSION, KINDS, LEGACY_CHECKPOINT, CheckpointError,
+                                    checkpoint_path, config_dict, load_checkpoint,
+                                    save_checkpoint)
 from retro.train.distributed import unwrap
 
 DCP_DIR = "dcp"
@@ -47,7 +48,7 @@ TENSOR_KEYS = ("model", "optimizer")  # what the DCP files hold; the rest is in 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint of a run: canonical (path = RUN/ckpt.pt) or DCP (path = a step directory)."""
+    """A checkpoint of a run: canonical (path = its file) or DCP (path = a step directory)."""
 
     format: str  # "canonical" or "dcp"
     path: Path
@@ -303,8 +304,8 @@ def _plain(state: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer]:
 
 
 def dcp_to_canonical(run: str | Path, checkpoint: Checkpoint | None = None) -> Path:
-    """Writes RUN/ckpt.pt from a DCP checkpoint of the run (default: the latest), in this process
-    alone (the whole model and optimizer state on the CPU). Returns its path."""
+    """Writes RUN/ckpt.safetensors from a DCP checkpoint of the run (default: the latest), in this
+    process alone (the whole model and optimizer state on the CPU). Returns its path."""
     if checkpoint is None:
         found = dcp_checkpoints(run)
         if not found:
@@ -328,11 +329,13 @@ def to_canonical(run: str | Path, trust_pickle: bool = False) -> Path:
     if not legacy.exists():
         raise CheckpointError(f"{Path(run)} has no DCP checkpoint nor a legacy {LEGACY_CHECKPOINT} "
                               "to convert")
-    return save_checkpoint(run, load_checkpoint(legacy, trust_pickle=trust_pickle))
+    state = load_checkpoint(legacy, trust_pickle=trust_pickle)
+    return save_checkpoint(run, {**state, "format_version": FORMAT_VERSION})
 
 
 def canonical_to_dcp(run: str | Path) -> Path:
-    """Writes the DCP checkpoint of RUN/ckpt.pt (in this process alone); returns its directory."""
+    """Writes the DCP checkpoint of the canonical one (in this process alone); returns its
+    directory."""
     state = load_checkpoint(run)
     if state.get("optimizer") is None or state.get("train_args") is None:
         raise CheckpointError(f"{checkpoint_path(run)} is a weights-only checkpoint: a DCP "
