@@ -146,7 +146,10 @@ def _numpy_globals() -> list[Any]:
     """What the pickle of a numpy array names: the array, its dtype and its reconstructor."""
     core = getattr(np, "_core", None) or np.core
     dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+    reconstruct = core.multiarray._reconstruct
+    # numpy 1 names it numpy.core.multiarray, numpy 2 numpy._core.multiarray: either file loads
+    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray,
+            np.dtype, *dtypes]
 
 
 def _load_legacy(path: Path, map_location: str | torch.device, trust_pickle: bool) -> Any:

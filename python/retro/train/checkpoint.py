@@ -65,7 +65,8 @@ def save_checkpoint(run: str | os.PathLike, state: dict[str, Any]) -> Path:
     path = checkpoint_path(run).with_suffix(".safetensors")
     with atomic_file(path) as file:
         save_state(file, state)
-    path.with_name(LEGACY_CHECKPOINT).unlink(missing_ok=True)
+    if path.name == CHECKPOINT:
+        path.with_name(LEGACY_CHECKPOINT).unlink(missing_ok=True)
     return path
 
 
