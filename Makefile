@@ -5,7 +5,7 @@ PYTHON ?= .venv/bin/python
 JOBS ?= 2
 CPP_BUILD := build/cpp
 
-.PHONY: demo test test-python test-cpp setup-bench setup-test gtest bench bench-quick bench-db bench-ops clean
+.PHONY: demo test test-python test-cpp fuzz setup-bench setup-test gtest bench bench-quick bench-db bench-ops clean
 
 demo:
 	bash scripts/setup_env.sh data,bench
@@ -25,6 +25,11 @@ setup-test:
 
 test-python:
 	$(PYTHON) -m pytest tests
+
+# The fuzz test at length: 20000 mutated index files of each kind and 10000 databases (~15 min;
+# `make test` runs 300 and 150).
+fuzz: setup-test
+	RETRO_FUZZ_CASES=20000 $(PYTHON) -m pytest tests/test_fuzz.py -q
 
 # The C++ core on its own: unit tests, and the benchmark binary in verify-only mode.
 test-cpp: gtest

@@ -1,6 +1,6 @@
 """``retro train`` under torchrun on 2 gloo ranks: DDP and FSDP2 train as one process with the same
-global batch, checkpoints resume on another world size, and the DCP <-> ckpt.pt converter keeps
-every tensor. The model is test_train's 2-layer, 64-wide RETRO on the reference database."""
+global batch, checkpoints resume on another world size, and the DCP <-> ckpt.safetensors converter
+keeps every tensor. The model is test_train's 2-layer, 64-wide RETRO on the reference database."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_resume_on_another_world_size(db_dir, one_rank, tmp_path):
     assert main(["train", "--out", str(run), "--resume", "--batch_size=4"]) == 0
     assert_same_run(run, one_rank)
 
-    # 1 process stops after step 2 (ckpt.pt); 2 ranks (DDP) resume it with batch 2 each
+    # 1 process stops after step 2 (ckpt.safetensors); 2 ranks (DDP) resume it with batch 2 each
     run = tmp_path / "one_then_two"
     train(TrainConfig(db=db_dir, out=run, model="retro", stop_after=2, **ONE))
     assert latest_checkpoint(run).format == "canonical"
@@ -111,10 +111,10 @@ def test_converter_round_trip_keeps_every_tensor(one_rank, tmp_path, capsys):
     original = load_checkpoint(one_rank)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "ckpt.pt").write_bytes((one_rank / "ckpt.pt").read_bytes())
+    (run / "ckpt.safetensors").write_bytes((one_rank / "ckpt.safetensors").read_bytes())
     assert main(["ckpt", "convert", str(run), "--to", "dcp"]) == 0
     assert f"step-{STEPS:08d}" in capsys.readouterr().out
-    (run / "ckpt.pt").unlink()
+    (run / "ckpt.safetensors").unlink()
     assert latest_checkpoint(run).format == "dcp"
     dcp_to_canonical(run)
     back = load_checkpoint(run)
@@ -137,7 +137,7 @@ def test_converter_round_trip_keeps_every_tensor(one_rank, tmp_path, capsys):
 def test_a_dcp_checkpoint_of_another_model_is_refused(one_rank, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "ckpt.pt").write_bytes((one_rank / "ckpt.pt").read_bytes())
+    (run / "ckpt.safetensors").write_bytes((one_rank / "ckpt.safetensors").read_bytes())
     canonical_to_dcp(run)
     (checkpoint,) = dcp_checkpoints(run)
     other = Retro(RetroConfig.preset("tiny", **{**MODEL, "n_layer": 3}))

@@ -83,16 +83,17 @@ def test_mmapped_index_is_read_only(built, tmp_path):
         loaded.add(np.zeros((1, loaded.d), np.float32))
 
 
-def test_default_load_maps_and_skips_the_checksums_of_codes(built, tmp_path):
+def test_default_load_verifies_the_codes_and_verify_false_skips_them(built, tmp_path):
     path = tmp_path / "index"
     built["l2"].index.save(path)
     offset, _ = read_index_file(path).section(3)
     raw = bytearray(path.read_bytes())
     raw[offset] ^= 0xFF
     path.write_bytes(bytes(raw))
-    assert retro.IvfPqIndex.load(path).is_mmapped  # mmap=True, verify=False
-    with pytest.raises(RuntimeError, match="checksum mismatch in section 'codes'"):
-        retro.IvfPqIndex.load(path, mmap=False)  # verify defaults to True
+    for mmap in (True, False):  # verify defaults to True, mapped or not
+        with pytest.raises(RuntimeError, match="checksum mismatch in section 'codes'"):
+            retro.IvfPqIndex.load(path, mmap=mmap)
+    assert retro.IvfPqIndex.load(path, verify=False).is_mmapped  # the explicit opt-out
 
 
 def test_save_replaces_an_existing_file(make_small, small_data, tmp_path):

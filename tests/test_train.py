@@ -111,6 +111,19 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(db_dir, tmp_path):
     for name, tensor in whole_state["model"].items():
         assert torch.equal(tensor, half_state["model"][name]), name
 
+    # A run of checkpoint format 1 (torch.save, numpy RNG state) killed while saving resumes the
+    # same: read with weights_only=True, converted by its next save, the temp file removed.
+    legacy = train(TrainConfig(out=tmp_path / "legacy", stop_after=3, **settings))
+    torch.save(load_checkpoint(legacy), legacy / "ckpt.pt")
+    (legacy / "ckpt.safetensors").unlink()
+    stale = legacy / "ckpt.safetensors.999999999.tmp"  # no such process
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "--out", str(legacy), "--resume"]) == 0
+    assert [{k: v for k, v in e.items() if k in ("step", "loss", "val_loss", "lr", "grad_norm")}
+            for e in read_log(legacy)] == strip
+    assert not stale.exists() and not (legacy / "ckpt.pt").exists()
+    assert load_checkpoint(legacy)["step"] == 6
+
 
 # inductor itself calls the deprecated torch.jit.script_method (torch 2.13)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

@@ -5,6 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -78,10 +81,29 @@ py::array set_rerank_vectors(retro::IvfPqSearchParams& params, const py::object&
   return rerank_array;
 }
 
+// Raises MemoryError naming the request if the (n, k) distances and ids of a search cannot fit in
+// this machine's memory (a huge k), before anything is allocated.
+void check_result_size(idx_t n, idx_t k) {
+  constexpr uint64_t kBytesPerResult = sizeof(float) + sizeof(int64_t);
+  const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                          static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  const uint64_t results = static_cast<uint64_t>(std::max<idx_t>(n, 1));
+  if (static_cast<uint64_t>(k) <= memory / kBytesPerResult / results) return;
+  const std::string message =
+      "a search of " + std::to_string(n) + " queries with k=" + std::to_string(k) + " needs " +
+      std::to_string(static_cast<double>(results) * static_cast<double>(k) * kBytesPerResult /
+                     double(1ull << 30)) +
+      " GiB for its distances and ids, more than this machine's " +
+      std::to_string(memory >> 30) + " GiB";
+  PyErr_SetString(PyExc_MemoryError, message.c_str());
+  throw py::error_already_set();
+}
+
 template <class Index, class Search>
 py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, Search&& search) {
   if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
   const idx_t n = rows(x, index.d(), "queries");
+  check_result_size(n, k);
   FloatArray distances({n, k});
   IdArray labels({n, k});
   {
@@ -310,6 +332,7 @@ PYBIND11_MODULE(_core, m) {
                     [](retro::IvfPqIndex& i, int v) { i.train_params.max_points_per_centroid = v; })
       .def("list_sizes", [](const retro::IvfPqIndex& index) {
         IdArray sizes(index.nlist());
+        auto lock = index.read_lock();
         for (idx_t l = 0; l < index.nlist(); ++l) sizes.mutable_data()[l] = index.list_size(l);
         return sizes;
       })
@@ -327,11 +350,13 @@ PYBIND11_MODULE(_core, m) {
         return c;
       })
       .def("list_codes", [](const retro::IvfPqIndex& index, idx_t list) {
+        auto lock = index.read_lock();
         CodeArray codes({index.list_size(list), static_cast<idx_t>(index.pq_m())});
         index.list_codes(list, codes.mutable_data());
         return codes;
       }, py::arg("list"))
       .def("list_ids", [](const retro::IvfPqIndex& index, idx_t list) {
+        auto lock = index.read_lock();
         IdArray ids(index.list_size(list));
         std::copy(index.list_ids(list), index.list_ids(list) + ids.size(), ids.mutable_data());
         return ids;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "parallel_errors.h"
 #include "retro/error.h"
 #include "simd/kernels.h"
 #include "top_k.h"
@@ -130,41 +131,56 @@ void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors
   if (k == 1 && nb > 0) return nearest(metric, nq, x, ldx, qnorms.data(), base, distances, labels);
 
   const int threads = omp_get_max_threads();
+  ParallelErrors errors;
   if (nq >= 2 * threads || threads == 1) {
     const idx_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
 #pragma omp parallel
     {
-      float* tile = tile_buffer(kQueryBlock * kColumnBlock);
-      std::vector<TopK> heaps(kQueryBlock, TopK(k));
+      float* tile = nullptr;
+      std::vector<TopK> heaps;
 #pragma omp for schedule(dynamic)
-      for (idx_t b = 0; b < nblocks; ++b) {
-        const idx_t q0 = b * kQueryBlock, q1 = std::min(nq, q0 + kQueryBlock);
-        for (idx_t c0 = 0; c0 < nb; c0 += kColumnBlock)
-          scan_tile(metric, q0, q1, x, ldx, qnorms.data() + q0, base, c0,
-                    std::min(nb, c0 + kColumnBlock), tile, heaps.data());
-        for (idx_t q = q0; q < q1; ++q)
-          heaps[q - q0].write_sorted(distances + q * k, labels + q * k);
-      }
+      for (idx_t b = 0; b < nblocks; ++b)
+        errors.run([&] {
+          if (tile == nullptr) {
+            tile = tile_buffer(kQueryBlock * kColumnBlock);
+            heaps.assign(kQueryBlock, TopK(k, nb));
+          }
+          const idx_t q0 = b * kQueryBlock, q1 = std::min(nq, q0 + kQueryBlock);
+          for (idx_t c0 = 0; c0 < nb; c0 += kColumnBlock)
+            scan_tile(metric, q0, q1, x, ldx, qnorms.data() + q0, base, c0,
+                      std::min(nb, c0 + kColumnBlock), tile, heaps.data());
+          for (idx_t q = q0; q < q1; ++q)
+            heaps[q - q0].write_sorted(distances + q * k, labels + q * k);
+        });
     }
+    errors.rethrow();
     return;
   }
   // Few queries: split the columns between threads, then merge the per-thread heaps. Small
   // products run on one thread: waking the others would cost more than it saves.
-  std::vector<TopK> merged(nq, TopK(k));
+  std::vector<TopK> merged(nq, TopK(k, nb));
   const idx_t ncblocks = (nb + kColumnBlock - 1) / kColumnBlock;
 #pragma omp parallel if (worth_threads(static_cast<double>(nq) * nb * base.d()))
   {
-    float* tile = tile_buffer(nq * kColumnBlock);
-    std::vector<TopK> local(nq, TopK(k));
+    float* tile = nullptr;
+    std::vector<TopK> local;
 #pragma omp for schedule(dynamic)
-    for (idx_t cb = 0; cb < ncblocks; ++cb) {
-      const idx_t c0 = cb * kColumnBlock;
-      scan_tile(metric, 0, nq, x, ldx, qnorms.data(), base, c0, std::min(nb, c0 + kColumnBlock),
-                tile, local.data());
-    }
+    for (idx_t cb = 0; cb < ncblocks; ++cb)
+      errors.run([&] {
+        if (tile == nullptr) {
+          tile = tile_buffer(nq * kColumnBlock);
+          local.assign(nq, TopK(k, nb));
+        }
+        const idx_t c0 = cb * kColumnBlock;
+        scan_tile(metric, 0, nq, x, ldx, qnorms.data(), base, c0,
+                  std::min(nb, c0 + kColumnBlock), tile, local.data());
+      });
 #pragma omp critical
-    for (idx_t q = 0; q < nq; ++q) merged[q].merge(local[q]);
+    errors.run([&] {
+      for (idx_t q = 0; q < static_cast<idx_t>(local.size()); ++q) merged[q].merge(local[q]);
+    });
   }
+  errors.rethrow();
   for (idx_t q = 0; q < nq; ++q) merged[q].write_sorted(distances + q * k, labels + q * k);
 }
 

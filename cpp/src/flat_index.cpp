@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "distances.h"
+#include "new_ids.h"
 #include "retro/error.h"
 
 namespace retro {
@@ -21,8 +22,12 @@ FlatIndex::FlatIndex(int d, Metric metric) : d_(d), metric_(metric) {
 FlatIndex::~FlatIndex() = default;
 
 void FlatIndex::add(idx_t n, const float* x, const idx_t* ids) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   check_vectors(n, d_, x, "added vectors");
+  check_new_ids(n, ids, ntotal(), [&](auto&& check) {
+    for (idx_t id : ids_) check(id);
+  });
   const idx_t start = ntotal();
   vectors_.insert(vectors_.end(), x, x + static_cast<size_t>(n) * d_);
   for (idx_t i = 0; i < n; ++i) ids_.push_back(ids != nullptr ? ids[i] : start + i);
@@ -30,6 +35,7 @@ void FlatIndex::add(idx_t n, const float* x, const idx_t* ids) {
 }
 
 void FlatIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   check_vectors(n, d_, x, "queries");
@@ -48,6 +54,7 @@ void FlatIndex::search(idx_t n, const float* x, idx_t k, float* distances, idx_t
 }
 
 void FlatIndex::reset() {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   vectors_.clear();
   ids_.clear();
   packed_.reset();

@@ -16,8 +16,9 @@
 
 namespace retro {
 
-MappedFile::MappedFile(const std::string& path, bool mmap) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+MappedFile::MappedFile(const std::string& path, bool mmap) : path_(path) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer before the type check refuses it.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   RETRO_CHECK(fd >= 0, "cannot open index file '%s': %s", path.c_str(), std::strerror(errno));
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -30,33 +31,54 @@ MappedFile::MappedFile(const std::string& path, bool mmap) {
     throw Error(ErrorKind::Runtime, "index file '" + path + "' is empty");
   }
   if (mmap) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    RETRO_CHECK(p != MAP_FAILED, "cannot memory-map '%s': %s", path.c_str(), std::strerror(errno));
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int error = errno;
+      ::close(fd);
+      RETRO_THROW("cannot memory-map '%s': %s", path.c_str(), std::strerror(error));
+    }
     data_ = static_cast<const uint8_t*>(p);
-    mapped_ = true;
+    fd_ = fd;
     return;
   }
-  uint8_t* buffer = new uint8_t[size_];
+  std::unique_ptr<uint8_t[]> buffer;
+  try {
+    buffer.reset(new uint8_t[size_]);
+  } catch (const std::bad_alloc&) {
+    ::close(fd);
+    throw;
+  }
   size_t done = 0;
   while (done < size_) {
-    ssize_t got = ::read(fd, buffer + done, size_ - done);
+    ssize_t got = ::read(fd, buffer.get() + done, size_ - done);
     if (got <= 0) {
-      delete[] buffer;
       ::close(fd);
       throw Error(ErrorKind::Runtime, "cannot read index file '" + path + "'");
     }
     done += static_cast<size_t>(got);
   }
   ::close(fd);
-  data_ = buffer;
+  data_ = buffer.release();
 }
 
 MappedFile::~MappedFile() {
-  if (mapped_)
+  if (fd_ >= 0) {
     ::munmap(const_cast<uint8_t*>(data_), size_);
-  else
+    ::close(fd_);
+  } else {
     delete[] data_;
+  }
+}
+
+void MappedFile::check_intact() const {
+  if (fd_ < 0) return;
+  struct stat st;
+  RETRO_CHECK(::fstat(fd_, &st) == 0, "cannot stat the mapped index file '%s': %s",
+              path_.c_str(), std::strerror(errno));
+  RETRO_CHECK(static_cast<size_t>(st.st_size) >= size_,
+              "the index file '%s' was truncated while memory-mapped: %llu bytes, %zu when loaded "
+              "(load it again, or load with mmap=False to hold a copy)",
+              path_.c_str(), static_cast<unsigned long long>(st.st_size), size_);
 }
 
 namespace {
@@ -98,6 +120,20 @@ class AtomicWriter {
       throw Error(ErrorKind::Runtime, format_message("cannot rename '%s' to '%s': %s", tmp_.c_str(),
                                                      path_.c_str(), std::strerror(error)));
     }
+    sync_directory();
+  }
+  // Flushes the rename: the directory's entry of the new file.
+  void sync_directory() const {
+    const size_t slash = path_.find_last_of('/');
+    const std::string directory = slash == std::string::npos ? "." : path_.substr(0, slash + 1);
+    const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    RETRO_CHECK(fd >= 0, "cannot open the directory of '%s': %s", path_.c_str(),
+                std::strerror(errno));
+    const int synced = ::fsync(fd);
+    const int error = errno;
+    ::close(fd);
+    RETRO_CHECK(synced == 0, "cannot flush the directory of '%s': %s", path_.c_str(),
+                std::strerror(error));
   }
   // Sets the file's length, so that every section, empty ones included, lies inside it.
   void resize(uint64_t bytes) {
@@ -160,6 +196,8 @@ FileHeader read_header(const uint8_t* base, uint64_t file_size, const char* name
 }  // namespace
 
 void IvfPqIndex::save(const std::string& path) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  check_mapping();
   FileHeader h;
   std::memset(&h, 0, sizeof(h));
   FileHeaderCommon& c = h.common;

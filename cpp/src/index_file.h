@@ -17,8 +17,9 @@
 // header (ivf_d = opq_d; without OPQ ivf_d = d) and section 6. A file is written with the lowest
 // version that holds it, so indexes without OPQ stay readable by older builds.
 //
-// Sections 0-2 and 6 are always verified; 3-5 when loading with verify=true. Memory-mapped loads
-// point the lists into the mapping and read no code until a search touches it.
+// Sections 0-2 and 6 are always verified; 3-5 when loading with verify=true (the default of the
+// Python layer: one xxh64 pass, docs/RELIABILITY.md). Memory-mapped loads point the lists into a
+// private mapping; a file truncated under it is detected before each use instead of faulting.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -74,7 +75,7 @@ struct FileHeader {  // version 4
   uint64_t header_checksum;
 };
 
-// A read-only view of a whole file, memory-mapped or read into memory.
+// A read-only view of a whole regular file, memory-mapped (privately) or read into memory.
 class MappedFile {
  public:
   MappedFile(const std::string& path, bool mmap);
@@ -83,11 +84,15 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // Mapped: throws if the file has been truncated since it was mapped (reading a page past its
+  // new end would raise SIGBUS); checked before each use of the mapping.
+  void check_intact() const;
 
  private:
+  std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  bool mapped_ = false;
+  int fd_ = -1;  // mapped: kept open to see the file's size
 };
 
 }  // namespace retro

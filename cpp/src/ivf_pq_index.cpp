@@ -8,6 +8,8 @@
 #include "index_file.h"
 #include "ivf_pq_internal.h"
 #include "kmeans.h"
+#include "new_ids.h"
+#include "parallel_errors.h"
 #include "retro/error.h"
 #include "simd/kernels.h"
 
@@ -66,12 +68,24 @@ void IvfPqIndex::check_writable(const char* what) const {
               "call %s()", what);
 }
 
+void IvfPqIndex::check_mapping() const {
+  if (mapped_) mapped_->check_intact();
+}
+
+void IvfPqIndex::check_new_ids(idx_t n, const idx_t* ids) const {
+  retro::check_new_ids(n, ids, ntotal_, [&](auto&& check) {
+    for (const List& list : lists_)
+      for (idx_t i = 0; i < list.size; ++i) check(list.ids[i]);
+  });
+}
+
 void IvfPqIndex::check_list(idx_t list) const {
   RETRO_CHECK_ARG(list >= 0 && list < nlist_, "list %lld is out of range: the index has nlist=%lld",
                   static_cast<long long>(list), static_cast<long long>(nlist_));
 }
 
 void IvfPqIndex::set_rotation(const float* rotation) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK_ARG(has_rotation(), "set_rotation() needs an index with OPQ (opq_m > 0)");
   RETRO_CHECK(ntotal_ == 0, "set_rotation() needs an empty index: this one holds %lld vectors "
               "encoded in the current rotation's space (call reset() first)",
@@ -97,6 +111,11 @@ void IvfPqIndex::set_rotation(const float* rotation) {
 }
 
 void IvfPqIndex::rotate(idx_t n, const float* x, float* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  rotate_unlocked(n, x, out);
+}
+
+void IvfPqIndex::rotate_unlocked(idx_t n, const float* x, float* out) const {
   if (!has_rotation()) {
     std::copy(x, x + n * d_in_, out);
     return;
@@ -114,11 +133,12 @@ void IvfPqIndex::rotate(idx_t n, const float* x, float* out) const {
 const float* IvfPqIndex::rotated(idx_t n, const float* x, std::vector<float>& buffer) const {
   if (!has_rotation()) return x;
   buffer.resize(static_cast<size_t>(n) * d_);
-  rotate(n, x, buffer.data());
+  rotate_unlocked(n, x, buffer.data());
   return buffer.data();
 }
 
 void IvfPqIndex::train(idx_t n, const float* x_in) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK_ARG(n >= nlist_, "training needs at least nlist=%lld points, got %lld",
                   static_cast<long long>(nlist_), static_cast<long long>(n));
   RETRO_CHECK_ARG(n >= ksub(), "training needs at least 2^pq_bits=%d points, got %lld", ksub(),
@@ -205,6 +225,7 @@ void IvfPqIndex::encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes)
 }
 
 void IvfPqIndex::set_trained(const float* coarse_centroids, const float* pq_centroids) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK(ntotal_ == 0, "set_trained() needs an empty index: this one holds %lld vectors "
               "encoded with the current quantizers (call reset() first)",
               static_cast<long long>(ntotal_));
@@ -234,6 +255,7 @@ void IvfPqIndex::append(idx_t list, const uint8_t* code, idx_t id) {
 }
 
 void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const idx_t* ids) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   check_trained("add_encoded");
   check_writable("add_encoded");
   check_list(list);
@@ -243,6 +265,7 @@ void IvfPqIndex::add_encoded(idx_t list, idx_t n, const uint8_t* codes, const id
   for (idx_t i = 0; i < n * pq_m_; ++i)
     RETRO_CHECK_ARG(codes[i] < ksub(), "code %d of vector %lld is out of range for %d-bit codes",
                     codes[i], static_cast<long long>(i / pq_m_), pq_bits_);
+  check_new_ids(n, ids);
   for (idx_t i = 0; i < n; ++i) append(list, codes + i * pq_m_, ids[i]);
   ntotal_ += n;
   rebuild_list_views();
@@ -266,10 +289,12 @@ const idx_t* IvfPqIndex::list_ids(idx_t list) const {
 }
 
 void IvfPqIndex::add(idx_t n, const float* x, const idx_t* ids) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   check_trained("add");
   check_writable("add");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   check_vectors(n, d_in_, x, "added vectors");
+  check_new_ids(n, ids);
   std::vector<idx_t> list_of(kEncodeBatch);
   std::vector<uint8_t> codes(static_cast<size_t>(kEncodeBatch) * pq_m_);
   std::vector<float> rotated_buffer;
@@ -291,16 +316,21 @@ void IvfPqIndex::append_batch(idx_t n, const idx_t* list_of, const uint8_t* code
   for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
   std::vector<idx_t> next(start.begin(), start.end() - 1);
   for (idx_t i = 0; i < n; ++i) order[next[list_of[i]]++] = i;
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 64)
   for (idx_t l = 0; l < nlist_; ++l)
-    for (idx_t j = start[l]; j < start[l + 1]; ++j) {
-      const idx_t i = order[j];
-      append(l, &codes[i * pq_m_], ids != nullptr ? ids[i] : first_id + i);
-    }
+    errors.run([&] {
+      for (idx_t j = start[l]; j < start[l + 1]; ++j) {
+        const idx_t i = order[j];
+        append(l, &codes[i * pq_m_], ids != nullptr ? ids[i] : first_id + i);
+      }
+    });
+  errors.rethrow();
 }
 
 void IvfPqIndex::add_preassigned(idx_t n, const idx_t* list_of, const uint8_t* codes,
                                  const idx_t* ids) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   check_trained("add_preassigned");
   check_writable("add_preassigned");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
@@ -310,14 +340,17 @@ void IvfPqIndex::add_preassigned(idx_t n, const idx_t* list_of, const uint8_t* c
   for (idx_t i = 0; i < n * pq_m_; ++i)
     RETRO_CHECK_ARG(codes[i] < ksub(), "code %d of vector %lld is out of range for %d-bit codes",
                     codes[i], static_cast<long long>(i / pq_m_), pq_bits_);
+  check_new_ids(n, ids);
   append_batch(n, list_of, codes, ids, ntotal_);
   ntotal_ += n;
   rebuild_list_views();
 }
 
 IvfPqConcatenatedLists IvfPqIndex::concatenated_lists() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
   RETRO_CHECK_ARG(pq_bits_ == 8, "concatenated lists hold 8-bit codes; this index has pq_bits=%d",
                   pq_bits_);
+  check_mapping();
   const CodeLayout layout = layout_of(*this);
   IvfPqConcatenatedLists out;
   out.offsets.assign(nlist_ + 1, 0);
@@ -351,6 +384,7 @@ void IvfPqIndex::rebuild_list_views() {
 }
 
 void IvfPqIndex::reset() {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   mapped_.reset();
   owned_.assign(nlist_, OwnedList{});
   ntotal_ = 0;
@@ -383,6 +417,8 @@ void IvfPqIndex::query_table(const float* x, float* lut) const {
 void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                                    const idx_t* cand_labels, const IvfPqSearchParams& params,
                                    float* distances, idx_t* labels) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  check_mapping();
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));
   RETRO_CHECK_ARG(k_candidates >= 0, "k_candidates must be non-negative");
@@ -394,6 +430,8 @@ void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_can
 
 void IvfPqIndex::search(idx_t n, const float* x_in, idx_t k, float* distances, idx_t* labels,
                         const IvfPqSearchParams& params) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  check_mapping();
   check_trained("search");
   RETRO_CHECK_ARG(n >= 0, "n must be non-negative");
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));

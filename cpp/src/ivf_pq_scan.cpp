@@ -7,9 +7,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "ivf_pq_internal.h"
+#include "parallel_errors.h"
 #include "retro/error.h"
 #include "simd/kernels.h"
 #include "top_k.h"
@@ -39,7 +41,7 @@ float scan_one(int pq_m, const uint8_t* codes, const float* terms, const float* 
 // one re-ranking row.
 struct RerankScratch {
   RerankScratch(idx_t k, idx_t k_scan, int d, bool reranking)
-      : best(k), candidates(reranking ? k_scan : 0), row(reranking ? d : 0) {}
+      : best(k, reranking ? k_scan : 1), candidates(reranking ? k_scan : 0), row(reranking ? d : 0) {}
   TopK best;
   std::vector<idx_t> candidates;
   std::vector<float> row;
@@ -102,7 +104,11 @@ struct IvfPqIndex::PreassignedSearch {
   idx_t* labels;     // (n, k)
 
   bool reranking = params.rerank_vectors != nullptr;
-  idx_t k_scan = reranking ? k * params.k_factor : k;  // candidates scanned per query
+  idx_t most = std::max<idx_t>(index.ntotal_, 1);  // results that can exist: bounds the buffers
+  // candidates scanned per query: k * k_factor re-ranked ones (at most the index), or k
+  idx_t k_scan = !reranking ? k : k >= (most + params.k_factor - 1) / params.k_factor
+                                      ? most
+                                      : k * params.k_factor;
   bool filtering = index.pq_bits_ == 8 && simd::kernels().pq_filter8 != nullptr &&
                    index.pq_m_ <= QuantizedTable::kMaxPqM;
   size_t table_size = static_cast<size_t>(index.pq_m_) * index.ksub();
@@ -146,15 +152,16 @@ struct IvfPqIndex::PreassignedSearch {
   // Writes query q's results: the scanned top-k, or the re-ranking of its candidates (shared out
   // between threads with split: for a query on its own, reading hundreds of scattered rows is the
   // larger part of its time).
-  void finish(idx_t q, TopK& scanned, RerankScratch& s, bool split = false) {
+  void finish(idx_t q, TopK& scanned, RerankScratch& s, ParallelErrors& errors,
+              bool split = false) {
     if (!reranking) return scanned.write_sorted(distances + q * k, labels + q * k);
     scanned.write_unordered(s.candidates.data());
     const float* xq = x_rerank + q * index.d_in_;
     idx_t bad = -1;
     if (split) {
 #pragma omp parallel
-      {
-        TopK local(k);
+      errors.run([&] {
+        TopK local(k, k_scan);
         std::vector<float> local_row(index.d_in_);
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
         const idx_t c0 = k_scan * t / nt, c1 = k_scan * (t + 1) / nt;
@@ -165,7 +172,8 @@ struct IvfPqIndex::PreassignedSearch {
           s.best.merge(local);
           bad = std::max(bad, local_bad);
         }
-      }
+      });
+      errors.rethrow();
     } else {
       bad = index.rerank_query(xq, s.candidates.data(), k_scan, params, s.best, s.row);
     }
@@ -179,39 +187,57 @@ struct IvfPqIndex::PreassignedSearch {
   // 4-bit: blocks of `block` queries, each scanned list by list for all its queries that probe the
   // list; dynamic scheduling evens out the blocks' costs.
   void by_query_blocks(idx_t block) {
+    ParallelErrors errors;
 #pragma omp parallel
     {
-      ScanBuffers buffers = make_buffers();
-      std::vector<TopK> heaps(block, TopK(k_scan));
-      RerankScratch s = scratch();
+      std::optional<ScanBuffers> buffers;
+      std::vector<TopK> heaps;
+      std::optional<RerankScratch> s;
 #pragma omp for schedule(dynamic)
-      for (idx_t q0 = 0; q0 < n; q0 += block) {
-        const idx_t q1 = std::min(n, q0 + block);
-        index.fast_scan_queries(x, q0, q1, probes, probe_dist, nprobe, heaps.data(), buffers);
-        for (idx_t q = q0; q < q1; ++q) finish(q, heaps[q - q0], s);
-      }
+      for (idx_t q0 = 0; q0 < n; q0 += block)
+        errors.run([&] {
+          if (!s) {
+            buffers.emplace(make_buffers());
+            heaps.assign(block, TopK(k_scan, most));
+            s.emplace(scratch());
+          }
+          const idx_t q1 = std::min(n, q0 + block);
+          index.fast_scan_queries(x, q0, q1, probes, probe_dist, nprobe, heaps.data(), *buffers);
+          for (idx_t q = q0; q < q1; ++q) finish(q, heaps[q - q0], *s, errors);
+        });
     }
+    errors.rethrow();
   }
 
   // One query per thread at a time.
   void by_query() {
+    ParallelErrors errors;
 #pragma omp parallel
     {
-      std::vector<float> lut(table_size);
-      QuantizedTable qtable(index.pq_m_);
-      ScanBuffers buffers = make_buffers();
-      TopK heap(k_scan);
-      RerankScratch s = scratch();
+      std::vector<float> lut;
+      std::optional<QuantizedTable> qtable;
+      std::optional<ScanBuffers> buffers;
+      std::optional<TopK> heap;
+      std::optional<RerankScratch> s;
 #pragma omp for schedule(dynamic)
-      for (idx_t q = 0; q < n; ++q) {
-        index.query_table(x + q * index.d_, lut.data());
-        const bool filter = filtering && vectors_in(q) >= kFilterMinVectors;
-        if (filter) qtable.build(lut.data());
-        index.scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
-                         probe_dist + q * nprobe, 0, nprobe, heap, buffers);
-        finish(q, heap, s);
-      }
+      for (idx_t q = 0; q < n; ++q)
+        errors.run([&] {
+          if (!s) {
+            lut.resize(table_size);
+            qtable.emplace(index.pq_m_);
+            buffers.emplace(make_buffers());
+            heap.emplace(k_scan, most);
+            s.emplace(scratch());
+          }
+          index.query_table(x + q * index.d_, lut.data());
+          const bool filter = filtering && vectors_in(q) >= kFilterMinVectors;
+          if (filter) qtable->build(lut.data());
+          index.scan_lists(lut.data(), filter ? &*qtable : nullptr, probes + q * nprobe,
+                           probe_dist + q * nprobe, 0, nprobe, *heap, *buffers);
+          finish(q, *heap, *s, errors);
+        });
     }
+    errors.rethrow();
   }
 
   // Few queries: the probes of each query are split between threads, then merged; small scans
@@ -219,25 +245,27 @@ struct IvfPqIndex::PreassignedSearch {
   void by_probe() {
     std::vector<float> lut(table_size);
     QuantizedTable qtable(index.pq_m_);
-    TopK merged(k_scan);
+    TopK merged(k_scan, most);
     RerankScratch s = scratch();
+    ParallelErrors errors;
     for (idx_t q = 0; q < n; ++q) {
       index.query_table(x + q * index.d_, lut.data());
       const idx_t vectors = vectors_in(q);
       const bool filter = filtering && vectors >= kFilterMinVectors;
       if (filter) qtable.build(lut.data());
 #pragma omp parallel if (worth_threads(double(vectors) * index.pq_m_))
-      {
+      errors.run([&] {
         ScanBuffers buffers = make_buffers();
-        TopK heap(k_scan);
+        TopK heap(k_scan, most);
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
         index.scan_lists(lut.data(), filter ? &qtable : nullptr, probes + q * nprobe,
                          probe_dist + q * nprobe, nprobe * t / nt, nprobe * (t + 1) / nt, heap,
                          buffers);
 #pragma omp critical
         merged.merge(heap);
-      }
-      finish(q, merged, s, k_scan >= kSplitRerankCandidates);
+      });
+      errors.rethrow();
+      finish(q, merged, s, errors, k_scan >= kSplitRerankCandidates);
     }
   }
 };
@@ -311,16 +339,24 @@ void IvfPqIndex::rerank(idx_t n, const float* x, idx_t k, idx_t k_candidates,
                     "rerank vectors have %lld rows but the index holds id %lld",
                     static_cast<long long>(params.rerank_rows),
                     static_cast<long long>(cand_labels[i]));
+  ParallelErrors errors;
 #pragma omp parallel if (n > 1)
   {
-    std::vector<float> row(d_in_);
-    TopK best(k);
+    std::vector<float> row;
+    std::optional<TopK> best;
 #pragma omp for schedule(dynamic)
-    for (idx_t q = 0; q < n; ++q) {
-      rerank_query(x + q * d_in_, cand_labels + q * k_candidates, k_candidates, params, best, row);
-      best.write_sorted(distances + q * k, labels + q * k);
-    }
+    for (idx_t q = 0; q < n; ++q)
+      errors.run([&] {
+        if (!best) {
+          row.resize(d_in_);
+          best.emplace(k, std::max<idx_t>(k_candidates, 1));
+        }
+        rerank_query(x + q * d_in_, cand_labels + q * k_candidates, k_candidates, params, *best,
+                     row);
+        best->write_sorted(distances + q * k, labels + q * k);
+      });
   }
+  errors.rethrow();
 }
 
 }  // namespace retro

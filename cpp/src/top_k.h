@@ -29,16 +29,19 @@ class TopK {
  public:
   static constexpr idx_t kMaxHeapK = 64;  // beyond this k, a reservoir
 
-  explicit TopK(idx_t k)
-      : k_(k),
-        reservoir_(k > kMaxHeapK),
-        kept_(reservoir_ ? 2 * k : k),
-        cut_scratch_(reservoir_ ? 2 * k : 0) {}
+  // most: how many results can exist at all (e.g. the vectors of the index); the buffers hold
+  // min(k, most), so a huge k costs memory only for its output, where write_* pad with -1.
+  explicit TopK(idx_t k, idx_t most = std::numeric_limits<idx_t>::max())
+      : k_(std::min(k, std::max<idx_t>(most, 1))),
+        out_k_(k),
+        reservoir_(k_ > kMaxHeapK),
+        kept_(reservoir_ ? 2 * k_ : k_),
+        cut_scratch_(reservoir_ ? 2 * k_ : 0) {}
 
   // Largest distance that can still enter (+inf until k results are kept; for a reservoir, until
   // its first cut).
   float threshold() const { return threshold_; }
-  idx_t k() const { return k_; }
+  idx_t k() const { return out_k_; }
   bool full() const { return static_cast<idx_t>(size_) >= k_; }
 
   void push(float distance, idx_t id) {
@@ -69,7 +72,8 @@ class TopK {
   // all), padding with -1; clears the kept set.
   void write_unordered(idx_t* labels) {
     if (reservoir_ && static_cast<idx_t>(size_) > k_) cut();
-    for (idx_t i = 0; i < k_; ++i) labels[i] = i < static_cast<idx_t>(size_) ? kept_[i].id : -1;
+    for (idx_t i = 0; i < out_k_; ++i)
+      labels[i] = i < static_cast<idx_t>(size_) ? kept_[i].id : -1;
     clear();
   }
 
@@ -80,7 +84,7 @@ class TopK {
       std::sort(kept_.begin(), kept_.begin() + size_);
     else
       std::sort_heap(kept_.begin(), kept_.begin() + size_);
-    for (idx_t i = 0; i < k_; ++i) {
+    for (idx_t i = 0; i < out_k_; ++i) {
       bool have = i < static_cast<idx_t>(size_);
       distances[i] = have ? kept_[i].distance : std::numeric_limits<float>::infinity();
       labels[i] = have ? kept_[i].id : -1;
@@ -144,7 +148,8 @@ class TopK {
     threshold_ = t;
   }
 
-  idx_t k_;
+  idx_t k_;      // results kept: min(k, most)
+  idx_t out_k_;  // results written
   bool reservoir_;
   std::vector<Scored> kept_;  // [0, size_): heap: a max-heap on (distance, id); reservoir: unordered
   size_t size_ = 0;

@@ -37,6 +37,22 @@ def as_int64_vector(ids: Any, n: int, name: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+MAX_COUNT = 2**62  # above any k, nprobe or factor the core can take (an int64 with headroom)
+
+
+def as_count(value: Any, name: str, most: int = MAX_COUNT) -> int:
+    """value as an int in [1, most] (a Python or numpy integer), else a short ValueError naming it;
+    a count that does not fit is refused here, not by the core's argument conversion."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive integer, got {type(value).__name__} "
+                         f"{value!r:.40}")
+    if int(value) < 1:
+        raise ValueError(f"{name} must be positive, got {int(value)}")
+    if int(value) > most:
+        raise ValueError(f"{name} must be at most {most}, got {int(value)}")
+    return int(value)
+
+
 def _is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 

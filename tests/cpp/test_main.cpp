@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "code_layout.h"
 #include "distances.h"
+#include "parallel_errors.h"
 #include "quantized_table.h"
 #include "retro/error.h"
 #include "retro/flat_index.h"
@@ -186,6 +187,36 @@ TEST(TopK, PadsAndMerges) {
     EXPECT_EQ(l[i], -1);
     EXPECT_EQ(d[i], std::numeric_limits<float>::infinity());
   }
+}
+
+TEST(TopK, KeepsAtMostWhatCanExistAndPadsTheRest) {
+  TopK huge(idx_t(1) << 40, 3);  // would need 2^41 entries without the bound
+  EXPECT_EQ(huge.k(), idx_t(1) << 40);
+  huge.push(1.0f, 7);
+  huge.push(0.5f, 8);
+  float d[6];
+  idx_t l[6];
+  TopK six(6, 3);
+  six.push(1.0f, 7);
+  six.push(0.5f, 8);
+  six.write_sorted(d, l);
+  EXPECT_EQ(l[0], 8);
+  EXPECT_EQ(l[1], 7);
+  for (int i = 2; i < 6; ++i) EXPECT_EQ(l[i], -1);
+}
+
+TEST(ParallelErrors, AnExceptionInAnOpenMpRegionReachesTheCaller) {
+  ParallelErrors errors;
+  int ran = 0;
+#pragma omp parallel for reduction(+ : ran)
+  for (int i = 0; i < 64; ++i)
+    errors.run([&] {
+      ++ran;
+      if (i == 5) throw std::bad_alloc();
+    });
+  EXPECT_TRUE(errors.failed());
+  EXPECT_GE(ran, 1);
+  EXPECT_THROW(errors.rethrow(), std::bad_alloc);
 }
 
 // --- SIMD kernels ----------------------------------------------------------------------------

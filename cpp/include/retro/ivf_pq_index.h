@@ -31,8 +31,15 @@
 // trained outside the core (python/retro/opq.py: it needs an SVD) and given with set_rotation();
 // train, add and search rotate their inputs here, so every entry point applies it. Re-ranking
 // compares the original query with the original vectors.
+//
+// Threads: any number may search (and read) one index while one adds (or trains, resets): a
+// reader-writer lock inside orders them, so a search sees the index before or after an add, never
+// during one. Methods that return pointers into the lists (list_ids) and list_size/list_codes take
+// no lock: hold read_lock() across them where another thread may add.
 #pragma once
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -89,7 +96,8 @@ class IvfPqIndex {
   void set_rotation(const float* rotation);
   // x: (n, d) -> out: (n, ivf_d) the rotated vectors R x (a copy of x without OPQ).
   void rotate(idx_t n, const float* x, float* out) const;
-  // x: (n, d); ids: (n,) or nullptr for sequential ids ntotal .. ntotal + n - 1.
+  // x: (n, d); ids: (n,) or nullptr for sequential ids ntotal .. ntotal + n - 1. Ids must be >= 0
+  // and distinct from each other and from those stored (checked: one pass over the stored ids).
   void add(idx_t n, const float* x, const idx_t* ids = nullptr);
   // Appends n vectors encoded elsewhere (e.g. on a GPU): list_of (n,) their lists, codes (n, pq_m)
   // against those lists' centroids, ids (n,) or nullptr for sequential ids; input order is kept
@@ -107,6 +115,10 @@ class IvfPqIndex {
                          const idx_t* cand_labels, const IvfPqSearchParams& params,
                          float* distances, idx_t* labels) const;
   void reset();  // drops the stored vectors, keeps the training
+  // A shared lock on the index: other readers go on, writers (add, train, reset) wait.
+  std::shared_lock<std::shared_mutex> read_lock() const {
+    return std::shared_lock<std::shared_mutex>(mutex_);
+  }
 
   // Makes an empty index trained with the given quantizers (e.g. another library's):
   // coarse_centroids (nlist, ivf_d), pq_centroids (pq_m, ksub, dsub), sub-quantizer m coding
@@ -165,6 +177,10 @@ class IvfPqIndex {
   void check_trained(const char* what) const;
   void check_writable(const char* what) const;
   void check_list(idx_t list) const;
+  // Throws if the mapped file was truncated (nothing to do for an index in memory).
+  void check_mapping() const;
+  void check_new_ids(idx_t n, const idx_t* ids) const;  // new_ids.h, against the stored ones
+  void rotate_unlocked(idx_t n, const float* x, float* out) const;
   // x (n, d) rotated into buffer (n, ivf_d), or x itself without OPQ.
   const float* rotated(idx_t n, const float* x, std::vector<float>& buffer) const;
   bool has_terms() const { return metric_ == Metric::L2 && pq_bits_ == 8; }  // per-vector terms
@@ -221,6 +237,7 @@ class IvfPqIndex {
   std::vector<List> lists_;
   std::vector<OwnedList> owned_;  // empty when memory-mapped
   std::shared_ptr<MappedFile> mapped_;
+  mutable std::shared_mutex mutex_;  // shared: searches and reads; exclusive: changes
 };
 
 }  // namespace retro

@@ -24,7 +24,7 @@ k = neighbours, d = embedding dimension)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -32,7 +32,8 @@ import numpy as np
 
 from retro.data.corpus import canonical_source
 from retro.data.tokenizer import Tokenizer, load_tokenizer
-from retro.db.chunks import ChunkStore
+from retro._arrays import as_count
+from retro.db.chunks import CHUNK_FILES, ChunkStore
 from retro.db.embed import Embedder, resolve_name
 from retro.db.indexing import IndexParams, Searcher, open_searcher
 from retro.db.manifest import DATABASE, DatabaseError, Manifest
@@ -41,13 +42,19 @@ from retro.db.stages import EMBEDDINGS_FILE, neighbour_files, query_files
 from retro.db.streams import TokenStream
 
 
+# Files up to this size are hashed when the database opens; larger ones when first read.
+EAGER_HASH_BYTES = 64 << 20
+
+
 class SplitView:
     """One split of token streams with its query embeddings and stored neighbours."""
 
-    def __init__(self, root: Path, split: str, block_size: int, chunk_size: int) -> None:
+    def __init__(self, root: Path, split: str, block_size: int, chunk_size: int,
+                 check: Callable[[str], None] = lambda relative: None) -> None:
         self.name = split
         self.stream = TokenStream.open(root, split, block_size, chunk_size)
         self._root = root
+        self._check = check  # verifies a file before its first read (Database.check_file)
 
     @cached_property
     def query_embeddings(self) -> np.ndarray:
@@ -62,6 +69,8 @@ class SplitView:
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """ids (n_queries, k) int64 (-1 = none) and lengths (n_queries, k) int32 (0 = none)."""
         files = neighbour_files(self.name)
+        for key in ("ids", "lengths"):
+            self._check(files[key])
         return tuple(np.load(self._root / files[key], mmap_mode="r") for key in ("ids", "lengths"))
 
     def sample_neighbours(self, samples: Sequence[int] | np.ndarray, chunks: ChunkStore,
@@ -75,6 +84,11 @@ class SplitView:
         queries = (samples[:, None] * per_sample + np.arange(per_sample)).reshape(-1)  # (S L,)
         ids, lengths = self.neighbours()
         ids, lengths = np.asarray(ids[queries, :k]), np.asarray(lengths[queries, :k])
+        bad = (ids < -1) | (ids >= len(chunks))
+        if bad.any():
+            raise DatabaseError(
+                f"{self._root / neighbour_files(self.name)['ids']} is corrupt: neighbour id "
+                f"{ids[bad][0]} is outside [-1, {len(chunks)}) (-1 = none)")
         tokens = chunks.neighbour_tokens(ids)
         shape = (len(samples), per_sample)
         return tokens.reshape(*shape, *tokens.shape[1:]), lengths.reshape(*shape, -1)
@@ -92,10 +106,26 @@ class SplitView:
 class Database:
     """A retrieval database directory (see the module docstring); open it with :func:`open_db`."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, verify: bool = True) -> None:
         self.root = root
         self.manifest = manifest
+        # Every file's size now; the sha256 of the small ones now, of the others at first read
+        # (verify=False: sizes only).
+        self._unhashed = set()
+        for relative, entry in manifest.files.items():
+            eager = verify and entry["bytes"] <= EAGER_HASH_BYTES
+            manifest.check_file(relative, hash=eager)
+            if verify and not eager:
+                self._unhashed.add(relative)
+        for relative in CHUNK_FILES.values():
+            self.check_file(relative)
         self.chunks = ChunkStore.open(root, self.eod_id)
+
+    def check_file(self, relative: str) -> None:
+        """Hashes a large file against the manifest before its first read (once)."""
+        if relative in self._unhashed:
+            self.manifest.check_file(relative)
+            self._unhashed.discard(relative)
 
     @property
     def config(self) -> dict:
@@ -124,6 +154,7 @@ class Database:
     @cached_property
     def embeddings(self) -> np.ndarray:
         """(N, d) float16 unit-norm chunk embeddings."""
+        self.check_file(EMBEDDINGS_FILE)
         return np.load(self.root / EMBEDDINGS_FILE, mmap_mode="r")
 
     @cached_property
@@ -188,6 +219,13 @@ class Database:
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.chunk_size:
             raise ValueError(f"tokens must have shape (n, {self.chunk_size}), got {tokens.shape}")
+        vocab = int(self.manifest.components["tokenizer"]["vocab_size"])
+        if tokens.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        bad = (tokens < 0) | (tokens >= vocab)
+        if bad.any():
+            raise ValueError(f"token {tokens[bad][0]} is not in the tokenizer's vocabulary "
+                             f"[0, {vocab})")
         texts = self.tokenizer.texts_without_eod(list(tokens))
         queries = (embedder or self.embedder).embed(texts).astype(np.float32)
         found = self.retrieve_embedded(queries, k, exclude_doc_ids)
@@ -200,13 +238,14 @@ class Database:
         exclude_doc_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> Neighbours:
         """Neighbours of embedded queries (n, d) float32; see :meth:`retrieve`."""
+        k = self.n_nbrs if k is None else as_count(k, "k")
         exclude = padded_doc_ids(exclude_doc_ids, len(queries))
-        return retrieve_embedded(self.search, self.chunks, queries, k or self.n_nbrs, exclude)
+        return retrieve_embedded(self.search, self.chunks, queries, k, exclude)
 
     def split(self, name: str) -> SplitView:
         if name not in self.splits:
             raise DatabaseError(f"no split {name!r} in {self.root}; it holds {self.splits}")
-        return SplitView(self.root, name, self.block_size, self.chunk_size)
+        return SplitView(self.root, name, self.block_size, self.chunk_size, self.check_file)
 
     def neighbours(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """ids (n_queries, k) int64 (-1 = none), lengths (n_queries, k) int32 of the split."""
@@ -234,11 +273,15 @@ def open_db(
     chunk_size: int | None = None,
     block_size: int | None = None,
     embedder: str | None = None,
+    verify: bool = True,
 ) -> Database:
     """Opens a complete database; the keyword arguments are what the caller (a model) expects.
 
+    verify: check every file against the manifest's sha256 (files over EAGER_HASH_BYTES when
+    first read); False checks only their sizes.
+
     Raises DatabaseError naming every expectation the database does not meet, a stage that is not
-    complete, or a manifest from a newer format.
+    complete, a manifest from a newer format, or a file whose size or sha256 is not the manifest's.
     """
     root = Path(path)
     manifest = Manifest.load(root, DATABASE)
@@ -263,4 +306,4 @@ def open_db(
     ]
     if mismatches:
         raise DatabaseError(f"{root} does not match:\n  " + "\n  ".join(mismatches))
-    return Database(root, manifest)
+    return Database(root, manifest, verify)

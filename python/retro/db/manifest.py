@@ -82,6 +82,21 @@ class Manifest:
             return False
         return sha256_of(path) == entry["sha256"]
 
+    def check_file(self, relative: str, hash: bool = True) -> None:
+        """Raises DatabaseError naming the file and the expected value unless it exists with the
+        recorded size (and, with hash, sha256)."""
+        entry = self.files[relative]
+        path = self.root / relative
+        if not path.is_file():
+            raise DatabaseError(f"{path} is missing (the manifest records {entry['bytes']} bytes)")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DatabaseError(f"{path} has {size} bytes, the manifest expects {entry['bytes']} "
+                                "(truncated or replaced since the build)")
+        if hash and (checksum := sha256_of(path)) != entry["sha256"]:
+            raise DatabaseError(f"{path} has sha256 {checksum}, the manifest expects "
+                                f"{entry['sha256']} (changed since the build)")
+
     def require_stage(self, stage: str) -> None:
         """Raises DatabaseError unless the stage is complete."""
         if stage not in self.stages:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from retro.data.trivia import DEFAULT_LISTS
-from retro.errors import RetroError
+from retro.errors import RetroError, non_negative_int, positive_int
 from retro.eval.evaluate import evaluate, gain_table, results_table
 from retro.eval.losses import NEIGHBOURS
 from retro.eval.leakage import leakage_table, plot_leakage
@@ -24,8 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--db", default=None, help="the database (default: the run's own)")
     parser.add_argument("--gpt", default=None, help="a GPT run to compare on the same samples")
     parser.add_argument("--split", default="valid")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-samples", type=int, default=None, help="default: the whole split")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--max-samples", type=positive_int, default=None,
+                        help="default: the whole split")
     parser.add_argument("--neighbours", nargs="+", choices=NEIGHBOURS, default=["real", "none"],
                         help="neighbour sources RETRO is scored with (none is always added: the "
                         "retrieval gain is the loss without minus the loss with): real = the "
@@ -35,15 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="leakage plot PNG (default: RUN/leakage.png)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--text-quality", type=int, default=0, metavar="N",
+    parser.add_argument("--text-quality", type=non_negative_int, default=0, metavar="N",
                         help="also sample N continuations per model (nucleus p=0.9) and report "
                         "repetition, self-BLEU and Zipf (paper Table 3)")
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens per sampled continuation")
+    parser.add_argument("--new-tokens", type=positive_int, default=128,
+                        help="tokens per sampled continuation")
     parser.add_argument("--qa", nargs="*", default=None, metavar="LIST",
                         help="factual QA: Red-Trivia lists and/or 'factbook' (no LIST: "
                         f"{' '.join(DEFAULT_LISTS)}, and factbook when the database holds it), "
                         "by likelihood with 10 choices")
-    parser.add_argument("--qa-items", type=int, default=None,
+    parser.add_argument("--qa-items", type=positive_int, default=None,
                         help="items per QA list (a seeded sample; default: all)")
     parser.add_argument("--edited-db", default=None,
                         help="with --qa: a database built with --edits; RETRO also answers with "

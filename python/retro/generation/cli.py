@@ -6,22 +6,23 @@ import argparse
 import sys
 import time
 
-from retro.errors import RetroError
+from retro.errors import RetroError, finite_float, non_negative_int, positive_int
 from retro.train.checkpoint import load_model
 from retro.generation.generator import GenerationStats, generate
+from retro.generation.sampling import check_sampling
 from retro.train.run_db import open_run_db
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers ``retro generate``."""
     parser = subparsers.add_parser("generate", help="continue a prompt, retrieving every chunk")
-    parser.add_argument("run", help="a training run directory (or its ckpt.pt)")
+    parser.add_argument("run", help="a training run directory (or its checkpoint file)")
     parser.add_argument("--db", default=None, help="the database (default: the run's own)")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling; 1: off")
+    parser.add_argument("--max-new-tokens", type=non_negative_int, default=128)
+    parser.add_argument("--temperature", type=finite_float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=positive_int, default=None)
+    parser.add_argument("--top-p", type=finite_float, default=0.9, help="nucleus sampling; 1: off")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-retrieval", action="store_true", help="RETRO without neighbours")
     parser.add_argument("--show-neighbours", action="store_true",
@@ -31,12 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    check_sampling(args.temperature, args.top_k, args.top_p)  # before the model and the index load
+    if not args.prompt:  # (byte-level BPE gives any other text tokens)
+        raise RetroError("the prompt is empty: give some text with --prompt")
     model, state = load_model(args.run, map_location=args.device)
     db = open_run_db(model, state, args.db)
     tokenizer = db.tokenizer
     prompt = tokenizer.encode_batch([args.prompt])[0]
-    if len(prompt) == 0:
-        raise RetroError("the prompt is empty: give some text with --prompt")
     retrieving = model.encoder is not None and not args.no_retrieval
     if retrieving:  # load the embedder and the index before the clock starts
         setup = time.perf_counter()

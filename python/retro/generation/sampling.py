@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from retro.errors import RetroError
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raises RetroError unless 0 <= temperature < inf, top_k >= 1 and 0 < top_p <= 1 (NaN fails
+    every comparison, so each test is written to refuse it)."""
+    if not (math.isfinite(temperature) and temperature >= 0) \
+            or (top_k is not None and not top_k >= 1) \
+            or (top_p is not None and not 0 < top_p <= 1):
+        raise RetroError(f"need a finite temperature >= 0, top_k >= 1, 0 < top_p <= 1; got "
+                         f"{temperature}, {top_k}, {top_p}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -12,10 +24,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """One token id from logits (vocab,): argmax when temperature is 0, else a draw from
     softmax(logits / temperature) restricted to the top_k most likely tokens and to the smallest
     set whose probability reaches top_p (the most likely token always stays)."""
-    if temperature < 0 or (top_k is not None and top_k < 1) \
-            or (top_p is not None and not 0 < top_p <= 1):
-        raise RetroError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, "
-                         f"{top_k}, {top_p}")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / temperature

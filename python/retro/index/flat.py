@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from retro import _core
-from retro._arrays import as_float32_matrix, as_int64_vector
+from retro._arrays import as_count, as_float32_matrix, as_int64_vector
 
 Metric = Literal["l2", "ip"]
 
@@ -30,7 +30,7 @@ class FlatIndex:
 
     def search(self, x: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest neighbours of x (n, d): D (n, k) float32, I (n, k) int64, best first."""
-        return self._index.search(as_float32_matrix(x, "queries"), int(k))
+        return self._index.search(as_float32_matrix(x, "queries"), as_count(k, "k"))
 
     def reset(self) -> None:
         self._index.reset()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from retro import _core
-from retro._arrays import as_float32_matrix, as_int64_vector
+from retro._arrays import as_count, as_float32_matrix, as_int64_vector
 from retro.errors import IndexFileError
 from retro.index.flat import Metric
 from retro.index.opq import OpqTrainParams, train_opq_rotation
@@ -296,10 +296,11 @@ class IvfPqIndex:
         Returns:
             D (n, k) float32 and I (n, k) int64, best first.
         """
-        if not isinstance(nprobe, (int, np.integer)) or nprobe <= 0:
-            raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
+        k = as_count(k, "k")
+        nprobe = min(as_count(nprobe, "nprobe"), self.nlist)  # above nlist: all lists
+        k_factor = min(int(k_factor), 1 << 20)  # beyond, k * k_factor covers any index alike
         return self._index.search(
-            as_float32_matrix(x, "queries"), int(k), int(nprobe), _as_rerank(rerank), int(k_factor)
+            as_float32_matrix(x, "queries"), k, nprobe, _as_rerank(rerank), k_factor
         )
 
     def rerank_candidates(
@@ -323,7 +324,7 @@ class IvfPqIndex:
         if candidates.dtype.kind not in "iu":
             raise ValueError(f"candidates must be integer ids, got dtype {candidates.dtype}")
         candidates = np.ascontiguousarray(candidates, dtype=np.int64)
-        return self._index.rerank_candidates(x, candidates, int(k), _as_rerank(rerank))
+        return self._index.rerank_candidates(x, candidates, as_count(k, "k"), _as_rerank(rerank))
 
     def reset(self) -> None:
         """Removes all stored vectors; the training is kept."""
@@ -348,20 +349,19 @@ class IvfPqIndex:
         cls,
         path: str | os.PathLike,
         mmap: bool = True,
-        verify: bool | None = None,
+        verify: bool = True,
         device: Any = None,
     ) -> Any:
         """Loads an index saved by :meth:`save`.
 
         Args:
             mmap: map the codes and ids instead of reading them (the index is then read-only).
-            verify: check every section's checksum; defaults to ``not mmap`` (with mmap the small
-                sections are still verified, the codes and ids are not read).
+            verify: check every section's checksum (the default: one xxh64 pass over the file,
+                docs/RELIABILITY.md gives its cost); False skips the codes, ids and terms (the
+                small sections are always verified).
             device: None or "cpu" for this host index; a CUDA device for its device copy
                 (:meth:`to`).
         """
-        if verify is None:
-            verify = not mmap
         try:
             loaded = _core.IvfPqIndex.load(os.fspath(path), bool(mmap), bool(verify))
         except RuntimeError as error:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from retro.model.checkpoint_file import checkpoint_path, load_state
 from retro.model.config import DECODER_FIELDS, PAPER_PARAMS, RetroConfig
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory, _attends, _describe
 from retro.model.layers import (Block, CausalSelfAttention, ChunkedCrossAttention, Encoder,
@@ -252,13 +253,15 @@ class Retro(GPT):
         """RETRO-fit (DeepMind §4.2): a Retro whose decoder is `gpt`'s, with fresh CCA and encoder.
 
         gpt: a GPT, a checkpoint {"model": state_dict, "config": dict of RetroConfig fields}, or
-        the path of one saved with torch.save. retro_fields override the retrieval fields of its
+        the path of one: a GPT run's directory or its checkpoint file (ckpt.safetensors, a legacy
+        ckpt.pt), or a dict saved with torch.save (read with weights_only=True: loading runs no
+        code). retro_fields override the retrieval fields of its
         config (chunk_size, cca_layers, enc_*, ...), never the decoder's. freeze: the decoder's
         parameters (its token embedding, which the encoder shares, included) get
         requires_grad=False, so that only CCA and the encoder train.
         """
         if isinstance(gpt, (str, os.PathLike)):
-            gpt = torch.load(gpt, map_location="cpu", weights_only=True)
+            gpt = load_state(checkpoint_path(gpt) if os.path.isdir(gpt) else gpt)
         if isinstance(gpt, GPT) and not isinstance(gpt, Retro):
             config, state = gpt.config, gpt.state_dict()
         elif isinstance(gpt, dict) and {"model", "config"} <= gpt.keys():

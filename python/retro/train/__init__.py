@@ -7,9 +7,9 @@
 config.py holds the settings and the typed overrides, data.py the samples with their
 neighbours, optim.py AdamW and the schedule, loop.py the loop, log.py RUN/log.jsonl,
 distributed.py DDP / FSDP2 and the rank's share of each batch under torchrun,
-distributed_checkpoint.py the DCP checkpoints and their conversion to and from ckpt.pt,
-checkpoint.py RUN/ckpt.pt, run_db.py the run's database opened again (evaluation, generation),
-flops.py the model FLOPs per token.
+distributed_checkpoint.py the DCP checkpoints and their conversion to and from the canonical one,
+checkpoint.py RUN/ckpt.safetensors, run_db.py the run's database opened again (evaluation,
+generation), flops.py the model FLOPs per token.
 """
 
 from retro.train.config import TrainConfig

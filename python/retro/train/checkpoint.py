@@ -1,6 +1,13 @@
-"""A training run's checkpoint: one plain dict in ``RUN/ckpt.pt``, written atomically.
+"""A training run's checkpoint: one plain dict in ``RUN/ckpt.safetensors``, written atomically.
 
-Keys (format version 1):
+The file is safetensors: the tensors, and the rest of the dict as JSON in its metadata
+(retro.model.checkpoint_file), so loading one runs no code. Checkpoints of format version 1 were
+torch.save files (``RUN/ckpt.pt``); they are read with torch's restricted unpickler (weights_only,
+numpy arrays allowed), and the next save of the run replaces them. A legacy file that needs more
+than that is refused; ``retro ckpt convert RUN --to canonical --trust-pickle`` converts one you
+made yourself, once.
+
+Keys (format version 2, the same as version 1):
 
 - ``format_version`` (int), ``kind`` ("retro" or "gpt"), ``config`` (``dataclasses.asdict`` of the
   :class:`retro.model.RetroConfig`), ``model`` (the state dict, without torch.compile's prefix);
@@ -35,9 +42,10 @@ import torch
 from retro.errors import RetroError
 from retro.files import atomic_file
 from retro.model import GPT, Retro, RetroConfig
+from retro.model.checkpoint_file import (CHECKPOINT, LEGACY_CHECKPOINT, UnsafeCheckpointError,
+                                         checkpoint_path, load_state, save_state)
 
-CHECKPOINT = "ckpt.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = {"retro": Retro, "gpt": GPT}
 REQUIRED = ("format_version", "kind", "config", "model", "step")
 
@@ -46,32 +54,36 @@ class CheckpointError(RetroError):
     """A run directory or checkpoint that cannot be used, with the reason."""
 
 
-def checkpoint_path(run: str | os.PathLike) -> Path:
-    """RUN/ckpt.pt, or the path itself when it names a file."""
-    path = Path(run)
-    return path if path.suffix == ".pt" else path / CHECKPOINT
-
-
 def save_checkpoint(run: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Writes state (see the module docstring) to RUN/ckpt.pt via a temp file and a rename."""
+    """Writes state (see the module docstring) to RUN/ckpt.safetensors via a temp file, fsync and
+    a rename; a legacy RUN/ckpt.pt beside it, now superseded, is removed."""
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint state lacks {missing}")
     if state["kind"] not in KINDS:
         raise CheckpointError(f"kind must be one of {sorted(KINDS)}, got {state['kind']!r}")
-    path = checkpoint_path(run)
+    path = checkpoint_path(run).with_suffix(".safetensors")
     with atomic_file(path) as file:
-        torch.save(state, file)
+        save_state(file, state)
+    if path.name == CHECKPOINT:
+        path.with_name(LEGACY_CHECKPOINT).unlink(missing_ok=True)
     return path
 
 
-def load_checkpoint(run: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict of a run directory (or a .pt path), checked for format and keys."""
+def load_checkpoint(run: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    trust_pickle: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of a run directory (or a checkpoint file), checked for format and keys.
+    trust_pickle: read a legacy ckpt.pt with the full unpickler, running what it holds (only for a
+    file you made yourself)."""
     path = checkpoint_path(run)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path} (is {Path(run)} a training run?)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = load_state(path, map_location, trust_pickle)
+    except UnsafeCheckpointError as error:
+        raise CheckpointError(
+            f"{error}. If you made this file yourself, convert it once: retro ckpt convert "
+            f"{path.parent} --to canonical --trust-pickle") from error
     except Exception as error:  # a truncated or foreign file
         raise CheckpointError(f"{path} is not a readable retro checkpoint: {error}") from error
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED):

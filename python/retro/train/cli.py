@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--db", help="the database directory (default when resuming: the run's)")
     parser.add_argument("--model", choices=MODELS, help="default: retro")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: tiny")
-    parser.add_argument("--out", required=True, help="the run directory (ckpt.pt, log.jsonl)")
+    parser.add_argument("--out", required=True, help="the run directory (checkpoint, log.jsonl)")
     parser.add_argument("--init-from", help="RETRO-fit: start from this GPT run's decoder")
     parser.add_argument("--freeze", action="store_true",
                         help="with --init-from: train only CCA and the encoder")

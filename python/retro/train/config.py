@@ -32,7 +32,7 @@ class TrainConfig:
     """A training run (``retro train``); ``retro.train.train(config)`` runs it."""
 
     db: str  # the retrieval database directory (retro db build)
-    out: str  # the run directory: ckpt.pt, log.jsonl
+    out: str  # the run directory: ckpt.safetensors, log.jsonl
     model: str = "retro"  # "retro" or "gpt" (the same decoder without retrieval)
     preset: str | None = None  # RetroConfig preset; None: "tiny", or the init_from run's config
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden

@@ -4,9 +4,10 @@ One optimizer step: grad_accum micro-batches of batch_size samples, each loss sc
 1 / grad_accum, then gradient clipping and AdamW at the scheduled learning rate. Validation runs
 every eval_interval steps on a fixed set of valid samples with their stored neighbours; a
 checkpoint is written every checkpoint_interval steps and at the end, holding everything a
-resumed run needs to continue with the same losses: RUN/ckpt.pt (retro.train.checkpoint) on one
-process, a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical ckpt.pt is
-added at the end), which resumes on any world size with the same global batch.
+resumed run needs to continue with the same losses: RUN/ckpt.safetensors (retro.train.checkpoint)
+on one process, a DCP checkpoint under torchrun (retro.train.distributed_checkpoint; the canonical
+checkpoint is added at the end), which resumes on any world size with the same global batch. The
+temporary files of a save killed midway are removed when the run starts again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.data import default_collate
 
 from retro.db import Database, DatabaseError, open_db
 from retro.errors import RetroError
+from retro.files import remove_stale_temporaries
 from retro.model import GPT, Retro, RetroConfig
 from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS,
                                     CheckpointError, config_dict, db_identity, db_mismatches,
@@ -64,6 +66,10 @@ def _train(config: TrainConfig, world: World) -> Path:
     db = open_db(config.db)
     if "valid" not in db.splits:
         raise DatabaseError(f"{db.root} has no valid split to validate on (valid_fraction was 0)")
+    if world.is_main:
+        for directory in (run, *(run / DCP_DIR).glob("step-*")):
+            if directory.is_dir():
+                remove_stale_temporaries(directory)
     checkpoint, state = _resume_state(run, config, db, world)
     plain, frozen = _model(config, db, state)
     plain.to(device).train()
