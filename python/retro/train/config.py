@@ -36,7 +36,8 @@ class TrainConfig:
     model: str = "retro"  # "retro" or "gpt" (the same decoder without retrieval)
     preset: str | None = None  # RetroConfig preset; None: "tiny", or the init_from run's config
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
-    init_from: str | None = None  # a GPT run to RETRO-fit (its decoder, fresh CCA and encoder)
+    # RETRO-fit (its decoder, fresh CCA and encoder): a GPT run, or a Hugging Face GPT-2 directory
+    init_from: str | None = None
     freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
@@ -85,9 +86,9 @@ class TrainConfig:
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,
-               "freeze needs init_from (the GPT run whose decoder is frozen)")
+               "freeze needs init_from (the GPT whose decoder is frozen)")
         _check(self.init_from is None or self.model == "retro",
-               "init_from RETRO-fits a GPT run: it needs model='retro'")
+               "init_from RETRO-fits a GPT: it needs model='retro'")
         fields = {f.name for f in dataclasses.fields(RetroConfig)}
         unknown = sorted(set(self.model_args) - fields)
         _check(not unknown, "unknown model setting(s) " + ", ".join(
