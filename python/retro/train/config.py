@@ -58,6 +58,12 @@ class TrainConfig:
     # grad_accum samples), spread evenly over the valid split
     log_interval: int = 10  # steps between log.jsonl lines (and at the end)
     checkpoint_interval: int = 500  # steps between checkpoints (and at the end)
+    # beside log.jsonl (off by default; each needs its package): TensorBoard in RUN/tensorboard,
+    # Weights & Biases (nanoGPT's flags; a wandb_project alone turns it on too)
+    tensorboard: bool = False
+    wandb_log: bool = False
+    wandb_project: str | None = None  # None: "retro"
+    wandb_run_name: str | None = None  # None: the run directory's name
     stop_after: int | None = None  # end this invocation after this step, checkpointed (resumable)
     # execution
     seed: int = 1337  # model init and data order

@@ -35,7 +35,7 @@ from retro.train.distributed import (gradient_sync, join_training, mean_over_ran
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
                                                 latest_checkpoint, load_canonical, load_dcp,
                                                 read_train_state, save_dcp)
-from retro.train.log import RunLog
+from retro.train.log import RunLog, open_trackers
 from retro.train.optim import learning_rate, make_optimizer
 from retro.world import World, barrier, leave_world
 
@@ -77,7 +77,8 @@ def _train(config: TrainConfig, world: World) -> Path:
             load_canonical(state, model, optimizer)
         step, data_position = state["step"], state["data_position"]
         _set_rng_state(state["rng"])
-    log = RunLog(run, resume_step=step if state is not None else None) if world.is_main \
+    resume_step = step if state is not None else None
+    log = RunLog(run, resume_step, open_trackers(run, config, resume_step)) if world.is_main \
         else _NoLog()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
@@ -158,6 +159,7 @@ def _train(config: TrainConfig, world: World) -> Path:
             dcp_to_canonical(run)
         barrier(world)
     progress.close()
+    log.close()
     return run
 
 
@@ -367,9 +369,10 @@ class _NoProgress:
 
 
 class _NoLog:
-    """RunLog's method, doing nothing (ranks other than 0)."""
+    """RunLog's methods, doing nothing (ranks other than 0)."""
 
     def write(self, entry: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
 
 
 def _progress_bar(config: TrainConfig, start: int, stop: int, world: World) -> Any:
