@@ -50,8 +50,9 @@ def qa_items() -> list[QAItem]:
 
 
 def texts() -> list[str]:
-    """The rolling task's documents, and one three times as long as a block (two windows)."""
-    rows = [json.loads(line)["text"] for line in (DATA / "topics_text.jsonl").read_text().splitlines()]
+    """The rolling task's documents, and one of three windows (529 tokens)."""
+    lines = (DATA / "topics_text.jsonl").read_text().splitlines()
+    rows = [json.loads(line)["text"] for line in lines]
     return rows + [" ".join(rows * 12)]
 
 

@@ -180,9 +180,9 @@ class RetroLM(_Base):
             return {}
         queries = inputs[:, :n_chunks * self.m].reshape(-1, self.m)
         _, lens, tokens = self.db.retrieve(queries, k=self.model.config.n_nbrs)
-        b = inputs.shape[0]
-        return {"nbr_tokens": torch.from_numpy(tokens.reshape(b, n_chunks, *tokens.shape[1:])).to(device),
-                "nbr_lens": torch.from_numpy(lens.reshape(b, n_chunks, -1).astype(np.int32)).to(device)}
+        shape = (inputs.shape[0], n_chunks, -1)  # (B, L, k)
+        return {"nbr_tokens": torch.from_numpy(tokens.reshape(*shape, tokens.shape[-1])).to(device),
+                "nbr_lens": torch.from_numpy(lens.reshape(shape).astype(np.int32)).to(device)}
 
 
 def _args(request: Any) -> tuple:

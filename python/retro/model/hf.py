@@ -126,7 +126,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
                              "pip install 'retro[hf]'") from None
         files = [SAFETENSORS]
         if index.is_file():
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
         tensors = {}
         for name in files:
             tensors.update(load_file(directory / name))
