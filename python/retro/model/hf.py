@@ -59,9 +59,12 @@ def resolve(path: str | os.PathLike) -> Path:
     except ImportError:
         raise RetroError(f"{name!r} is not a local directory, and hub ids need huggingface_hub: "
                          "pip install 'retro[hf]', or pass a local directory") from None
-    try:
-        return Path(snapshot_download(name, allow_patterns=[CONFIG, SAFETENSORS, "*.json",
-                                                            "merges.txt"]))
+    try:  # the config, tokenizer and safetensors files; pytorch_model.bin only when none
+        snapshot = Path(snapshot_download(name, allow_patterns=["*.json", "merges.txt",
+                                                                "*.safetensors"]))
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(name, allow_patterns=[PYTORCH_BIN]))
+        return snapshot
     except Exception as error:  # offline, unknown id, gated repository: all end here
         raise RetroError(
             f"{name!r} is not a local directory, and fetching it from the Hugging Face Hub failed "
