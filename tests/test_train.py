@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from test_db_support import reference_db
 
 from retro.train.checkpoint import load_checkpoint, load_model
 from retro.cli import main
+from retro.errors import RetroError
 from retro.db import open_db
 from retro.train import TrainConfig, read_log, train
 from retro.train.config import apply_overrides
@@ -199,3 +201,52 @@ def test_bad_settings(db_dir, gpt_run, tmp_path, capsys):
     assert "unrecognized arguments: --n_layr=2" in capsys.readouterr().err
     assert main(["train", "--db", str(db_dir), "--out", str(tmp_path / "c")]) == 2
     assert "--block_size=256" in capsys.readouterr().err
+
+
+class FakeWandb:
+    """The part of the wandb module a run uses, recording its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def init(self, **settings):
+        self.calls.append(("init", settings))
+        return self
+
+    def log(self, scalars, step):
+        self.calls.append(("log", step, scalars))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def test_tensorboard_and_wandb_get_the_logged_numbers(db_dir, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    wandb = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    run = train(apply_overrides(
+        TrainConfig(db=db_dir, out=tmp_path / "run", model="gpt", max_iters=2, eval_interval=2,
+                    **SMALL),
+        {"tensorboard": "true", "wandb_project": "retro-tests"}))
+    entries = read_log(run)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for key in ("loss", "lr", "val_loss"):
+        logged = [(e["step"], e[key]) for e in entries if key in e]
+        assert logged and [(s.step, s.value) for s in events.Scalars(key)] == \
+            [(step, pytest.approx(value, rel=1e-6)) for step, value in logged]  # float32 events
+    init, *logs, finish = wandb.calls
+    assert init[0] == "init" and init[1]["project"] == "retro-tests" and init[1]["name"] == "run"
+    assert init[1]["config"]["max_iters"] == 2 and finish == ("finish",)
+    assert [(step, scalars.get("loss"), scalars.get("val_loss")) for _, step, scalars in logs] == \
+        [(e["step"], e.get("loss"), e.get("val_loss")) for e in entries]
+    # off by default: neither is imported
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    plain = train(TrainConfig(db=db_dir, out=tmp_path / "plain", model="gpt", max_iters=1,
+                              **SMALL))
+    assert not (plain / "tensorboard").exists()
+    with pytest.raises(RetroError, match="pip install wandb"):
+        train(TrainConfig(db=db_dir, out=tmp_path / "w", model="gpt", max_iters=1, wandb_log=True,
+                          **SMALL))

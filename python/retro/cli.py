@@ -19,6 +19,7 @@ COMMAND_GROUPS = (
     "retro.index.cli",
     "retro.train.cli",
     "retro.train.ckpt_cli",
+    "retro.train.export_cli",
     "retro.eval.cli",
     "retro.generation.cli",
     "retro.demo",

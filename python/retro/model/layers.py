@@ -39,7 +39,7 @@ class MLP(nn.Module):
     def __init__(self, config: RetroConfig, n_embd: int) -> None:
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", choices=MODELS, help="default: retro")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: tiny")
     parser.add_argument("--out", required=True, help="the run directory (checkpoint, log.jsonl)")
-    parser.add_argument("--init-from", help="RETRO-fit: start from this GPT run's decoder")
+    parser.add_argument("--init-from", metavar="PATH",
+                        help="RETRO-fit: start from the decoder of this GPT run or Hugging Face "
+                             "GPT-2 directory (or hub id, online)")
     parser.add_argument("--freeze", action="store_true",
                         help="with --init-from: train only CCA and the encoder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")

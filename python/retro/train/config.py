@@ -36,7 +36,8 @@ class TrainConfig:
     model: str = "retro"  # "retro" or "gpt" (the same decoder without retrieval)
     preset: str | None = None  # RetroConfig preset; None: "tiny", or the init_from run's config
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
-    init_from: str | None = None  # a GPT run to RETRO-fit (its decoder, fresh CCA and encoder)
+    # RETRO-fit (its decoder, fresh CCA and encoder): a GPT run, or a Hugging Face GPT-2 directory
+    init_from: str | None = None
     freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
@@ -60,6 +61,12 @@ class TrainConfig:
     # grad_accum samples), spread evenly over the valid split
     log_interval: int = 10  # steps between log.jsonl lines (and at the end)
     checkpoint_interval: int = 500  # steps between checkpoints (and at the end)
+    # beside log.jsonl (off by default; each needs its package): TensorBoard in RUN/tensorboard,
+    # Weights & Biases (nanoGPT's flags; a wandb_project alone turns it on too)
+    tensorboard: bool = False
+    wandb_log: bool = False
+    wandb_project: str | None = None  # None: "retro"
+    wandb_run_name: str | None = None  # None: the run directory's name
     stop_after: int | None = None  # end this invocation after this step, checkpointed (resumable)
     # execution
     seed: int = 1337  # model init and data order
@@ -92,9 +99,9 @@ class TrainConfig:
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,
-               "freeze needs init_from (the GPT run whose decoder is frozen)")
+               "freeze needs init_from (the GPT whose decoder is frozen)")
         _check(self.init_from is None or self.model == "retro",
-               "init_from RETRO-fits a GPT run: it needs model='retro'")
+               "init_from RETRO-fits a GPT: it needs model='retro'")
         fields = {f.name for f in dataclasses.fields(RetroConfig)}
         unknown = sorted(set(self.model_args) - fields)
         _check(not unknown, "unknown model setting(s) " + ", ".join(

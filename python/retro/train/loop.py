@@ -26,10 +26,10 @@ from torch.utils.data import default_collate
 from retro.db import Database, DatabaseError, open_db
 from retro.errors import RetroError
 from retro.files import remove_stale_temporaries
-from retro.model import GPT, Retro, RetroConfig
+from retro.model import GPT, Retro, RetroConfig, hf
 from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS,
-                                    CheckpointError, config_dict, db_identity, db_mismatches,
-                                    load_checkpoint, save_checkpoint)
+                                    CheckpointError, checkpoint_path, config_dict, db_identity,
+                                    db_mismatches, load_checkpoint, save_checkpoint)
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.copy_curriculum import CopyCurriculum
 from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
@@ -38,7 +38,7 @@ from retro.train.distributed import (gradient_sync, join_training, mean_over_ran
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
                                                 latest_checkpoint, load_canonical, load_dcp,
                                                 read_train_state, save_dcp)
-from retro.train.log import RunLog
+from retro.train.log import RunLog, open_trackers
 from retro.train.optim import learning_rate, make_optimizer
 from retro.world import World, barrier, leave_world
 
@@ -84,7 +84,8 @@ def _train(config: TrainConfig, world: World) -> Path:
             load_canonical(state, model, optimizer)
         step, data_position = state["step"], state["data_position"]
         _set_rng_state(state["rng"])
-    log = RunLog(run, resume_step=step if state is not None else None) if world.is_main \
+    resume_step = step if state is not None else None
+    log = RunLog(run, resume_step, open_trackers(run, config, resume_step)) if world.is_main \
         else _NoLog()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
@@ -168,6 +169,7 @@ def _train(config: TrainConfig, world: World) -> Path:
             dcp_to_canonical(run)
         barrier(world)
     progress.close()
+    log.close()
     return run
 
 
@@ -285,21 +287,43 @@ def _model(config: TrainConfig, db: Database,
 
 
 def _retro_fit(config: TrainConfig, db: Database, fields: dict[str, Any]) -> Retro:
-    """A Retro on the decoder of the GPT run config.init_from (frozen with config.freeze)."""
-    gpt = load_checkpoint(config.init_from)
-    if gpt["kind"] != "gpt":
-        raise CheckpointError(
-            f"init_from needs a GPT run; {config.init_from} holds a {gpt['kind']}"
-        )
-    mismatches = db_mismatches(gpt.get("db") or {}, db)
-    if mismatches:
-        raise DatabaseError(f"the GPT run {config.init_from} does not fit {db.root}:\n  "
-                            + "\n  ".join(mismatches))
+    """A Retro on the decoder of config.init_from (frozen with config.freeze): a GPT run, or
+    else a Hugging Face GPT-2 (directory or hub id) that reads the database's tokenizer."""
     if config.preset is not None:
-        raise RetroError("init_from takes the decoder's config from the GPT run: drop the preset")
+        raise RetroError("init_from takes the decoder's config from the GPT it names: drop the "
+                         "preset")
+    if checkpoint_path(config.init_from).exists():
+        gpt = load_checkpoint(config.init_from)
+        if gpt["kind"] != "gpt":
+            raise CheckpointError(
+                f"init_from needs a GPT run; {config.init_from} holds a {gpt['kind']}"
+            )
+        _refuse_mismatches(config.init_from, db, db_mismatches(gpt.get("db") or {}, db))
+    else:
+        gpt = _pretrained_gpt(config.init_from, db)
     model = Retro.from_gpt(gpt, freeze=config.freeze, **fields)
     _check_fits_db(model.config, db)
     return model
+
+
+def _pretrained_gpt(path: str, db: Database) -> GPT:
+    """The Hugging Face GPT-2 at path with the database's block size; raises DatabaseError when
+    it has fewer positions or reads another tokenizer."""
+    directory = hf.resolve(path)
+    positions = hf.read_config(directory).block_size
+    if positions < db.block_size:
+        _refuse_mismatches(path, db, [f"block_size: the model has {positions} positions, the "
+                                      f"database's samples {db.block_size} tokens"])
+    gpt = GPT.from_pretrained(directory, block_size=db.block_size)
+    problem = hf.tokenizer_mismatch(directory, gpt.config, db.tokenizer)
+    _refuse_mismatches(path, db, [f"tokenizer: {problem}"] if problem else [])
+    return gpt
+
+
+def _refuse_mismatches(gpt: str, db: Database, mismatches: list[str]) -> None:
+    if mismatches:
+        raise DatabaseError(f"the GPT {gpt} does not fit {db.root}:\n  "
+                            + "\n  ".join(mismatches))
 
 
 def _check_fits_db(config: RetroConfig, db: Database) -> None:
@@ -355,9 +379,10 @@ class _NoProgress:
 
 
 class _NoLog:
-    """RunLog's method, doing nothing (ranks other than 0)."""
+    """RunLog's methods, doing nothing (ranks other than 0)."""
 
     def write(self, entry: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
 
 
 def _progress_bar(config: TrainConfig, start: int, stop: int, world: World) -> Any:
