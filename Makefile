@@ -1,11 +1,12 @@
 # The two commands of the README, and the pieces they are made of.
 #   make demo   set up .venv and run `retro demo`: database, GPT vs RETRO, eval, generation
-#   make test   set up .venv and run every test: Python (pytest) and C++ (GoogleTest via ctest)
+#   make test   set up .venv and run every test: mypy, Python (pytest), C++ (GoogleTest via ctest)
+#               and the wheel built isolated, installed into a fresh venv (scripts/check_wheel.sh)
 PYTHON ?= .venv/bin/python
 JOBS ?= 2
 CPP_BUILD := build/cpp
 
-.PHONY: demo test test-python test-cpp fuzz setup-bench setup-test gtest bench bench-quick bench-db bench-ops clean
+.PHONY: demo test test-types test-python test-cpp test-wheel fuzz setup-bench setup-test gtest bench bench-quick bench-db bench-ops clean
 
 demo:
 	bash scripts/setup_env.sh data,bench
@@ -15,7 +16,7 @@ demo:
 bench-quick: setup-bench
 	$(PYTHON) bench/ivfpq.py --quick
 
-test: setup-test test-python test-cpp
+test: setup-test test-types test-python test-cpp test-wheel
 
 setup-bench:
 	bash scripts/setup_env.sh bench
@@ -23,8 +24,17 @@ setup-bench:
 setup-test:
 	bash scripts/setup_env.sh test
 
+# Type checks of python/retro (settings in pyproject.toml).
+test-types:
+	$(PYTHON) -m mypy
+
 test-python:
 	$(PYTHON) -m pytest tests
+
+# python -m build --wheel (isolated, CPU only) -> a fresh venv -> import and one search (~1 min on
+# 2 cores: the core compiled once more, in build/wheel-check/, kept for the next run).
+test-wheel:
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
 
 # The fuzz test at length: 20000 mutated index files of each kind and 10000 databases (~15 min;
 # `make test` runs 300 and 150).

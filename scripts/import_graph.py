@@ -23,7 +23,8 @@ COMPILED = ("retro._core",)  # extension modules: no source to parse
 # Bottom to top; a module belongs to the layer of its longest matching prefix. An import from a
 # lower layer to a higher one is "upward".
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("retro._core", "retro._arrays", "retro.errors", "retro.files", "retro.world")),
+    ("base", ("retro._core", "retro._arrays", "retro._lazy", "retro.errors", "retro.files",
+              "retro.machine", "retro.world")),
     ("ops", ("retro.ops",)),
     ("index", ("retro.index",)),
     ("data", ("retro.data",)),

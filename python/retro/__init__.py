@@ -10,22 +10,28 @@
   :class:`GPT`, :func:`from_gpt`; the attention ops in :mod:`retro.ops`.
 """
 
+from typing import TYPE_CHECKING
+
 from retro import _core
+from retro._lazy import lazy_names
 from retro.db import build_db, open_db
 from retro.index import FlatIndex, IvfPqIndex, from_faiss, index_factory, to_faiss
 
+if TYPE_CHECKING:
+    from retro.eval import evaluate
+    from retro.generation import generate
+    from retro.model import GPT, Retro, RetroConfig, from_gpt
+    from retro.train import TrainConfig
+
 __version__: str = _core.__version__
 
-# torch-backed names, imported on first use: name -> module
-_LAZY = {
-    "GPT": "retro.model",
-    "Retro": "retro.model",
-    "RetroConfig": "retro.model",
-    "from_gpt": "retro.model",
+# torch-backed names, imported on first use so that the index needs no torch
+__getattr__ = lazy_names(__name__, {
+    **dict.fromkeys(["GPT", "Retro", "RetroConfig", "from_gpt"], "retro.model"),
     "generate": "retro.generation",
     "evaluate": "retro.eval",
     "TrainConfig": "retro.train",
-}
+})
 
 __all__ = [
     "FlatIndex",
@@ -91,12 +97,3 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Sets the OpenMP threads used by train/add/search (results do not depend on it)."""
     _core.set_num_threads(n)
-
-
-def __getattr__(name: str):
-    """The torch-backed names, imported on first use so that the index needs no torch."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'retro' has no attribute {name!r}")

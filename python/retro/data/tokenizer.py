@@ -50,7 +50,7 @@ class Tokenizer:
         """Token ids of each text, (len_i,) int64; special tokens in the text are not parsed."""
         return [np.asarray(e.ids, dtype=np.int64) for e in self.backend.encode_batch(list(texts))]
 
-    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+    def decode_batch(self, rows: Sequence[Sequence[int] | np.ndarray]) -> list[str]:
         """Text of each row of token ids."""
         return self.backend.decode_batch([np.asarray(row).tolist() for row in rows])
 

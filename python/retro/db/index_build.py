@@ -56,7 +56,7 @@ def encode(scratch: IvfPqIndex, x: np.ndarray, first: int) -> tuple[np.ndarray, 
     scratch.add(x, np.arange(first, first + len(x), dtype=np.int64))
     list_of = np.empty(len(x), dtype=np.int64)
     codes = np.empty((len(x), scratch.pq_m), dtype=np.uint8)
-    for list_no in np.flatnonzero(scratch.list_sizes()):
+    for list_no in map(int, np.flatnonzero(scratch.list_sizes())):
         rows = scratch.list_ids(list_no) - first
         list_of[rows] = list_no
         codes[rows] = scratch.list_codes(list_no)

@@ -8,12 +8,7 @@ from pathlib import Path
 
 from retro.data.trivia import DEFAULT_LISTS
 from retro.errors import RetroError, non_negative_int, positive_int
-from retro.eval.evaluate import evaluate, gain_table, results_table
-from retro.eval.losses import NEIGHBOURS
-from retro.eval.leakage import leakage_table, plot_leakage
-from retro.eval.qa import qa_table
-from retro.eval.text_quality import text_quality_of_runs, text_quality_table
-from retro.train.checkpoint import checkpoint_path
+from retro.eval.sources import NEIGHBOURS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # torch-backed: imported by the command, so that --help needs no torch
+    from retro.eval.evaluate import evaluate, gain_table, results_table
+    from retro.eval.leakage import leakage_table, plot_leakage
+    from retro.eval.qa import qa_table
+    from retro.eval.text_quality import text_quality_of_runs, text_quality_table
+    from retro.train.checkpoint import checkpoint_path
+
     qa_lists = () if args.qa is None else (args.qa or "default")
     if args.edited_db and not qa_lists:
         raise RetroError("--edited-db is read by the QA comparison: add --qa")

@@ -205,7 +205,7 @@ if register_model is not None:
 def main(argv: Sequence[str] | None = None) -> None:
     """lm_eval's command line, with the retro model type registered."""
     if register_model is None:
-        raise SystemExit("retro.eval.harness needs lm_eval: pip install 'retro[harness]'")
+        raise SystemExit("retro.eval.harness needs lm_eval: pip install 'retro-lm[harness]'")
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]

@@ -16,6 +16,7 @@ from retro.errors import RetroError
 from retro.data.tokenizer import Tokenizer
 from retro.db import Database
 from retro.eval.bytes import group_bytes
+from retro.eval.sources import NEIGHBOURS  # torch-free, for `retro eval --help`
 from retro.model import GPT
 
 
@@ -48,9 +49,6 @@ def chunk_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk_size: int) -> np
     targets = tokens[:, 1:]
     pieces = [targets[j, bounds[g]:bounds[g + 1]] for j in range(n) for g in range(n_groups)]
     return group_bytes(tokenizer, pieces).reshape(n, n_groups)
-
-
-NEIGHBOURS = ("real", "shuffled", "none", "oracle")
 
 
 def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,

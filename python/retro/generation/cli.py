@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from retro.errors import RetroError, finite_float, non_negative_int, positive_int
-from retro.train.checkpoint import load_model
-from retro.generation.generator import GenerationStats, generate
-from retro.generation.sampling import check_sampling
-from retro.train.run_db import open_run_db
+
+if TYPE_CHECKING:  # torch-backed: imported by the command, so that --help needs no torch
+    from retro.db import Database
+    from retro.generation.generator import GenerationStats
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from retro.generation.generator import GenerationStats, generate
+    from retro.generation.sampling import check_sampling
+    from retro.train.checkpoint import load_model
+    from retro.train.run_db import open_run_db
+
     check_sampling(args.temperature, args.top_k, args.top_p)  # before the model and the index load
     if not args.prompt:  # (byte-level BPE gives any other text tokens)
         raise RetroError("the prompt is empty: give some text with --prompt")
@@ -63,7 +69,7 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def neighbour_report(db, stats: GenerationStats) -> str:
+def neighbour_report(db: Database, stats: GenerationStats) -> str:
     """Each retrieved chunk's text and its neighbours' (chunk + continuation) as text."""
     tokenizer, lines = db.tokenizer, []
     for record in stats.retrievals:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from retro.index.flat import Metric
 from retro.index.ivf_pq import IvfPqIndex
 
 
@@ -146,7 +147,7 @@ def _from_faiss_ivfpq(faiss: Any, ivf: Any, opq: tuple[Any, np.ndarray | None] |
             "from_faiss needs an IndexIVFPQ with a flat coarse quantizer (IndexFlatL2 or "
             f"IndexFlatIP), got one with a {type(quantizer).__name__} quantizer"
         )
-    metrics = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "ip"}
+    metrics: dict[int, Metric] = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "ip"}
     if ivf.metric_type not in metrics:
         raise ValueError(
             f"from_faiss supports the L2 and inner product metrics, got metric {ivf.metric_type}"

@@ -277,11 +277,11 @@ def check_shards(
 def check_disjoint(id_ranges: Sequence[tuple[int, int] | None]) -> None:
     """Raises ValueError if two shards' (smallest, largest) id ranges overlap."""
     present = sorted((r[0], r[1], s) for s, r in enumerate(id_ranges) if r is not None)
-    for (_, hi, s), (lo, _, t) in zip(present, present[1:]):
+    for (lo_s, hi, s), (lo, hi_t, t) in zip(present, present[1:]):
         if lo <= hi:
             raise ValueError(
-                f"shards {s} and {t} have overlapping id ranges {list(id_ranges[s])} and "
-                f"{list(id_ranges[t])}: shards must hold disjoint id ranges"
+                f"shards {s} and {t} have overlapping id ranges {[lo_s, hi]} and "
+                f"{[lo, hi_t]}: shards must hold disjoint id ranges"
             )
 
 

@@ -38,11 +38,24 @@ Files: config.py (RetroConfig, presets), layers.py (blocks, the four attentions,
 decoding.py (what a call attends to, the decoding cache), gpt.py (GPT, Retro, RETRO-fit).
 """
 
+from typing import TYPE_CHECKING
+
+from retro._lazy import lazy_names
 from retro.model.config import (CROSS_POSITIONS, DECODER_FIELDS, PAPER_PARAMS, PRESETS,
                                  RetroConfig)
-from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory
-from retro.model.gpt import GPT, Retro, count_parameters, from_gpt, parameter_table
-from retro.model.layers import ChunkedCrossAttention, Encoder
+
+if TYPE_CHECKING:
+    from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory
+    from retro.model.gpt import GPT, Retro, count_parameters, from_gpt, parameter_table
+    from retro.model.layers import ChunkedCrossAttention, Encoder
+
+# torch-backed: imported on first use (the config alone serves `retro train --help`)
+__getattr__ = lazy_names(__name__, {
+    **dict.fromkeys(["DecodeCache", "LayerCache", "NeighbourMemory"], "retro.model.decoding"),
+    **dict.fromkeys(["GPT", "Retro", "count_parameters", "from_gpt", "parameter_table"],
+                    "retro.model.gpt"),
+    **dict.fromkeys(["ChunkedCrossAttention", "Encoder"], "retro.model.layers"),
+})
 
 __all__ = ["CROSS_POSITIONS", "DECODER_FIELDS", "GPT", "PAPER_PARAMS", "PRESETS",
            "ChunkedCrossAttention", "DecodeCache", "Encoder", "LayerCache", "NeighbourMemory",

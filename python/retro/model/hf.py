@@ -58,7 +58,7 @@ def resolve(path: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise RetroError(f"{name!r} is not a local directory, and hub ids need huggingface_hub: "
-                         "pip install 'retro[hf]', or pass a local directory") from None
+                         "pip install 'retro-lm[hf]', or pass a local directory") from None
     try:  # the config, tokenizer and safetensors files; pytorch_model.bin only when none
         snapshot = Path(snapshot_download(name, allow_patterns=["*.json", "merges.txt",
                                                                 "*.safetensors"]))
@@ -126,7 +126,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise RetroError("reading model.safetensors needs safetensors: "
-                             "pip install 'retro[hf]'") from None
+                             "pip install 'retro-lm[hf]'") from None
         files = [SAFETENSORS]
         if index.is_file():
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -248,7 +248,7 @@ def write_pretrained(directory: str | os.PathLike, config: RetroConfig,
         from safetensors.torch import save
     except ImportError:
         raise RetroError("writing model.safetensors needs safetensors: "
-                         "pip install 'retro[hf]'") from None
+                         "pip install 'retro-lm[hf]'") from None
     settings = hf_config(config, decoder_state["lm_head.weight"].dtype)  # first: it checks
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,16 @@ checkpoint.py RUN/ckpt.safetensors, run_db.py the run's database opened again (e
 generation), flops.py the model FLOPs per token.
 """
 
+from typing import TYPE_CHECKING
+
+from retro._lazy import lazy_names
 from retro.train.config import TrainConfig
 from retro.train.log import read_log
-from retro.train.loop import train
+
+if TYPE_CHECKING:
+    from retro.train.loop import train
+
+# torch-backed: imported on first use, so that `retro train --help` needs no torch
+__getattr__ = lazy_names(__name__, {"train": "retro.train.loop"})
 
 __all__ = ["TrainConfig", "read_log", "train"]

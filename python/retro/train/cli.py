@@ -57,7 +57,7 @@ def _metavar(hint: typing.Any) -> str:
 
 
 def _missing(error: ImportError) -> int:
-    raise RetroError(f"retro train needs torch ({error}): pip install 'retro[torch]'")
+    raise RetroError(f"retro train needs torch ({error}): pip install 'retro-lm[torch]'")
 
 
 def run_train(args: argparse.Namespace) -> int:

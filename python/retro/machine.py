@@ -1,0 +1,66 @@
+"""What a timing was measured on: the CPU, its vector instruction sets, cores and load.
+
+    before = machine_info()
+    ... the timed work ...
+    summary["machine"] = {**before, "load_after": load_average()}
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# The flags (as /proc/cpuinfo spells them) that decide which kernels run: retro's SIMD levels,
+# bf16 autocast of the embedder (retro.db.embed) and the core's bf16 attention products.
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve", "bf16")
+
+
+def cpu_model() -> str:
+    """The CPU's name ("model name" in /proc/cpuinfo; the processor type elsewhere)."""
+    for line in _cpuinfo().splitlines():
+        if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def isa_flags() -> list[str]:
+    """The flags of ISA_FLAGS this CPU has, in that order."""
+    present: set[str] = set()
+    for line in _cpuinfo().splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            present.update(line.split(":", 1)[1].split())
+    return [flag for flag in ISA_FLAGS if flag in present]
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (runnable processes), rounded."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict:
+    """The CPU's model and flags, the cores this process may use and the load now."""
+    from retro import _core
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "isa": isa_flags(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "simd": _core.simd_level(),  # the core's kernels (RETRO_SIMD forces a level)
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),  # set: torch's forced too
+        "load_before": load_average(),
+    }
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
