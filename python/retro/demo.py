@@ -56,7 +56,7 @@ class DemoConfig:
     block_size: int = 256  # tokens per training sample
     gpt_steps: int = 400  # optimizer steps of the GPT
     fit_steps: int = 300  # optimizer steps of RETRO-fitting it
-    copy_fraction: float = 0.5  # share of RETRO-fit samples that are copy samples (curriculum)
+    copy_fraction: float = 0.0  # share of RETRO-fit samples that are copy samples (curriculum)
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ class RunLog:
     which a run interrupted after its last checkpoint had written. trackers (see open_trackers)
     get every entry too."""
 
-    def __init__(self, run: Path, resume_step: int | None, trackers: list[Any] = ()) -> None:
+    def __init__(self, run: Path, resume_step: int | None, trackers: Sequence[Any] = ()) -> None:
         self.path = Path(run) / LOG
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.trackers = list(trackers)
