@@ -8,7 +8,6 @@ the demo's numbers in docs/RESULTS.md and the README).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,27 +17,17 @@ import report  # noqa: E402
 RESULTS = report.ROOT / "bench" / "results" / "demo.json"
 
 
-def isa_flags() -> list[str]:
-    """The CPU's vector extensions that retro's kernels use (from /proc/cpuinfo)."""
-    flags = next((line.split(":", 1)[1].split() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
-    return [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-
-
 def main(argv: list[str]) -> None:
     import retro.cli
 
-    load_before = os.getloadavg()
     status = retro.cli.main(["demo", *argv])
     if status:
         raise SystemExit(status)
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs") / "demo"
     summary = json.loads((out / "summary.json").read_text())
-    machine = {**report.machine_info(), "isa": isa_flags(),
-               "threads": summary["config"]["threads"],
-               "load_before": [round(x, 2) for x in load_before],
-               "load_after": [round(x, 2) for x in os.getloadavg()]}
-    RESULTS.write_text(json.dumps({"machine": machine, **summary}, indent=1) + "\n")
+    # the demo's own machine record (CPU, ISA, load before and after) plus the commit and command
+    summary["machine"] = {**report.machine_info(), **summary.get("machine", {})}
+    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 
 

@@ -148,6 +148,20 @@ def test_stale_temporary_files_are_removed(tmp_path):
     assert alive.exists()
 
 
+def test_a_resumed_database_build_removes_stale_temporary_files(db_copy):
+    from test_db_support import CONFIG, corpus_dir
+
+    from retro.db import build_db
+
+    root = db_copy()
+    stale = root / "chunks" / "tokens.npy.999999999.tmp"
+    stale.write_bytes(b"partial")
+    lines = []
+    build_db(root, CONFIG, corpus=(str(corpus_dir(root.parent)),), progress=False,
+             log=lines.append)
+    assert not stale.exists() and any(str(stale) in line for line in lines)
+
+
 @pytest.fixture(scope="module")
 def db_copy(tmp_path_factory):
     """A fresh copy of the reference database per call (tests tamper with it)."""

@@ -73,7 +73,10 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     import torch
 
     from retro.eval.leakage import plot_leakage
+    from retro.machine import load_average, machine_info
     from retro.train.checkpoint import load_model
+
+    machine = machine_info()  # the stage times below belong to this machine class and load
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +115,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
         "steps": {"gpt": config.gpt_steps, "retro_fit": config.fit_steps},
         "flops": {kind: training_flops(run, config) for kind, run in runs.items()},
         "timings": timings,
+        "machine": {**machine, "threads": torch.get_num_threads(), "load_after": load_average()},
         "sample": sample,
         "databases": {name: {"path": str(db.root), "chunks": len(db)} for name, db in dbs.items()},
     }

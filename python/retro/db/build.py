@@ -29,6 +29,7 @@ embedder pads each batch to its longest text), see reuse.py.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_pre
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
 from retro.db.reuse import EmbeddingSource, check_source
+from retro.files import remove_stale_temporaries
 from retro.errors import RetroError
 from retro.world import World, barrier, join_world, leave_world
 
@@ -191,6 +193,9 @@ def _build(
     barrier(world)  # every rank has checked the directory before rank 0 creates it
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for directory in [out, *(path for path in out.rglob("*") if path.is_dir())]:
+            for path in remove_stale_temporaries(directory):  # of a build killed midway
+                (log or _stderr)(f"removed {path}, a temporary file of an interrupted write")
         manifest.save()
 
     @cache
@@ -273,3 +278,7 @@ def rank_device(world: World) -> str | None:
     if world.distributed and default_device() == "cuda":
         return f"cuda:{world.local_rank}"
     return None
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
