@@ -351,7 +351,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, str]:
 def add_parser(subparsers: Any) -> None:
     """``retro demo [--out DIR] [--gpt-steps N] [--fit-steps N] ...``"""
     parser = subparsers.add_parser(
-        "demo", help="the whole chain on the default data (~26 min on 2 cores)",
+        "demo", help="the whole chain on the default data (~14 min on 2 cores)",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = DemoConfig()
