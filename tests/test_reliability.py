@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -226,3 +229,28 @@ def test_arguments_are_refused_before_anything_loads(command, message, tmp_path,
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and "no checkpoint" not in err
+
+
+def test_an_add_that_runs_out_of_memory_names_the_request(tmp_path):
+    # The address space is capped just above what the process holds once the vectors exist, so
+    # that the add's own buffers (codes, residuals) cannot be had: a MemoryError naming the add,
+    # not an abort.
+    script = tmp_path / "oom.py"
+    script.write_text(textwrap.dedent("""
+        import resource, numpy as np, retro
+        rng = np.random.default_rng(0)
+        index = retro.IvfPqIndex(d=64, nlist=16, pq_m=8)
+        index.train(rng.standard_normal((4000, 64), dtype=np.float32))
+        x = rng.standard_normal((2_000_000, 64), dtype=np.float32)
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (8 << 20), resource.RLIM_INFINITY))
+        try:
+            index.add(x)
+        except MemoryError as error:
+            print("MemoryError:", error)
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MemoryError: out of memory adding 2000000 vectors of dimension 64 to an IvfPqIndex" \
+        in result.stdout

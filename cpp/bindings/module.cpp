@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "checksum.h"
@@ -97,6 +98,25 @@ void check_result_size(idx_t n, idx_t k) {
       std::to_string(memory >> 30) + " GiB";
   PyErr_SetString(PyExc_MemoryError, message.c_str());
   throw py::error_already_set();
+}
+
+// Runs work() without the GIL; a std::bad_alloc in it becomes a MemoryError naming the request.
+template <class Work>
+void run_without_gil(const std::string& request, Work&& work) {
+  try {
+    py::gil_scoped_release release;
+    work();
+  } catch (const std::bad_alloc&) {
+    PyErr_SetString(PyExc_MemoryError, ("out of memory " + request).c_str());
+    throw py::error_already_set();
+  }
+}
+
+// "adding n vectors of dimension d to an index of ntotal": the request of an add.
+template <class Index>
+std::string add_request(const Index& index, idx_t n, const char* kind) {
+  return "adding " + std::to_string(n) + " vectors of dimension " + std::to_string(index.d()) +
+         " to " + kind + " of " + std::to_string(index.ntotal()) + " vectors";
 }
 
 template <class Index, class Search>
@@ -266,8 +286,8 @@ PYBIND11_MODULE(_core, m) {
       .def("add", [](retro::FlatIndex& index, const FloatArray& x, const std::optional<IdArray>& ids) {
         const idx_t n = rows(x, index.d(), "added vectors");
         const idx_t* id_ptr = ids_pointer(ids, n);
-        py::gil_scoped_release release;
-        index.add(n, x.data(), id_ptr);
+        run_without_gil(add_request(index, n, "a FlatIndex"),
+                        [&] { index.add(n, x.data(), id_ptr); });
       }, py::arg("x"), py::arg("ids") = py::none())
       .def("search", [](const retro::FlatIndex& index, const FloatArray& x, idx_t k) {
         return search_into_arrays(index, x, k, [&](const float* xp, float* D, idx_t* I, idx_t n) {
@@ -424,14 +444,15 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("train", [](retro::IvfPqIndex& index, const FloatArray& x) {
         const idx_t n = rows(x, index.d(), "training data");
-        py::gil_scoped_release release;
-        index.train(n, x.data());
+        run_without_gil("training an IvfPqIndex of dimension " + std::to_string(index.d()) +
+                            " on " + std::to_string(n) + " vectors",
+                        [&] { index.train(n, x.data()); });
       }, py::arg("x"))
       .def("add", [](retro::IvfPqIndex& index, const FloatArray& x, const std::optional<IdArray>& ids) {
         const idx_t n = rows(x, index.d(), "added vectors");
         const idx_t* id_ptr = ids_pointer(ids, n);
-        py::gil_scoped_release release;
-        index.add(n, x.data(), id_ptr);
+        run_without_gil(add_request(index, n, "an IvfPqIndex"),
+                        [&] { index.add(n, x.data(), id_ptr); });
       }, py::arg("x"), py::arg("ids") = py::none())
       .def("search", [](const retro::IvfPqIndex& index, const FloatArray& x, idx_t k, int nprobe,
                         const py::object& rerank, int k_factor) {
