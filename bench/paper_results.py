@@ -36,7 +36,7 @@ import torch
 from retro.train.checkpoint import checkpoint_path, load_checkpoint
 from retro.db import BuildConfig, build_db
 from retro.demo import plot_loss_curves
-from retro.eval.evaluate import evaluate, results_table
+from retro.eval.comparison import evaluate, results_table
 from retro.eval.leakage import leakage_table, plot_leakage
 from retro.eval.qa import qa_table
 from retro.eval.text_quality import text_quality_of_runs, text_quality_table

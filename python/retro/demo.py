@@ -202,10 +202,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 def evaluate_settings(runs: dict[str, Path], dbs: dict[str, Any],
                       config: DemoConfig) -> dict[str, dict[str, Any]]:
-    """retro.eval.evaluate of RETRO (real, shuffled, oracle and no neighbours) and GPT on the
+    """retro.eval.comparison of RETRO (real, shuffled, oracle and no neighbours) and GPT on the
     strict database (with QA on world capitals, and against the edited capitals) and on the
     knowledge database."""
-    from retro.eval.evaluate import evaluate
+    from retro.eval.comparison import evaluate
 
     common = dict(gpt_run=runs["gpt"], max_samples=config.eval_samples,
                   neighbours=("real", "shuffled", "oracle"))
@@ -240,7 +240,7 @@ def meets(value: float, comparison: str, threshold: float) -> bool:
 
 
 def print_summary(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
-    from retro.eval.evaluate import gain_table, results_table
+    from retro.eval.comparison import gain_table, results_table
     from retro.eval.leakage import leakage_table
     from retro.eval.qa import qa_table
 

@@ -1,4 +1,4 @@
-"""``retro eval RUN [--db DIR] [--gpt RUN] [--json]``: a thin layer over retro.eval.evaluate."""
+"""``retro eval RUN [--db DIR] [--gpt RUN] [--json]``: a thin layer over retro.eval.comparison."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     # torch-backed: imported by the command, so that --help needs no torch
-    from retro.eval.evaluate import evaluate, gain_table, results_table
+    from retro.eval.comparison import evaluate, gain_table, results_table
     from retro.eval.leakage import leakage_table, plot_leakage
     from retro.eval.qa import qa_table
     from retro.eval.text_quality import text_quality_of_runs, text_quality_table

@@ -97,7 +97,7 @@ def text_quality(model: Any, db: Any, n_prompts: int = 20, max_new_tokens: int =
 def text_quality_of_runs(run: str, db_dir: str | None = None, gpt_run: str | None = None,
                          n_prompts: int = 20, max_new_tokens: int = 128) -> dict[str, dict]:
     """text_quality for a RETRO run with and without retrieval (or a GPT run), and gpt_run."""
-    from retro.eval.evaluate import run_models
+    from retro.eval.comparison import run_models
 
     models, db = run_models(run, db_dir, gpt_run)
     return {name: text_quality(m, db, n_prompts, max_new_tokens, retrieval=r)
