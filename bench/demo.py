@@ -2,7 +2,7 @@
 machine, the commit, the command and the load around it in bench/results/demo.json (the source of
 the demo's numbers in docs/RESULTS.md and the README).
 
-    python bench/demo.py --out runs/demo_bench --no-progress     # the default demo, ~15-20 min
+    python bench/demo.py --out runs/demo_bench --no-progress     # the default demo, ~14 min on 2 cores
 """
 
 from __future__ import annotations

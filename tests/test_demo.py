@@ -58,3 +58,10 @@ def test_demo_on_a_small_corpus(tmp_path_factory, tmp_path, capsys):
 
 def test_demo_refuses_a_bad_model_arg(tmp_path):
     assert retro.cli.main(["demo", "--out", str(tmp_path), "--model-arg", "n_layer"]) == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--copy-fraction", "1.5"), ("--copy-fraction", "nan"),
+                                         ("--fit-steps", "0"), ("--batch-size", "-1")])
+def test_demo_refuses_bad_settings_before_any_work(tmp_path, flag, value):
+    assert retro.cli.main(["demo", "--out", str(tmp_path / "out"), flag, value]) == 2
+    assert not (tmp_path / "out").exists()

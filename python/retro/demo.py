@@ -67,6 +67,14 @@ class DemoConfig:
     seed: int = 1337
     progress: bool = True  # progress bars
 
+    def __post_init__(self) -> None:
+        # refused before the databases are built, not after minutes of work
+        if not 0.0 <= self.copy_fraction <= 1.0:
+            raise RetroError(f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
+        for name in ("gpt_steps", "fit_steps", "batch_size", "block_size"):
+            if getattr(self, name) < 1:
+                raise RetroError(f"{name} must be >= 1, not {getattr(self, name)}")
+
 
 def demo(config: DemoConfig) -> dict[str, Any]:
     """Runs the demo; returns the summary (also written to OUT/summary.json)."""
