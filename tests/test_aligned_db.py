@@ -104,3 +104,15 @@ def test_padding_is_no_training_target(aligned_db):
         assert (targets[pad] == -1).all() and (targets[~pad] == sample[1:][~pad]).all()
         padded += int(pad.sum())
     assert padded > 0
+
+
+def test_padding_counts_no_bytes(aligned_db):
+    from retro.eval.losses import chunk_bytes
+
+    tokenizer, eod = aligned_db.tokenizer, aligned_db.eod_id
+    x, y, z, w = tokenizer.encode_batch(["The river", " delta", " Volcano", " ash"])
+    tokens = np.array([[x[0], y[0], eod, eod, eod, z[0], w[0]]], dtype=np.int64)  # T = 6
+    n_bytes = chunk_bytes(tokenizer, tokens, chunk_size=3)
+    text = [tokenizer.decode_batch([np.array([t])])[0] for t in (y[0], z[0], w[0])]
+    # targets: y, eod (the document's end: one byte), eod, eod (padding: none), z, w
+    assert n_bytes.sum() == sum(len(t.encode()) for t in text) + 1

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from retro.errors import RetroError
 from retro.data.tokenizer import Tokenizer
 from retro.db import Database
+from retro.db.streams import padding_targets
 from retro.eval.bytes import group_bytes
 from retro.eval.sources import NEIGHBOURS  # torch-free, for `retro eval --help`
 from retro.model import GPT
@@ -41,13 +42,15 @@ def group_of_target(block_size: int, chunk_size: int) -> np.ndarray:
 
 
 def chunk_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk_size: int) -> np.ndarray:
-    """tokens (S, T + 1) -> (S, L + 1) int64 bytes of each target group (see the module doc)."""
+    """tokens (S, T + 1) -> (S, L + 1) int64 bytes of each target group (see the module doc);
+    an aligned stream's padding targets count none, as they count no loss."""
     n, block_size = tokens.shape[0], tokens.shape[1] - 1
     groups = group_of_target(block_size, chunk_size)
     n_groups = groups[-1] + 1
     bounds = np.searchsorted(groups, np.arange(n_groups + 1))  # group g = targets[b[g]:b[g+1]]
-    targets = tokens[:, 1:]
-    pieces = [targets[j, bounds[g]:bounds[g + 1]] for j in range(n) for g in range(n_groups)]
+    targets, counted = tokens[:, 1:], ~padding_targets(tokens, tokenizer.eod_id)
+    pieces = [targets[j, bounds[g]:bounds[g + 1]][counted[j, bounds[g]:bounds[g + 1]]]
+              for j in range(n) for g in range(n_groups)]
     return group_bytes(tokenizer, pieces).reshape(n, n_groups)
 
 

@@ -9,10 +9,11 @@ copying from the one right neighbour, and by nothing else; the first m - 1 targe
 neighbour holds them).
 
 Real text rarely repeats another document (training neighbours never come from the sample's own
-document), so a small model RETRO-fitted on it alone learns to ignore its neighbours within a
-few hundred steps; the curriculum gives CCA the reading skill, and the real samples beside it teach
-when a neighbour is worth reading. Which samples are replaced, and their tokens, depend on
-(seed, sample id) alone: a resumed run reads the same data.
+document), so reading is seldom rewarded on it; copy samples reward nothing else. Whether that
+teaches a given model to read within its steps is measured, not assumed: the test-sized model of
+retro.eval.copy_task learns copying in ~50 steps, while the demo's RETRO-fit with a fraction of 0.5
+learned none in 300 steps (docs/RESULTS.md section 2b). Which samples are replaced, and their
+tokens, depend on (seed, sample id) alone: a resumed run reads the same data.
 """
 
 from __future__ import annotations
