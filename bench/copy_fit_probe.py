@@ -10,7 +10,7 @@ The loss on the copyable targets is printed every 25 steps; chance is ln(vocab_u
     python bench/copy_fit_probe.py --steps 150 --lr 2e-3 --no-freeze
     python bench/copy_fit_probe.py --steps 150 --lr 5e-3 --chunk-size 16 [--vocab-used 256]
 
-Appends one JSON line per run to bench/results/copy_fit_probe.jsonl (machine, command, curve).
+Appends one JSON line per run to bench/results/copy_fit_probe.jsonl (provenance, curve).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import report  # noqa: E402
 
 from retro.model import GPT, Retro, RetroConfig  # noqa: E402
 
-RESULTS = report.ROOT / "bench" / "results" / "copy_fit_probe.jsonl"
+RESULTS = report.RESULTS_DIR / "copy_fit_probe.jsonl"
 
 
 def main() -> None:
@@ -71,12 +71,11 @@ def main() -> None:
         curve.append(round(loss.item(), 3))
         if step % 25 == 0:
             print(step, curve[-1], f"{time.perf_counter() - started:.0f} s", flush=True)
-    result = {"machine": report.machine_info(), "args": vars(args),
-              "chance": round(math.log(args.vocab_used), 3), "final": curve[-1],
+    result = {"args": vars(args), "chance": round(math.log(args.vocab_used), 3), "final": curve[-1],
               "curve_every_25": curve[::25], "seconds": round(time.perf_counter() - started)}
-    with open(RESULTS, "a") as file:
-        file.write(json.dumps(result) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
+    with open(RESULTS, "a") as file:  # one line per run: the file is a log of runs, appended to
+        file.write(json.dumps(report.with_provenance(result, threads=torch.get_num_threads())) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

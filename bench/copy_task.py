@@ -8,13 +8,12 @@ reported as a fraction of chance (ln 256).
 
     python bench/copy_task.py --steps 200 --threads 1     # ~3 minutes on 2 cores
 
-Writes bench/results/copy_task.json (with the machine, commit and command) and prints the table.
+Writes bench/results/copy_task.json (with the run's provenance: bench/report.py) and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ import report  # noqa: E402
 
 from retro.eval.copy_task import CopyTask, train_arm  # noqa: E402
 
-RESULTS = report.ROOT / "bench" / "results" / "copy_task.json"
+RESULTS = report.RESULTS_DIR / "copy_task.json"
 
 
 def table(rows: list[dict]) -> str:
@@ -58,11 +57,7 @@ def main() -> None:
             rows.append({"cross_positions": positions if arm != "gpt" else "-", "seed": seed,
                          **result, "curve": result["curve"][::10]})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    output = {"machine": {**report.machine_info(), "threads": args.threads,
-                          "torch": torch.__version__},
-              "task": asdict(CopyTask()), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1) + "\n")
+    report.write_result(args.out, {"task": asdict(CopyTask()), "rows": rows}, threads=args.threads)
     print(table(rows))
     print(f"wrote {args.out}")
 

@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402  (bench/provenance.py)
+import render  # noqa: E402  (bench/render.py)
 import report  # noqa: E402  (bench/report.py)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "db_build.json"
+RESULTS = report.RESULTS_DIR / "db_build.json"
 RANKS_RESULTS = RESULTS.with_name("db_build_ranks.json")
-SCALING_MD = report.ROOT / "docs" / "SCALING.md"
 DEFAULT_OUT = Path(__file__).resolve().parent / ".cache" / "db_default"
 EMBEDDING_STAGES = ("embed", "queries.")
 MAX_OTHER_SHARE = 0.20
@@ -82,7 +83,6 @@ def main() -> None:
         print(f"recall@{db.n_nbrs} of stored {split} neighbours vs exact search: {value:.4f}")
 
     result = {
-        "machine": {**report.machine_info(), "threads": args.threads, "torch": torch.__version__},
         "corpus": args.corpus,
         "counts": db.manifest.counts,
         "components": db.manifest.components,
@@ -99,10 +99,8 @@ def main() -> None:
     for name, stage in result["stages"].items():
         stage.pop("inputs", None)
         stage.pop("outputs", None)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
-    report.update_performance_md("db-build", markdown(result))
-    print(f"results in {args.results} and {report.PERFORMANCE_MD}")
+    report.write_result(args.results, result, threads=args.threads)
+    print(f"results in {args.results}; tables rewritten: {', '.join(render.write_tables(args.results)) or 'none'}")
 
 
 def compare_ranks(args: argparse.Namespace) -> None:
@@ -120,7 +118,7 @@ def compare_ranks(args: argparse.Namespace) -> None:
            "PYTHONPATH": str(report.ROOT / "python")}
     runs: dict[int, list[dict]] = {1: [], args.nproc: []}
     files: dict[int, dict] = {}
-    load_before = os.getloadavg()[0]
+    load_before = list(os.getloadavg())
     for repeat in range(args.repeats):
         order = list(launchers) if repeat % 2 == 0 else list(launchers)[::-1]
         for ranks in order:
@@ -139,11 +137,8 @@ def compare_ranks(args: argparse.Namespace) -> None:
         raise SystemExit("the builds on 1 and N ranks wrote different files")
     medians = {ranks: {key: statistics.median(run[key] for run in rows) for key in rows[0]}
                for ranks, rows in runs.items()}
-    import torch
-
     result = {
-        "machine": {**report.machine_info(), "threads": args.threads, "torch": torch.__version__,
-                    "load_before": load_before, "load_after": os.getloadavg()[0]},
+        "threads_per_process": args.threads,
         "corpus": args.corpus, "nproc": args.nproc, "index_shards": shards,
         "repeats": args.repeats, "runs": {str(r): rows for r, rows in runs.items()},
         "median_seconds": {str(r): m for r, m in medians.items()},
@@ -152,25 +147,20 @@ def compare_ranks(args: argparse.Namespace) -> None:
         "identical_files": True,
     }
     path = args.results or RANKS_RESULTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    table = ranks_markdown(result)
-    print(table)
-    report.update_performance_md("db-build-ranks", table, SCALING_MD)
-    print(f"results in {path} and {SCALING_MD}")
+    record = report.write_result(path, result, threads=args.nproc * args.threads, load_before=load_before)
+    print(ranks_markdown(record))
+    print(f"results in {path}; tables rewritten: {', '.join(render.write_tables(path)) or 'none'}")
 
 
 def ranks_markdown(result: dict) -> str:
     """The measured table of docs/SCALING.md: median seconds per stage on 1 and N ranks."""
-    machine, n = result["machine"], result["nproc"]
+    n = result["nproc"]
     one, many = result["median_seconds"]["1"], result["median_seconds"][str(n)]
-    begin, end = report.markers("db-build-ranks")
+    # older JSONs: the threads per process in machine; the run's most threads are N ranks' worth
+    per_process = result.get("threads_per_process", (result.get("machine") or {}).get("threads"))
     lines = [
-        begin,
-        f"Measured: {machine['cpu']}, {machine['cores']} cores shared with other work (1-minute "
-        f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after), "
-        f"{machine['threads']} thread(s) per process, torch {machine['torch']}, commit "
-        f"`{machine['git_commit']}`, {machine['date']}. Command: `python {machine['command']}`. "
+        provenance.describe(result, n * per_process),
+        f"{per_process} thread(s) per process, {n} processes at most. "
         f"Corpus {', '.join(result['corpus'])}, index as {result['index_shards']} shard(s) in both "
         f"builds; median of {result['repeats']} interleaved runs each; both wrote the same files "
         "(every checksum in the manifests equal).",
@@ -183,18 +173,15 @@ def ranks_markdown(result: dict) -> str:
         name = "whole command (wall)" if key == "wall" else key
         speedup = f"{one[key] / many[key]:.2f}x" if many[key] > 0 else "-"
         lines.append(f"| {name} | {one[key]:.2f} | {many[key]:.2f} | {speedup} |")
-    return "\n".join([*lines, end])
+    return "\n".join(lines)
 
 
 def markdown(result: dict) -> str:
     """The stage table of docs/PERFORMANCE.md."""
-    machine, counts = result["machine"], result["counts"]
-    begin, end = report.markers("db-build")
+    counts = result["counts"]
     lines = [
-        begin,
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), torch "
-        f"{machine['torch']}, commit `{machine['git_commit']}`, {machine['date']}. Command: "
-        f"`python {machine['command']}`. Corpus {', '.join(result['corpus'])}: "
+        provenance.describe(result),
+        f"Corpus {', '.join(result['corpus'])}: "
         + ", ".join(f"{value:,} {name}" for name, value in counts.items() if isinstance(value, int)) + ".",
         "",
         "| stage | rows | seconds | rows/s | share |",
@@ -206,7 +193,7 @@ def markdown(result: dict) -> str:
     lines += ["", f"Embedding stages: **{result['embedding_share']:.1%}** of the stage time (target: the rest "
               f"< {MAX_OTHER_SHARE:.0%}); wall {result['wall_seconds']:.0f} s; "
               + "; ".join(f"recall@k of stored {split} neighbours vs exact {value:.3f}" for split, value in result["recall"].items())
-              + f"; {result['bytes'] / 1e6:.1f} MB on disk.", end]
+              + f"; {result['bytes'] / 1e6:.1f} MB on disk."]
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
-"""The demo as a benchmark: ``retro demo`` with its arguments, its summary.json kept with the
-machine, the commit, the command and the load around it in bench/results/demo.json (the source of
-the demo's numbers in docs/RESULTS.md and the README).
+"""The demo as a benchmark: ``retro demo`` with its arguments, its summary.json (with the demo's own
+record of the machine and its load) kept with the run's provenance (bench/report.py) in
+bench/results/demo.json (the source of the demo's numbers in docs/RESULTS.md and the README).
 
     python bench/demo.py --out runs/demo_bench --no-progress     # the default demo, ~14 min on 2 cores
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
-RESULTS = report.ROOT / "bench" / "results" / "demo.json"
+RESULTS = report.RESULTS_DIR / "demo.json"
 
 
 def main(argv: list[str]) -> None:
@@ -25,9 +25,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(status)
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs") / "demo"
     summary = json.loads((out / "summary.json").read_text())
-    # the demo's own machine record (CPU, ISA, load before and after) plus the commit and command
-    summary["machine"] = {**report.machine_info(), **summary.get("machine", {})}
-    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+    machine = summary["machine"]  # the demo's own: its threads and the load as it began
+    report.write_result(RESULTS, summary, threads=machine["threads"], load_before=machine["load_before"])
     print(f"wrote {RESULTS}")
 
 

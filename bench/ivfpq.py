@@ -19,8 +19,13 @@ recall@10 0.90 and 0.95; its summary compares the best QPS of each engine over a
 k_factor) at those recalls. The re-ranking vectors (n x d float32) are stored apart from the codes.
 A third family, "opq", is the 8-bit one behind an OPQ rotation ("OPQ<m>,IVF<nlist>,PQ<m>", faiss's
 IndexPreTransform(OPQMatrix, IndexIVFPQ)), both rotations trained with faiss's OPQMatrix defaults.
-The full run writes bench/results/ivfpq_cpu.json, bench/results/ivfpq_cpu.png and the table in
-docs/PERFORMANCE.md.
+Every family is also compared at equal recall: each engine's QPS interpolated at recall@10 0.5,
+0.7 and 0.9 on its recall-QPS curve (bench/equal_recall.py).
+
+Each family's rows go to their own JSON (bench/results/ivfpq_cpu.json for pq8,
+ivfpq_cpu_<family>[_residual].json for the others, ivfpq_cpu_quick* with --quick), beside a
+recall-QPS plot per dataset (<json stem>_<dataset>.png); bench/render.py renders the tables of
+docs/PERFORMANCE.md from them (bench/ivfpq_results.py), which the run does at its end.
 """
 
 from __future__ import annotations
@@ -33,49 +38,25 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402  (bench/datasets.py, beside this file)
+import render  # noqa: E402
 import report  # noqa: E402
+import ivfpq_results  # noqa: E402
+from ivfpq_results import (  # noqa: E402
+    K, OPQ, PQ8, DatasetResult, BuildRow, SearchRow, summarize, summarize_equal_recall, summarize_fast_scan,
+)
 
 import retro  # noqa: E402
+from retro.machine import cpu_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
-FAST_SCAN_ENGINES = ("retro-fs", "faiss-fs")  # engine names (and prefixes) of the fast-scan family
-
-
-@dataclass(frozen=True)
-class PairFamily:
-    """Two engines compared at equal nprobe: the 8-bit family, with or without OPQ."""
-
-    name: str  # --families entry and the summaries' "family"
-    ours: str  # engine names
-    theirs: str
-    section: str  # its markers in docs/PERFORMANCE.md
-    opq: bool
-
-
-PQ8 = PairFamily("pq8", "retro", "faiss", "ivfpq-cpu", opq=False)
-OPQ = PairFamily("opq", "retro-opq", "faiss-opq", "ivfpq-opq-cpu", opq=True)
-
-
-def fast_scan_section(residual: bool) -> str:
-    """The PERFORMANCE.md markers of the fast-scan rows: codes of the vectors (faiss's default) or,
-    with --fs-residual, of their residuals."""
-    return "ivfpq-fastscan-residual-cpu" if residual else "ivfpq-fastscan-cpu"
-
-
-def is_fast_scan(engine: str) -> bool:
-    return engine.startswith(FAST_SCAN_ENGINES)
-K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 IDLE_LOAD = 0.5  # 1-minute load average below which the machine counts as idle
-RECALL_TARGETS = (0.90, 0.95)  # where the fast-scan family is compared
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -262,11 +243,12 @@ def wait_for_idle(max_wait: float | None = None) -> float:
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    before, start = os.times(), time.perf_counter()
+    """Wall seconds of fn() and the CPU seconds of all this process's threads per wall second
+    (process_time: nanoseconds, where os.times() counted 10 ms ticks, coarse for short batches)."""
+    cpu, start = time.process_time(), time.perf_counter()
     fn()
-    wall, after = time.perf_counter() - start, os.times()
-    cpu = (after.user - before.user) + (after.system - before.system)
-    return wall, cpu / wall
+    wall = time.perf_counter() - start
+    return wall, (time.process_time() - cpu) / wall
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
@@ -285,42 +267,6 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchRow:
-    dataset: str
-    engine: str
-    threads: int
-    nprobe: int
-    recall: float
-    batch_qps: float
-    batch_cpu_share: float
-    single_qps: float | None = None
-
-
-@dataclass
-class BuildRow:
-    dataset: str
-    engine: str
-    threads: int
-    train_seconds: float
-    add_seconds: float
-    coarse_objective: float
-    train_size: int
-    niter: int
-
-
-@dataclass
-class DatasetResult:
-    name: str
-    n: int
-    nq: int
-    d: int
-    nlist: int
-    pq_m: int
-    build: list[BuildRow] = field(default_factory=list)
-    search: list[SearchRow] = field(default_factory=list)
 
 
 def build_engines(
@@ -374,7 +320,7 @@ def search_grid(
     for nprobe in nprobes:
         if nprobe > data.nlist:
             continue
-        wait_for_idle()
+        load = wait_for_idle()
         labels = {e.name: e.search(data.queries, nprobe) for e in engines}
         batch = interleaved({e.name: (lambda e=e: e.search(data.queries, nprobe)) for e in engines}, repeats)
         single = (
@@ -395,6 +341,7 @@ def search_grid(
                 len(data.queries) / batch[e.name].seconds,
                 batch[e.name].cpu_share,
                 n_single / single[e.name].seconds if single else None,
+                load,
             )
             result.search.append(row)
             single_text = f"{row.single_qps:9.0f}" if row.single_qps else "        -"
@@ -402,255 +349,6 @@ def search_grid(
                 f"  t={threads} nprobe {nprobe:3d} {e.name:17s} recall@{K} {row.recall:.3f}  "
                 f"batch {row.batch_qps:9.0f} qps (cpu {row.batch_cpu_share:.2f})  single {single_text} qps"
             )
-
-
-# --- summary against the targets ------------------------------------------------------------------
-
-
-def qps_at_recall(rows: list[SearchRow], recall: float, attribute: str) -> float | None:
-    """QPS at the given recall, log-linearly interpolated along the engine's nprobe curve."""
-    points = sorted((r.recall, getattr(r, attribute)) for r in rows if getattr(r, attribute))
-    for (r0, q0), (r1, q1) in zip(points, points[1:]):
-        if r0 <= recall <= r1:
-            if r1 == r0:
-                return max(q0, q1)
-            w = (recall - r0) / (r1 - r0)
-            return float(np.exp((1 - w) * np.log(q0) + w * np.log(q1)))
-    if points and points[0][0] >= recall:  # already there at the smallest nprobe
-        return points[0][1]
-    return None
-
-
-def summarize_fast_scan(result: DatasetResult, threads: int) -> dict:
-    """At each recall target, the best batch QPS of each fast-scan engine over all its (nprobe,
-    k_factor) rows that reach it, that row's single-query QPS, and the ratios retro / faiss."""
-    rows = [r for r in result.search if r.threads == threads]
-    summary: dict = {"family": "fastscan", "threads": threads}
-    for target in RECALL_TARGETS:
-        best = {}
-        for prefix in ("retro-fs+", "faiss-fs+"):
-            reaching = [r for r in rows if r.engine.startswith(prefix) and r.recall >= target]
-            best[prefix[:-1]] = max(reaching, key=lambda r: r.batch_qps, default=None)
-        ours, theirs = best["retro-fs"], best["faiss-fs"]
-        entry = {name: asdict(row) if row else None for name, row in best.items()}
-        if ours and theirs:
-            entry["batch_ratio"] = ours.batch_qps / theirs.batch_qps
-            if ours.single_qps and theirs.single_qps:
-                entry["single_ratio"] = ours.single_qps / theirs.single_qps
-        summary[f"recall_{target:.2f}"] = entry
-    return summary
-
-
-def summarize(result: DatasetResult, threads: int, family: PairFamily = PQ8) -> dict:
-    rows = [r for r in result.search if r.threads == threads]
-    ours = sorted((r for r in rows if r.engine == family.ours), key=lambda r: r.nprobe)
-    theirs = sorted((r for r in rows if r.engine == family.theirs), key=lambda r: r.nprobe)
-    if not ours or not theirs:
-        return {}
-    best = max(r.recall for r in theirs)
-    anchor = next(r for r in theirs if r.recall >= 0.95 * best)
-    summary = {
-        "family": family.name,
-        "threads": threads,
-        "faiss_best_recall": best,
-        "anchor_nprobe": anchor.nprobe,
-        "anchor_recall": anchor.recall,
-        "max_recall_gap": max(abs(a.recall - b.recall) for a, b in zip(ours, theirs)),
-    }
-    for attribute in ("batch_qps", "single_qps"):
-        theirs_qps = getattr(anchor, attribute)
-        ours_qps = qps_at_recall(ours, anchor.recall, attribute)
-        summary[f"{attribute}_faiss"] = theirs_qps
-        summary[f"{attribute}_retro"] = ours_qps
-        summary[f"{attribute}_ratio"] = ours_qps / theirs_qps if ours_qps and theirs_qps else None
-    builds = {b.engine: b for b in result.build}
-    if family.ours in builds and family.theirs in builds:
-        summary["train_ratio"] = builds[family.ours].train_seconds / builds[family.theirs].train_seconds
-        summary["add_ratio"] = builds[family.ours].add_seconds / builds[family.theirs].add_seconds
-    return summary
-
-
-# --- reports ---------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    import faiss
-
-    return {
-        **report.machine_info(),
-        "retro_simd": retro.simd_level(),
-        "retro_version": retro.__version__,
-        "faiss_version": faiss.__version__,
-        "numpy_version": np.__version__,
-    }
-
-
-def pareto(rows: list[SearchRow], attribute: str) -> list[SearchRow]:
-    """The rows no other row beats in both recall and QPS, by increasing recall: an engine's best
-    configurations when it has several knobs (nprobe and k_factor)."""
-    front: list[SearchRow] = []
-    for row in sorted(rows, key=lambda r: (-r.recall, -getattr(r, attribute))):
-        if not front or getattr(row, attribute) > getattr(front[-1], attribute):
-            front.append(row)
-    return front[::-1]
-
-
-def plot(results: list[DatasetResult], path: Path) -> None:
-    """QPS against recall: one curve per engine and thread count along nprobe; the fast-scan
-    engines (several k_factors each) as the Pareto front over all their (nprobe, k_factor)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
-    colors = {"retro": "C0", "faiss": "C1", "retro-fs": "C2", "faiss-fs": "C3", "retro-opq": "C4",
-              "faiss-opq": "C5"}
-    for row_axes, result in zip(axes, results):
-        for ax, attribute, title in zip(row_axes, ("batch_qps", "single_qps"), ("batch", "single queries")):
-            curves: dict[tuple[str, int], list[SearchRow]] = {}
-            for r in result.search:
-                if getattr(r, attribute):
-                    name = r.engine.split("+")[0] if is_fast_scan(r.engine) else r.engine
-                    curves.setdefault((name, r.threads), []).append(r)
-            top_threads = max((t for _, t in curves), default=1)
-            for (name, threads), rows in sorted(curves.items()):
-                if is_fast_scan(name):
-                    rows = pareto(rows, attribute)
-                else:
-                    rows = sorted(rows, key=lambda r: r.nprobe)
-                style = "-" if threads == top_threads else ":"
-                marker = "s" if "rerank" in name or "refine" in name or is_fast_scan(name) else "o"
-                label = f"{name} + re-ranking (best of nprobe, k_factor)" if is_fast_scan(name) else name
-                ax.plot([r.recall for r in rows], [getattr(r, attribute) for r in rows], style,
-                        color=colors[name.split("+")[0]], marker=marker, label=f"{label}, {threads} thr")
-            ax.set_yscale("log")
-            ax.set_xlabel(f"recall@{K}")
-            ax.set_ylabel("queries / s")
-            engines = {r.engine.split("+")[0] for r in result.search}
-            codes = [code for code, shown in ((f"PQ{result.pq_m}", PQ8.ours in engines),
-                                              (f"OPQ{result.pq_m},PQ{result.pq_m}", OPQ.ours in engines),
-                                              (f"PQ{2 * result.pq_m}x4fs", FAST_SCAN_ENGINES[0] in engines))
-                     if shown]
-            ax.set_title(f"{result.name} (nlist {result.nlist}; {', '.join(codes)}): {title}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def markdown(results: list[DatasetResult], summaries: dict, machine: dict, family: PairFamily = PQ8) -> str:
-    begin, end = report.markers(family.section)
-    ours_name, theirs_name = family.ours, family.theirs
-    lines = [
-        begin,
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
-        f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
-        f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
-        "faiss IndexFlatL2. Ratio = retro / faiss.",
-        "",
-    ]
-    for result in results:
-        opq = f"OPQ{result.pq_m}," if family.opq else ""
-        lines += [f"### {result.name}: {result.n:,} x {result.d}, {result.nq:,} queries, "
-                  f"{opq}IVF{result.nlist},PQ{result.pq_m}", ""]
-        lines += ["| engine | threads | train s | add s | k-means objective |", "|---|---|---|---|---|"]
-        for b in result.build:
-            if b.engine not in (ours_name, theirs_name):
-                continue
-            lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} | {b.coarse_objective:.6g} |")
-        lines += ["", "| threads | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        by_key = {(r.engine, r.threads, r.nprobe): r for r in result.search}
-        for (engine, threads, nprobe), ours in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-            if engine != ours_name or (theirs_name, threads, nprobe) not in by_key:
-                continue
-            theirs = by_key[(theirs_name, threads, nprobe)]
-            single = (
-                f"{ours.single_qps:,.0f} | {theirs.single_qps:,.0f} | {ours.single_qps / theirs.single_qps:.2f}"
-                if ours.single_qps and theirs.single_qps else "- | - | -"
-            )
-            lines.append(
-                f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
-                f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |"
-            )
-        rerank = [r for r in result.search if r.engine.startswith((ours_name + "+", theirs_name + "+"))]
-        if rerank:
-            lines += ["", "With exact re-ranking (batch):", "", "| engine | threads | nprobe | recall | batch QPS |", "|---|---|---|---|---|"]
-            for r in sorted(rerank, key=lambda r: (r.engine, r.threads, r.nprobe)):
-                lines.append(f"| {r.engine} | {r.threads} | {r.nprobe} | {r.recall:.3f} | {r.batch_qps:,.0f} |")
-        for s in summaries.get(result.name, []):
-            if not s or s["family"] != family.name:
-                continue
-            fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-            lines += ["", f"Summary, {s['threads']} thread(s): faiss reaches 95% of its best recall@{K} "
-                      f"({s['faiss_best_recall']:.3f}) at nprobe {s['anchor_nprobe']} (recall {s['anchor_recall']:.3f}); "
-                      f"at that recall retro/faiss QPS = **{fmt(s['batch_qps_ratio'])}x** batch, "
-                      f"**{fmt(s['single_qps_ratio'])}x** single; largest recall gap at equal nprobe "
-                      f"{s['max_recall_gap']:.3f}"
-                      + (f"; train {fmt(s['train_ratio'])}x, add {fmt(s['add_ratio'])}x faiss's time." if "train_ratio" in s else ".")]
-        lines.append("")
-    lines.append(end)
-    return "\n".join(lines)
-
-
-def markdown_fast_scan(results: list[DatasetResult], summaries: dict, machine: dict, residual: bool = False) -> str:
-    """The fast-scan family: build times, every (threads, k_factor, nprobe) row side by side, and
-    the best QPS of each engine at the recall targets."""
-    begin, end = report.markers(fast_scan_section(residual))
-    lines = [
-        begin,
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, retro SIMD `{machine['retro_simd']}`, "
-        f"faiss-cpu {machine['faiss_version']}, commit `{machine['git_commit']}`, {machine['date']}.",
-        f"Command: `python {machine['command']}`. Medians of interleaved repeats; recall@{K} against "
-        f"faiss IndexFlatL2; both engines code the {'residuals (by_residual=True)' if residual else 'vectors themselves (by_residual=False)'} "
-        "and re-rank k * k_factor candidates exactly against the float32 base vectors (faiss: "
-        "IndexRefineFlat). Ratio = retro / faiss.",
-        "",
-    ]
-    fmt = lambda v: "-" if not v else f"{v:,.0f}"  # noqa: E731
-    for result in results:
-        rows = [r for r in result.search if is_fast_scan(r.engine)]
-        if not rows:
-            continue
-        fs_m = 2 * result.pq_m
-        lines += [f"### {result.name}: {result.n:,} x {result.d}, IVF{result.nlist},PQ{fs_m}x4fs "
-                  f"({fs_m // 2} code bytes per vector; re-ranking vectors {4 * result.d} bytes per vector, apart)", ""]
-        lines += ["| engine | threads | train s | add s |", "|---|---|---|---|"]
-        for b in result.build:
-            if is_fast_scan(b.engine):
-                lines.append(f"| {b.engine} | {b.threads} | {b.train_seconds:.2f} | {b.add_seconds:.2f} |")
-        for s in summaries.get(result.name, []):
-            if s.get("family") != "fastscan":
-                continue
-            for target in RECALL_TARGETS:
-                entry = s[f"recall_{target:.2f}"]
-                ours, theirs = entry["retro-fs"], entry["faiss-fs"]
-                describe = lambda row: (  # noqa: E731
-                    "not reached" if row is None else
-                    f"{row['batch_qps']:,.0f} QPS batch, {fmt(row['single_qps'])} single "
-                    f"({row['engine'].split('+')[1]}, nprobe {row['nprobe']}, recall {row['recall']:.3f})")
-                ratio = (f"**{entry['batch_ratio']:.2f}x** batch, **{entry.get('single_ratio', 0):.2f}x** single"
-                         if "batch_ratio" in entry else "n/a")
-                lines += ["", f"At recall@{K} >= {target:.2f}, {s['threads']} thread(s): retro {describe(ours)}; "
-                          f"faiss {describe(theirs)}; retro / faiss = {ratio}."]
-        lines += ["", "| threads | k_factor | nprobe | recall retro | recall faiss | batch QPS retro | batch QPS faiss | ratio | single QPS retro | single QPS faiss | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        by_key = {(r.engine, r.threads, r.nprobe): r for r in rows}
-        ours_rows = [(key, row) for key, row in by_key.items() if key[0].startswith("retro-fs+")]
-        k_factor_of = lambda engine: int(engine.split("rerank")[1])  # noqa: E731
-        for (engine, threads, nprobe), ours in sorted(ours_rows, key=lambda kv: (kv[0][1], k_factor_of(kv[0][0]), kv[0][2])):
-            k_factor = k_factor_of(engine)
-            theirs = by_key.get((f"faiss-fs+refine{k_factor}", threads, nprobe))
-            if theirs is None:
-                continue
-            single = (f"{fmt(ours.single_qps)} | {fmt(theirs.single_qps)} | {ours.single_qps / theirs.single_qps:.2f}"
-                      if ours.single_qps and theirs.single_qps else "- | - | -")
-            lines.append(f"| {threads} | {k_factor} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | "
-                         f"{ours.batch_qps:,.0f} | {theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} |")
-        lines.append("")
-    lines.append(end)
-    return "\n".join(lines)
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -706,7 +404,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU index (bench/ivfpq_cuda.py and its options)")
-    parser.add_argument("--quick", action="store_true", help="100k synthetic only; writes ivfpq_cpu_quick.json")
+    parser.add_argument("--quick", action="store_true",
+                        help="100k synthetic only; writes ivfpq_cpu_quick[_<family>].json, no tables")
     parser.add_argument("--datasets", default="synthetic,text", help="comma list of synthetic, text")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic base size")
     parser.add_argument("--nq", type=int, default=10_000, help="queries per batch")
@@ -736,8 +435,9 @@ def main() -> None:
         args.nprobes, args.repeats, args.build_repeats, args.threads = (1, 4, 16, 64), 3, 1, [os.cpu_count() or 1]
         args.fs_k_factors = [8, 32]
 
-    machine = machine_info()
-    print(f"retro {machine['retro_version']} ({machine['retro_simd']}) vs faiss {machine['faiss_version']} on {machine['cpu']}")
+    import faiss
+
+    print(f"retro {retro.__version__} ({retro.simd_level()}) vs faiss {faiss.__version__} on {cpu_model()}")
     results, summaries = [], {}
     for name in args.datasets.split(","):
         data = synthetic_dataset(args.n, args.nq) if name == "synthetic" else text_dataset(args.nq)
@@ -746,20 +446,25 @@ def main() -> None:
         summaries[result.name] = dataset_summaries
         del data
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "ivfpq_cpu" + ("_quick" if args.quick else "")
-    stem += "" if "pq8" in args.families else "_" + "_".join(args.families)
-    stem += "_residual" if args.fs_residual else ""
-    output = {"machine": machine, "results": [asdict(r) for r in results], "summaries": summaries}
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(output, indent=1))
-    plot(results, RESULTS_DIR / f"{stem}.png")
-    for family in (PQ8, OPQ):
-        if not args.quick and family.name in args.families:
-            report.update_performance_md(family.section, markdown(results, summaries, machine, family))
-    if not args.quick and "fastscan" in args.families:
-        report.update_performance_md(fast_scan_section(args.fs_residual),
-                                     markdown_fast_scan(results, summaries, machine, args.fs_residual))
-    print(f"wrote {RESULTS_DIR / stem}.json and .png" + ("" if args.quick else f", and {report.PERFORMANCE_MD}"))
+    for family in args.families:  # one JSON per family, as its table in docs/PERFORMANCE.md
+        path = report.RESULTS_DIR / f"{result_stem(args.quick, family, args.fs_residual)}.json"
+        rows = [r.of_family(family) for r in results]
+        payload = {"results": [asdict(r) for r in rows],
+                   "summaries": {name: [s for s in listed if s and s["family"] == family]
+                                 for name, listed in summaries.items()},
+                   "equal_recall": {r.name: summarize_equal_recall(r, family) for r in rows}}
+        record = report.write_result(path, payload, threads=max(args.threads))
+        plots = ivfpq_results.plot_result(path, record)
+        tables = render.write_tables(path)
+        print(f"wrote {path}, {', '.join(p.name for p in plots)}"
+              + (f" and the tables {', '.join(tables)}" if tables else ""))
+
+
+def result_stem(quick: bool, family: str, residual: bool) -> str:
+    """The name of one family's JSON in bench/results: ivfpq_cpu[_quick][_<family>][_residual]
+    (the pq8 family has no suffix; _residual: fast-scan codes of the residuals)."""
+    stem = "ivfpq_cpu" + ("_quick" if quick else "") + ("" if family == PQ8.name else f"_{family}")
+    return stem + ("_residual" if residual and family == "fastscan" else "")
 
 
 if __name__ == "__main__":

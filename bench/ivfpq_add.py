@@ -6,7 +6,7 @@ bench/ivfpq.py times each build once where training takes minutes (OPQ), so its 
 single samples; this measures add alone: retro trains the index once (an OPQ rotation with 2
 alternations: add does not depend on its quality), faiss gets the same quantizers through
 retro.index.faiss.to_faiss, then both add the text-57k base vectors `--repeats` times each in
-alternating order. Writes bench/results/ivfpq_add_<spec>.json.
+alternating order. Writes bench/results/ivfpq_add_<spec>.json (with the run's provenance).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import retro  # noqa: E402
 from retro.index.faiss import to_faiss  # noqa: E402
 from retro.index.opq import OpqTrainParams  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TEXT_BASE_ROWS = 57988  # the text-57k base of bench/ivfpq.py
 
 
@@ -52,16 +51,15 @@ def main() -> None:
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     pairs = [a / b for a, b in zip(seconds["retro"], seconds["faiss"])]
     result = {
-        "machine": report.machine_info(),
         "spec": args.spec,
         "n": len(x),
         "seconds": seconds,
         "median_seconds": medians,
         "median_ratio_of_pairs": statistics.median(pairs),
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"ivfpq_add_{args.spec.replace(',', '_')}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    report.write_result(report.RESULTS_DIR / f"ivfpq_add_{args.spec.replace(',', '_')}.json", result,
+                        threads=retro.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ Configurations (name = size-d-pq_m): synthetic Gaussian-mixture data drawn on th
   recall@10 against exact float32 search, float16 tables at one nprobe;
 - bandwidth: a device-to-device copy (bytes read + written per second) and the scan kernel's
   code bytes per second of scan-kernel time (torch.profiler), and their ratio.
-Configurations are skipped once the budget would be exceeded; results go to one JSON with card,
-commit and command.
+Configurations are skipped once the budget would be exceeded; results go to one JSON with the card
+and the run's provenance (bench/report.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-import retro
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402  (bench/provenance.py)
+import render  # noqa: E402  (bench/render.py)
+import report  # noqa: E402  (bench/report.py)
+
+import retro  # noqa: E402
 
 K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -321,28 +326,21 @@ def card() -> str:
         return "unknown"
 
 
-def write_json(args, argv: list[str] | None, results: list[Result], skipped: list[str],
-               failed: list[dict]) -> None:
+def write_json(args, results: list[Result], skipped: list[str], failed: list[dict]) -> None:
     output = {
         "card": card(),
-        "git_commit": os.environ.get("RETRO_GIT_COMMIT", "unknown"),
-        "command": " ".join(["python", "bench/ivfpq.py", "--device", "cuda",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu_threads": os.cpu_count(),
         "results": [asdict(r) for r in results],
         "skipped_for_budget": skipped,
         "failed": failed,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(output, indent=1))
+    # the CPU anchor runs on every core (cpu_anchor); the command is the one sys.argv holds
+    report.write_result(Path(args.out), output, threads=os.cpu_count())
 
 
 def markdown(output: dict) -> str:
     """The PERFORMANCE.md table of a run's JSON: per configuration, build times, the anchors, and
     ours per nprobe."""
-    lines = [f"Card: {output['card']}, commit `{output['git_commit']}`, {output['date']}. "
-             f"Command: `{output['command']}`.", ""]
+    lines = [provenance.describe(output), ""]
     for r in output["results"]:
         c, s = r["config"], r["summary"]
         lines += [
@@ -380,12 +378,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="a configuration starts only if the longest so far fits in what is left "
                              "(each takes ~1-3 min); the JSON is rewritten after each")
     parser.add_argument("--out", default="bench/results/ivfpq_cuda.json")
-    parser.add_argument("--render", metavar="JSON", help="write JSON's table into docs/PERFORMANCE.md and exit")
+    parser.add_argument("--render", metavar="JSON", type=Path,
+                        help="rewrite the tables rendered from JSON (bench/results/ivfpq_cuda.json) and exit")
     args = parser.parse_args(argv)
     if args.render:
-        import report  # bench/report.py
-
-        report.update_performance_md("ivfpq-cuda", markdown(json.loads(Path(args.render).read_text())))
+        print("rewrote", ", ".join(render.write_tables_of(args.render)))
         return
     torch = torch_mod()
     if not (retro.cuda_available() and torch.cuda.is_available()):
@@ -406,8 +403,8 @@ def main(argv: list[str] | None = None) -> None:
             failed.append({"config": name, "error": repr(error)})
         longest = max(longest, time.perf_counter() - started - elapsed)
         torch.cuda.empty_cache()
-        write_json(args, argv, results, skipped, failed)  # after each configuration: a cut run keeps them
-    write_json(args, argv, results, skipped, failed)
+        write_json(args, results, skipped, failed)  # after each configuration: a cut run keeps them
+    write_json(args, results, skipped, failed)
     print(f"{'config':12s} {'nprobe@0.9':>10s} {'QPS@0.9':>12s} {'x exact':>8s} {'scan/copy':>9s}")
     for r in results:
         s = r.summary

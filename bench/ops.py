@@ -15,12 +15,12 @@ reference itself is far slower and is not timed):
     python bench/ops.py --quick         # small shapes, 1 repeat, no files
     python bench/ops.py --device cuda --out ops_cuda.json   # on the GPU machine (bench/gpu_check.sh)
     python bench/ops.py --render bench/results/ops_cuda.json  # its table into docs/PERFORMANCE.md
+                                                              # (as python bench/render.py does)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -36,10 +36,11 @@ import retro.ops as ops
 from retro import _core
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402  (bench/provenance.py)
+import render  # noqa: E402  (bench/render.py)
 import report  # noqa: E402  (bench/report.py)
 
-RESULTS = report.ROOT / "bench" / "results" / "ops_cpu.json"
-TABLE_BEGIN, TABLE_END = report.markers("ops-cpu")
+RESULTS = report.RESULTS_DIR / "ops_cpu.json"
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,6 @@ def bench_case(op: str, s: Shape, dtype: torch.dtype, threads: int, repeats: int
 
 # --- CUDA ----------------------------------------------------------------------------------------
 
-CUDA_RESULTS_TABLE = "ops-cuda"
 
 
 def cuda_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -312,11 +312,10 @@ def bench_case_cuda(op: str, s: Shape, dtype: torch.dtype, repeats: int, bandwid
 def markdown_cuda(result: dict) -> str:
     """The GPU table: retro against the fastest SDPA backend, and retro's share of the floor."""
     rows, machine = result["rows"], result["machine"]
-    begin, end = report.markers(CUDA_RESULTS_TABLE)
-    lines = [begin, f"Card: {machine['gpu']}, torch {machine['torch']}, copy rate {machine['copy_tb_s']:.2f} TB/s "
-             f"(read + write, measured in the same run), commit `{machine['git_commit']}`, {machine['date']}. "
-             f"Command: `python {machine['command']}` (from `bench/gpu_check.sh`). Median ms over CUDA events; "
-             "floor = bytes that must move / copy rate.", "",
+    lines = [provenance.describe(result),
+             f"Card: {machine['gpu']}, copy rate {machine['copy_tb_s']:.2f} TB/s (read + write, measured in the "
+             "same run; run by `bench/gpu_check.sh`). Median ms over CUDA events; floor = bytes that must move / "
+             "copy rate.", "",
              "| op | shape | mode | retro ms | best SDPA ms (backend) | einsum ms | vs best SDPA | % of floor "
              "| retro, two-kernel backward ms |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -341,7 +340,6 @@ def markdown_cuda(result: dict) -> str:
                      "target: its projection GEMMs alone + 1.25 x the core's floor): " + "; ".join(
                          f"{mode} {layer[mode]['layer_ms']:.3f} ms vs target {layer[mode]['target_ms']:.3f} ms "
                          f"(projections {layer[mode]['projections_ms']:.3f} ms)" for mode in ("forward", "forward+backward")) + ".")
-    lines.append(end)
     return "\n".join(lines)
 
 
@@ -387,8 +385,7 @@ def bench_cca_layer_cuda(s: Shape, repeats: int, bandwidth: float, device: str =
 
 def run_cuda(args) -> None:
     bandwidth = copy_bandwidth()
-    machine = {**report.machine_info(), "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
-               "copy_tb_s": bandwidth / 1e12}
+    machine = {"gpu": torch.cuda.get_device_name(), "copy_tb_s": bandwidth / 1e12}
     print(f"{machine['gpu']}: copy {bandwidth / 1e12:.2f} TB/s", flush=True)
     rows: list[GpuRow] = []
     for s in QUICK_GPU_SHAPES if args.quick else GPU_SHAPES:
@@ -400,15 +397,16 @@ def run_cuda(args) -> None:
                 print(f"{r.op:5s} {r.shape:30s} {r.mode:16s} {r.engine:15s} {ms}  floor {r.floor_ms:.3f} ms"
                       f"  err {r.max_error if r.max_error is None else f'{r.max_error:.1e}'} {r.note}", flush=True)
     layer = bench_cca_layer_cuda(QUICK_GPU_SHAPES[0] if args.quick else GPU_SHAPES[1], args.repeats, bandwidth)
-    result = {"machine": machine, "rows": [asdict(r) for r in rows], "cca_layer": layer}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    result = report.write_result(Path(args.out), {"machine": machine, "rows": [asdict(r) for r in rows],
+                                                  "cca_layer": layer}, threads=torch.get_num_threads())
     print(markdown_cuda(result))
     print(f"wrote {args.out}")
 
 
-def markdown(rows: list[Row], machine: dict) -> str:
-    lines = [TABLE_BEGIN, f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-             f"commit `{machine['git_commit']}`, {machine['date']}. Command: `python {machine['command']}`. "
+def markdown(result: dict) -> str:
+    """The CPU table: retro against the faster PyTorch anchor per op, shape, dtype, threads and mode."""
+    rows = [Row(**r) for r in result["rows"]]
+    lines = [provenance.describe(result, max(r.threads for r in rows)),
              "Median milliseconds of interleaved repeats; speed-up = fastest PyTorch anchor / retro.", "",
              "| op | shape | dtype | threads | mode | retro ms | torch einsum ms | torch sdpa ms | speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -421,7 +419,6 @@ def markdown(rows: list[Row], machine: dict) -> str:
         lines.append(f"| {op} | {shape} | {dtype} | {threads} | {mode} | {by_engine['retro'].ms:.2f} | "
                      f"{by_engine['torch einsum'].ms:.2f} | {by_engine['torch sdpa'].ms:.2f} | "
                      f"**{fastest / by_engine['retro'].ms:.2f}x** |")
-    lines.append(TABLE_END)
     return "\n".join(lines)
 
 
@@ -433,11 +430,11 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=str(RESULTS.parent / "ops_cuda.json"), help="the CUDA run's JSON")
-    parser.add_argument("--render", metavar="JSON", help="write the table of a CUDA run's JSON into docs/PERFORMANCE.md")
+    parser.add_argument("--render", metavar="JSON", type=Path,
+                        help="rewrite the tables rendered from JSON (bench/results/ops_cuda.json: the GPU table)")
     args = parser.parse_args()
     if args.render:
-        result = json.loads(Path(args.render).read_text())
-        report.update_performance_md(CUDA_RESULTS_TABLE, markdown_cuda(result))
+        print("rewrote", ", ".join(render.write_tables_of(args.render)))
         return
     if args.device == "cuda":
         return run_cuda(args)
@@ -456,11 +453,8 @@ def main() -> None:
                               f"{r.ms:9.2f} ms  err {r.max_error:.1e}", flush=True)
     if args.quick:
         return
-    machine = {**report.machine_info(), "torch": torch.__version__}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=1))
-    report.update_performance_md("ops-cpu", markdown(rows, machine))
-    print(f"wrote {RESULTS} and {report.PERFORMANCE_MD}")
+    report.write_result(RESULTS, {"rows": [asdict(r) for r in rows]}, threads=max(args.threads))
+    print(f"wrote {RESULTS} and the tables {', '.join(render.write_tables(RESULTS))}")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ Every stage reuses what an earlier invocation finished (databases, runs), so a r
     python bench/paper_results.py --out runs/results                 # ~2.5 h on 2 cores
     python bench/paper_results.py --out runs/results --record        # + bench/results, docs/results
 
-Writes OUT/paper_results.json (with --record also bench/results/paper_results.json and the plots
-in docs/results/) and prints every table.
+Writes OUT/paper_results.json with the run's provenance (bench/report.py; with --record also
+bench/results/paper_results.json and the plots in docs/results/) and prints every table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,15 +30,18 @@ from typing import Any
 
 import torch
 
-from retro.train.checkpoint import checkpoint_path, load_checkpoint
-from retro.db import BuildConfig, build_db
-from retro.demo import plot_loss_curves
-from retro.eval.comparison import evaluate, results_table
-from retro.eval.leakage import leakage_table, plot_leakage
-from retro.eval.qa import qa_table
-from retro.eval.text_quality import text_quality_of_runs, text_quality_table
-from retro.data.trivia import DEFAULT_LISTS
-from retro.train import TrainConfig, train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (bench/report.py)
+
+from retro.train.checkpoint import checkpoint_path, load_checkpoint  # noqa: E402
+from retro.db import BuildConfig, build_db  # noqa: E402
+from retro.demo import plot_loss_curves  # noqa: E402
+from retro.eval.comparison import evaluate, results_table  # noqa: E402
+from retro.eval.leakage import leakage_table, plot_leakage  # noqa: E402
+from retro.eval.qa import qa_table  # noqa: E402
+from retro.eval.text_quality import text_quality_of_runs, text_quality_table  # noqa: E402
+from retro.data.trivia import DEFAULT_LISTS  # noqa: E402
+from retro.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_SIZE = 512  # the tiny preset's
@@ -79,14 +79,6 @@ def train_runs(out: Path, db: Path, steps: int, threads: int | None) -> dict[str
                               threads=threads, resume=done is not None))
         runs[kind] = run
     return runs
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -129,15 +121,11 @@ def main() -> int:
         plot_leakage(results[setting]["leakage"], plots / f"leakage_{setting}.png",
                      title=f"bpb vs alpha, {setting} setting")
     plot_loss_curves(runs, plots / "loss_curves.png")
-    record = {
-        "command": " ".join(sys.argv), "commit": git_commit(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "steps": args.steps, "timings": timings, "results": results,
-    }
-    text = json.dumps(record, indent=1, default=float) + "\n"
-    (args.out / "paper_results.json").write_text(text)
+    record = report.with_provenance({"steps": args.steps, "timings": timings, "results": results},
+                                    threads=torch.get_num_threads())
+    report.write_json(args.out / "paper_results.json", record)
     if args.record:
-        (ROOT / "bench" / "results" / "paper_results.json").write_text(text)
+        report.write_json(report.RESULTS_DIR / "paper_results.json", record)
 
     for setting in ("strict", "knowledge", "edited"):
         print(f"\n## {setting}: {results[setting]['db']}\n")

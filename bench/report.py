@@ -1,54 +1,46 @@
-"""What every benchmark writes: the machine it ran on, and its table in docs/PERFORMANCE.md between
-its own markers (`<!-- name:begin -->` ... `<!-- name:end -->`), the rest of the page untouched."""
+"""What every benchmark writes: its result JSON, with the provenance of the run (bench/provenance.py)
+under "provenance", written atomically. The tables in docs/ are rendered from these JSONs by
+bench/render.py.
+
+    report.write_result(report.RESULTS_DIR / "x.json", {"rows": rows}, threads=2)
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import platform
-import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
+import provenance
+
+ROOT = provenance.ROOT
+RESULTS_DIR = ROOT / "bench" / "results"
 
 
-def markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+def with_provenance(payload: dict, threads: int | None, load_before: list[float] | None = None) -> dict:
+    """payload with the provenance of the run made now (provenance.capture's arguments)."""
+    return {**payload, "provenance": provenance.capture(threads, load_before)}
 
 
-def machine_info() -> dict:
-    """CPU model, core count, git commit, the command line and the UTC date."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
-    commit = os.environ.get("RETRO_GIT_COMMIT", "")  # the GPU machine gets a copy without .git
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            commit = "unknown"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+def write_json(path: Path, record: dict) -> None:
+    """Writes record to path atomically: a cut run leaves the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        file.write(json.dumps(record, indent=1, default=_plain) + "\n")
+    os.chmod(file.name, 0o644)  # as a plain write would leave it, not the temporary file's 0600
+    os.replace(file.name, path)
 
 
-def update_performance_md(name: str, section: str, page: Path = PERFORMANCE_MD) -> None:
-    """Replaces the text between the markers of `name` in page (docs/PERFORMANCE.md by default;
-    section must start and end with the markers)."""
-    begin, end = markers(name)
-    text = page.read_text() if page.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text += "\n" + section + "\n"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(text)
+def _plain(value: object) -> object:
+    """What json cannot write itself: numpy scalars as numbers, anything else (paths) as text."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def write_result(path: Path, payload: dict, threads: int | None, load_before: list[float] | None = None) -> dict:
+    """Writes payload and its provenance to path (see with_provenance); returns what was written."""
+    record = with_provenance(payload, threads, load_before)
+    write_json(path, record)
+    return record

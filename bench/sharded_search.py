@@ -30,11 +30,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
+import provenance  # noqa: E402  (bench/provenance.py)
+import render  # noqa: E402  (bench/render.py)
 import report  # noqa: E402  (bench/report.py)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sharded_search.json"
-SCALING_MD = report.ROOT / "docs" / "SCALING.md"
-WORLD = 2
+RESULTS = report.RESULTS_DIR / "sharded_search.json"
+WORLD = 2  # ranks, and the threads of the largest one-process configuration
 K, NPROBE, K_FACTOR = 10, 16, 4
 SEARCHES = {"pq": False, "pq + rerank": True}  # name -> re-ranked
 DISTRIBUTED = f"{WORLD} torchrun ranks (gloo), 1 shard and 1 thread each"
@@ -119,8 +120,6 @@ def main() -> None:
             (args.rank / "qps.json").write_text(json.dumps(qps))
         return
 
-    import torch
-
     import retro
     from datasets import synthetic_clustered_split
     from retro.index.sharding import shard_index
@@ -132,7 +131,7 @@ def main() -> None:
     index.add(base)
     print(f"IVF{args.nlist},PQ{args.pq_m} over {args.n:,} x {args.d}: built in "
           f"{time.perf_counter() - start:.1f} s")
-    load_before = os.getloadavg()
+    load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="retro-shards-") as tmp:
         work = Path(tmp)
         expected = {}
@@ -151,8 +150,6 @@ def main() -> None:
         rows = json.loads((work / "qps.json").read_text())
 
     result = {
-        "machine": {**report.machine_info(), "torch": torch.__version__,
-                    "load_average": {"before": load_before, "after": os.getloadavg()}},
         "index": {"n": args.n, "d": args.d, "nlist": args.nlist, "pq_m": args.pq_m,
                   "queries": args.queries, "k": K, "nprobe": NPROBE, "k_factor": K_FACTOR,
                   "rounds": args.repeats},
@@ -160,10 +157,8 @@ def main() -> None:
     }
     for line in table(result):
         print(line)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
-    report.update_performance_md("sharded-search", markdown(result), SCALING_MD)
-    print(f"results in {args.results} and {SCALING_MD}")
+    report.write_result(args.results, result, threads=WORLD, load_before=load_before)
+    print(f"results in {args.results}; tables rewritten: {', '.join(render.write_tables(args.results)) or 'none'}")
 
 
 def table(result: dict) -> list[str]:
@@ -179,21 +174,16 @@ def table(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    """The measured table of docs/SCALING.md, between its markers."""
-    machine, index = result["machine"], result["index"]
-    load = machine["load_average"]
-    begin, end = report.markers("sharded-search")
+    """The measured table of docs/SCALING.md."""
+    index = result["index"]
     head = (
-        f"Measured: {machine['cpu']}, {machine['cores']} cores shared with other work (1-minute "
-        f"load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after), torch "
-        f"{machine['torch']}, commit `{machine['git_commit']}`, {machine['date']}. Command: "
-        f"`python {machine['command']}`. IVF{index['nlist']},PQ{index['pq_m']} over "
+        f"IVF{index['nlist']},PQ{index['pq_m']} over "
         f"{index['n']:,} seeded synthetic vectors of d={index['d']}, {index['queries']:,} queries "
         f"in one batch, k={index['k']}, nprobe={index['nprobe']}, re-ranking "
         f"k_factor={index['k_factor']}. Best of {index['rounds']} interleaved rounds; every "
         "configuration returned the unsharded ids and distances bit for bit before it was timed."
     )
-    return "\n".join([begin, head, "", *table(result), end])
+    return "\n".join([provenance.describe(result, WORLD), head, "", *table(result)])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ RETRO/GPT step-time ratio beside their FLOP ratio and the paper's +25.8% GPU-hou
     python bench/train.py                                  # CPU, tiny preset (CI size)
     python bench/train.py --device cuda --preset small --out $OUT/train_cuda.json   # ~4 min
     python bench/train.py --render bench/results/train_cuda.json   # its table into PERFORMANCE.md
+                                                                   # (as python bench/render.py does)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
@@ -55,6 +55,8 @@ from retro.train.config import TrainConfig
 from retro.train.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402  (bench/provenance.py)
+import render  # noqa: E402  (bench/render.py)
 import report  # noqa: E402  (bench/report.py)
 
 CONFIGS = ("retro", "gpt", "anchor", "retro-ref")  # the budget skips from the end: RETRO first
@@ -442,15 +444,13 @@ def table(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The PERFORMANCE.md section between the markers train-<device>."""
+    """The PERFORMANCE.md table of a run (markers train-<device>)."""
     m = result["machine"]
-    where = (f"{m['device_name']} (peak {m['peak_tflops']} TFLOP/s bf16)" if m["device"] == "cuda"
-             else f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads")
-    begin, end = report.markers(f"train-{m['device']}")
+    device = (f"Device: {m['device_name']} (peak {m['peak_tflops']} TFLOP/s bf16). " if m["device"] == "cuda"
+              else "Device: the CPU. ")
     return "\n".join([
-        begin, f"Machine: {where}, torch {m['torch']}, commit `{m['git_commit']}`, {m['date']}. "
-        f"Command: `python {m['command']}`. Median step time of {result['settings']['steps']} "
-        "timed steps after warm-up; FLOPs by `retro.train.flops`.", "", table(result), end])
+        provenance.describe(result), f"{device}Median step time of {result['settings']['steps']} "
+        "timed steps after warm-up; FLOPs by `retro.train.flops`.", "", table(result)])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -481,8 +481,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="default bench/results/train_<device>.json")
     parser.add_argument("--update-docs", action="store_true",
-                        help="write the table into docs/PERFORMANCE.md (markers train-<device>)")
-    parser.add_argument("--render", metavar="JSON", help="only write JSON's table into the docs")
+                        help="rewrite the tables rendered from --out (bench/results/train_<device>.json: "
+                             "docs/PERFORMANCE.md's train-<device>)")
+    parser.add_argument("--render", metavar="JSON", type=Path,
+                        help="only rewrite the tables rendered from JSON (bench/results/train_<device>.json)")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     defaults = dict(preset="small" if cuda else "tiny", batch_size=16 if cuda else 4,
@@ -500,8 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.render:
-        rendered = json.loads(Path(args.render).read_text())
-        report.update_performance_md(f"train-{rendered['machine']['device']}", markdown(rendered))
+        print("rewrote", ", ".join(render.write_tables_of(args.render)))
         return None
     started = time.perf_counter()
     deadline = started + args.budget_s
@@ -510,8 +511,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         torch.set_num_threads(args.threads)
         retro.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("high")
-    machine = {**report.machine_info(), "torch": torch.__version__, "device": args.device,
-               "threads": torch.get_num_threads()}
+    machine: dict = {"device": args.device}
     peak = None if args.peak_tflops is None else args.peak_tflops * 1e12
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -553,13 +553,13 @@ def main(argv: list[str] | None = None) -> dict | None:
                 result["compile_check"] = result["compile_check"] or check
                 print(progress_line(measured), flush=True)
             summarise(result, started)
-            out.write_text(json.dumps(result, indent=1) + "\n")  # after each: a cut run keeps it
+            report.write_result(out, result, threads=torch.get_num_threads())  # after each: a cut run keeps it
     summarise(result, started)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result = report.write_result(out, result, threads=torch.get_num_threads())
     print()
     print(table(result))
     if args.update_docs:
-        report.update_performance_md(f"train-{args.device}", markdown(result))
+        print("rewrote", ", ".join(render.write_tables_of(out)))
     print(f"\nwrote {out} after {result['seconds']:.0f} s")
     return result
 

@@ -4,22 +4,24 @@ verify=False, memory-mapped and read, warm page cache, medians of interleaved re
 
     python bench/verify_cost.py [--out DIR] [--repeats 7]
 
-Writes bench/results/verify_cost.json; docs/RELIABILITY.md quotes it.
+Writes bench/results/verify_cost.json (with the run's provenance); docs/RELIABILITY.md quotes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import retro
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (bench/report.py)
+
+import retro  # noqa: E402
 
 N, D, NLIST, PQ_M, N_TRAIN = 1_000_000, 128, 1024, 32, 65_536
 
@@ -60,11 +62,9 @@ def main() -> None:
     rows = {f"{'mmap' if mmap else 'read'}, verify={verify}": 1e3 * statistics.median(t)
             for (mmap, verify), t in times.items()}
     result = {"file_bytes": path.stat().st_size, "vectors": N, "spec": f"IVF{NLIST},PQ{PQ_M}",
-              "d": D, "median_ms": rows, "cpu": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "retro_simd": retro.simd_level()}
+              "d": D, "median_ms": rows}
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "verify_cost.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report.write_result(report.RESULTS_DIR / "verify_cost.json", result, threads=retro.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ def test_cpu_run_writes_every_measurement(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
 
-    assert {"git_commit", "command", "cpu", "torch", "date"} <= result["machine"].keys()
-    assert "--block-size 128" in result["machine"]["command"]
-    assert result["machine"]["peak_tflops"] is None
+    recorded = result["provenance"]
+    assert {"git_commit", "git_dirty", "command", "cpu", "isa", "simd", "date", "load_after"} <= recorded.keys()
+    assert "--block-size 128" in recorded["command"] and recorded["versions"]["torch"] and recorded["threads"] == 2
+    assert result["machine"] == {"device": "cpu", "peak_tflops": None}
     assert {r["config"] for r in result["results"]} == CONFIGS and result["skipped"] == []
     for r in result["results"]:
         assert r["batch_size"] == 1 and r["block_size"] == 128 and r["steps"] == 2

@@ -43,7 +43,8 @@ def load_average() -> list[float]:
 
 
 def machine_info() -> dict:
-    """The CPU's model and flags, the cores this process may use and the load now."""
+    """The CPU's model and flags, the core's SIMD and bfloat16 kernels, the cores this process may
+    use and the load now."""
     from retro import _core
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -54,6 +55,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "simd": _core.simd_level(),  # the core's kernels (RETRO_SIMD forces a level)
+        "bf16_kernel": _core.bf16_kernel(),  # its bfloat16 attention products (RETRO_BF16 forces one)
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),  # set: torch's forced too
         "load_before": load_average(),
     }
