@@ -199,9 +199,8 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
         run = Path(settings.out)
         done = finished_steps(run)
         if done != settings.max_iters:
-            if kind == "retro" and done is not None:
-                # a resumed RETRO-fit takes its weights from its checkpoint
-                settings = replace(settings, init_from=None)
+            # a resumed RETRO-fit keeps init_from (a setting the resume checks) and takes its
+            # weights from its checkpoint
             train(replace(settings, resume=done is not None))
         runs[kind] = run
     return runs
