@@ -122,7 +122,7 @@ Options parse_options(retro_bench::CommandLine args) {
 
 // ---- data -------------------------------------------------------------------------------------
 
-// The mixture of bench/datasets.py: centres ~ N(0, 1), each cluster's noise scale ~ U(0.5, 1.5).
+// The mixture of bench/vector_sets.py: centres ~ N(0, 1), each cluster's noise scale ~ U(0.5, 1.5).
 struct Mixture {
   int d;
   std::vector<float> centres;  // (kMixtureClusters, d)

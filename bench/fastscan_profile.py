@@ -1,5 +1,5 @@
 """Where a re-ranked 4-bit fast-scan search spends its time, on synthetic clusters small enough
-for quick runs (the 1M benchmark's structure: bench/datasets.py's mixture, 384 dimensions).
+for quick runs (the 1M benchmark's structure: bench/vector_sets.py's mixture, 384 dimensions).
 
     python bench/fastscan_profile.py                       # CPU ms per batch, scan and re-ranking
     perf record -g python bench/fastscan_profile.py --loop 20   # the same search, for a profile
@@ -17,8 +17,8 @@ import argparse
 import hashlib
 import time
 
-import datasets
 import numpy as np
+import vector_sets
 
 import retro
 
@@ -48,8 +48,8 @@ def main() -> None:
                         help="only run this many batch searches (for perf)")
     args = parser.parse_args()
 
-    base, queries = datasets.synthetic_clustered_split(args.n, 1000, 384, seed=0)
-    path = datasets.DEFAULT_CACHE_DIR / f"fastscan_profile_{args.n}_{args.nlist}.index"
+    base, queries = vector_sets.synthetic_clustered_split(args.n, 1000, 384, seed=0)
+    path = vector_sets.DEFAULT_CACHE_DIR / f"fastscan_profile_{args.n}_{args.nlist}.index"
     if path.exists():
         index = retro.IvfPqIndex.load(path, mmap=False)
     else:

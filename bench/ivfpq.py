@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import datasets  # noqa: E402  (bench/datasets.py, beside this file)
+import vector_sets  # noqa: E402  (bench/vector_sets.py, beside this file)
 import render  # noqa: E402
 import report  # noqa: E402
 import ivfpq_results  # noqa: E402
@@ -79,14 +79,14 @@ class Dataset:
 
 
 def synthetic_dataset(n: int, nq: int, d: int = 384) -> Dataset:
-    base, queries = datasets.synthetic_clustered_split(n, nq, d, seed=0)
+    base, queries = vector_sets.synthetic_clustered_split(n, nq, d, seed=0)
     nlist = 4096 if n >= 1_000_000 else 1024
     return Dataset(f"synthetic-{n // 1000}k", base, queries, nlist, d // 8, 64 * nlist, 10, (8, 16, 32, 64))
 
 
 def text_dataset(nq: int) -> Dataset:
     """Real MiniLM embeddings of Wikipedia/Factbook/KJV chunks; nq seeded rows held out as queries."""
-    vectors = datasets.text_embeddings()
+    vectors = vector_sets.text_embeddings()
     held_out = np.random.default_rng(0).permutation(len(vectors))
     queries, base = vectors[held_out[:nq]], vectors[np.sort(held_out[nq:])]
     nlist = 1024
@@ -100,14 +100,14 @@ def ground_truth(data: Dataset) -> np.ndarray:
     digest = hashlib.sha256()
     for array in (data.base[:: max(1, len(data.base) // 1000)], data.queries):
         digest.update(np.ascontiguousarray(array).tobytes())
-    path = datasets.DEFAULT_CACHE_DIR / f"gt_{data.name}_{len(data.base)}_{digest.hexdigest()[:16]}.npy"
+    path = vector_sets.DEFAULT_CACHE_DIR / f"gt_{data.name}_{len(data.base)}_{digest.hexdigest()[:16]}.npy"
     if path.exists():
         return np.load(path)
     exact = faiss.IndexFlatL2(data.base.shape[1])
     exact.add(data.base)
     _, labels = exact.search(data.queries, K)
     path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.save_atomically(labels, path)
+    vector_sets.save_atomically(labels, path)
     return labels
 
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import datasets  # noqa: E402  (bench/datasets.py, beside this file)
 import report  # noqa: E402
+import vector_sets  # noqa: E402  (bench/vector_sets.py, beside this file)
 
 import retro  # noqa: E402
 from retro.index.faiss import to_faiss  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--spec", default="OPQ48,IVF1024,PQ48", help="retro.index_factory string (8-bit)")
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
-    x = datasets.text_embeddings()[:TEXT_BASE_ROWS]
+    x = vector_sets.text_embeddings()[:TEXT_BASE_ROWS]
     ours = retro.index_factory(x.shape[1], args.spec)
     ours.niter = 10
     ours.opq_train_params = OpqTrainParams(niter=2, niter_pq_0=4)

@@ -108,7 +108,7 @@ def torch_mod():
 
 def mixture(n: int, d: int, nq: int, seed: int = 0):
     """Base (n, d) and queries (nq, d) float32 on the GPU from one seeded Gaussian mixture of 1000
-    centres (noise std = the centres' std, as bench/datasets.py draws it on the CPU)."""
+    centres (noise std = the centres' std, as bench/vector_sets.py draws it on the CPU)."""
     torch = torch_mod()
     g = torch.Generator(device="cuda").manual_seed(seed)
     centres = torch.randn(1000, d, generator=g, device="cuda")

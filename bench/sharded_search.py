@@ -121,8 +121,8 @@ def main() -> None:
         return
 
     import retro
-    from datasets import synthetic_clustered_split
     from retro.index.sharding import shard_index
+    from vector_sets import synthetic_clustered_split
 
     base, queries = synthetic_clustered_split(args.n, args.queries, args.d, seed=0)
     index = retro.IvfPqIndex(args.d, args.nlist, args.pq_m, seed=0)

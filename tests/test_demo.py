@@ -6,6 +6,7 @@ the plots written."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +14,9 @@ torch = pytest.importorskip("torch")
 from test_db_support import corpus_dir  # noqa: E402
 
 import retro.cli  # noqa: E402
-from retro.demo import CLAIMS  # noqa: E402
+import retro.train  # noqa: E402
+from retro import demo  # noqa: E402
+from retro.demo import CLAIMS, DemoConfig  # noqa: E402
 
 
 def test_demo_on_a_small_corpus(tmp_path_factory, tmp_path, capsys):
@@ -65,3 +68,17 @@ def test_demo_refuses_a_bad_model_arg(tmp_path):
 def test_demo_refuses_bad_settings_before_any_work(tmp_path, flag, value):
     assert retro.cli.main(["demo", "--out", str(tmp_path / "out"), flag, value]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_resumes_an_interrupted_retro_fit(monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(retro.train, "train", started.append)
+    monkeypatch.setattr(demo, "finished_steps", lambda run: {"gpt": 3, "retro": 1}[run.name])
+    db = SimpleNamespace(root=tmp_path / "db", block_size=64,
+                         tokenizer=SimpleNamespace(vocab_size=400))
+    runs = demo.train_models(tmp_path, DemoConfig(gpt_steps=3, fit_steps=2, block_size=64), db)
+    assert runs == {"gpt": tmp_path / "gpt", "retro": tmp_path / "retro"}
+    [fit] = started  # the finished GPT is reused
+    # the run's own settings: init_from and freeze are among those a resumed run must keep
+    assert fit.resume and fit.max_iters == 2
+    assert fit.init_from == str(tmp_path / "gpt") and fit.freeze

@@ -121,10 +121,15 @@ def write_tasks(directory: Path) -> None:
         "metric_list:\n  - metric: word_perplexity\n")
 
 
-def test_lm_eval_runs_local_tasks_with_the_retro_model_type(lm, retro_run, db_dir, tmp_path):
+def test_lm_eval_runs_local_tasks_with_the_retro_model_type(lm, retro_run, db_dir, tmp_path,
+                                                            monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
+    from datasets import config as datasets_config
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
+
+    # HF datasets reads the local task files; offline, it sends nothing (not even its load count)
+    monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
 
     assert get_model("retro") is RetroLM
     write_tasks(tmp_path)

@@ -24,7 +24,8 @@ import argparse
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,6 @@ def build_databases(out: Path, config: DemoConfig) -> dict[str, Any]:
 
 
 def replace_config(config: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
     if "edits" in changes:
         from retro.data.edits import load_edits
 
@@ -180,26 +179,29 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     fields = {**DEMO_MODEL, **DEMO_RETRIEVAL, "vocab_size": _round_up(db.tokenizer.vocab_size, 64),
               "block_size": db.block_size, **config.model_args}
     retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
-    common = dict(db=str(db.root), batch_size=config.batch_size,
-                  learning_rate=config.learning_rate, seed=config.seed, threads=config.threads,
-                  progress=config.progress, eval_batches=4)
+
+    def plan(kind: str, steps: int, **settings: Any) -> TrainConfig:
+        """The run OUT/kind of steps optimizer steps."""
+        return TrainConfig(db=str(db.root), out=str(out / kind), model=kind, max_iters=steps,
+                           batch_size=config.batch_size, learning_rate=config.learning_rate,
+                           seed=config.seed, threads=config.threads, progress=config.progress,
+                           eval_batches=4, warmup_iters=steps // 20,
+                           eval_interval=max(1, steps // 4), checkpoint_interval=steps,
+                           **settings)
+
     plans = {
-        "gpt": dict(model="gpt", model_args=fields, max_iters=config.gpt_steps),
-        "retro": dict(model="retro", init_from=str(out / "gpt"), freeze=True,
-                      model_args=retrieval, max_iters=config.fit_steps,
-                      copy_fraction=config.copy_fraction),
+        "gpt": plan("gpt", config.gpt_steps, model_args=fields),
+        "retro": plan("retro", config.fit_steps, init_from=str(out / "gpt"), freeze=True,
+                      model_args=retrieval, copy_fraction=config.copy_fraction),
     }
     runs = {}
-    for kind, plan in plans.items():
-        run = out / kind
+    for kind, settings in plans.items():
+        run = Path(settings.out)
         done = finished_steps(run)
-        steps = plan["max_iters"]
-        if done != steps:
-            if kind == "retro" and done is not None:
-                plan.pop("init_from")  # a resumed RETRO-fit takes its weights from its checkpoint
-            train(TrainConfig(out=str(run), resume=done is not None, warmup_iters=steps // 20,
-                              eval_interval=max(1, steps // 4), checkpoint_interval=steps,
-                              **common, **plan))
+        if done != settings.max_iters:
+            # a resumed RETRO-fit keeps init_from (a setting the resume checks) and takes its
+            # weights from its checkpoint
+            train(replace(settings, resume=done is not None))
         runs[kind] = run
     return runs
 
@@ -215,12 +217,11 @@ def evaluate_settings(runs: dict[str, Path], dbs: dict[str, Any],
     knowledge database."""
     from retro.eval.comparison import evaluate
 
-    common = dict(gpt_run=runs["gpt"], max_samples=config.eval_samples,
-                  neighbours=("real", "shuffled", "oracle"))
-    qa = dict(qa_lists=(QA_LIST,), qa_items=config.qa_items or None,
-              edited_db=dbs["capitals"].root)
-    return {"strict": evaluate(runs["retro"], dbs["strict"].root, **common, **qa),
-            "knowledge": evaluate(runs["retro"], dbs["knowledge"].root, **common)}
+    compare = partial(evaluate, runs["retro"], gpt_run=runs["gpt"],
+                      max_samples=config.eval_samples, neighbours=("real", "shuffled", "oracle"))
+    return {"strict": compare(dbs["strict"].root, qa_lists=(QA_LIST,),
+                              qa_items=config.qa_items or None, edited_db=dbs["capitals"].root),
+            "knowledge": compare(dbs["knowledge"].root)}
 
 
 def claim_values(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -345,9 +346,10 @@ def plot_loss_curves(runs: dict[str, Path], path: Path,
     return path
 
 
-def parse_model_args(pairs: list[str]) -> dict[str, str]:
-    """["n_layer=4", ...] -> {"n_layer": "4"} (typed by TrainConfig against RetroConfig)."""
-    fields = {}
+def parse_model_args(pairs: list[str]) -> dict[str, str | None]:
+    """["n_layer=4", ...] -> {"n_layer": "4"}, "none" as None (typed by TrainConfig against
+    RetroConfig)."""
+    fields: dict[str, str | None] = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key:

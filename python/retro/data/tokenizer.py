@@ -54,8 +54,9 @@ class Tokenizer:
         """Text of each row of token ids."""
         return self.backend.decode_batch([np.asarray(row).tolist() for row in rows])
 
-    def texts_without_eod(self, rows: Sequence[np.ndarray]) -> list[str]:
-        """Text of each row with its end-of-document tokens left out.
+    def texts_without_eod(self, rows: np.ndarray | Sequence[np.ndarray]) -> list[str]:
+        """Text of each row (of an (n, m) array, or of a list of 1-D rows) with its
+        end-of-document tokens left out.
 
         A row that spans a document boundary becomes the decoded pieces joined by a newline, so
         the embedder reads real text only, never the special token.

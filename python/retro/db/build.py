@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -215,12 +215,9 @@ def _build(
         info["dim"] = loaded.dim
         return loaded
 
-    @cache
-    def source() -> EmbeddingSource:
-        """The reused embeddings, indexed on first use only."""
-        return EmbeddingSource(checked)
-
-    reuse = source if checked else None
+    # the reused embeddings, indexed on first use only
+    source = cache(partial(EmbeddingSource, checked)) if checked else None
+    reuse = source
     runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}), world=world)
     stages.tokenize(runner, documents, fingerprint, splits, tokenizer, config.block_size,
                     config.chunk_size if config.align_documents else 1)
@@ -240,7 +237,7 @@ def _build(
         # every query chunk is a chunk of some document: those of the database's own (all the
         # train ones) take their embeddings from it, the rest from the source if one is given
         def own_and_source() -> EmbeddingSource:
-            return EmbeddingSource(manifest, also=source() if checked else None)
+            return EmbeddingSource(manifest, also=source() if source else None)
 
         reuse = cache(own_and_source)
     for split in splits:

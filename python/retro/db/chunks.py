@@ -82,7 +82,9 @@ class ChunkStore:
 
     @classmethod
     def open(cls, root: Path, eod_id: int) -> ChunkStore:
-        return cls(*(load_npy(root / CHUNK_FILES[name]) for name in CHUNK_FILES), eod_id=eod_id)
+        tokens, lengths, doc_ids, doc_offsets = (load_npy(root / CHUNK_FILES[name])
+                                                 for name in CHUNK_FILES)  # the fields' order
+        return cls(tokens, lengths, doc_ids, doc_offsets, eod_id)
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -24,6 +24,7 @@ k = neighbours, d = embedding dimension)::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -267,7 +268,7 @@ class Database:
 
 
 def open_db(
-    path: str | Path,
+    path: str | os.PathLike,
     *,
     tokenizer: str | None = None,
     chunk_size: int | None = None,

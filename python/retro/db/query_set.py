@@ -25,6 +25,7 @@ from retro.db.streams import TokenStream
 from retro.db.manifest import MANIFEST, QUERY_SET, Manifest, open_or_create
 from retro.errors import RetroError
 from retro.files import sha256_of
+from retro.world import World
 
 
 class QuerySet(SplitView):
@@ -91,7 +92,8 @@ def query_db(
     out.mkdir(parents=True, exist_ok=True)
     manifest.save()
 
-    runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}))
+    runner = stages.StageRunner(manifest, progress, **({"log": log} if log else {}),
+                                world=World())  # one process
     splits = {name: np.arange(len(documents), dtype=np.int64)}
     stages.tokenize(runner, documents, corpus_fingerprint(documents), splits, db.tokenizer, block_size)
     stages.embed_queries(

@@ -80,7 +80,8 @@ class EmbeddingSource:
         self.also = also
         self.eod_id = source.components["tokenizer"]["eod_id"]
         config = source.config
-        files = [(CHUNK_FILES["tokens"], EMBEDDINGS_FILE)]
+        # (file of the embedded token rows, None for a split's query chunks; embeddings file)
+        files: list[tuple[str | None, str]] = [(CHUNK_FILES["tokens"], EMBEDDINGS_FILE)]
         streams = {}
         for stage in sorted(source.stages):
             if stage.startswith("queries."):

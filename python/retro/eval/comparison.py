@@ -19,7 +19,7 @@ from retro.data.trivia import lists_for
 from retro.eval.leakage import ALPHAS, filtered_bpb, sample_overlaps
 from retro.db.streams import padding_targets
 from retro.eval.losses import (NEIGHBOURS, chunk_bytes, group_sums, loss_by_position, n_samples,
-                               sample_neighbours, samples, token_losses)
+                               sample_neighbours, samples, stored_neighbours, token_losses)
 from retro.model import GPT
 from retro.train.run_db import open_matching_db, open_run_db
 
@@ -40,12 +40,14 @@ def evaluate_models(models: dict[str, tuple[GPT, bool]], db: Database, split: st
     """
     count = n_samples(db, split, max_samples)
     tokens = samples(db, split, count)  # (S, T + 1)
-    real = sample_neighbours(db, split, count, db.n_nbrs)
+    real = stored_neighbours(db, split, count, db.n_nbrs)
     n_bytes = chunk_bytes(db.tokenizer, tokens, db.chunk_size)  # (S, L + 1)
     counted = ~padding_targets(tokens, db.eod_id)  # (S, T): an aligned stream's padding is not
     n_tokens = int(counted.sum())
     nats, scores, by_position = {}, {}, {}
-    given_by_source = {("real", db.n_nbrs): real}  # each source's neighbours are read once
+    # each source's neighbours are read once
+    given_by_source: dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | None] = {
+        ("real", db.n_nbrs): real}
     for name, model, source in scored_models(models, neighbours):
         key = (source, model.config.n_nbrs)
         if key not in given_by_source:

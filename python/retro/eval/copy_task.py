@@ -21,6 +21,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ def loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor,
 
 
 def train_arm(task: CopyTask, arm: str, steps: int, seed: int = 0,
-              eval_batches: int = 4) -> dict[str, object]:
+              eval_batches: int = 4) -> dict[str, Any]:
     """Trains a fresh model on one arm; returns its training curve and the final loss on fresh
     batches of the same arm, with the loss as a fraction of chance."""
     if arm not in ARMS:

@@ -60,7 +60,8 @@ class RetroLM(_Base):
             if run is None:
                 raise RetroError("the retro model type needs run=RUN (a training run directory)")
             model, state = load_model(run, map_location=device)
-            db = open_run_db(model, state, db)
+            # a Database given is opened again from its root, to be checked against the run
+            db = open_run_db(model, state, db.root if isinstance(db, Database) else db)
         elif not isinstance(db, Database):
             if db is None:
                 raise RetroError("a model needs db= (its database: the tokenizer, the neighbours)")
@@ -69,7 +70,8 @@ class RetroLM(_Base):
         self.db = db
         self.retrieving = bool(retrieval) and model.encoder is not None
         # "auto" (lm_eval's batch size search) and max_batch_size: a fixed batch here
-        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        size = str(batch_size)
+        self.batch_size = int(size) if size.isdigit() else 8
         self.max_gen_toks = int(max_gen_toks)
         self.m, self.block_size = model.config.chunk_size, model.config.block_size
         self.eod_id = db.eod_id

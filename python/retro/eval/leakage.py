@@ -33,19 +33,20 @@ def filtered_bpb(overlaps: np.ndarray, nats: dict[str, np.ndarray], n_bytes: np.
     The last group (each sample's final target) belongs to no chunk and is left out here.
     """
     n_chunks = overlaps.shape[1] + 1
-    result = {"alphas": list(alphas), "chunks": [], "share": [],
-              "bpb": {name: [] for name in nats},
-              "chunk0": {"chunks": int(overlaps.shape[0]),
-                         "bpb": {name: bits_per_byte(float(v[:, 0].sum()), int(n_bytes[:, 0].sum()))
-                                 for name, v in nats.items()}}}
+    chunks: list[int] = []
+    share: list[float] = []
+    bpb: dict[str, list[float]] = {name: [] for name in nats}
     for alpha in alphas:
         keep = overlaps <= alpha + 1e-9  # (S, L - 1), chunks 1 .. L-1
-        result["chunks"].append(int(keep.sum()))
-        result["share"].append(float(keep.mean()) if keep.size else float("nan"))
+        chunks.append(int(keep.sum()))
+        share.append(float(keep.mean()) if keep.size else float("nan"))
         kept_bytes = int(n_bytes[:, 1:n_chunks][keep].sum())
         for name, v in nats.items():
-            result["bpb"][name].append(bits_per_byte(float(v[:, 1:n_chunks][keep].sum()), kept_bytes))
-    return result
+            bpb[name].append(bits_per_byte(float(v[:, 1:n_chunks][keep].sum()), kept_bytes))
+    return {"alphas": list(alphas), "chunks": chunks, "share": share, "bpb": bpb,
+            "chunk0": {"chunks": int(overlaps.shape[0]),
+                       "bpb": {name: bits_per_byte(float(v[:, 0].sum()), int(n_bytes[:, 0].sum()))
+                               for name, v in nats.items()}}}
 
 
 def leakage_table(leakage: dict) -> str:

@@ -70,11 +70,10 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
         raise RetroError(f"neighbours must be one of {NEIGHBOURS}, not {source!r}")
     if source == "none":
         return None
-    view = db.split(split)
     if source == "oracle":
-        return oracle_neighbours(view.stream.tokens, count, db.block_size, db.chunk_size,
+        return oracle_neighbours(db.split(split).stream.tokens, count, db.block_size, db.chunk_size,
                                  db.tokenizer.eod_id)
-    tokens, lens = view.sample_neighbours(np.arange(count), db.chunks, n_nbrs)
+    tokens, lens = stored_neighbours(db, split, count, n_nbrs)
     if source == "shuffled":
         if tokens.shape[0] * tokens.shape[1] < 2:
             raise RetroError("shuffled neighbours need at least two query chunks to swap; "
@@ -83,6 +82,13 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
         tokens, lens = (np.roll(x.reshape(-1, *x.shape[2:]), shift, axis=0).reshape(x.shape)
                         for x in (tokens, lens))
     return tokens, lens
+
+
+def stored_neighbours(db: Database, split: str, count: int,
+                      n_nbrs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The "real" source of :func:`sample_neighbours`: the first n_nbrs stored neighbours of the
+    first count samples' query chunks, tokens (S, L, k, 2m) int64 and lengths (S, L, k) int32."""
+    return db.split(split).sample_neighbours(np.arange(count), db.chunks, n_nbrs)
 
 
 def oracle_neighbours(stream: np.ndarray, count: int, block_size: int, chunk_size: int,
@@ -126,7 +132,7 @@ def group_sums(nats: np.ndarray, chunk_size: int) -> np.ndarray:
     """Per-target nats (S, T) -> summed nats of each target group (S, L + 1)."""
     groups = group_of_target(nats.shape[1], chunk_size)
     out = np.zeros((nats.shape[0], groups[-1] + 1), dtype=np.float64)
-    np.add.at(out, (slice(None), groups), nats)
+    np.add.at(out.T, groups, nats.T)  # out.T is a view: row g of it gets every column of group g
     return out
 
 

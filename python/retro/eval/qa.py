@@ -62,7 +62,7 @@ def score_choices(model: GPT, db: Database, items: Sequence[QAItem], retrieval: 
     choices = [c[:m] for c in choices]
 
     retrieving = retrieval and model.encoder is not None
-    neighbours = _retrieve(db, prompts, config.n_nbrs) if retrieving else [None] * len(items)
+    neighbours = _retrieve(db, prompts, config.n_nbrs) if retrieving else []
     log_probs = np.zeros((len(items), n_choices))
     # items whose prompts have the same number of chunks are decoded together
     by_chunks: dict[int, list[int]] = {}
@@ -169,7 +169,8 @@ def edited_items(items: Sequence[QAItem],
     """The items whose gold answer an edit replaces, with the edited answer among their choices
     (in place of the last distractor if absent), and position -> edited answer."""
     mapping = dict((old, new) for old, new in edits)
-    out, edited = [], {}
+    out: list[QAItem] = []
+    edited: dict[int, str] = {}
     for item in items:
         new = mapping.get(item.gold)
         if new is None or not item.choices:
@@ -196,7 +197,7 @@ def qa_comparison(models: dict[str, tuple[GPT, bool]], db: Database, lists: Sequ
                                                                  batch_size))
                          for setting, (model, retrieval) in models.items()}
         swapped, edited = edited_items(items, edits)
-        if not edited:
+        if edited_db is None or not edited:
             continue
         for setting, (model, retrieval) in models.items():
             if retrieval and model.encoder is not None:

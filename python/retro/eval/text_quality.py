@@ -59,7 +59,8 @@ def self_bleu(continuations: Sequence[Tokens], n: int = 4) -> float:
     """Mean BLEU-n of each continuation against all the others."""
     if len(continuations) < 2:
         raise ValueError("self-BLEU needs at least two continuations")
-    scores = [bleu(c, continuations[:i] + continuations[i + 1 :], n) for i, c in enumerate(continuations)]
+    scores = [bleu(c, [*continuations[:i], *continuations[i + 1:]], n)
+              for i, c in enumerate(continuations)]
     return float(np.mean(scores))
 
 

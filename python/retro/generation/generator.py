@@ -25,6 +25,7 @@ from retro.errors import RetroError
 from retro.db import Database
 from retro.generation.sampling import sample_next
 from retro.model import GPT
+from retro.model.decoding import DecodeCache
 
 
 @dataclass
@@ -97,12 +98,12 @@ def generate(model: GPT, db: Database | None, prompt_tokens: Sequence[int] | np.
     pad_id = config.pad_id if db is None else db.eod_id
     stats.n_pad = -len(prompt) % m
     tokens = [pad_id] * stats.n_pad + prompt.tolist()
-    retrieving = retrieval and model.encoder is not None and db is not None
-    window = _Window(model, tokens, use_cache, retrieving)
+    source = db if retrieval and model.encoder is not None else None  # None: no neighbours
+    window = _Window(model, tokens, use_cache, source is not None)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    if retrieving:
-        window.retrieve(db, 0, len(tokens) // m, stats)
+    if source is not None:
+        window.retrieve(source, 0, len(tokens) // m, stats)
     started = time.perf_counter()
     logits = window.restart(0)
     for i in range(max_new_tokens):
@@ -113,8 +114,8 @@ def generate(model: GPT, db: Database | None, prompt_tokens: Sequence[int] | np.
         yield token
         if i == max_new_tokens - 1:
             return
-        if retrieving and len(tokens) % m == 0:
-            window.retrieve(db, len(tokens) // m - 1, len(tokens) // m, stats)
+        if source is not None and len(tokens) % m == 0:
+            window.retrieve(source, len(tokens) // m - 1, len(tokens) // m, stats)
         started = time.perf_counter()
         if len(tokens) - window.start > block_size:
             stats.slides += 1
@@ -129,7 +130,7 @@ class _Window:
     def __init__(self, model: GPT, tokens: list[int], use_cache: bool, retrieving: bool) -> None:
         self.model, self.tokens, self.use_cache, self.retrieving = model, tokens, use_cache, retrieving
         self.start = 0
-        self.cache = None
+        self.cache: DecodeCache | None = None
         self.nbr_tokens: list[np.ndarray] = []  # per chunk of tokens: (k, 2m) int64
         self.nbr_lens: list[np.ndarray] = []  # per chunk: (k,) int32
 

@@ -271,6 +271,7 @@ class DistributedIndex:
         errors = [h[0] for h in headers if h[0] is not None]
         if errors:
             raise ValueError("; ".join(errors))
+        assert request is not None  # no rank failed, so this one made its request
         if any(h[1] != settings for h in headers):
             raise ValueError(
                 "ranks passed different (k, nprobe, k_factor, reranking, src): "
@@ -346,6 +347,7 @@ def search_shards(
         parts_d.append(d.to(target))
         parts_i.append(i.to(target))
         del gpu  # an uploaded host shard is freed before the next one
+    assert metric is not None  # shards is not empty
     return results_for(*merge_top_k(parts_d, parts_i, k, metric), kind)
 
 

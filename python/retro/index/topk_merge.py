@@ -45,7 +45,9 @@ def merge_top_k(
 class _Numpy:
     """The array operations of merge_top_k on (n, c) numpy arrays."""
 
-    where = staticmethod(np.where)
+    @staticmethod
+    def where(condition: Any, value: Any, a: Any) -> Any:
+        return np.where(condition, value, a)
 
     @staticmethod
     def cat(parts: Sequence[Any]) -> Any:

@@ -5,8 +5,11 @@ decoding calls (LayerCache, DecodeCache). Shapes as in :mod:`retro.model`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+_MaybeTensor = TypeVar("_MaybeTensor", torch.Tensor, "torch.Tensor | None")  # kept by repeat
 
 
 @dataclass
@@ -50,7 +53,7 @@ class DecodeCache:
     def repeat(self, n: int) -> DecodeCache:
         """A cache of B * n sequences, each of the B repeated n times in a row (rows b*n .. b*n+n-1
         are copies of sequence b): several continuations of one decoded prefix."""
-        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+        def rep(x: _MaybeTensor) -> _MaybeTensor:
             return None if x is None else x.repeat_interleave(n, dim=0)
 
         layers = [LayerCache(rep(c.k), rep(c.v), rep(c.nbr_k), rep(c.nbr_v)) for c in self.layers]

@@ -333,7 +333,8 @@ def count_parameters(name: str) -> tuple[int, int]:
     """(Retro, GPT) parameter counts of preset `name`, built on the meta device (no memory)."""
     config = RetroConfig.preset(name)
     with torch.device("meta"):
-        return tuple(sum(p.numel() for p in cls(config).parameters()) for cls in (Retro, GPT))
+        retro, gpt = (sum(p.numel() for p in cls(config).parameters()) for cls in (Retro, GPT))
+    return retro, gpt
 
 
 def parameter_table() -> str:

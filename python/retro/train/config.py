@@ -196,7 +196,8 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     """config with ``{key: value}`` overrides of TrainConfig settings and RetroConfig fields
     (values parsed as in :func:`coerce`); unknown keys raise ValueError with a suggestion."""
     fields = settable_fields()
-    train_values, model_values = {}, dict(config.model_args)
+    train_values: dict[str, Any] = {}
+    model_values = dict(config.model_args)
     for key, value in overrides.items():
         if key not in fields:
             raise RetroError(f"unknown setting {key!r}{_suggest(key, fields)}")

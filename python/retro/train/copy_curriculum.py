@@ -19,14 +19,13 @@ tokens, depend on (seed, sample id) alone: a resumed run reads the same data.
 from __future__ import annotations
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from retro.train.data import SampleDataset
+from retro.train.data import SampleDataset, TrainingSamples
 
 SALT = 0xC0917  # keeps the curriculum's draws apart from the other uses of the seed
 
 
-class CopyCurriculum(Dataset):
+class CopyCurriculum(TrainingSamples):
     """A RETRO training set with `fraction` of its samples replaced by copy samples.
 
     Items are those of `samples` (idx (T,), targets (T,), nbr_tokens (L, k, 2m), nbr_lens (L, k)),

@@ -11,6 +11,7 @@ and a GPT and a RETRO run with the same seed read the same samples in the same o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from retro.world import World
 from retro.train.distributed import rank_slices
 
 
-class SampleDataset(Dataset):
+class TrainingSamples(Dataset, ABC):
+    """A map-style set of samples of known size, what :func:`train_loader` reads:
+    a :class:`SampleDataset`, or a curriculum built on one."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+class SampleDataset(TrainingSamples):
     """Item j: idx (T,) int64, targets (T,) int64 (-1: padding, no target), and with neighbours
     nbr_tokens (L, K, R) int64 (R = 2m, eod-padded) and nbr_lens (L, K) int32 (0 = none)."""
 
@@ -98,7 +107,7 @@ class ResumableSampler(Sampler[int]):
         return rank_slices(order, self.batch_size, self.world) if self.world.size > 1 else order
 
 
-def train_loader(dataset: SampleDataset, batch_size: int, seed: int, start: int,
+def train_loader(dataset: TrainingSamples, batch_size: int, seed: int, start: int,
                  num_workers: int, pin_memory: bool, world: World = World()) -> DataLoader:
     """Endless batches of the seeded order, from data position `start` (samples consumed by all
     ranks): this rank's batch_size samples of each global batch of batch_size * world.size."""

@@ -102,7 +102,7 @@ def read_train_state(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def _check_model(state: dict[str, Any], model: nn.Module, where: Path) -> None:
     """Raises CheckpointError naming each config field (and the kind) where model differs."""
-    if KINDS.get(state.get("kind")) is not type(model):
+    if KINDS.get(state.get("kind", "")) is not type(model):
         raise CheckpointError(f"{where} holds a {state.get('kind')!r} model, not a "
                               f"{type(model).__name__}")
     ours = config_dict(model.config)
@@ -177,6 +177,7 @@ def load_dcp(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     state = read_train_state(checkpoint)
     inner = unwrap(model)
     _check_model(state, inner, checkpoint.path)
+    holder: dict[str, Any]  # DCP loads into it in place
     if optimizer is None:
         holder = {"model": get_model_state_dict(model)}
     else:
@@ -281,7 +282,7 @@ def load_canonical(state: dict[str, Any], model: nn.Module,
         if len(ours["params"]) != len(theirs["params"]):
             raise CheckpointError("the checkpoint's optimizer trains other parameters")
         number_to_name.update({n: names[id(p)] for n, p in zip(theirs["params"], ours["params"])})
-    by_name = {
+    by_name: dict[str, Any] = {
         "state": {number_to_name[n]: value for n, value in saved["state"].items()},
         "param_groups": [{**group, "params": [number_to_name[n] for n in group["params"]]}
                          for group in saved["param_groups"]],

@@ -16,8 +16,9 @@ import contextlib
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_
                                     db_mismatches, load_checkpoint, save_checkpoint)
 from retro.train.config import RESUME_FIXED, TrainConfig
 from retro.train.copy_curriculum import CopyCurriculum
-from retro.train.data import SampleDataset, eval_samples, to_device, train_loader
+from retro.train.data import (SampleDataset, TrainingSamples, eval_samples, to_device,
+                              train_loader)
 from retro.train.distributed import (gradient_sync, join_training, mean_over_ranks, parallel_mode,
                                      rank_batches, rank_device, sum_over_ranks, wrap_model)
 from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_canonical,
@@ -70,14 +72,18 @@ def _train(config: TrainConfig, world: World) -> Path:
         for directory in (run, *(run / DCP_DIR).glob("step-*")):
             if directory.is_dir():
                 remove_stale_temporaries(directory)
-    checkpoint, state = _resume_state(run, config, db, world)
+    resumed = _resume_state(run, config, db, world)
+    state = resumed[1] if resumed is not None else None
     plain, frozen = _model(config, db, state)
     plain.to(device).train()
     model = wrap_model(plain, mode, device)
-    forward = torch.compile(model) if config.compile else model  # shares model's parameters
+    # shares model's parameters; compiling a Module gives an OptimizedModule, which torch's
+    # annotation of compile calls a plain Callable
+    forward = cast(torch.nn.Module, torch.compile(model)) if config.compile else model
     optimizer = make_optimizer(model, config, device)
     step, data_position = 0, 0
-    if state is not None:
+    if resumed is not None:
+        checkpoint, state = resumed
         if checkpoint.format == "dcp":
             load_dcp(checkpoint, model, optimizer)
         else:
@@ -92,9 +98,10 @@ def _train(config: TrainConfig, world: World) -> Path:
                 else contextlib.nullcontext())
 
     with_neighbours = config.model == "retro"
-    train_set = SampleDataset(db.root, "train", with_neighbours)
+    train_samples = SampleDataset(db.root, "train", with_neighbours)
+    train_set: TrainingSamples = train_samples
     if config.copy_fraction:
-        train_set = CopyCurriculum(train_set, config.copy_fraction, config.seed,
+        train_set = CopyCurriculum(train_samples, config.copy_fraction, config.seed,
                                    plain.config.n_nbrs)
     valid_set = SampleDataset(db.root, "valid", with_neighbours)
     global_batch = config.batch_size * world.size  # samples per micro-batch over all ranks
@@ -173,7 +180,7 @@ def _train(config: TrainConfig, world: World) -> Path:
     return run
 
 
-def _clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+def _clip_gradients(params: Sequence[torch.Tensor], max_norm: float) -> float:
     """Clips the global gradient norm of params to max_norm; returns the norm before clipping
     (FSDP2's sharded gradients give a DTensor norm, made whole here)."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -203,8 +210,9 @@ def evaluate(model: torch.nn.Module, dataset: SampleDataset, samples: np.ndarray
     return float(sums[0] / sums[1])
 
 
-def _loss(model: GPT, batch: list[torch.Tensor]) -> torch.Tensor:
-    """batch: idx, targets[, nbr_tokens, nbr_lens] (GPT batches have no neighbours)."""
+def _loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """The mean loss of a GPT or Retro (wrapped or compiled) on batch: idx, targets[, nbr_tokens,
+    nbr_lens] (GPT batches have no neighbours)."""
     idx, targets, *neighbours = batch
     if neighbours:
         return model(idx, *neighbours, targets=targets, return_logits=False)[1]
@@ -221,15 +229,15 @@ def _device(name: str) -> torch.device:
 
 
 def _resume_state(run: Path, config: TrainConfig, db: Database,
-                  world: World) -> tuple[Checkpoint | None, dict[str, Any] | None]:
+                  world: World) -> tuple[Checkpoint, dict[str, Any]] | None:
     """The checkpoint to continue from (config.resume) and its train state, checked against
-    config, the world size and db; (None, None) for a fresh run, which must not overwrite one."""
+    config, the world size and db; None for a fresh run, which must not overwrite one."""
     checkpoint = latest_checkpoint(run)
     if not config.resume:
         if checkpoint is not None:
             raise CheckpointError(f"{run} already holds a training run: resume it (--resume) or "
                                   "choose another --out")
-        return None, None
+        return None
     if checkpoint is None:
         raise CheckpointError(f"nothing to resume: {run} has no checkpoint ({CHECKPOINT} or "
                               f"{DCP_DIR}/step-*)")
@@ -275,7 +283,7 @@ def _model(config: TrainConfig, db: Database,
                    "pad_id": db.eod_id}
         fields = {**from_db, **config.model_args}
         if config.init_from is not None:
-            model = _retro_fit(config, db, fields)
+            model = _retro_fit(config, config.init_from, db, fields)
         else:
             model_config = RetroConfig.preset(config.preset or "tiny", **fields)
             _check_fits_db(model_config, db)
@@ -286,21 +294,22 @@ def _model(config: TrainConfig, db: Database,
     return model, frozen
 
 
-def _retro_fit(config: TrainConfig, db: Database, fields: dict[str, Any]) -> Retro:
-    """A Retro on the decoder of config.init_from (frozen with config.freeze): a GPT run, or
-    else a Hugging Face GPT-2 (directory or hub id) that reads the database's tokenizer."""
+def _retro_fit(config: TrainConfig, init_from: str, db: Database,
+               fields: dict[str, Any]) -> Retro:
+    """A Retro on the decoder of init_from (config.init_from; frozen with config.freeze): a GPT
+    run, or else a Hugging Face GPT-2 (directory or hub id) that reads the database's
+    tokenizer."""
     if config.preset is not None:
         raise RetroError("init_from takes the decoder's config from the GPT it names: drop the "
                          "preset")
-    if checkpoint_path(config.init_from).exists():
-        gpt = load_checkpoint(config.init_from)
+    gpt: GPT | dict[str, Any]  # a GPT run's checkpoint, or a Hugging Face model
+    if checkpoint_path(init_from).exists():
+        gpt = load_checkpoint(init_from)
         if gpt["kind"] != "gpt":
-            raise CheckpointError(
-                f"init_from needs a GPT run; {config.init_from} holds a {gpt['kind']}"
-            )
-        _refuse_mismatches(config.init_from, db, db_mismatches(gpt.get("db") or {}, db))
+            raise CheckpointError(f"init_from needs a GPT run; {init_from} holds a {gpt['kind']}")
+        _refuse_mismatches(init_from, db, db_mismatches(gpt.get("db") or {}, db))
     else:
-        gpt = _pretrained_gpt(config.init_from, db)
+        gpt = _pretrained_gpt(init_from, db)
     model = Retro.from_gpt(gpt, freeze=config.freeze, **fields)
     _check_fits_db(model.config, db)
     return model

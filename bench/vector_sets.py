@@ -13,7 +13,7 @@ place and never copied into the repository:
 Each document is cut into 64-token GPT-2 BPE chunks (a chunk never spans two documents) and each
 chunk's text is embedded with all-MiniLM-L6-v2 (384-d, unit norm), cached under ``bench/.cache``.
 
-    python bench/datasets.py [--max-chunks N]
+    python bench/vector_sets.py [--max-chunks N]
 """
 
 from __future__ import annotations
