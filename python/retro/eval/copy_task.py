@@ -43,6 +43,7 @@ class CopyTask:
     n_head: int = 4
     cca_layers: tuple[int, ...] = (1, 2)
     cross_positions: str = "rope"  # RetroConfig.cross_positions
+    cross_locality: float = RetroConfig.cross_locality  # 0: the cross-attentions start uniform
     lr: float = 2e-3
     warmup: int = 20
 
@@ -57,7 +58,8 @@ class CopyTask:
         return RetroConfig(vocab_size=self.vocab_size, block_size=self.n_chunks * m,
                            n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                            chunk_size=m, n_nbrs=1, nbr_len=2 * m, pad_id=0,
-                           cca_layers=self.cca_layers, cross_positions=self.cross_positions)
+                           cca_layers=self.cca_layers, cross_positions=self.cross_positions,
+                           cross_locality=self.cross_locality)
 
     def batch(self, generator: torch.Generator,
               arm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -118,9 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--cross-positions", default="rope", choices=("rope", "cca", "none"))
+    parser.add_argument("--cross-locality", type=float, default=RetroConfig.cross_locality)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    task = CopyTask(cross_positions=args.cross_positions)
+    task = CopyTask(cross_positions=args.cross_positions, cross_locality=args.cross_locality)
     for arm in args.arms:
         result = train_arm(task, arm, args.steps, args.seed)
         result.pop("model")

@@ -5,6 +5,7 @@ Shapes and the model itself: :mod:`retro.model`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from retro.errors import RetroError
@@ -36,6 +37,10 @@ class RetroConfig:
     # rotary positions in the cross-attentions: "rope" CCA and the encoder's cross-attention,
     # "cca" CCA only, "none" (checkpoints from before they existed); see the module docstring
     cross_positions: str = "rope"
+    # rotary cross-attentions start local: their query and key biases are initialised so that a
+    # token's initial score is this much at relative distance 0 and falls off with distance
+    # (0: zero biases, attention uniform at first). Only the initialisation: see the module docstring
+    cross_locality: float = 8.0
     # neighbour encoder
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
@@ -69,6 +74,8 @@ class RetroConfig:
                  f"learned positions: nbr_len ({self.nbr_len}) must be <= block_size "
                  f"({self.block_size})")
         _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}")
+        _require(math.isfinite(self.cross_locality) and self.cross_locality >= 0.0,
+                 f"cross_locality must be a finite number >= 0, not {self.cross_locality}")
         layers = self.retro_layers
         _require(len(layers) > 0 and list(layers) == sorted(set(layers))
                  and 1 <= layers[0] and layers[-1] <= self.n_layer,

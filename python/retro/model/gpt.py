@@ -18,7 +18,7 @@ from retro.model.checkpoint_file import checkpoint_path, load_state
 from retro.model.config import DECODER_FIELDS, PAPER_PARAMS, RetroConfig
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory, _attends, _describe
 from retro.model.layers import (Block, CausalSelfAttention, ChunkedCrossAttention, Encoder,
-                                run_block)
+                                NeighbourCrossAttention, run_block)
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -51,6 +51,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for module in self.modules():  # the cross-attentions start local (RetroConfig.cross_locality)
+            if isinstance(module, (ChunkedCrossAttention, NeighbourCrossAttention)):
+                module.start_local(config.cross_locality)
 
     def _cca_layers(self) -> tuple[int, ...]:
         """0-based decoder layers with CCA: none in GPT."""

@@ -5,6 +5,8 @@ neighbour encoder. Shapes as in :mod:`retro.model`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -66,6 +68,22 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rope_base = rope_base  # > 0: rotary positions (0: none)
         self.chunk_size = config.chunk_size
+
+    def start_local(self, score: float) -> None:
+        """Initialises the query and key biases of a rotary attention so that, whatever the
+        content, a query's initial score is `score` for the key at relative distance 0 and falls
+        off with distance (rotate-half pairs (b, 0): score = b^2 * Dh / 2 / sqrt(Dh)). Without it
+        the biases start at 0 and a cross-attention starts uniform over its 2m keys: finding the
+        one aligned position then takes a long plateau (bench/results/copy_task*.json). No
+        effect without rotary positions, biases or with score 0."""
+        if not self.rope_base or self.c_q.bias is None or score <= 0:
+            return
+        dh = self.c_q.out_features // self.n_head
+        value = math.sqrt(2.0 * score / math.sqrt(dh))
+        per_head = torch.cat([torch.full((dh // 2,), value), torch.zeros(dh // 2)])
+        with torch.no_grad():
+            for bias in (self.c_q.bias, self.c_k.bias):
+                bias.copy_(per_head.repeat(self.n_head))
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., N, n_embd) -> queries (..., N, H, Dh)."""
