@@ -3,6 +3,7 @@ modules import it inside their commands), and the help shows defaults and choice
 
 import argparse
 import importlib.metadata
+import re
 import subprocess
 import sys
 
@@ -86,3 +87,17 @@ def test_db_build_help_shows_its_defaults():
     db = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     build_help = db.choices["db"]._actions[-1].choices["build"].format_help()
     assert "(default: default)" in " ".join(build_help.split())  # --embedder
+
+
+def test_no_command_gives_a_default_twice():
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in set(action.choices.values()):
+                    yield from parsers(sub)
+
+    twice = re.compile(r"\(default: ([^)]*)\) \(default: \1\)")
+    for parser in parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        assert not twice.search(text), (parser.prog, twice.search(text).group(0))

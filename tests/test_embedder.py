@@ -35,3 +35,12 @@ def test_an_unreachable_hub_id_is_a_retro_error():
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert result.returncode == 1
     assert "RetroError: embedder 'retro-tests/no-such-model' could not be loaded" in result.stderr
+
+
+def test_no_bf16_autocast_where_torch_is_held_below_avx512(monkeypatch):
+    from retro.db.embed import cpu_has_native_bf16, default_precision
+
+    for capability in ("avx2", "default"):
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+        assert not cpu_has_native_bf16()
+        assert default_precision("cpu") == "fp32"

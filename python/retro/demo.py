@@ -362,8 +362,7 @@ def add_parser(subparsers: Any) -> None:
     """``retro demo [--out DIR] [--gpt-steps N] [--fit-steps N] ...``"""
     parser = subparsers.add_parser(
         "demo", help="the whole chain on the default data (~14 min on 2 cores)",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__.split("\n")[0])  # retro.cli.show_defaults adds the defaults
     defaults = DemoConfig()
     parser.add_argument("--out", default=defaults.out,
                         help="tokenizer, databases, runs, plots and summary.json")

@@ -15,6 +15,7 @@ was split or where a resumed build restarted. The precision is fixed when the da
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from functools import cache
@@ -40,7 +41,11 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 
 
 def cpu_has_native_bf16() -> bool:
-    """The CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then ~doubles speed."""
+    """The CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then ~doubles speed.
+    False where torch is held below AVX-512 (ATEN_CPU_CAPABILITY=avx2 or default, as when an AVX2
+    machine is emulated on an AVX-512 one): its bf16 would be emulated, slower than fp32."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
