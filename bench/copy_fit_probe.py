@@ -1,7 +1,7 @@
 """Does a RETRO of the demo's size learn to copy? The copy task at the demo's scale.
 
 A GPT of the demo's decoder (4 layers, width 256, vocabulary 8192, learned positions; randomly
-initialised) is RETRO-fitted (CCA in layers 2 and 4, a 2-layer encoder of width 128; decoder
+initialised, or the demo's trained GPT with --init-from) is RETRO-fitted (CCA in layers 2 and 4, a 2-layer encoder of width 128; decoder
 frozen unless --no-freeze) on copy batches only: random tokens drawn from --vocab-used ids, the
 neighbour of chunk u being chunk u then chunk u + 1 (k = 2, the other neighbour another sample's).
 The loss on the copyable targets is printed every 25 steps; chance is ln(vocab_used).
@@ -9,6 +9,7 @@ The loss on the copyable targets is printed every 25 steps; chance is ln(vocab_u
     python bench/copy_fit_probe.py --steps 200 --lr 5e-3                 # frozen, m = 64
     python bench/copy_fit_probe.py --steps 150 --lr 2e-3 --no-freeze
     python bench/copy_fit_probe.py --steps 150 --lr 5e-3 --chunk-size 16 [--vocab-used 256]
+    python bench/copy_fit_probe.py --steps 150 --lr 2e-3 --init-from runs/demo/gpt [--no-freeze]
 
 Appends one JSON line per run to bench/results/copy_fit_probe.jsonl (provenance, curve).
 """
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--no-freeze", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init-from", default=None,
+                        help="a trained GPT run of the demo's decoder (default: a random one)")
+    parser.add_argument("--cross-locality", type=float, default=RetroConfig.cross_locality)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vocab, m, block, batch, k = 8192, args.chunk_size, 256, 8, 2
@@ -48,8 +52,9 @@ def main() -> None:
     config = RetroConfig(vocab_size=vocab, block_size=block, n_layer=4, n_head=4, n_embd=256,
                          chunk_size=m, n_nbrs=k, nbr_len=2 * m, pad_id=0, positions="learned",
                          cca_layers=(2, 4))
-    model = Retro.from_gpt(GPT(config), freeze=not args.no_freeze, cca_layers=(2, 4),
-                           enc_n_embd=128, enc_n_head=2)
+    model = Retro.from_gpt(args.init_from or GPT(config), freeze=not args.no_freeze,
+                           cca_layers=(2, 4), enc_n_embd=128, enc_n_head=2, chunk_size=m,
+                           n_nbrs=k, nbr_len=2 * m, cross_locality=args.cross_locality)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   betas=(0.9, 0.95), weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)

@@ -425,6 +425,9 @@ def main() -> None:
     parser.add_argument("--fs-residual", action="store_true",
                         help="fast-scan codes of the residuals (by_residual=True) in both engines, instead "
                              "of the vectors (faiss's default); results go to their own JSON and section")
+    parser.add_argument("--tag", default="",
+                        help="appended to the JSONs' names, e.g. avx2 for a run held to AVX2 "
+                             "(RETRO_SIMD=avx2 FAISS_SIMD_LEVEL=AVX2 ATEN_CPU_CAPABILITY=avx2)")
     parser.add_argument("--max-idle-wait", type=float, default=120.0,
                         help="seconds to wait for an idle machine before each measurement (a shared "
                              "machine may never be idle: ratios measured in one process stay valid)")
@@ -447,7 +450,8 @@ def main() -> None:
         del data
 
     for family in args.families:  # one JSON per family, as its table in docs/PERFORMANCE.md
-        path = report.RESULTS_DIR / f"{result_stem(args.quick, family, args.fs_residual)}.json"
+        stem = result_stem(args.quick, family, args.fs_residual) + (f"_{args.tag}" if args.tag else "")
+        path = report.RESULTS_DIR / f"{stem}.json"
         rows = [r.of_family(family) for r in results]
         payload = {"results": [asdict(r) for r in rows],
                    "summaries": {name: [s for s in listed if s and s["family"] == family]

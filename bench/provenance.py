@@ -82,6 +82,20 @@ def is_loaded(load_before: object, load_after: object, threads: int | None) -> b
     return max(loads) > threads
 
 
+# environment variables that hold a library below what the CPU has (an emulated AVX2 machine)
+FORCED_ISA = ("RETRO_SIMD", "RETRO_BF16", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+              "FAISS_SIMD_LEVEL")
+
+
+def faiss_simd() -> str | None:
+    """The SIMD level faiss dispatches to (FAISS_SIMD_LEVEL forces one), if faiss is imported."""
+    faiss = sys.modules.get("faiss")
+    try:
+        return str(faiss.SIMDConfig.get_level_name()) if faiss is not None else None
+    except AttributeError:  # a faiss without dynamic dispatch
+        return None
+
+
 def capture(threads: int | None, load_before: list[float] | None = None) -> dict:
     """The provenance of a result written now. threads: the most a measurement used (None for a
     result that times nothing); load_before: the load as the timed work began (default: as this
@@ -96,6 +110,8 @@ def capture(threads: int | None, load_before: list[float] | None = None) -> dict
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command_line(),
         **machine,
+        "faiss_simd": faiss_simd(),
+        "forced_isa": {name: os.environ[name] for name in FORCED_ISA if name in os.environ},
         "threads": threads,
         "versions": library_versions(),
         "load_before": before,
@@ -153,7 +169,7 @@ def _from_machine(fields: dict) -> dict:
 
 def _complete(run: dict) -> dict:
     keys = ("git_commit", "git_dirty", "date", "command", "cpu", "cores", "isa", "simd", "bf16_kernel",
-            "threads", "device", "versions", "load_before", "load_after", "loaded", "load_note", "note")
+            "faiss_simd", "forced_isa", "threads", "device", "versions", "load_before", "load_after", "loaded", "load_note", "note")
     return {key: run.get(key) for key in keys}
 
 
@@ -194,6 +210,9 @@ def _describe_run(run: dict, threads_of_rows: int | None) -> str:
         f"ISA {' '.join(run['isa'])}" if run["isa"] else f"ISA flags {missing}",
         f"SIMD `{run['simd']}`" if run["simd"] else f"SIMD {missing}",
         f"bf16 kernel `{run['bf16_kernel']}`" if run["bf16_kernel"] else f"bf16 kernel {missing}",
+        *([f"faiss SIMD `{run['faiss_simd']}`"] if run["faiss_simd"] else []),
+        *([f"forced by {' '.join(f'{k}={v}' for k, v in run['forced_isa'].items())}"]
+          if run["forced_isa"] else []),
         *([run["device"]] if run["device"] else []),
         threads_text,
     ]
