@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
-from retro.eval.copy_task import CopyTask, train_arm  # noqa: E402
+from retro.eval.copy_task import ARMS, CopyTask, train_arm  # noqa: E402
 from retro.model import CROSS_POSITIONS, RetroConfig  # noqa: E402
 
 RESULTS = report.RESULTS_DIR / "copy_task.json"
@@ -55,18 +55,22 @@ def main() -> None:
     parser.add_argument("--localities", type=float, nargs="+",
                         default=[RetroConfig.cross_locality, 0.0],
                         help="cross_locality settings to train (rotary positions only)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--task", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="CopyTask fields overridden (ints), e.g. vocab_size=2048")
+                        help="CopyTask fields overridden (ints; lr a float), e.g. vocab_size=2048")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base = replace(CopyTask(), **{key: int(value) for key, value in
-                                  (item.split("=", 1) for item in args.task)})
+    fields = {key: float(value) if key == "lr" else int(value)
+              for key, value in (item.split("=", 1) for item in args.task)}
+    base = replace(CopyTask(), **fields)
     rows = []
     for seed in args.seeds:
         settings = [(p, loc) for p in args.positions
                     for loc in (args.localities if p != "none" else [0.0])]
-        runs = [(p, loc, arm) for p, loc in settings for arm in ("real", "shuffled")]
-        runs.append(("-", 0.0, "gpt"))  # the GPT has no cross-attention: one run
+        runs = [(p, loc, arm) for p, loc in settings for arm in ("real", "shuffled")
+                if arm in args.arms]
+        if "gpt" in args.arms:
+            runs.append(("-", 0.0, "gpt"))  # the GPT has no cross-attention: one run
         for positions, locality, arm in runs:
             task = replace(base, cross_positions=positions if arm != "gpt" else "rope",
                            cross_locality=locality)

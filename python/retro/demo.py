@@ -59,7 +59,8 @@ class DemoConfig:
     fit_steps: int = 300  # optimizer steps of RETRO-fitting it
     copy_fraction: float = 0.0  # share of RETRO-fit samples that are copy samples (curriculum)
     batch_size: int = 16  # samples per step
-    learning_rate: float = 2e-3
+    learning_rate: float = 2e-3  # peak learning rate of the GPT
+    fit_learning_rate: float = 2e-3  # peak learning rate of the RETRO-fit (CCA and encoder)
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     eval_samples: int | None = 128  # the first validation samples evaluated; None: all
@@ -180,19 +181,20 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
               "block_size": db.block_size, **config.model_args}
     retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
 
-    def plan(kind: str, steps: int, **settings: Any) -> TrainConfig:
+    def plan(kind: str, steps: int, learning_rate: float, **settings: Any) -> TrainConfig:
         """The run OUT/kind of steps optimizer steps."""
         return TrainConfig(db=str(db.root), out=str(out / kind), model=kind, max_iters=steps,
-                           batch_size=config.batch_size, learning_rate=config.learning_rate,
+                           batch_size=config.batch_size, learning_rate=learning_rate,
                            seed=config.seed, threads=config.threads, progress=config.progress,
                            eval_batches=4, warmup_iters=steps // 20,
                            eval_interval=max(1, steps // 4), checkpoint_interval=steps,
                            **settings)
 
     plans = {
-        "gpt": plan("gpt", config.gpt_steps, model_args=fields),
-        "retro": plan("retro", config.fit_steps, init_from=str(out / "gpt"), freeze=True,
-                      model_args=retrieval, copy_fraction=config.copy_fraction),
+        "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=fields),
+        "retro": plan("retro", config.fit_steps, config.fit_learning_rate,
+                      init_from=str(out / "gpt"), freeze=True, model_args=retrieval,
+                      copy_fraction=config.copy_fraction),
     }
     runs = {}
     for kind, settings in plans.items():
@@ -377,7 +379,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--copy-fraction", type=float, default=defaults.copy_fraction,
                         help="share of RETRO-fit samples that are copy samples (0: real text only)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="peak learning rate of the GPT")
+    parser.add_argument("--fit-learning-rate", type=float, default=defaults.fit_learning_rate,
+                        help="peak learning rate of the RETRO-fit")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RetroConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
@@ -396,7 +401,7 @@ def run_demo(args: Any) -> int:
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
         block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
         copy_fraction=args.copy_fraction, batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
+        learning_rate=args.learning_rate, fit_learning_rate=args.fit_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
         qa_items=args.qa_items,
