@@ -108,6 +108,13 @@ class DatasetResult:
                 or row.batch_cpu_share < UNDER_LOAD_CPU_SHARE * row.threads)
 
 
+def single_qps_cells(ours: SearchRow, theirs: SearchRow) -> str:
+    """The table cells "ours | theirs | ratio" of single-query QPS ("- | - | -" if unmeasured)."""
+    if not (ours.single_qps and theirs.single_qps):
+        return "- | - | -"
+    return f"{ours.single_qps:,.0f} | {theirs.single_qps:,.0f} | {ours.single_qps / theirs.single_qps:.2f}"
+
+
 def load_cell(data: DatasetResult, rows: list[SearchRow]) -> str:
     """The table cell of rows measured side by side: empty, or why they count as under load."""
     if not any(data.under_load(r) for r in rows):
@@ -311,8 +318,7 @@ def markdown(result: dict, family_name: str = PQ8.name) -> str:
             theirs = by_key.get((family.theirs, threads, nprobe))
             if engine != family.ours or theirs is None:
                 continue
-            single = (f"{ours.single_qps:,.0f} | {theirs.single_qps:,.0f} | {ours.single_qps / theirs.single_qps:.2f}"
-                      if ours.single_qps and theirs.single_qps else "- | - | -")
+            single = single_qps_cells(ours, theirs)
             lines.append(f"| {threads} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | {ours.batch_qps:,.0f} | "
                          f"{theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | {single} | "
                          f"{load_cell(data, [ours, theirs])} |")
@@ -381,8 +387,7 @@ def markdown_fast_scan(result: dict, residual: bool = False) -> str:
             theirs = by_key.get((f"faiss-fs+refine{k_factor}", threads, nprobe))
             if theirs is None:
                 continue
-            single = (f"{fmt(ours.single_qps)} | {fmt(theirs.single_qps)} | {ours.single_qps / theirs.single_qps:.2f}"
-                      if ours.single_qps and theirs.single_qps else "- | - | -")
+            single = single_qps_cells(ours, theirs)
             lines.append(f"| {threads} | {k_factor} | {nprobe} | {ours.recall:.3f} | {theirs.recall:.3f} | "
                          f"{ours.batch_qps:,.0f} | {theirs.batch_qps:,.0f} | {ours.batch_qps / theirs.batch_qps:.2f} | "
                          f"{single} | {load_cell(data, [ours, theirs])} |")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,10 @@ class DemoConfig:
         # refused before the databases are built, not after minutes of work
         if not 0.0 <= self.copy_fraction <= 1.0:
             raise RetroError(f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
+        for name in ("learning_rate", "fit_learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise RetroError(f"{name} must be a finite number > 0, not {value}")
         for name in ("gpt_steps", "fit_steps", "batch_size", "block_size"):
             if getattr(self, name) < 1:
                 raise RetroError(f"{name} must be >= 1, not {getattr(self, name)}")
