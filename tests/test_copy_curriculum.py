@@ -3,11 +3,14 @@ sample holds, and that training with it runs and resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_db_support import reference_db
 
 from retro.train import TrainConfig
+from retro.train.checkpoint import CheckpointError
 from retro.train.copy_curriculum import CopyCurriculum, copy_sample
 from retro.train.data import SampleDataset
 
@@ -74,5 +77,11 @@ def test_training_with_the_curriculum(tmp_path, samples):
 
     train(config)
     assert load_checkpoint(tmp_path / "run")["step"] == 2
+    # the curriculum decides the data: a run resumes only with its own fraction
+    longer = dataclasses.replace(config, max_iters=3, resume=True)
+    with pytest.raises(CheckpointError, match="copy_fraction: the run has 0.5, now 0.25"):
+        train(dataclasses.replace(longer, copy_fraction=0.25))
+    train(longer)  # its model_args (cca_layers a tuple, stored as a list) compare equal
+    assert load_checkpoint(tmp_path / "run")["step"] == 3
     with pytest.raises(ValueError, match="copy_fraction"):
         TrainConfig(db="db", out="run", model="gpt", copy_fraction=0.5)

@@ -6,9 +6,12 @@
    ``db`` (strict: train documents only), ``db_knowledge`` (the valid documents added, DeepMind's
    Wikipedia setting) and ``db_capitals`` (world capitals swapped among countries in the train
    documents); the last two reuse ``db``'s embeddings;
-2. trains a small GPT, then RETRO-fits it (DeepMind §4.2: its decoder frozen, only CCA and the
-   encoder trained; without neighbours its logits are exactly the GPT's) on the strict database,
-   whose training neighbours never come from the sample's own documents;
+2. trains a small GPT and a RETRO of the same decoder on the strict database, whose training
+   neighbours never come from the sample's own documents: RETRO from scratch (``retro_init
+   "scratch"``, the paper's experiment: both models see the same samples in the same order, RETRO's
+   with a share ``copy_fraction`` replaced by copy samples, retro.train.copy_curriculum), or the
+   GPT RETRO-fitted (``"gpt"``, DeepMind §4.2: its decoder frozen, only CCA and the encoder
+   trained; without neighbours its logits are exactly the GPT's);
 3. evaluates both on the validation split of the strict and of the knowledge database: loss,
    perplexity, bits per byte, RETRO with real, shuffled, no and oracle neighbours and its retrieval
    gain, the leakage-filtered bits per byte of DeepMind §4.4; factual QA on world capitals with
@@ -40,6 +43,7 @@ DEMO_CORPUS = ("default", "factbook:government,geography")
 DEMO_MODEL = dict(n_layer=4, n_head=4, n_embd=256)
 DEMO_RETRIEVAL = dict(cca_layers=(2, 4), enc_n_embd=128, enc_n_head=2)
 QA_LIST = "worldcapitals"
+RETRO_INITS = ("scratch", "gpt")  # RETRO trained from scratch, or RETRO-fitted from the GPT
 # the paper's effects as the demo checks them: (summary key, comparison, threshold)
 CLAIMS = {
     "knowledge_ppl_ratio": ("<=", 0.8),  # RETRO / GPT perplexity, valid documents in the database
@@ -57,11 +61,12 @@ class DemoConfig:
     vocab_size: int = 8192  # the corpus-trained BPE's tokens (0: GPT-2's BPE)
     block_size: int = 256  # tokens per training sample
     gpt_steps: int = 400  # optimizer steps of the GPT
-    fit_steps: int = 300  # optimizer steps of RETRO-fitting it
-    copy_fraction: float = 0.0  # share of RETRO-fit samples that are copy samples (curriculum)
+    retro_init: str = "scratch"  # RETRO from "scratch", or "gpt": RETRO-fit of the trained GPT
+    retro_steps: int = 400  # optimizer steps of RETRO
+    copy_fraction: float = 0.25  # share of RETRO's samples that are copy samples (curriculum)
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3  # peak learning rate of the GPT
-    fit_learning_rate: float = 2e-3  # peak learning rate of the RETRO-fit (CCA and encoder)
+    retro_learning_rate: float = 1e-3  # peak learning rate of RETRO
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     eval_samples: int | None = 128  # the first validation samples evaluated; None: all
@@ -72,13 +77,15 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         # refused before the databases are built, not after minutes of work
+        if self.retro_init not in RETRO_INITS:
+            raise RetroError(f"retro_init must be one of {RETRO_INITS}, not {self.retro_init!r}")
         if not 0.0 <= self.copy_fraction <= 1.0:
             raise RetroError(f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
-        for name in ("learning_rate", "fit_learning_rate"):
+        for name in ("learning_rate", "retro_learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise RetroError(f"{name} must be a finite number > 0, not {value}")
-        for name in ("gpt_steps", "fit_steps", "batch_size", "block_size"):
+        for name in ("gpt_steps", "retro_steps", "batch_size", "block_size"):
             if getattr(self, name) < 1:
                 raise RetroError(f"{name} must be >= 1, not {getattr(self, name)}")
 
@@ -114,7 +121,10 @@ def demo(config: DemoConfig) -> dict[str, Any]:
     for setting, result in results.items():
         plot_leakage(result["leakage"], out / f"leakage_{setting}.png",
                      title=f"{setting}: bits per byte of chunks with overlap <= alpha")
-    plot_loss_curves(runs, out / "loss_curves.png", first_steps={"retro": config.gpt_steps})
+    # a RETRO-fit continues its GPT: its curve starts where the GPT's ended
+    fitted = config.retro_init == "gpt"
+    plot_loss_curves(runs, out / "loss_curves.png",
+                     first_steps={"retro": config.gpt_steps} if fitted else None)
     sample = generate_sample(load_model(runs["retro"])[0], dbs["strict"], config)
     lap("generation")
 
@@ -127,7 +137,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
                      for setting, result in results.items()},
         "qa": results["strict"].get("qa", {}),
         "config": {key: value for key, value in vars(config).items()},
-        "steps": {"gpt": config.gpt_steps, "retro_fit": config.fit_steps},
+        "steps": {"gpt": config.gpt_steps, "retro": config.retro_steps},
         "flops": {kind: training_flops(run, config) for kind, run in runs.items()},
         "timings": timings,
         "machine": {**machine, "threads": torch.get_num_threads(), "load_after": load_average()},
@@ -176,8 +186,8 @@ def replace_config(config: Any, **changes: Any) -> Any:
 
 
 def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
-    """The GPT (OUT/gpt) and its RETRO-fit (OUT/retro), trained or resumed; a finished run of an
-    earlier demo with the same steps is reused."""
+    """The GPT (OUT/gpt) and RETRO (OUT/retro: from scratch, or the GPT RETRO-fitted), trained or
+    resumed; a finished run of an earlier demo with the same steps is reused."""
     from retro.train import TrainConfig, train
 
     from retro.model import DECODER_FIELDS
@@ -195,17 +205,20 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
                            eval_interval=max(1, steps // 4), checkpoint_interval=steps,
                            **settings)
 
+    start = (dict(init_from=str(out / "gpt"), freeze=True, model_args=retrieval)
+             if config.retro_init == "gpt" else dict(model_args=fields))
     plans = {
         "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=fields),
-        "retro": plan("retro", config.fit_steps, config.fit_learning_rate,
-                      init_from=str(out / "gpt"), freeze=True, model_args=retrieval,
-                      copy_fraction=config.copy_fraction),
+        "retro": plan("retro", config.retro_steps, config.retro_learning_rate,
+                      copy_fraction=config.copy_fraction, **start),
     }
     runs = {}
     for kind, settings in plans.items():
         run = Path(settings.out)
         done = finished_steps(run)
-        if done != settings.max_iters:
+        if done == settings.max_iters:
+            check_reusable(run, settings)
+        else:
             # a resumed RETRO-fit keeps init_from (a setting the resume checks) and takes its
             # weights from its checkpoint
             train(replace(settings, resume=done is not None))
@@ -277,6 +290,18 @@ def print_summary(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -
     for key, claim in summary["claims"].items():
         print(f"  {key}: {claim['value']:.3f} (target {claim['target']}): "
               f"{'met' if claim['met'] else 'NOT met'}")
+
+
+def check_reusable(run: Path, settings: Any) -> None:
+    """Refuses a finished run of an earlier demo whose settings differ from this one's."""
+    from retro.train.checkpoint import load_checkpoint
+    from retro.train.config import changed_settings
+
+    changed = changed_settings(load_checkpoint(run).get("train_args") or {}, settings)
+    if changed:
+        raise RetroError(f"{run} holds a finished run with other settings:\n  "
+                         + "\n  ".join(changed)
+                         + f"\ndelete {run} (the demo trains it again) or choose another --out")
 
 
 def finished_steps(run: Path) -> int | None:
@@ -366,7 +391,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, str | None]:
 
 
 def add_parser(subparsers: Any) -> None:
-    """``retro demo [--out DIR] [--gpt-steps N] [--fit-steps N] ...``"""
+    """``retro demo [--out DIR] [--gpt-steps N] [--retro-steps N] ...``"""
     parser = subparsers.add_parser(
         "demo", help="the whole chain on the default data (~14 min on 2 cores)",
         description=__doc__.split("\n")[0])  # retro.cli.show_defaults adds the defaults
@@ -379,15 +404,16 @@ def add_parser(subparsers: Any) -> None:
                         help="tokens of the BPE trained on the corpus (0: GPT-2's)")
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--gpt-steps", type=int, default=defaults.gpt_steps)
-    parser.add_argument("--fit-steps", type=int, default=defaults.fit_steps,
-                        help="steps of RETRO-fitting the GPT")
+    parser.add_argument("--retro-init", choices=RETRO_INITS, default=defaults.retro_init,
+                        help="RETRO from scratch, or RETRO-fit of the trained GPT (decoder frozen)")
+    parser.add_argument("--retro-steps", type=int, default=defaults.retro_steps)
     parser.add_argument("--copy-fraction", type=float, default=defaults.copy_fraction,
-                        help="share of RETRO-fit samples that are copy samples (0: real text only)")
+                        help="share of RETRO's samples that are copy samples (0: real text only)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                         help="peak learning rate of the GPT")
-    parser.add_argument("--fit-learning-rate", type=float, default=defaults.fit_learning_rate,
-                        help="peak learning rate of the RETRO-fit")
+    parser.add_argument("--retro-learning-rate", type=float,
+                        default=defaults.retro_learning_rate, help="peak learning rate of RETRO")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RetroConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
@@ -404,9 +430,9 @@ def add_parser(subparsers: Any) -> None:
 def run_demo(args: Any) -> int:
     demo(DemoConfig(
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
-        block_size=args.block_size, gpt_steps=args.gpt_steps, fit_steps=args.fit_steps,
-        copy_fraction=args.copy_fraction, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, fit_learning_rate=args.fit_learning_rate,
+        block_size=args.block_size, gpt_steps=args.gpt_steps, retro_init=args.retro_init,
+        retro_steps=args.retro_steps, copy_fraction=args.copy_fraction, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, retro_learning_rate=args.retro_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
         qa_items=args.qa_items,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("auto", "ddp", "fsdp")
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
-RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "seed", "learning_rate",
-                "min_lr_ratio", "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
+RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "copy_fraction", "seed",
+                "learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay", "beta1",
+                "beta2", "grad_clip")
 
 
 @dataclass
@@ -113,6 +115,21 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as stored in a checkpoint's ``train_args``."""
         return dataclasses.asdict(self)
+
+
+def changed_settings(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The RESUME_FIXED settings in which config differs from a run's stored train_args, one line
+    each ("key: the run has X, now Y"); a key the run predates counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    before = {key: _as_json(stored.get(key, defaults.get(key))) for key in RESUME_FIXED}
+    return [f"{key}: the run has {before[key]!r}, now {getattr(config, key)!r}"
+            for key in RESUME_FIXED if before[key] != _as_json(getattr(config, key))]
+
+
+def _as_json(value: Any) -> Any:
+    """value as a JSON round trip gives it back (tuples as lists), for comparing stored values."""
+    return json.loads(json.dumps(value))
 
 
 def _check(ok: bool, message: str) -> None:

@@ -31,7 +31,7 @@ from retro.model import GPT, Retro, RetroConfig, hf
 from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS,
                                     CheckpointError, checkpoint_path, config_dict, db_identity,
                                     db_mismatches, load_checkpoint, save_checkpoint)
-from retro.train.config import RESUME_FIXED, TrainConfig
+from retro.train.config import TrainConfig, changed_settings
 from retro.train.copy_curriculum import CopyCurriculum
 from retro.train.data import (SampleDataset, TrainingSamples, eval_samples, to_device,
                               train_loader)
@@ -243,8 +243,7 @@ def _resume_state(run: Path, config: TrainConfig, db: Database,
                               f"{DCP_DIR}/step-*)")
     state = read_train_state(checkpoint)
     stored = state.get("train_args") or {}
-    changed = [f"{key}: the run has {stored.get(key)!r}, now {getattr(config, key)!r}"
-               for key in RESUME_FIXED if stored.get(key) != getattr(config, key)]
+    changed = changed_settings(stored, config)
     stored_world = int(state.get("world_size", 1))
     before = stored.get("batch_size", 0) * stored.get("grad_accum", 0) * stored_world
     now = config.batch_size * config.grad_accum * world.size
