@@ -1,5 +1,9 @@
 """The command line's error contract: retro's own errors (RetroError and its kinds) end with one
-``retro: error:`` line and status 2; anything else is a bug and keeps its traceback."""
+``retro: error:`` line and status 2, and so does a command run without torch installed; anything
+else is a bug and keeps its traceback."""
+
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +59,30 @@ def test_a_foreign_index_file_ends_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("retro: error: ") and "not a retro index file" in err
     assert err.count("\n") == 1
+
+
+# retro's command line where torch is not installed: every import of it fails as a missing module's
+WITHOUT_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+from retro.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["train", "--db", "db", "--out", "run"],
+                                     ["eval", "run"], ["generate", "run", "--prompt", "The"]])
+def test_a_command_without_torch_says_how_to_install_it(command):
+    """One line, status 2, no traceback (the command fails on its import of torch, before it
+    looks at its arguments)."""
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *command], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == (f"retro: error: retro {command[0]} needs torch (No module named "
+                             "'torch'): pip install 'retro-lm[torch]'\n")

@@ -1,12 +1,15 @@
 """retro.eval.harness: the lm-evaluation-harness adapter against retro's own evaluation (the QA
 log-likelihoods of retro.eval.qa, the per-token losses of retro.eval.losses, generation), on a
 one-step RETRO run over the reference database of test_db_support; then lm_eval itself on the
-local tasks of tests/data/harness (when lm_eval is installed)."""
+local tasks of tests/data/harness (when lm_eval is installed), in Python and with lm_eval's own
+command line (the model type registered by the wheel's import hook, tests/test_lm_eval_hook.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from retro.generation.generator import generate
 from retro.train import TrainConfig, train
 
 DATA = Path(__file__).parent / "data" / "harness"
+# the import hook's .pth file, installed into site-packages by the wheel
+PTH = Path(__file__).parents[1] / "python" / "retro_lm_eval_hook.pth"
 MODEL = dict(block_size=256, n_layer=2, n_head=2, n_embd=64, cca_layers=(2,))
 
 
@@ -132,11 +137,49 @@ def test_lm_eval_runs_local_tasks_with_the_retro_model_type(lm, retro_run, db_di
     monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
 
     assert get_model("retro") is RetroLM
+    assert get_model("dummy").__name__ == "DummyLM"  # lm_eval's own model types stay registered
     write_tasks(tmp_path)
     result = lm_eval.simple_evaluate(
         model="retro", model_args=f"run={retro_run},db={db_dir}", batch_size=4,
         tasks=["retro_topics_qa", "retro_topics_text"],
         task_manager=TaskManager(include_path=str(tmp_path)))["results"]
+    assert_retros_scores(result, lm)
+
+
+# lm_eval's own command in a fresh process whose site directory holds retro_lm_eval_hook.pth, as an
+# installed wheel's site-packages does: the .pth line runs as at start-up (site.addsitedir)
+STOCK_LM_EVAL = ["-c", "import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+                 "runpy.run_module('lm_eval', run_name='__main__', alter_sys=True)",
+                 str(PTH.parent)]
+
+
+@pytest.mark.parametrize("command, hook_on", [(STOCK_LM_EVAL, True),
+                                              (["-m", "retro.eval.harness"], False)],
+                         ids=["lm_eval", "retro-lm-eval"])
+def test_lm_eval_command_lines_run_the_retro_model_type(lm, retro_run, db_dir, tmp_path, command,
+                                                        hook_on):
+    """``lm_eval --model retro ...``: nothing imports retro.eval.harness before lm_eval asks for
+    the model type, the hook registers it; ``retro-lm-eval`` (python -m retro.eval.harness)
+    registers it by import, the hook off."""
+    pytest.importorskip("lm_eval")
+    write_tasks(tmp_path)
+    out = tmp_path / "out"
+    arguments = ["--model", "retro", "--model_args", f"run={retro_run},db={db_dir}",
+                 "--device", "cpu", "--batch_size", "4",
+                 "--tasks", "retro_topics_qa,retro_topics_text", "--include_path", str(tmp_path),
+                 "--output_path", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "RETRO_NO_LM_EVAL_HOOK": "" if hook_on else "1"}
+    process = subprocess.run([sys.executable, *command, *arguments], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    (results,) = out.rglob("results_*.json")
+    assert_retros_scores(json.loads(results.read_text())["results"], lm)
+
+
+def assert_retros_scores(result: dict, lm: RetroLM) -> None:
+    """lm_eval's results of the local tasks are retro's own: the QA accuracy of retro.eval.qa,
+    the word perplexity of RetroLM's rolling log-likelihoods."""
     items = qa_items()
     accuracy = qa_scores(items, score_choices(lm.model, lm.db, items, retrieval=True))["accuracy"]
     assert result["retro_topics_qa"]["acc,none"] == accuracy

@@ -3,7 +3,8 @@
 Each group module exposes ``add_parser(subparsers)``, which registers its parser and sets
 ``func(args) -> int`` on the parsed arguments. Input retro refuses (a corpus, a directory, a
 setting: a :class:`retro.errors.RetroError`) ends with one ``retro: error: ...`` line and exit
-status 2; any other exception is a bug or an environment problem and keeps its traceback.
+status 2, and so does a command that needs torch where torch is not installed (the line says how
+to install it); any other exception is a bug or an environment problem and keeps its traceback.
 
 The group modules import torch (and the embedder) inside their commands only: ``retro --version``
 and every ``--help`` need neither (tests/test_cli_help.py). Every option's help shows its default
@@ -96,6 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RetroError as error:
         print(f"retro: error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        if not is_torch_missing(error):
+            raise
+        print(f"retro: error: retro {args.command} needs torch ({error}): "
+              f"pip install '{DISTRIBUTION}[torch]'", file=sys.stderr)
+        return 2
+
+
+def is_torch_missing(error: ModuleNotFoundError) -> bool:
+    """True if error is torch (or one of its modules) not being installed; the commands import it
+    on first use (retro._lazy, imports inside the commands), so it is missed only once they run."""
+    return (error.name or "").partition(".")[0] == "torch"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """lm-evaluation-harness adapter: model type ``retro`` (a GPT or RETRO run, RETRO with live
 retrieval from a database).
 
-    python -m retro.eval.harness --model retro --model_args run=RUN,db=DB --tasks TASK ...
+    lm_eval --model retro --model_args run=RUN,db=DB --tasks TASK ...
 
-runs lm_eval's command line with ``retro`` registered (lm_eval finds model types by import:
-``import retro.eval.harness`` before ``lm_eval.simple_evaluate(model="retro", ...)`` in Python).
-``model_args``: run (the run directory), db (default: the run's database, which also gives the
-tokenizer), retrieval (default true; false: RETRO with retrieval off), max_gen_toks. Without
-lm_eval installed, :class:`RetroLM` works alone: its methods take plain tuples.
+is lm_eval's own command: the installed wheel's ``retro_lm_eval_hook.pth`` registers ``retro`` as
+soon as lm_eval loads its model registry (_retro_lm_eval_hook; ``RETRO_NO_LM_EVAL_HOOK=1`` turns
+it off), and lm_eval imports this module only when a run asks for the ``retro`` type.
+``retro-lm-eval`` and ``python -m retro.eval.harness`` are the same command line, registered by
+import: without the hook (a source checkout on PYTHONPATH), ``import retro.eval.harness`` before
+``lm_eval.simple_evaluate(model="retro", ...)`` in Python. ``model_args``: run (the run directory),
+db (default: the run's database, which also gives the tokenizer), retrieval (default true; false:
+RETRO with retrieval off), max_gen_toks. Without lm_eval installed, :class:`RetroLM` works alone:
+its methods take plain tuples.
 
 The rules are retro's QA evaluation's (retro.eval.qa): a context is tokenized apart from its
 continuation (a trailing space moves to the continuation, as lm_eval's HF model does) and
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from _retro_lm_eval_hook import register_model_type
 from retro.db import Database, open_db
 from retro.errors import RetroError
 from retro.generation.generator import generate
@@ -38,9 +43,8 @@ from retro.train.run_db import open_run_db
 
 try:  # lm_eval is optional: without it RetroLM works alone, unregistered
     from lm_eval.api.model import LM as _Base
-    from lm_eval.api.registry import register_model
 except ImportError:
-    _Base, register_model = object, None
+    _Base = object
 
 
 class RetroLM(_Base):
@@ -200,13 +204,13 @@ def _split_space(context: str, continuation: str) -> tuple[str, str]:
     return context[:-n_spaces], context[-n_spaces:] + continuation
 
 
-if register_model is not None:
-    register_model("retro")(RetroLM)
+if _Base is not object:
+    register_model_type()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """lm_eval's command line, with the retro model type registered."""
-    if register_model is None:
+    if _Base is object:
         raise SystemExit("retro.eval.harness needs lm_eval: pip install 'retro-lm[harness]'")
     from lm_eval.__main__ import cli_evaluate
 

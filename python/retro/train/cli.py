@@ -13,20 +13,14 @@ import dataclasses
 import typing
 
 from retro.errors import RetroError
+from retro.model import PRESETS
+from retro.train.config import MODELS, TrainConfig, apply_overrides, settable_fields
 
 PREFIX = "set:"  # dest of the --key=value options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Registers ``retro train`` (without torch installed, one that says so)."""
-    try:
-        from retro.model import PRESETS
-        from retro.train.config import MODELS, TrainConfig, settable_fields
-    except ImportError as error:  # torch is an optional dependency; `retro db` works without it
-        missing = error  # `error` is unbound once the except block ends
-        parser = subparsers.add_parser("train", help="train RETRO (needs torch)")
-        parser.set_defaults(func=lambda args: _missing(missing))
-        return
+    """Registers ``retro train`` (its options need no torch; training does: retro.cli says so)."""
     parser = subparsers.add_parser(
         "train", help="train RETRO or the GPT baseline on a database", allow_abbrev=False,
         description="Train RETRO (or the GPT baseline, the same decoder) on a retrieval "
@@ -56,13 +50,8 @@ def _metavar(hint: typing.Any) -> str:
     return "|".join(name.upper() for name in names).replace("NONETYPE", "NONE")
 
 
-def _missing(error: ImportError) -> int:
-    raise RetroError(f"retro train needs torch ({error}): pip install 'retro-lm[torch]'")
-
-
 def run_train(args: argparse.Namespace) -> int:
     from retro.train.checkpoint import CheckpointError
-    from retro.train.config import TrainConfig, apply_overrides
     from retro.train.distributed_checkpoint import latest_checkpoint, read_train_state
     from retro.train.loop import train
 
