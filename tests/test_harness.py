@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_db_support import reference_db
 
 from retro.data.trivia import QAItem
+from retro.errors import RetroError
 from retro.eval.harness import RetroLM
 from retro.eval.losses import token_losses
 from retro.eval.qa import qa_scores, score_choices
@@ -188,3 +190,10 @@ def assert_retros_scores(result: dict, lm: RetroLM) -> None:
     log_prob = sum(lm.loglikelihood_rolling([(text,) for text in documents]))
     assert result["retro_topics_text"]["word_perplexity,none"] == \
         pytest.approx(math.exp(-log_prob / words), rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_a_gpu_is_refused_with_what_to_pass(retro_run):
+    # lm_eval's command line passes device cuda:0 unless told otherwise
+    with pytest.raises(RetroError, match="torch sees no CUDA device: pass --device cpu"):
+        RetroLM(run=str(retro_run), device="cuda:0")

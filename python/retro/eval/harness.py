@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from _retro_lm_eval_hook import register_model_type
 from retro.db import Database, open_db
+from retro.device import resolve_device
 from retro.errors import RetroError
 from retro.generation.generator import generate
 from retro.model import GPT
@@ -59,7 +60,8 @@ class RetroLM(_Base):
                  max_gen_toks: int = 64, model: GPT | None = None,
                  max_batch_size: int | None = None) -> None:
         super().__init__()
-        device = device or "cpu"
+        # lm_eval's command line passes cuda:0 unless told otherwise
+        device = str(resolve_device(device or "cpu", hint="pass --device cpu"))
         if model is None:
             if run is None:
                 raise RetroError("the retro model type needs run=RUN (a training run directory)")

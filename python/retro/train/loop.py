@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import default_collate
 
 from retro.db import Database, DatabaseError, open_db
+from retro.device import resolve_device
 from retro.errors import RetroError
 from retro.files import remove_stale_temporaries
 from retro.model import GPT, Retro, RetroConfig, hf
@@ -63,7 +64,7 @@ def _train(config: TrainConfig, world: World) -> Path:
     run = Path(config.out)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = rank_device(_device(config.device), world)
+    device = rank_device(resolve_device(config.device), world)
     mode = parallel_mode(config.parallel, world)
     db = open_db(config.db)
     if "valid" not in db.splits:
@@ -217,15 +218,6 @@ def _loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     if neighbours:
         return model(idx, *neighbours, targets=targets, return_logits=False)[1]
     return model(idx, targets=targets, return_logits=False)[1]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RetroError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return device
 
 
 def _resume_state(run: Path, config: TrainConfig, db: Database,
