@@ -44,6 +44,30 @@ def test_a_copy_sample_is_predictable_from_its_one_right_neighbour():
                        for s in slots)
 
 
+def test_without_distractors_every_slot_holds_the_right_neighbour():
+    rng = np.random.default_rng(5)
+    pool = np.arange(1, 50, dtype=np.int64)
+    m, T = 4, 12
+    idx, _, nbr_tokens, _ = copy_sample(rng, pool, 0, T, m, K, distractors=False)
+    for u in range(T // m):
+        for slot in range(K):
+            assert (nbr_tokens[u, slot, :m] == idx[u * m:(u + 1) * m]).all()
+
+
+def test_uniform_copy_tokens_cover_the_vocabulary_not_the_streams_distribution(samples):
+    stream = CopyCurriculum(samples, 1.0, seed=2, k=K)
+    uniform = CopyCurriculum(samples, 1.0, seed=2, k=K, tokens="uniform")
+    tokens = np.asarray(samples.stream.tokens)
+    assert len(uniform.pool) == tokens.max() + 1 and (np.diff(uniform.pool) == 1).all()
+    assert stream.pool is not None and len(stream.pool) == len(tokens)
+    idx = np.concatenate([uniform[j][0] for j in range(20)])
+    assert len(np.unique(idx)) > len(np.unique(tokens)) * 0.5  # spread over the vocabulary
+    with pytest.raises(ValueError, match="copy tokens must be one of"):
+        CopyCurriculum(samples, 1.0, seed=2, k=K, tokens="zipf")
+    with pytest.raises(ValueError, match="copy_tokens must be one of"):
+        TrainConfig(db="db", out="run", copy_fraction=0.5, copy_tokens="zipf")
+
+
 def test_the_curriculum_replaces_a_seeded_share_of_samples(samples):
     m = samples.stream.chunk_size
     none = CopyCurriculum(samples, 0.0, seed=1, k=K)

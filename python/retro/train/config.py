@@ -22,11 +22,12 @@ from retro.model import RetroConfig
 MODELS = ("retro", "gpt")
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("auto", "ddp", "fsdp")
+COPY_TOKENS = ("stream", "uniform")  # what a copy sample's tokens are drawn from (copy_curriculum)
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
-RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "copy_fraction", "seed",
-                "learning_rate", "min_lr_ratio", "warmup_iters", "weight_decay", "beta1",
-                "beta2", "grad_clip")
+RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "copy_fraction",
+                "copy_tokens", "copy_distractors", "seed", "learning_rate", "min_lr_ratio",
+                "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
 
 
 @dataclass
@@ -44,6 +45,8 @@ class TrainConfig:
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
     copy_fraction: float = 0.0
+    copy_tokens: str = "stream"  # copy samples' tokens: "stream" (its unigram) or "uniform"
+    copy_distractors: bool = True  # False: every neighbour slot of a copy sample is the right one
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
     max_iters: int = 2000  # optimizer steps
@@ -98,6 +101,8 @@ class TrainConfig:
                f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
         _check(self.copy_fraction == 0 or self.model == "retro",
                "copy_fraction is a curriculum for RETRO: it needs model='retro'")
+        _check(self.copy_tokens in COPY_TOKENS,
+               f"copy_tokens must be one of {COPY_TOKENS}, not {self.copy_tokens!r}")
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,
