@@ -51,6 +51,7 @@ TABLES = (
     Table("ivfpq-opq-cpu", PERFORMANCE_MD, "ivfpq_cpu_opq.json", bench("ivfpq_results", "markdown", "opq")),
     Table("ops-cpu", PERFORMANCE_MD, "ops_cpu.json", bench("ops", "markdown")),
     Table("db-build", PERFORMANCE_MD, "db_build.json", bench("db_build", "markdown")),
+    Table("embedder-avx2", PERFORMANCE_MD, "embedder_avx2.json", bench("embedder", "markdown")),
     Table("ops-cuda", PERFORMANCE_MD, "ops_cuda.json", bench("ops", "markdown_cuda")),
     Table("ivfpq-cuda", PERFORMANCE_MD, "ivfpq_cuda.json", bench("ivfpq_cuda", "markdown")),
     Table("train-cpu", PERFORMANCE_MD, "train_cpu.json", bench("train", "markdown")),

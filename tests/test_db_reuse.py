@@ -156,6 +156,7 @@ def test_edited_build_embeds_only_the_edited_documents(tmp_path, tmp_path_factor
     ("chunk_size", 32, "its chunk_size is 32, this build's 64"),
     ("tokenizer", "0" * 64, "its tokenizer differs"),
     ("embedder", "someone/else", "its embedder name is 'someone/else'"),
+    ("precision", "int8", "its embedder precision is 'int8'"),  # this build's: the default
 ])
 def test_a_mismatched_source_is_refused(field, value, message, tmp_path, tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
@@ -167,7 +168,7 @@ def test_a_mismatched_source_is_refused(field, value, message, tmp_path, tmp_pat
     elif field == "tokenizer":
         manifest["components"]["tokenizer"]["sha256"] = value
     else:
-        manifest["components"]["embedder"]["name"] = value
+        manifest["components"]["embedder"][{"embedder": "name", "precision": "precision"}[field]] = value
     (source / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "db"
     expected = re.escape(f"cannot reuse embeddings of {source}: {message}")

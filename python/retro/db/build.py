@@ -44,7 +44,9 @@ from retro.data.tokenizer import GPT2, load_tokenizer
 from retro.db import stages
 from retro.db.database import Database, open_db
 from retro.db.streams import TokenStream
-from retro.db.embed import BLOCK, DEFAULT, Embedder, default_device, default_precision, resolve_name
+from retro.db.embed import (
+    BLOCK, DEFAULT, Embedder, check_precision, default_device, default_precision, resolve_name,
+)
 from retro.db.indexing import AUTO, IndexParams, choose_index
 from retro.db.manifest import DATABASE, DatabaseError, open_or_create
 from retro.db.reuse import EmbeddingSource, check_source
@@ -89,6 +91,11 @@ class BuildConfig:
     # query chunks whose tokens it holds take its embeddings instead of being embedded again
     # (retro.db.reuse). Not a parameter of the result: left out of the manifest's config.
     reuse_embeddings: str | None = None
+    # The embedder's precision, one of retro.db.embed.PRECISIONS ("int8": faster on the CPU, its
+    # neighbours further from fp32's); None: the machine's default (default_precision). Recorded
+    # in the manifest's components, not in its config: a resumed build keeps the recorded one and
+    # refuses another.
+    embed_precision: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str):
@@ -110,6 +117,8 @@ class BuildConfig:
             raise RetroError("n_nbrs, block and nprobe must be positive")
         if not isinstance(self.index_shards, int) or self.index_shards < 1:
             raise RetroError(f"index_shards must be a positive integer, got {self.index_shards!r}")
+        if self.embed_precision is not None:
+            check_precision(self.embed_precision)
 
     def to_json(self) -> dict:
         """The config as the manifest stores it, paths made absolute."""
@@ -125,6 +134,7 @@ class BuildConfig:
         if value["index_shards"] == 1:
             del value["index_shards"]
         del value["reuse_embeddings"]
+        del value["embed_precision"]
         return value
 
 
@@ -176,8 +186,14 @@ def _build(
     manifest.components["tokenizer"] = tokenizer.describe()
     manifest.components.setdefault(
         "embedder",
-        {"name": resolve_name(config.embedder), "precision": default_precision(default_device())},
+        {"name": resolve_name(config.embedder),
+         "precision": config.embed_precision or default_precision(default_device())},
     )
+    stored_precision = manifest.components["embedder"]["precision"]
+    if config.embed_precision not in (None, stored_precision):
+        raise DatabaseError(f"{out}: its embeddings are {stored_precision}; resume without "
+                            f"embed_precision or with {stored_precision!r}, not "
+                            f"{config.embed_precision!r}")
 
     def embedder_info() -> dict:
         """The manifest's embedder entry (looked up each time: a rank's manifest is replaced by

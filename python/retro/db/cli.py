@@ -9,6 +9,7 @@ from pathlib import Path
 from retro.data.edits import load_edits, parse_edit
 from retro.db.build import BuildConfig, build_db
 from retro.db.database import open_db
+from retro.db.embed import PRECISIONS
 from retro.db.info import RECALL_SAMPLE, neighbour_recall, show_query, summary
 from retro.db.query_set import query_db
 
@@ -68,6 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--reuse-embeddings", type=Path, default=None, metavar="DIR",
                        help="take the embeddings of the chunks and query chunks that the database "
                             "DIR (same tokenizer, chunk size, embedder) already embedded")
+    build.add_argument("--embed-precision", choices=PRECISIONS, default=None,
+                       help="the embedder's precision (int8: faster on CPUs, neighbours further "
+                            "from fp32's; see docs/PERFORMANCE.md); default: bf16 where the CPU "
+                            "or GPU has it natively, else fp32; a resumed build keeps its own")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
 
@@ -105,6 +110,7 @@ def run_build(args: argparse.Namespace) -> int:
         valid_fraction=args.valid_fraction, seed=args.seed, block=args.block,
         valid_in_db=args.valid_in_db, align_documents=args.align_documents,
         reuse_embeddings=str(args.reuse_embeddings) if args.reuse_embeddings else None,
+        embed_precision=args.embed_precision,
         edits=(load_edits(args.edits) if args.edits else ()) + tuple(map(parse_edit, args.edit)),
     )
     db = build_db(args.out, config, progress=not args.no_progress)
