@@ -37,7 +37,8 @@ def train_arm(pool: np.ndarray, eod_id: int, k: int, args: argparse.Namespace,
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     config = RetroConfig(vocab_size=vocab, block_size=block_size, chunk_size=chunk_size,
-                         n_nbrs=k, nbr_len=2 * chunk_size, **MODEL)
+                         n_nbrs=k, nbr_len=2 * chunk_size,
+                         **{**MODEL, "cca_layers": args.cca_layers})
     model = Retro(config).train()
     schedule = TrainConfig(db="-", out="-", max_iters=args.steps, learning_rate=args.lr,
                            warmup_iters=args.steps // 20)
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cca-layers", type=lambda text: tuple(map(int, text.split(","))),
+                        default=MODEL["cca_layers"], help="e.g. 1,3 (default: the demo's 2,4)")
     parser.add_argument("--arms", nargs="+", default=["stream:2", "uniform:2", "stream:1"],
                         help="POOL:K, POOL 'stream' (the train stream's tokens) or 'uniform'")
     parser.add_argument("--out", type=Path,
@@ -98,7 +101,8 @@ def main() -> None:
                      "final_loss": curve[-1], "fraction_of_chance": round(curve[-1] / chance, 3),
                      "curve_every_10": curve, "seconds": round(time.perf_counter() - started)})
         print(f"{arm}: {curve[-1]:.4f} nats, chance {chance:.4f} -> {rows[-1]['fraction_of_chance']}")
-    report.write_result(args.out, {"model": MODEL, "batch_size": args.batch_size, "lr": args.lr,
+    model = {**MODEL, "cca_layers": args.cca_layers}
+    report.write_result(args.out, {"model": model, "batch_size": args.batch_size, "lr": args.lr,
                                    "rows": rows}, threads=args.threads,
                         load_before=load_before)
     print(f"wrote {args.out}")
