@@ -14,7 +14,7 @@ from pathlib import Path
 
 import report
 
-# settings shown in a run's command only when they differ from TrainConfig's defaults
+# the TrainConfig settings a run's command spells out (beside --db, --out and its model_args)
 COMMAND_FIELDS = ("model", "copy_fraction", "max_iters", "batch_size", "learning_rate",
                   "warmup_iters", "eval_interval", "eval_batches", "seed", "threads")
 

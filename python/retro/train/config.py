@@ -45,7 +45,7 @@ class TrainConfig:
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
     copy_fraction: float = 0.0
-    copy_tokens: str = "stream"  # copy samples' tokens: "stream" (its unigram) or "uniform"
+    copy_tokens: str = "stream"  # copy samples' tokens: "stream" (its unigram) or "uniform" ids
     copy_distractors: bool = True  # False: every neighbour slot of a copy sample is the right one
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate

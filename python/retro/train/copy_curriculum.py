@@ -3,7 +3,8 @@
 A share of the training samples is replaced by a copy sample (the copy task of
 retro.eval.copy_task, in the database's own tokens): T + m + 1 tokens with no order a decoder could
 learn, drawn from the train stream's token distribution (``tokens="stream"``) or uniformly over the
-vocabulary (``"uniform"``), eod aside, whose chunk u has among its k neighbours (in a random slot)
+token ids 0 .. the stream's largest (``"uniform"``: the vocabulary as far as the data uses it), eod
+aside, whose chunk u has among its k neighbours (in a random slot)
 chunk u then chunk u + 1 of the sample itself, aligned, the others drawn the same way
 (distractors; ``distractors=False``: every slot holds the right neighbour). Every target from
 position m - 1 on is then predictable by copying from the right neighbour, and by nothing else;
