@@ -109,3 +109,33 @@ def test_training_with_the_curriculum(tmp_path, samples):
     assert load_checkpoint(tmp_path / "run")["step"] == 3
     with pytest.raises(ValueError, match="copy_fraction"):
         TrainConfig(db="db", out="run", model="gpt", copy_fraction=0.5)
+
+
+def test_a_text_copy_sample_reads_its_own_continuation(samples):
+    """copy_tokens="text": the real sample, with its own chunk and continuation (cut at its
+    document's end, as the chunk store cuts a neighbour) in one slot of each chunk and its
+    retrieved neighbours in the others."""
+    text = CopyCurriculum(samples, 1.0, seed=4, k=K, tokens="text")
+    m, eod = samples.stream.chunk_size, samples.eod_id
+    for j in range(min(len(samples), 12)):
+        idx, targets, nbr_tokens, nbr_lens = text[j]
+        real = samples[j]
+        np.testing.assert_array_equal(idx, real[0])
+        np.testing.assert_array_equal(targets, real[1])
+        sample = np.asarray(samples.stream.sample(j), dtype=np.int64)  # (T + 1,)
+        for u in range(len(nbr_lens)):
+            chunk = sample[u * m:(u + 1) * m]
+            own_len = int(np.argmax(chunk == eod)) if (chunk == eod).any() else m
+            own = [s for s in range(K) if nbr_lens[u, s] >= own_len
+                   and (nbr_tokens[u, s, :own_len] == chunk[:own_len]).all()
+                   and (nbr_tokens[u, s, nbr_lens[u, s]:] == eod).all()]
+            assert own, f"sample {j} chunk {u}: no slot holds its own text"
+            others = [s for s in range(K) if s not in own]
+            for s in others:  # the retrieved neighbours, untouched
+                np.testing.assert_array_equal(nbr_tokens[u, s], real[2][u, s])
+            if own_len == m and (u + 2) * m <= len(sample):  # its document goes on: copyable
+                s = own[0]
+                nxt = sample[(u + 1) * m:(u + 2) * m]
+                n = int(nbr_lens[u, s]) - m
+                assert n == (int(np.argmax(nxt == eod)) if (nxt == eod).any() else m)
+                np.testing.assert_array_equal(nbr_tokens[u, s, m:m + n], nxt[:n])

@@ -18,6 +18,7 @@ from retro.cli import main
 from retro.data.tokenizer import load_tokenizer
 from retro.eval import chunk_overlaps, evaluate, filtered_bpb, longest_common_run
 from retro.eval.bytes import bits_per_byte, group_bytes
+from retro.db.streams import TokenStream
 from retro.eval.losses import chunk_losses, loss_by_position, oracle_neighbours, sample_neighbours, samples
 from retro.train.run_db import open_run_db
 
@@ -94,19 +95,37 @@ def test_neighbour_sources(runs):
     oracle_tokens, oracle_lens = sample_neighbours(db, "valid", 3, db.n_nbrs, "oracle")
     assert oracle_tokens.shape == (3, per_sample, 1, 2 * db.chunk_size)
     m = db.chunk_size
+    eod, whole = db.tokenizer.eod_id, 0
     for j in range(3):
         for u in range(per_sample - 1):  # the chunk and the next one, as the sample holds them
-            np.testing.assert_array_equal(oracle_tokens[j, u, 0], tokens[j, u * m:(u + 2) * m])
-    assert (oracle_lens == 2 * m).all()
+            span = tokens[j, u * m:(u + 2) * m]
+            if (span != eod).all():  # one document: nothing cut
+                whole += 1
+                np.testing.assert_array_equal(oracle_tokens[j, u, 0], span)
+                assert oracle_lens[j, u, 0] == 2 * m
+            else:  # cut at its document's end, eod after
+                n = oracle_lens[j, u, 0]
+                np.testing.assert_array_equal(oracle_tokens[j, u, 0, :n], span[:n])
+                assert span[n] == eod and (oracle_tokens[j, u, 0, n:] == eod).all()
+    assert whole > 0
     assert sample_neighbours(db, "valid", 3, db.n_nbrs, "none") is None
     with pytest.raises(ValueError, match="neighbours must be one of"):
         sample_neighbours(db, "valid", 3, db.n_nbrs, "psychic")
 
 
-def test_oracle_at_the_end_of_the_stream_is_short_and_padded():
-    tokens, lens = oracle_neighbours(np.arange(9), 2, 4, 2, eod_id=99)  # samples of 4, chunks of 2
+def test_oracle_is_cut_at_the_end_of_its_document_and_of_the_stream():
+    def oracle(tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        eods = [i for i, t in enumerate(tokens) if t == 99]
+        stream = TokenStream(np.array(tokens), np.array([0, *[i + 1 for i in eods]]),
+                             np.arange(len(eods)), block_size=4, chunk_size=2)
+        return oracle_neighbours(stream, 2, eod_id=99)  # samples of 4 tokens, chunks of 2
+
+    tokens, lens = oracle(list(range(1, 10)))  # one document, no eod: cut by the stream's end
     assert lens.ravel().tolist() == [4, 4, 4, 3]
-    assert tokens[0, 1, 0].tolist() == [2, 3, 4, 5] and tokens[1, 1, 0].tolist() == [6, 7, 8, 99]
+    assert tokens[0, 1, 0].tolist() == [3, 4, 5, 6] and tokens[1, 1, 0].tolist() == [7, 8, 9, 99]
+    tokens, lens = oracle([1, 2, 3, 99, 5, 6, 7, 8, 9])  # chunk 1 ends its document
+    assert lens.ravel().tolist() == [3, 1, 4, 3]
+    assert tokens[0, 0, 0].tolist() == [1, 2, 3, 99] and tokens[0, 1, 0].tolist() == [3, 99, 99, 99]
 
 
 def test_loss_by_position_averages_the_targets_that_read_neighbours():

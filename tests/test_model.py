@@ -415,16 +415,17 @@ def test_cross_positions_change_the_logits_and_none_matches_a_position_free_cca(
     assert not torch.allclose(outs["cca"], outs["none"])
 
 
-@pytest.mark.parametrize("locality", [8.0, 3.0])
-def test_rotary_cross_attentions_start_local(locality):
+@pytest.mark.parametrize("locality, offset", [(8.0, 1), (3.0, 0), (8.0, 4)])
+def test_rotary_cross_attentions_start_local(locality, offset):
     """With content-free projections, a rotary cross-attention's initial score is cross_locality
-    at relative distance 0 and lower at every other distance; 0 and position-free ones start at
-    zero biases."""
+    at one relative distance (CCA: cca_locality_offset, the encoder's cross-attention: 0) and
+    lower at every other distance; 0 and position-free ones start at zero biases."""
     from retro.ops.rotary import apply_rope
 
-    model = make_model(cross_locality=locality, enc_n_embd=8, enc_n_head=2)
-    attentions = [model.transformer.h[1].cross, model.encoder.h[0].cross]
-    for attention in attentions:
+    model = make_model(cross_locality=locality, cca_locality_offset=offset, enc_n_embd=8,
+                       enc_n_head=2)
+    attentions = {offset: model.transformer.h[1].cross, 0: model.encoder.h[0].cross}
+    for offset, attention in attentions.items():
         h = attention.n_head
         q = attention.c_q.bias.view(1, 1, h, -1).expand(1, 12, h, -1)  # (1, N, H, Dh)
         k = attention.c_k.bias.view(1, 1, h, -1).expand(1, 12, h, -1)
@@ -432,10 +433,13 @@ def test_rotary_cross_attentions_start_local(locality):
         q = apply_rope(q, torch.full((12,), 5), base)
         k = apply_rope(k, torch.arange(12), base)
         scores = torch.einsum("bnhd,bnhd->nh", q, k) / q.shape[-1] ** 0.5  # (12 keys, H)
-        torch.testing.assert_close(scores[5], torch.full((h,), locality, dtype=scores.dtype))
-        assert (scores[torch.arange(12) != 5] < locality - 1e-6).all()
+        peak = 5 + offset  # the query sits at 5
+        torch.testing.assert_close(scores[peak], torch.full((h,), locality, dtype=scores.dtype))
+        assert (scores[torch.arange(12) != peak] < locality - 1e-6).all()
     for config in (dict(cross_locality=0.0), dict(cross_positions="none")):
         model = make_model(**config)
         assert not model.transformer.h[1].cross.c_q.bias.any()
     with pytest.raises(ValueError, match="cross_locality"):
         make_config(cross_locality=float("nan"))
+    with pytest.raises(ValueError, match="cca_locality_offset"):
+        make_config(cca_locality_offset=-1)

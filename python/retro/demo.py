@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from retro.errors import RetroError
+from retro.train.config import COPY_TOKENS
 
 DEFAULT_OUT = Path("runs") / "demo"
 DEMO_CORPUS = ("default", "factbook:government,geography")
@@ -66,6 +67,7 @@ class DemoConfig:
     retro_init: str = "gpt"
     retro_steps: int = 300  # optimizer steps of RETRO
     copy_fraction: float = 0.0  # share of RETRO's samples that are copy samples (curriculum)
+    copy_tokens: str = "text"  # what a copy sample is (TrainConfig.copy_tokens)
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3  # peak learning rate of the GPT
     retro_learning_rate: float = 2e-3  # peak learning rate of RETRO
@@ -83,6 +85,8 @@ class DemoConfig:
             raise RetroError(f"retro_init must be one of {RETRO_INITS}, not {self.retro_init!r}")
         if not 0.0 <= self.copy_fraction <= 1.0:
             raise RetroError(f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
+        if self.copy_tokens not in COPY_TOKENS:
+            raise RetroError(f"copy_tokens must be one of {COPY_TOKENS}, not {self.copy_tokens!r}")
         for name in ("learning_rate", "retro_learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -207,12 +211,14 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
                            eval_interval=max(1, steps // 4), checkpoint_interval=steps,
                            **settings)
 
+    # copy_tokens only matters with copy samples (runs without them stay reusable)
+    copy_tokens = dict(copy_tokens=config.copy_tokens) if config.copy_fraction else {}
     start = (dict(init_from=str(out / "gpt"), freeze=True, model_args=retrieval)
              if config.retro_init == "gpt" else dict(model_args=fields))
     plans = {
         "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=fields),
         "retro": plan("retro", config.retro_steps, config.retro_learning_rate,
-                      copy_fraction=config.copy_fraction, **start),
+                      copy_fraction=config.copy_fraction, **copy_tokens, **start),
     }
     runs = {}
     for kind, settings in plans.items():
@@ -411,6 +417,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--retro-steps", type=int, default=defaults.retro_steps)
     parser.add_argument("--copy-fraction", type=float, default=defaults.copy_fraction,
                         help="share of RETRO's samples that are copy samples (0: real text only)")
+    parser.add_argument("--copy-tokens", choices=COPY_TOKENS, default=defaults.copy_tokens,
+                        help="copy samples: real text reading its own continuation, or random "
+                             "tokens (retro train --copy_tokens)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                         help="peak learning rate of the GPT")
@@ -433,7 +442,8 @@ def run_demo(args: Any) -> int:
     demo(DemoConfig(
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
         block_size=args.block_size, gpt_steps=args.gpt_steps, retro_init=args.retro_init,
-        retro_steps=args.retro_steps, copy_fraction=args.copy_fraction, batch_size=args.batch_size,
+        retro_steps=args.retro_steps, copy_fraction=args.copy_fraction,
+        copy_tokens=args.copy_tokens, batch_size=args.batch_size,
         learning_rate=args.learning_rate, retro_learning_rate=args.retro_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,

@@ -44,6 +44,7 @@ class CopyTask:
     cca_layers: tuple[int, ...] = (1, 2)
     cross_positions: str = "rope"  # RetroConfig.cross_positions
     cross_locality: float = RetroConfig.cross_locality  # 0: the cross-attentions start uniform
+    cca_locality_offset: int = RetroConfig.cca_locality_offset  # where CCA's local start peaks
     lr: float = 2e-3
     warmup: int = 20
 
@@ -59,7 +60,8 @@ class CopyTask:
                            n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                            chunk_size=m, n_nbrs=1, nbr_len=2 * m, pad_id=0,
                            cca_layers=self.cca_layers, cross_positions=self.cross_positions,
-                           cross_locality=self.cross_locality)
+                           cross_locality=self.cross_locality,
+                           cca_locality_offset=self.cca_locality_offset)
 
     def batch(self, generator: torch.Generator,
               arm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

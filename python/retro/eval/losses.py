@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from retro.errors import RetroError
 from retro.data.tokenizer import Tokenizer
 from retro.db import Database
-from retro.db.streams import padding_targets
+from retro.db.streams import TokenStream, padding_targets
 from retro.eval.bytes import group_bytes
 from retro.eval.sources import NEIGHBOURS  # torch-free, for `retro eval --help`
 from retro.model import GPT
@@ -62,8 +62,9 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
     - "real": the stored neighbours (the first n_nbrs);
     - "shuffled": the stored neighbours of another chunk, half the evaluated chunks away (same
       distribution, unrelated text: what reading neighbours is worth when they are wrong);
-    - "oracle": one neighbour, the chunk itself then its true continuation in the split's stream
-      (what the database would return if it held the evaluated text: the upper bound);
+    - "oracle": one neighbour, the chunk itself then its true continuation in the split's stream,
+      cut at its document's end (what the database would return if it held the evaluated text:
+      the upper bound);
     - "none": None (retrieval off).
     """
     if source not in NEIGHBOURS:
@@ -71,8 +72,7 @@ def sample_neighbours(db: Database, split: str, count: int, n_nbrs: int,
     if source == "none":
         return None
     if source == "oracle":
-        return oracle_neighbours(db.split(split).stream.tokens, count, db.block_size, db.chunk_size,
-                                 db.tokenizer.eod_id)
+        return oracle_neighbours(db.split(split).stream, count, db.tokenizer.eod_id)
     tokens, lens = stored_neighbours(db, split, count, n_nbrs)
     if source == "shuffled":
         if tokens.shape[0] * tokens.shape[1] < 2:
@@ -91,17 +91,13 @@ def stored_neighbours(db: Database, split: str, count: int,
     return db.split(split).sample_neighbours(np.arange(count), db.chunks, n_nbrs)
 
 
-def oracle_neighbours(stream: np.ndarray, count: int, block_size: int, chunk_size: int,
+def oracle_neighbours(stream: TokenStream, count: int,
                       eod_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(S, L, 1, 2m) int64 tokens and (S, L, 1) int32 lengths: chunk u of sample j followed by
-    its continuation, stream[j T + u m : j T + (u + 2) m] (shorter at the stream's end)."""
-    m, per_sample = chunk_size, block_size // chunk_size
-    starts = (np.arange(count)[:, None] * block_size + np.arange(per_sample) * m).reshape(-1)
-    tokens = np.full((len(starts), 2 * m), eod_id, dtype=np.int64)
-    lens = np.minimum(2 * m, len(stream) - starts).astype(np.int32)
-    for row, (start, length) in enumerate(zip(starts, lens)):
-        tokens[row, :length] = stream[start:start + length]
-    return tokens.reshape(count, per_sample, 1, 2 * m), lens.reshape(count, per_sample, 1)
+    """(S, L, 1, 2m) int64 tokens and (S, L, 1) int32 lengths: for each chunk u of the first
+    count samples, the chunk then its true continuation, cut at its document's end as the
+    database cuts a neighbour (TokenStream.own_neighbours)."""
+    tokens, lens = zip(*(stream.own_neighbours(j, eod_id) for j in range(count)))
+    return np.stack(tokens)[:, :, None], np.stack(lens)[:, :, None]
 
 
 @torch.no_grad()

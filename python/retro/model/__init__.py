@@ -25,8 +25,9 @@ offset i in chunk u at i. Checkpoints written before these positions existed loa
 cross_positions="none".
 
 The rotary cross-attentions start local (cross_locality, an initialisation only): their query and
-key biases begin so that every query scores the key at relative distance 0 highest, by
-cross_locality, and its neighbours less with distance. Started uniform over the 2m keys (zero
+key biases begin so that every query scores one relative distance highest, by cross_locality, and
+the distances around it less: CCA the token a query predicts in an aligned neighbour
+(cca_locality_offset, +1), the encoder's cross-attention the decoder token of its own offset (0). Started uniform over the 2m keys (zero
 biases), finding the aligned position is a saddle that the copy task sits on for hundreds of
 steps at a realistic vocabulary, chunk and width; started local, the aligned token and the one
 after it carry weight from the first step and copying is learned at once

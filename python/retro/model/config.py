@@ -41,6 +41,9 @@ class RetroConfig:
     # token's initial score is this much at relative distance 0 and falls off with distance
     # (0: zero biases, attention uniform at first). Only the initialisation: see the module docstring
     cross_locality: float = 8.0
+    # the relative distance CCA's local start peaks at: 1 is the token a query predicts in an
+    # aligned neighbour (C_u then C_{u+1}), 0 its own token; the encoder's cross-attention peaks at 0
+    cca_locality_offset: int = 1
     # neighbour encoder
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
@@ -76,6 +79,8 @@ class RetroConfig:
         _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}")
         _require(math.isfinite(self.cross_locality) and self.cross_locality >= 0.0,
                  f"cross_locality must be a finite number >= 0, not {self.cross_locality}")
+        _require(0 <= self.cca_locality_offset < self.nbr_len,
+                 f"cca_locality_offset must be in 0..nbr_len-1, not {self.cca_locality_offset}")
         layers = self.retro_layers
         _require(len(layers) > 0 and list(layers) == sorted(set(layers))
                  and 1 <= layers[0] and layers[-1] <= self.n_layer,

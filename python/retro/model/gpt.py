@@ -52,7 +52,9 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         for module in self.modules():  # the cross-attentions start local (RetroConfig.cross_locality)
-            if isinstance(module, (ChunkedCrossAttention, NeighbourCrossAttention)):
+            if isinstance(module, ChunkedCrossAttention):
+                module.start_local(config.cross_locality, config.cca_locality_offset)
+            elif isinstance(module, NeighbourCrossAttention):
                 module.start_local(config.cross_locality)
 
     def _cca_layers(self) -> tuple[int, ...]:

@@ -69,21 +69,25 @@ class Attention(nn.Module):
         self.rope_base = rope_base  # > 0: rotary positions (0: none)
         self.chunk_size = config.chunk_size
 
-    def start_local(self, score: float) -> None:
+    def start_local(self, score: float, offset: int = 0) -> None:
         """Initialises the query and key biases of a rotary attention so that, whatever the
-        content, a query's initial score is `score` for the key at relative distance 0 and falls
-        off with distance (rotate-half pairs (b, 0): score = b^2 * Dh / 2 / sqrt(Dh)). Without it
-        the biases start at 0 and a cross-attention starts uniform over its 2m keys: finding the
-        one aligned position then takes a long plateau (bench/results/copy_task*.json). No
-        effect without rotary positions, biases or with score 0."""
+        content, a query's initial score is `score` for the key at relative distance `offset`
+        (key position minus query position) and falls off with distance from it: the query bias
+        is rotate-half pairs (b, 0), the key bias the same rotated back by `offset` (score = b^2 *
+        sum_i cos(theta_i * (distance - offset)) / sqrt(Dh), at most b^2 * Dh / 2 / sqrt(Dh)).
+        Without it the biases start at 0 and a cross-attention starts uniform over its 2m keys:
+        finding the one aligned position then takes a long plateau
+        (bench/results/copy_task*.json). No effect without rotary positions, biases or with
+        score 0."""
         if not self.rope_base or self.c_q.bias is None or score <= 0:
             return
         dh = self.c_q.out_features // self.n_head
         value = math.sqrt(2.0 * score / math.sqrt(dh))
         per_head = torch.cat([torch.full((dh // 2,), value), torch.zeros(dh // 2)])
+        key = apply_rope(per_head.view(1, 1, dh), torch.tensor([-offset]), self.rope_base)
         with torch.no_grad():
-            for bias in (self.c_q.bias, self.c_k.bias):
-                bias.copy_(per_head.repeat(self.n_head))
+            self.c_q.bias.copy_(per_head.repeat(self.n_head))
+            self.c_k.bias.copy_(key.flatten().repeat(self.n_head))
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., N, n_embd) -> queries (..., N, H, Dh)."""

@@ -22,7 +22,9 @@ from retro.model import RetroConfig
 MODELS = ("retro", "gpt")
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("auto", "ddp", "fsdp")
-COPY_TOKENS = ("stream", "uniform")  # what a copy sample's tokens are drawn from (copy_curriculum)
+# what a copy sample is (copy_curriculum): random tokens ("stream": its unigram, "uniform" ids), or
+# "text": a real sample that reads its own continuation
+COPY_TOKENS = ("text", "stream", "uniform")
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
 RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "copy_fraction",
@@ -45,7 +47,9 @@ class TrainConfig:
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
     copy_fraction: float = 0.0
-    copy_tokens: str = "stream"  # copy samples' tokens: "stream" (its unigram) or "uniform" ids
+    # copy samples: "text" (a real sample with its own continuation among its neighbours), or
+    # random tokens from "stream" (its unigram) or "uniform" ids
+    copy_tokens: str = "stream"
     copy_distractors: bool = True  # False: every neighbour slot of a copy sample is the right one
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate

@@ -1,28 +1,33 @@
-"""The copy curriculum: synthetic samples that only a model reading its neighbours can predict.
+"""The copy curriculum: training samples that reward a model for reading its neighbours.
 
-A share of the training samples is replaced by a copy sample (the copy task of
-retro.eval.copy_task, in the database's own tokens): T + m + 1 tokens with no order a decoder could
-learn, drawn from the train stream's token distribution (``tokens="stream"``) or uniformly over the
-token ids 0 .. the stream's largest (``"uniform"``: the vocabulary as far as the data uses it), eod
-aside, whose chunk u has among its k neighbours (in a random slot)
-chunk u then chunk u + 1 of the sample itself, aligned, the others drawn the same way
-(distractors; ``distractors=False``: every slot holds the right neighbour). Every target from
-position m - 1 on is then predictable by copying from the right neighbour, and by nothing else;
-the first m - 1 targets are -1 (no neighbour holds them).
+A seeded share of the training samples is replaced by copy samples, of one of two kinds:
+
+- ``tokens="text"``: the real sample, with its own text among the neighbours of each chunk u
+  (in a random slot): chunk u then its continuation, cut at its document's end, exactly what a
+  database holding the sample's document would return (TokenStream.own_neighbours); the other
+  slots keep the retrieved neighbours (distractors; ``distractors=False``: every slot holds the
+  own text). The targets stay the text's, so no language-modelling data is lost, and those from
+  position m - 1 on can be copied. This is the knowledge setting's situation (the evaluated
+  text in the database) taught on training documents only; evaluation never sees it.
+- random tokens (the copy task of retro.eval.copy_task in the database's own tokens): T + m + 1
+  tokens with no order a decoder could learn, drawn from the train stream's token distribution
+  (``"stream"``) or uniformly over the token ids 0 .. the stream's largest (``"uniform"``), eod
+  aside, whose chunk u has among its k neighbours chunk u then chunk u + 1 of the sample itself,
+  aligned, the others drawn the same way; the first m - 1 targets are -1 (no neighbour holds
+  them).
 
 Real text rarely repeats another document (training neighbours never come from the sample's own
-document), so reading is seldom rewarded on it; copy samples reward nothing else. Whether that
-teaches a given model to read within its steps is measured, not assumed: the test-sized model of
-retro.eval.copy_task learns copying in ~50 steps, while the demo's RETRO-fit with a fraction of 0.5
-learned none in 300 steps (docs/RESULTS.md section 2b), and copy samples alone teach the demo's
-model shape slowly with stream tokens and a distractor (section 1c, which measures the options). Which samples are replaced, and their
-tokens, depend on (seed, sample id) alone: a resumed run reads the same data.
+document), so reading is seldom rewarded on it; copy samples reward it on every target after the
+first chunk. Whether that teaches a given model to read within its steps is measured, not
+assumed (docs/RESULTS.md sections 1c and 2b). Which samples are replaced, and their tokens,
+depend on (seed, sample id) alone: a resumed run reads the same data.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from retro.db.streams import TokenStream
 from retro.train.config import COPY_TOKENS
 from retro.train.data import SampleDataset, TrainingSamples
 
@@ -46,8 +51,9 @@ class CopyCurriculum(TrainingSamples):
             raise ValueError("the copy curriculum is for RETRO: its samples need neighbours")
         self.samples, self.fraction, self.seed, self.k = samples, fraction, seed, k
         self.distractors = distractors
+        self.tokens = tokens
         stream = samples.stream
-        self.pool = (np.asarray(stream.tokens) if tokens == "stream" else
+        self.pool = (np.asarray(stream.tokens) if tokens != "uniform" else
                      np.arange(int(np.max(stream.tokens)) + 1, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -58,8 +64,30 @@ class CopyCurriculum(TrainingSamples):
         if rng.random() >= self.fraction:
             return self.samples[j]
         stream = self.samples.stream
+        if self.tokens == "text":
+            return self_reading_sample(rng, self.samples[j], stream, j, self.samples.eod_id,
+                                       self.distractors)
         return copy_sample(rng, self.pool, self.samples.eod_id, stream.block_size,
                            stream.chunk_size, self.k, self.distractors)
+
+
+def self_reading_sample(rng: np.random.Generator, sample: tuple[np.ndarray, ...],
+                        stream: TokenStream, j: int, eod_id: int,
+                        distractors: bool = True) -> tuple[np.ndarray, ...]:
+    """Real sample j (idx, targets, nbr_tokens (L, k, 2m), nbr_lens (L, k), as SampleDataset
+    gives it) with its own neighbours (TokenStream.own_neighbours) in one random slot of each
+    chunk, its retrieved neighbours in the others (without distractors: in every slot). Its
+    targets from position m - 1 on can be copied; those of chunk 0 stay, as no neighbour holds
+    them."""
+    idx, targets, nbr_tokens, nbr_lens = (np.array(x) for x in sample)
+    own, own_lens = stream.own_neighbours(j, eod_id)
+    n_chunks, k = nbr_lens.shape
+    slots = np.asarray(rng.integers(0, k, size=n_chunks)).tolist()
+    for u in range(n_chunks):
+        slot: int | slice = slots[u] if distractors else slice(None)
+        nbr_tokens[u, slot] = own[u]
+        nbr_lens[u, slot] = own_lens[u]
+    return idx, targets, nbr_tokens, nbr_lens
 
 
 def copy_sample(rng: np.random.Generator, pool: np.ndarray, eod_id: int, block_size: int,
