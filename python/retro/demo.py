@@ -62,8 +62,8 @@ class DemoConfig:
     vocab_size: int = 8192  # the corpus-trained BPE's tokens (0: GPT-2's BPE)
     block_size: int = 256  # tokens per training sample
     gpt_steps: int = 400  # optimizer steps of the GPT
-    # RETRO-fit of the trained GPT ("gpt"), or RETRO from "scratch" (docs/RESULTS.md section 1c:
-    # from scratch it did not yet learn to read in the steps the demo has)
+    # RETRO-fit of the trained GPT ("gpt"), or RETRO from "scratch" (docs/RESULTS.md section 2c:
+    # from scratch with text copy samples it reads, but does not yet beat the GPT)
     retro_init: str = "gpt"
     retro_steps: int = 300  # optimizer steps of RETRO
     copy_fraction: float = 0.0  # share of RETRO's samples that are copy samples (curriculum)
