@@ -4,11 +4,14 @@ the presets' parameter counts, RETRO-fit and input checks, on seeded tiny float6
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
+from retro.errors import RetroError
 from retro.model import GPT, PAPER_PARAMS, Retro, RetroConfig, count_parameters, from_gpt
+from retro.model.retro_fit import calibrate_cca_output_scale, cca_residual_ratio
 
 M, K, R = 4, 2, 6  # chunk_size, neighbours per chunk, tokens per neighbour (R != 2 * M on purpose)
 
@@ -18,6 +21,7 @@ VARIANTS = {
     "rope-gate-narrow-encoder": dict(positions="rope", cca_gate=True, enc_n_embd=8, enc_n_head=2),
     "no-cross-positions": dict(cross_positions="none"),
     "cca-positions-only": dict(cross_positions="cca"),
+    "scaled-cca": dict(cca_output_scale=3.0),
 }
 
 
@@ -144,6 +148,41 @@ def test_closed_gate_is_exactly_gpt_and_open_gate_is_not():
     with torch.no_grad():
         retro.transformer.h[3].gate.fill_(0.1)
     assert not torch.allclose(logits(retro, idx, nbr_tokens, nbr_lens), logits(gpt, idx))
+
+
+def test_cca_output_scale_multiplies_each_cca_output():
+    scaled, plain = make_model(cca_output_scale=3.0), make_model()
+    with torch.no_grad():  # the same as scaling CCA's output projection, bias included
+        for block in plain.transformer.h:
+            if block.cross is not None:
+                block.cross.c_proj.weight.mul_(3.0)
+                block.cross.c_proj.bias.mul_(3.0)
+    idx, nbr_tokens, nbr_lens = make_batch(plain.config)
+    torch.testing.assert_close(logits(scaled, idx, nbr_tokens, nbr_lens),
+                               logits(plain, idx, nbr_tokens, nbr_lens), rtol=0, atol=1e-12)
+    assert not torch.allclose(logits(scaled, idx, nbr_tokens, nbr_lens),
+                              logits(make_model(), idx, nbr_tokens, nbr_lens))
+    assert torch.equal(logits(scaled, idx), logits(make_model(), idx))  # no neighbours: no CCA
+    with pytest.raises(RetroError, match="cca_output_scale must be a finite number > 0"):
+        make_config(cca_output_scale=0.0)
+
+
+@pytest.mark.parametrize("cca_layers", [(3,), (2, 4)])
+def test_calibration_starts_cca_at_the_asked_share_of_the_residual_stream(cca_layers):
+    model = make_model(cca_layers=cca_layers)
+    batch = make_batch(model.config)
+    before = cca_residual_ratio(model, *batch)
+    scale = calibrate_cca_output_scale(model, *batch, start_ratio=0.25)
+    assert model.config.cca_output_scale == scale
+    after = cca_residual_ratio(model, *batch)
+    if len(cca_layers) == 1:
+        assert math.isclose(scale, 0.25 / before, rel_tol=1e-12)
+        assert math.isclose(after, 0.25, rel_tol=1e-9)
+    else:  # a later layer's residual holds the earlier layers' scaled outputs
+        assert abs(math.log(after / 0.25)) < abs(math.log(before / 0.25))
+    # in effect, and what a model built with the scale computes
+    built = make_model(cca_layers=cca_layers, cca_output_scale=scale)
+    torch.testing.assert_close(logits(model, *batch), logits(built, *batch), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -160,6 +160,21 @@ def test_retro_fit_trains_only_cca_and_the_encoder(gpt_run, db_dir, tmp_path):
     assert any(not torch.equal(trained[n], retro_fit["model"][n]) for n in new)
 
 
+@pytest.mark.parametrize("settings, scale", [
+    (dict(), None),  # calibrated on the training samples: retro.model.retro_fit
+    (dict(cca_start_ratio=0.0), 1.0),  # off
+    (dict(model_args={"cca_output_scale": 2.0}), 2.0),  # given
+])
+def test_retro_fit_scales_cca_to_the_gpt_residual_stream(settings, scale, gpt_run, db_dir,
+                                                         tmp_path, capsys):
+    run = train(TrainConfig(db=db_dir, out=tmp_path / "fit", init_from=str(gpt_run), freeze=True,
+                            max_iters=1, **{**SMALL, "model_args": {}, **settings}))
+    stored = load_checkpoint(run)["config"]["cca_output_scale"]
+    calibrated = "CCA outputs x" in capsys.readouterr().out
+    assert calibrated == (scale is None)
+    assert stored == scale if scale is not None else math.isfinite(stored) and stored != 1.0
+
+
 def test_a_model_that_does_not_fit_the_database(db_dir, tmp_path):
     with pytest.raises(ValueError, match=r"block_size: the model has 512.*--block_size=256"):
         train(TrainConfig(db=db_dir, out=tmp_path / "run", model="gpt", progress=False))

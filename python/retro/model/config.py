@@ -34,6 +34,9 @@ class RetroConfig:
     # 1-based decoder layers with CCA; None: every 3rd from 6 (from 9 when n_layer > 15)
     cca_layers: tuple[int, ...] | None = None
     cca_gate: bool = False  # tanh gate on each CCA output, 0 at init: training starts from the GPT
+    # a constant multiplying each CCA output: 1 from scratch; a RETRO-fit sets it so that CCA
+    # writes into the trained GPT's grown residual stream as into a fresh model's (retro_fit.py)
+    cca_output_scale: float = 1.0
     # rotary positions in the cross-attentions: "rope" CCA and the encoder's cross-attention,
     # "cca" CCA only, "none" (checkpoints from before they existed); see the module docstring
     cross_positions: str = "rope"
@@ -79,6 +82,8 @@ class RetroConfig:
         _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}")
         _require(math.isfinite(self.cross_locality) and self.cross_locality >= 0.0,
                  f"cross_locality must be a finite number >= 0, not {self.cross_locality}")
+        _require(math.isfinite(self.cca_output_scale) and self.cca_output_scale > 0.0,
+                 f"cca_output_scale must be a finite number > 0, not {self.cca_output_scale}")
         _require(0 <= self.cca_locality_offset < self.nbr_len,
                  f"cca_locality_offset must be in 0..nbr_len-1, not {self.cca_locality_offset}")
         layers = self.retro_layers

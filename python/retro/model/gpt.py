@@ -39,7 +39,8 @@ class GPT(nn.Module):
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(
                 Block(config, config.n_embd, CausalSelfAttention(config),
-                      ChunkedCrossAttention(config) if i in cca else None, gated=config.cca_gate)
+                      ChunkedCrossAttention(config) if i in cca else None, gated=config.cca_gate,
+                      cross_scale=config.cca_output_scale)
                 for i in range(config.n_layer)
             ),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),

@@ -113,12 +113,15 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block, shared by the decoder and the encoder:
-    x += attn(ln_1(x)); then, with cross-attention, x += [tanh(gate) *] cross(ln_cross(x));
-    then x += mlp(ln_2(x)). The two stacks differ only in the attention modules they plug in."""
+    x += attn(ln_1(x)); then, with cross-attention, x += [tanh(gate) *] cross_scale *
+    cross(ln_cross(x)); then x += mlp(ln_2(x)). The two stacks differ only in the attention modules
+    they plug in."""
 
     def __init__(self, config: RetroConfig, n_embd: int, attn: Attention,
-                 cross: Attention | None = None, gated: bool = False) -> None:
+                 cross: Attention | None = None, gated: bool = False,
+                 cross_scale: float = 1.0) -> None:
         super().__init__()
+        self.cross_scale = cross_scale  # a constant (RetroConfig.cca_output_scale), not trained
         self.ln_1 = nn.LayerNorm(n_embd, bias=config.bias)
         self.attn = attn
         self.ln_cross = None if cross is None else nn.LayerNorm(n_embd, bias=config.bias)
@@ -133,6 +136,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), *attn_args)
         if cross_args is not None:
             y = self.cross(self.ln_cross(x), *cross_args)
+            if self.cross_scale != 1.0:
+                y = y * self.cross_scale
             x = x + (y if self.gate is None else torch.tanh(self.gate) * y)
         return x + self.mlp(self.ln_2(x))
 

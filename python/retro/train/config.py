@@ -27,7 +27,8 @@ PARALLEL = ("auto", "ddp", "fsdp")
 COPY_TOKENS = ("text", "stream", "uniform")
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
-RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "copy_fraction",
+RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "cca_start_ratio",
+                "copy_fraction",
                 "copy_tokens", "copy_distractors", "seed", "learning_rate", "min_lr_ratio",
                 "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
 
@@ -44,6 +45,9 @@ class TrainConfig:
     # RETRO-fit (its decoder, fresh CCA and encoder): a GPT run, or a Hugging Face GPT-2 directory
     init_from: str | None = None
     freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
+    # with init_from: CCA's output starts at this share of the GPT's residual stream's RMS, a fresh
+    # model's 0.2-0.3 (retro.model.retro_fit); 0: cca_output_scale as model_args give it
+    cca_start_ratio: float = 0.25
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
     copy_fraction: float = 0.0
@@ -99,7 +103,8 @@ class TrainConfig:
                     "log_interval", "checkpoint_interval")
         for name in positive:
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("warmup_iters", "num_workers", "weight_decay", "grad_clip", "learning_rate"):
+        for name in ("warmup_iters", "num_workers", "weight_decay", "grad_clip", "learning_rate",
+                     "cca_start_ratio"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, not {getattr(self, name)}")
         _check(0.0 <= self.copy_fraction <= 1.0,
                f"copy_fraction must be in [0, 1], not {self.copy_fraction}")

@@ -29,6 +29,7 @@ from retro.device import resolve_device
 from retro.errors import RetroError
 from retro.files import remove_stale_temporaries
 from retro.model import GPT, Retro, RetroConfig, hf
+from retro.model.retro_fit import calibrate_cca_output_scale
 from retro.train.checkpoint import (CHECKPOINT, FORMAT_VERSION, KINDS, MODEL_DB_KEYS,
                                     CheckpointError, checkpoint_path, config_dict, db_identity,
                                     db_mismatches, load_checkpoint, save_checkpoint)
@@ -44,6 +45,8 @@ from retro.train.distributed_checkpoint import (DCP_DIR, Checkpoint, dcp_to_cano
 from retro.train.log import RunLog, open_trackers
 from retro.train.optim import learning_rate, make_optimizer
 from retro.world import World, barrier, leave_world
+
+CALIBRATION_SAMPLES = 16  # training samples a RETRO-fit measures the GPT's residual stream on
 
 
 def train(config: TrainConfig) -> Path:
@@ -304,7 +307,20 @@ def _retro_fit(config: TrainConfig, init_from: str, db: Database,
         gpt = _pretrained_gpt(init_from, db)
     model = Retro.from_gpt(gpt, freeze=config.freeze, **fields)
     _check_fits_db(model.config, db)
+    if config.cca_start_ratio and "cca_output_scale" not in config.model_args:
+        _calibrate_cca(model, db, config.cca_start_ratio)
     return model
+
+
+def _calibrate_cca(model: Retro, db: Database, start_ratio: float) -> None:
+    """Scales the RETRO-fit's CCA outputs to the GPT's residual stream, measured on up to
+    CALIBRATION_SAMPLES training samples spread over the train split (retro.model.retro_fit)."""
+    samples = SampleDataset(db.root, "train", True)
+    picked = np.unique(np.linspace(0, len(samples) - 1, CALIBRATION_SAMPLES).astype(np.int64))
+    idx, _, nbr_tokens, nbr_lens = default_collate([samples[int(j)] for j in picked])
+    scale = calibrate_cca_output_scale(model, idx, nbr_tokens, nbr_lens, start_ratio)
+    print(f"RETRO-fit: CCA outputs x {scale:.4g}, {start_ratio:g} of the GPT's residual stream "
+          f"on {len(picked)} training samples")
 
 
 def _pretrained_gpt(path: str, db: Database) -> GPT:
