@@ -139,3 +139,47 @@ def test_a_text_copy_sample_reads_its_own_continuation(samples):
                 n = int(nbr_lens[u, s]) - m
                 assert n == (int(np.argmax(nxt == eod)) if (nxt == eod).any() else m)
                 np.testing.assert_array_equal(nbr_tokens[u, s, m:m + n], nxt[:n])
+
+
+def test_shifted_text_copy_samples_hold_their_own_text_at_another_offset(samples):
+    """copy_shift: chunk u's own-text neighbour is the 2m tokens from u * m + s on, s in
+    0 .. shift drawn per chunk, cut at the first eod (TokenStream.own_neighbours' shifts)."""
+    shift = 5
+    text = CopyCurriculum(samples, 1.0, seed=4, k=K, tokens="text", shift=shift)
+    stream, m, eod = samples.stream, samples.stream.chunk_size, samples.eod_id
+    drawn = set()
+    for j in range(min(len(samples), 12)):
+        _, _, nbr_tokens, nbr_lens = text[j]
+        n_chunks = len(nbr_lens)
+        span = np.full((n_chunks + 2) * m, eod, dtype=np.int64)
+        tail = np.asarray(stream.tokens[j * stream.block_size:][:len(span)])
+        span[:len(tail)] = tail
+        for u in range(n_chunks):
+            found = set()
+            for s in range(shift + 1):
+                window = span[u * m + s:u * m + s + 2 * m]
+                cut = int(np.argmax(window == eod)) if (window == eod).any() else 2 * m
+                expected = np.where(np.arange(2 * m) < cut, window, eod)
+                found |= {s for slot in range(K) if nbr_lens[u, slot] == cut
+                          and (nbr_tokens[u, slot] == expected).all()}
+            assert found, f"sample {j} chunk {u}: no slot holds its own text at offset 0..{shift}"
+            drawn |= found
+    assert drawn == set(range(shift + 1))  # every offset occurs
+
+
+def test_own_neighbours_shifted_by_zero_are_the_aligned_ones_and_bad_shifts_are_refused(samples):
+    stream, eod = samples.stream, samples.eod_id
+    n_chunks = stream.chunks_per_sample
+    for j in range(min(len(samples), 5)):
+        aligned = stream.own_neighbours(j, eod)
+        zero = stream.own_neighbours(j, eod, np.zeros(n_chunks, dtype=np.int64))
+        for a, b in zip(aligned, zero):
+            np.testing.assert_array_equal(a, b)
+    for bad in (np.full(n_chunks, -1), np.full(n_chunks, stream.chunk_size + 1),
+                np.zeros(n_chunks + 1)):
+        with pytest.raises(ValueError, match="shifts must be"):
+            stream.own_neighbours(0, eod, bad)
+    with pytest.raises(ValueError, match="copy shift"):
+        CopyCurriculum(samples, 0.5, seed=4, k=K, tokens="stream", shift=3)
+    with pytest.raises(ValueError, match="copy_shift"):
+        TrainConfig(db="db", out="run", copy_fraction=0.5, copy_shift=3)  # copy_tokens "stream"

@@ -68,6 +68,7 @@ class DemoConfig:
     retro_steps: int = 300  # optimizer steps of RETRO
     copy_fraction: float = 0.0  # share of RETRO's samples that are copy samples (curriculum)
     copy_tokens: str = "text"  # what a copy sample is (TrainConfig.copy_tokens)
+    copy_shift: int = 0  # text copy samples: own text up to this many tokens off its chunk
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3  # peak learning rate of the GPT
     retro_learning_rate: float = 2e-3  # peak learning rate of RETRO
@@ -212,7 +213,8 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
                            **settings)
 
     # copy_tokens only matters with copy samples (runs without them stay reusable)
-    copy_tokens = dict(copy_tokens=config.copy_tokens) if config.copy_fraction else {}
+    copy_tokens = (dict(copy_tokens=config.copy_tokens, copy_shift=config.copy_shift)
+                   if config.copy_fraction else {})
     start = (dict(init_from=str(out / "gpt"), freeze=True, model_args=retrieval)
              if config.retro_init == "gpt" else dict(model_args=fields))
     plans = {
@@ -420,6 +422,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--copy-tokens", choices=COPY_TOKENS, default=defaults.copy_tokens,
                         help="copy samples: real text reading its own continuation, or random "
                              "tokens (retro train --copy_tokens)")
+    parser.add_argument("--copy-shift", type=int, default=defaults.copy_shift,
+                        help="text copy samples: their own text starts up to this many tokens "
+                             "into the chunk (retro train --copy_shift; 0: aligned)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                         help="peak learning rate of the GPT")
@@ -443,7 +448,8 @@ def run_demo(args: Any) -> int:
         out=args.out, corpus=tuple(args.corpus), vocab_size=args.vocab_size,
         block_size=args.block_size, gpt_steps=args.gpt_steps, retro_init=args.retro_init,
         retro_steps=args.retro_steps, copy_fraction=args.copy_fraction,
-        copy_tokens=args.copy_tokens, batch_size=args.batch_size,
+        copy_tokens=args.copy_tokens, copy_shift=args.copy_shift,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate, retro_learning_rate=args.retro_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
         eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,

@@ -164,28 +164,28 @@ class TokenStream:
         m = self.chunk_size
         return np.asarray(self.tokens[start * m : stop * m]).reshape(stop - start, m)
 
-    def own_neighbours(self, j: int, eod_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def own_neighbours(self, j: int, eod_id: int,
+                       shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """What sample j would retrieve from a database holding its own text, laid out as
         ChunkStore.neighbour_tokens lays out a neighbour: for each chunk u, its real tokens (up to
         its document's eod) then, after a full chunk, the real tokens of chunk u + 1 (its
         continuation), eod after them (also past the stream's end): tokens (L, 2m) int64 and
-        their count (L,) int32."""
+        their count (L,) int32. shifts (L,) int, 0 .. m: chunk u's neighbour starts shifts[u]
+        tokens into the chunk instead (the same 2m-token window, cut at the first eod: the text
+        a neighbour holds, at another offset)."""
         m, n_chunks = self.chunk_size, self.chunks_per_sample
+        offsets = np.zeros(n_chunks, dtype=np.int64) if shifts is None else np.asarray(shifts)
+        if offsets.shape != (n_chunks,) or offsets.min() < 0 or offsets.max() > m:
+            raise ValueError(f"shifts must be {n_chunks} offsets in 0..{m}")
         start = j * self.block_size
-        span = np.full((n_chunks + 1) * m, eod_id, dtype=np.int64)  # chunks 0 .. L of sample j
+        span = np.full((n_chunks + 2) * m, eod_id, dtype=np.int64)  # chunks 0 .. L + 1 of sample j
         text = np.asarray(self.tokens[start:start + len(span)])
         span[:len(text)] = text
-        chunks = span.reshape(n_chunks + 1, m)
-        is_eod = chunks == eod_id
-        lengths = np.where(is_eod.any(axis=1), is_eod.argmax(axis=1), m)  # real tokens per chunk
-        tokens = np.full((n_chunks, 2 * m), eod_id, dtype=np.int64)
-        counts = lengths[:n_chunks].astype(np.int32)
-        for u in range(n_chunks):
-            tokens[u, :lengths[u]] = chunks[u, :lengths[u]]
-            if lengths[u] == m:  # a full chunk: its document goes on
-                tokens[u, m:m + lengths[u + 1]] = chunks[u + 1, :lengths[u + 1]]
-                counts[u] += lengths[u + 1]
-        return tokens, counts
+        windows = np.stack([span[u * m + s:u * m + s + 2 * m] for u, s in enumerate(offsets)])
+        is_eod = windows == eod_id
+        counts = np.where(is_eod.any(axis=1), is_eod.argmax(axis=1), 2 * m).astype(np.int32)
+        windows[np.arange(2 * m) >= counts[:, None]] = eod_id
+        return windows, counts
 
     def sample_of_query(self) -> np.ndarray:
         """(n_queries,) int64: the sample each query chunk belongs to."""

@@ -29,7 +29,7 @@ COPY_TOKENS = ("text", "stream", "uniform")
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
 RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "cca_start_ratio",
                 "copy_fraction",
-                "copy_tokens", "copy_distractors", "seed", "learning_rate", "min_lr_ratio",
+                "copy_tokens", "copy_shift", "copy_distractors", "seed", "learning_rate", "min_lr_ratio",
                 "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
 
 
@@ -55,6 +55,9 @@ class TrainConfig:
     # random tokens from "stream" (its unigram) or "uniform" ids
     copy_tokens: str = "stream"
     copy_distractors: bool = True  # False: every neighbour slot of a copy sample is the right one
+    # text copy samples: each own-text neighbour starts a random 0 .. copy_shift tokens into its
+    # chunk, so that copying means finding the text by content (0: aligned, at a fixed offset)
+    copy_shift: int = 0
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
     max_iters: int = 2000  # optimizer steps
@@ -112,6 +115,9 @@ class TrainConfig:
                "copy_fraction is a curriculum for RETRO: it needs model='retro'")
         _check(self.copy_tokens in COPY_TOKENS,
                f"copy_tokens must be one of {COPY_TOKENS}, not {self.copy_tokens!r}")
+        _check(self.copy_shift == 0 or (self.copy_shift > 0 and self.copy_tokens == "text"),
+               f"copy_shift must be >= 0, and > 0 only with copy_tokens='text', not "
+               f"{self.copy_shift} with {self.copy_tokens!r}")
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,

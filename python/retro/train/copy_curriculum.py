@@ -8,7 +8,10 @@ A seeded share of the training samples is replaced by copy samples, of one of tw
   slots keep the retrieved neighbours (distractors; ``distractors=False``: every slot holds the
   own text). The targets stay the text's, so no language-modelling data is lost, and those from
   position m - 1 on can be copied. This is the knowledge setting's situation (the evaluated
-  text in the database) taught on training documents only; evaluation never sees it.
+  text in the database) taught on training documents only; evaluation never sees it. With
+  ``shift`` > 0 each such neighbour starts a random 0 .. shift tokens into its chunk: the text to
+  copy sits at no fixed offset, so the model must find it by its content, as it must find a fact
+  in a neighbour from another document.
 - random tokens (the copy task of retro.eval.copy_task in the database's own tokens): T + m + 1
   tokens with no order a decoder could learn, drawn from the train stream's token distribution
   (``"stream"``) or uniformly over the token ids 0 .. the stream's largest (``"uniform"``), eod
@@ -42,7 +45,7 @@ class CopyCurriculum(TrainingSamples):
     """
 
     def __init__(self, samples: SampleDataset, fraction: float, seed: int, k: int,
-                 tokens: str = "stream", distractors: bool = True) -> None:
+                 tokens: str = "stream", distractors: bool = True, shift: int = 0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"the copy curriculum's fraction must be in [0, 1], not {fraction}")
         if tokens not in COPY_TOKENS:
@@ -51,6 +54,10 @@ class CopyCurriculum(TrainingSamples):
             raise ValueError("the copy curriculum is for RETRO: its samples need neighbours")
         self.samples, self.fraction, self.seed, self.k = samples, fraction, seed, k
         self.distractors = distractors
+        if not 0 <= shift <= samples.stream.chunk_size or (shift and tokens != "text"):
+            raise ValueError(f"the copy shift must be in 0..{samples.stream.chunk_size}, and "
+                             f"needs text copy samples; got {shift} with {tokens!r}")
+        self.shift = shift
         self.tokens = tokens
         stream = samples.stream
         self.pool = (np.asarray(stream.tokens) if tokens != "uniform" else
@@ -66,22 +73,23 @@ class CopyCurriculum(TrainingSamples):
         stream = self.samples.stream
         if self.tokens == "text":
             return self_reading_sample(rng, self.samples[j], stream, j, self.samples.eod_id,
-                                       self.distractors)
+                                       self.distractors, self.shift)
         return copy_sample(rng, self.pool, self.samples.eod_id, stream.block_size,
                            stream.chunk_size, self.k, self.distractors)
 
 
 def self_reading_sample(rng: np.random.Generator, sample: tuple[np.ndarray, ...],
                         stream: TokenStream, j: int, eod_id: int,
-                        distractors: bool = True) -> tuple[np.ndarray, ...]:
+                        distractors: bool = True, shift: int = 0) -> tuple[np.ndarray, ...]:
     """Real sample j (idx, targets, nbr_tokens (L, k, 2m), nbr_lens (L, k), as SampleDataset
-    gives it) with its own neighbours (TokenStream.own_neighbours) in one random slot of each
-    chunk, its retrieved neighbours in the others (without distractors: in every slot). Its
-    targets from position m - 1 on can be copied; those of chunk 0 stay, as no neighbour holds
-    them."""
+    gives it) with its own neighbours (TokenStream.own_neighbours, each starting a random 0 ..
+    shift tokens into its chunk) in one random slot of each chunk, its retrieved neighbours in
+    the others (without distractors: in every slot). Its targets from position m - 1 on can be
+    copied; those of chunk 0 stay, as no neighbour holds them."""
     idx, targets, nbr_tokens, nbr_lens = (np.array(x) for x in sample)
-    own, own_lens = stream.own_neighbours(j, eod_id)
     n_chunks, k = nbr_lens.shape
+    shifts = rng.integers(0, shift + 1, size=n_chunks) if shift else None
+    own, own_lens = stream.own_neighbours(j, eod_id, shifts)
     slots = np.asarray(rng.integers(0, k, size=n_chunks)).tolist()
     for u in range(n_chunks):
         slot: int | slice = slots[u] if distractors else slice(None)
