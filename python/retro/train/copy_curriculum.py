@@ -88,7 +88,7 @@ def self_reading_sample(rng: np.random.Generator, sample: tuple[np.ndarray, ...]
     copied; those of chunk 0 stay, as no neighbour holds them."""
     idx, targets, nbr_tokens, nbr_lens = (np.array(x) for x in sample)
     n_chunks, k = nbr_lens.shape
-    shifts = rng.integers(0, shift + 1, size=n_chunks) if shift else None
+    shifts = np.asarray(rng.integers(0, shift + 1, size=n_chunks)) if shift else None
     own, own_lens = stream.own_neighbours(j, eod_id, shifts)
     slots = np.asarray(rng.integers(0, k, size=n_chunks)).tolist()
     for u in range(n_chunks):
