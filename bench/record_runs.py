@@ -18,7 +18,8 @@ from pathlib import Path
 import report
 
 # the TrainConfig settings a run's command spells out (beside --db, --out and its model_args)
-COMMAND_FIELDS = ("model", "copy_fraction", "copy_tokens", "copy_distractors", "max_iters",
+COMMAND_FIELDS = ("model", "copy_fraction", "copy_tokens", "copy_distractors", "copy_shift",
+                  "cca_start_ratio", "max_iters",
                   "batch_size", "learning_rate", "warmup_iters", "eval_interval", "eval_batches",
                   "seed", "threads")
 
