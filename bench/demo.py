@@ -2,7 +2,7 @@
 record of the machine and its load) kept with the run's provenance (bench/report.py) in
 bench/results/demo.json (the source of the demo's numbers in docs/RESULTS.md and the README).
 
-    python bench/demo.py --out runs/demo_bench --no-progress     # the default demo, ~14 min on 2 cores
+    python bench/demo.py --out runs/demo_bench --no-progress     # the default demo, 20+ min on 2 cores
     RETRO_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FAISS_SIMD_LEVEL=AVX2 \
         python bench/demo.py --out runs/demo_avx2 --no-progress --tag avx2   # held to AVX2
 
