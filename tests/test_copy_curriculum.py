@@ -176,7 +176,7 @@ def test_own_neighbours_shifted_by_zero_are_the_aligned_ones_and_bad_shifts_are_
         for a, b in zip(aligned, zero):
             np.testing.assert_array_equal(a, b)
     for bad in (np.full(n_chunks, -1), np.full(n_chunks, stream.chunk_size + 1),
-                np.zeros(n_chunks + 1)):
+                np.zeros(n_chunks + 1, dtype=np.int64), np.full(n_chunks, 1.5)):
         with pytest.raises(ValueError, match="shifts must be"):
             stream.own_neighbours(0, eod, bad)
     with pytest.raises(ValueError, match="copy shift"):

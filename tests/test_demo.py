@@ -74,7 +74,7 @@ def test_demo_refuses_a_bad_model_arg(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--copy-fraction", "1.5"), ("--copy-fraction", "nan"),
                                          ("--retro-steps", "0"), ("--batch-size", "-1"),
                                          ("--retro-learning-rate", "nan"),
-                                         ("--learning-rate", "0")])
+                                         ("--learning-rate", "0"), ("--copy-shift", "-1")])
 def test_demo_refuses_bad_settings_before_any_work(tmp_path, flag, value):
     assert retro.cli.main(["demo", "--out", str(tmp_path / "out"), flag, value]) == 2
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import torch
 
 from retro.errors import RetroError
 from retro.model import GPT, PAPER_PARAMS, Retro, RetroConfig, count_parameters, from_gpt
-from retro.model.retro_fit import calibrate_cca_output_scale, cca_residual_ratio
+from retro.model.retro_fit import START_RATIO, calibrate_cca_output_scale, cca_residual_ratio
 
 M, K, R = 4, 2, 6  # chunk_size, neighbours per chunk, tokens per neighbour (R != 2 * M on purpose)
 
@@ -183,6 +183,33 @@ def test_calibration_starts_cca_at_the_asked_share_of_the_residual_stream(cca_la
     # in effect, and what a model built with the scale computes
     built = make_model(cca_layers=cca_layers, cca_output_scale=scale)
     torch.testing.assert_close(logits(model, *batch), logits(built, *batch), rtol=0, atol=0)
+
+
+def test_calibration_refuses_what_it_cannot_measure():
+    model = make_model()
+    idx, nbr_tokens, nbr_lens = make_batch(model.config)
+    with pytest.raises(ValueError, match="no real neighbour in the batch"):
+        calibrate_cca_output_scale(model, idx, nbr_tokens, torch.zeros_like(nbr_lens), 0.25)
+    for ratio in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="start_ratio must be a finite number > 0"):
+            calibrate_cca_output_scale(model, idx, nbr_tokens, nbr_lens, ratio)
+    with pytest.raises(ValueError, match="no CCA layers"):
+        cca_residual_ratio(make_model(GPT), idx, nbr_tokens, nbr_lens)
+    assert model.config.cca_output_scale == 1.0  # nothing was set
+
+
+def test_the_default_start_ratio_is_a_fresh_models():
+    """START_RATIO (TrainConfig.cca_start_ratio's default) is what a freshly initialised model of
+    the demo's shape has on random tokens: 0.30 at layer 2 and 0.20 at layer 4, mean 0.25."""
+    torch.manual_seed(0)
+    config = RetroConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256,
+                         cca_layers=(2, 4), enc_n_embd=128, enc_n_head=2, chunk_size=64,
+                         nbr_len=128, pad_id=0)
+    model = Retro(config).eval()
+    idx = torch.randint(0, 8192, (4, 256))
+    nbr_tokens = torch.randint(0, 8192, (4, 4, 2, 128))
+    ratio = cca_residual_ratio(model, idx, nbr_tokens, torch.full((4, 4, 2), 128))
+    assert abs(ratio - START_RATIO) < 0.05, ratio
 
 
 # ------------------------------------------------------------------------------------------------

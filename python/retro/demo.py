@@ -93,6 +93,9 @@ class DemoConfig:
             raise RetroError(f"copy_fraction must be in [0, 1], not {self.copy_fraction}")
         if self.copy_tokens not in COPY_TOKENS:
             raise RetroError(f"copy_tokens must be one of {COPY_TOKENS}, not {self.copy_tokens!r}")
+        if self.copy_shift < 0 or (self.copy_shift and self.copy_tokens != "text"):
+            raise RetroError(f"copy_shift must be >= 0, and > 0 only with copy_tokens 'text', not "
+                             f"{self.copy_shift} with {self.copy_tokens!r}")
         for name in ("learning_rate", "retro_learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

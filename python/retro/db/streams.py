@@ -175,8 +175,10 @@ class TokenStream:
         a neighbour holds, at another offset)."""
         m, n_chunks = self.chunk_size, self.chunks_per_sample
         offsets = np.zeros(n_chunks, dtype=np.int64) if shifts is None else np.asarray(shifts)
-        if offsets.shape != (n_chunks,) or offsets.min() < 0 or offsets.max() > m:
-            raise ValueError(f"shifts must be {n_chunks} offsets in 0..{m}")
+        if (offsets.shape != (n_chunks,) or not np.issubdtype(offsets.dtype, np.integer)
+                or offsets.min() < 0 or offsets.max() > m):
+            raise ValueError(f"shifts must be {n_chunks} integer offsets in 0..{m}, not "
+                             f"{offsets.dtype} {offsets.shape}")
         start = j * self.block_size
         span = np.full((n_chunks + 2) * m, eod_id, dtype=np.int64)  # chunks 0 .. L + 1 of sample j
         text = np.asarray(self.tokens[start:start + len(span)])

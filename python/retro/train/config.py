@@ -46,7 +46,7 @@ class TrainConfig:
     init_from: str | None = None
     freeze: bool = False  # with init_from: train only CCA and the encoder (DeepMind §4.2)
     # with init_from: CCA's output starts at this share of the GPT's residual stream's RMS, a fresh
-    # model's 0.2-0.3 (retro.model.retro_fit); 0: cca_output_scale as model_args give it
+    # model's (retro.model.retro_fit); 0: cca_output_scale as model_args give it
     cca_start_ratio: float = 0.25
     # share of the training samples replaced by copy samples (retro.train.copy_curriculum), a
     # curriculum that teaches CCA to read; RETRO only, 0: off
