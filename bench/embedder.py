@@ -86,7 +86,7 @@ def modes(names: list[str]) -> dict[str, Embed]:
 
 
 def default_modes() -> list[str]:
-    from retro.db.embed import cpu_has_native_bf16
+    from retro.machine import cpu_has_native_bf16
 
     return [ANCHOR, "fp32", "int8", "fp32 + torch.compile", *(["bf16"] if cpu_has_native_bf16() else [])]
 
@@ -117,7 +117,8 @@ def main() -> None:
     import torch
 
     from retro.db import open_db
-    from retro.db.embed import BLOCK, Embedder, cpu_has_native_bf16
+    from retro.db.embed import BLOCK, Embedder
+    from retro.machine import cpu_has_native_bf16
 
     torch.set_num_threads(args.threads)
     db = open_db(args.db)

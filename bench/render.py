@@ -54,6 +54,7 @@ TABLES = (
     Table("embedder-avx2", PERFORMANCE_MD, "embedder_avx2.json", bench("embedder", "markdown")),
     Table("ops-cuda", PERFORMANCE_MD, "ops_cuda.json", bench("ops", "markdown_cuda")),
     Table("ivfpq-cuda", PERFORMANCE_MD, "ivfpq_cuda.json", bench("ivfpq_cuda", "markdown")),
+    Table("cross-entropy-cpu", PERFORMANCE_MD, "cross_entropy_cpu.json", bench("cross_entropy", "markdown")),
     Table("train-cpu", PERFORMANCE_MD, "train_cpu.json", bench("train", "markdown")),
     Table("train-cuda", PERFORMANCE_MD, "train_cuda.json", bench("train", "markdown")),
     Table("sharded-search", SCALING_MD, "sharded_search.json", bench("sharded_search", "markdown")),

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import statistics
 import sys
 import time
@@ -51,7 +52,7 @@ import retro.model.layers
 from retro import ops
 from retro.train.flops import PAPER_SMALL_OVERHEAD, training_flops_per_token
 from retro.model import GPT, Retro, RetroConfig
-from retro.train.config import TrainConfig
+from retro.train.config import DTYPES, TrainConfig
 from retro.train.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -162,7 +163,8 @@ def build(name: str, config: RetroConfig, device: torch.device) -> tuple[nn.Modu
     if name == "anchor":
         return AnchorGPT(config).to(device), lambda m, x: m(x.idx, x.targets)
     if name == "gpt":
-        return GPT(config).to(device), lambda m, x: m(x.idx, targets=x.targets)[1]
+        return (GPT(config).to(device),
+                lambda m, x: m(x.idx, targets=x.targets, return_logits=False)[1])
     return (Retro(config).to(device),
             lambda m, x: m(x.idx, x.nbr_tokens, x.nbr_lens, targets=x.targets,
                            return_logits=False)[1])
@@ -199,6 +201,7 @@ class Measurement:
     setup_s: float  # build, compilation and warm-up
     loss: float  # the last step's (finite: the step did real work)
     note: str = ""
+    dtype: str = "auto"  # autocast: auto (bf16 on CUDA, float32 on the CPU), float32, bfloat16
 
 
 class Memory:
@@ -263,8 +266,10 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(name: str, preset: str, config: RetroConfig, args: argparse.Namespace,
-            batch_size: int, peak: float | None, deadline: float) -> tuple[Measurement, dict | None]:
-    """One configuration's Measurement, and for 'retro' its graph-break check."""
+            batch_size: int, peak: float | None, deadline: float,
+            dtype: str = "auto") -> tuple[Measurement, dict | None]:
+    """One configuration's Measurement under autocast dtype, and for 'retro' its graph-break
+    check."""
     device = torch.device(args.device)
     memory = Memory(device)
     memory.reset()
@@ -278,7 +283,8 @@ def measure(name: str, preset: str, config: RetroConfig, args: argparse.Namespac
     forward = model
     if compiled:
         forward, fullgraph = torch.compile(model, fullgraph=True), True
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     note = ""
 
@@ -309,7 +315,7 @@ def measure(name: str, preset: str, config: RetroConfig, args: argparse.Namespac
         name, preset, batch_size, config.block_size, compiled, fullgraph, len(seconds),
         1000 * step_s, 1000 * min(seconds), 1000 * max(seconds), tokens_per_s, memory.peak_mb(),
         flops, flops * tokens_per_s / 1e12, None if peak is None else flops * tokens_per_s / peak,
-        setup, loss, note)
+        setup, loss, note, dtype)
     return result, check
 
 
@@ -321,14 +327,14 @@ def _release(device: torch.device) -> None:
 
 
 def measure_with_retries(name: str, preset: str, config: RetroConfig, args: argparse.Namespace,
-                         peak: float | None,
-                         deadline: float) -> tuple[Measurement | None, dict | None, str]:
+                         peak: float | None, deadline: float,
+                         dtype: str = "auto") -> tuple[Measurement | None, dict | None, str]:
     """measure() at --batch-size, halving it on out-of-memory; (None, None, why) if even batch 1
     fails or the configuration fails otherwise (one failure must not lose the GPU run)."""
     batch_size, why = args.batch_size, ""
     while batch_size >= 1:
         try:
-            result, check = measure(name, preset, config, args, batch_size, peak, deadline)
+            result, check = measure(name, preset, config, args, batch_size, peak, deadline, dtype)
         except torch.OutOfMemoryError:
             why = f"out of memory at batch {batch_size}"
             batch_size //= 2
@@ -372,10 +378,12 @@ def measure_loader(db: str, batch_size: int, num_workers: int, device: torch.dev
 
 
 def ratios(results: list[Measurement], device_name: str) -> dict[str, dict]:
-    """Per preset: the issue's ratios from the configurations measured (absent: not measured)."""
+    """Per preset (and dtype, "<preset> <dtype>", when not auto): the issue's ratios from the
+    configurations measured (absent: not measured); with float32 and bfloat16 rows of a preset,
+    "<preset> bfloat16 / float32": each configuration's bf16 speed-up."""
     out: dict[str, dict] = {}
-    for preset in dict.fromkeys(r.preset for r in results):
-        by = {r.config: r for r in results if r.preset == preset}
+    for preset, dtype in dict.fromkeys((r.preset, r.dtype) for r in results):
+        by = {r.config: r for r in results if (r.preset, r.dtype) == (preset, dtype)}
         entry: dict = {}
         if "gpt" in by and "anchor" in by:
             entry["gpt_over_anchor_tokens_per_s"] = by["gpt"].tokens_per_s / by["anchor"].tokens_per_s
@@ -393,18 +401,28 @@ def ratios(results: list[Measurement], device_name: str) -> dict[str, dict]:
         if "retro" in by and preset == "small" and "H100" in device_name:
             entry["retro_over_retro_pytorch_tokens_per_s"] = (
                 by["retro"].tokens_per_s / RETRO_PYTORCH_H100_TOKENS_PER_S)
-        out[preset] = entry
+        out[preset if dtype == "auto" else f"{preset} {dtype}"] = entry
+    for preset in dict.fromkeys(r.preset for r in results):
+        speeds = {(r.config, r.dtype): r.tokens_per_s for r in results if r.preset == preset}
+        gains = {f"{config}_bf16_over_float32_tokens_per_s": speeds[config, "bfloat16"] / speed
+                 for (config, dtype), speed in speeds.items()
+                 if dtype == "float32" and (config, "bfloat16") in speeds}
+        if gains:
+            out[f"{preset} bfloat16 / float32"] = gains
     return out
 
 
 def table(result: dict) -> str:
     """The results as Markdown: one row per configuration, then the ratios and checks."""
-    lines = ["| preset | config | batch | compiled | step ms | tokens/s | peak MB | GFLOP/token "
-             "| TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | config | dtype | batch | compiled | step ms | tokens/s | peak MB "
+             "| GFLOP/token | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in map(lambda d: Measurement(**d), result["results"]):
         compiled = ("fullgraph" if r.fullgraph else "with breaks") if r.compiled else "eager"
         mfu = "-" if r.mfu is None else f"{100 * r.mfu:.1f}%"
-        lines.append(f"| {r.preset} | {r.config} | {r.batch_size} | {compiled} | {r.step_ms:.1f} | "
+        dtype = r.dtype if r.dtype != "auto" else (
+            "bfloat16" if result["machine"]["device"] == "cuda" else "float32")
+        lines.append(f"| {r.preset} | {r.config} | {dtype} | {r.batch_size} | {compiled} "
+                     f"| {r.step_ms:.1f} | "
                      f"{r.tokens_per_s:,.0f} | {r.peak_memory_mb:,.0f} | {r.flops_per_token / 1e9:.3f} "
                      f"| {r.tflops:.2f} | {mfu} |")
     lines.append("")
@@ -423,6 +441,9 @@ def table(result: dict) -> str:
         if "retro_over_retro_pytorch_tokens_per_s" in entry:
             parts.append(f"retro / RETRO-pytorch (46.0k tokens/s, issue 10) "
                          f"**{entry['retro_over_retro_pytorch_tokens_per_s']:.2f}x**")
+        parts += [f"{key.removesuffix('_bf16_over_float32_tokens_per_s')} tokens/s "
+                  f"**{value:.2f}x**" for key, value in entry.items()
+                  if key.endswith("_bf16_over_float32_tokens_per_s")]
         lines.append(f"{preset}: " + "; ".join(parts) + ".")
     check = result["compile_check"]
     if check:
@@ -461,6 +482,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default=None,
                         help="comma list, measured in order (default: small on CUDA, tiny on CPU)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {CONFIGS}")
+    parser.add_argument("--dtypes", default="auto",
+                        help=f"comma list of autocast dtypes {DTYPES}, each measured (auto: bf16 "
+                             "on CUDA, float32 on the CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 16 CUDA, 4 CPU")
     parser.add_argument("--block-size", type=int, default=None,
                         help="tokens per sample T (default: the preset's; a multiple of chunk_size)")
@@ -496,6 +520,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.configs.split(",")) - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
+    unknown = set(args.dtypes.split(",")) - set(DTYPES)
+    if unknown:
+        parser.error(f"unknown dtypes {sorted(unknown)}; choose from {DTYPES}")
     return args
 
 
@@ -519,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         machine.update(device_name=name, capability=list(torch.cuda.get_device_capability(device)),
                        cuda=torch.version.cuda, retro_cuda_kernels=ops.attention.CUDA_MAX_KEY_SLOTS > 0)
     machine["peak_tflops"] = None if peak is None else peak / 1e12
-    settings = ("preset", "configs", "batch_size", "block_size", "steps", "warmup", "compile",
+    settings = ("preset", "configs", "dtypes", "batch_size", "block_size", "steps", "warmup", "compile",
                 "activation_checkpointing", "budget_s", "seed")
     result = {"machine": machine, "settings": {k: getattr(args, k) for k in settings},
               "results": [], "ratios": {}, "compile_check": None,
@@ -534,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         sizes = {"block_size": args.block_size} if args.block_size else {}
         config = RetroConfig.preset(preset, **sizes,
                                     activation_checkpointing=args.activation_checkpointing)
-        for name in args.configs.split(","):
+        for dtype, name in itertools.product(args.dtypes.split(","), args.configs.split(",")):
             # the mean so far: compiled configs cost more than the eager retro-ref that ends a preset
             expected = statistics.mean(durations) if durations else 0.0
             if time.perf_counter() + expected > deadline:
@@ -543,7 +570,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 print(f"skip {preset} {name}: {why}", flush=True)
                 continue
             begin = time.perf_counter()
-            measured, check, why = measure_with_retries(name, preset, config, args, peak, deadline)
+            measured, check, why = measure_with_retries(name, preset, config, args, peak, deadline,
+                                                        dtype)
             durations.append(time.perf_counter() - begin)
             if measured is None:
                 result["skipped"].append({"preset": preset, "config": name, "reason": why})
@@ -566,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def progress_line(r: Measurement) -> str:
     mfu = "" if r.mfu is None else f", MFU {100 * r.mfu:.1f}%"
-    return (f"{r.preset:6s} {r.config:9s} batch {r.batch_size:3d}: {r.step_ms:9.1f} ms/step, "
+    return (f"{r.preset:6s} {r.config:9s} {r.dtype:8s} batch {r.batch_size:3d}: {r.step_ms:9.1f} ms/step, "
             f"{r.tokens_per_s:12,.0f} tokens/s, peak {r.peak_memory_mb:,.0f} MB, "
             f"{r.tflops:.2f} TFLOP/s{mfu} (setup {r.setup_s:.0f} s) {r.note}")
 

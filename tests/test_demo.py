@@ -97,8 +97,29 @@ def test_demo_resumes_an_interrupted_retro(monkeypatch, tmp_path, retro_init):
     # the run's own settings: init_from, freeze and copy_fraction are among those a resumed run
     # must keep
     assert run.resume and run.max_iters == 2 and run.copy_fraction == config.copy_fraction
+    assert run.dtype == demo.training_dtype("auto")
     if retro_init == "gpt":
         assert run.init_from == str(tmp_path / "gpt") and run.freeze
     else:
         assert run.init_from is None and not run.freeze
         assert run.model_args["n_embd"] == demo.DEMO_MODEL["n_embd"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_demo_trains_in_bf16_where_the_cpu_computes_it(monkeypatch, native):
+    import retro.machine
+
+    monkeypatch.setattr(retro.machine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert demo.training_dtype("auto") == ("bfloat16" if native else "float32")
+    assert demo.training_dtype("float32") == "float32"
+    assert demo.training_dtype("bfloat16") == "bfloat16"
+
+
+def test_the_demo_preset_is_the_demos_model():
+    from retro.model import RetroConfig
+
+    defaults = DemoConfig()
+    expected = RetroConfig(**demo.DEMO_MODEL, **demo.DEMO_RETRIEVAL,
+                           vocab_size=defaults.vocab_size, block_size=defaults.block_size)
+    assert RetroConfig.preset("demo") == expected

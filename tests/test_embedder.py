@@ -42,7 +42,8 @@ def test_an_unreachable_hub_id_is_a_retro_error():
 
 
 def test_no_bf16_autocast_where_torch_is_held_below_avx512(monkeypatch):
-    from retro.db.embed import cpu_has_native_bf16, default_precision
+    from retro.db.embed import default_precision
+    from retro.machine import cpu_has_native_bf16
 
     for capability in ("avx2", "default"):
         monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)

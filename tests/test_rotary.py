@@ -3,6 +3,8 @@ definition, relative invariance, and the documented alignment of CCA queries and
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -58,3 +60,39 @@ def test_cca_meets_its_own_copy_at_distance_zero(rope_base):
         u = (p - (m - 1)) // m
         if u < 3:
             assert out[0, p, 0, :r].argmax().item() == p - u * m, p
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 0.0), (torch.float32, 1e-6),
+                                        (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("shape", [(7, 1, 2), (3, 5, 11, 3, 6), (2, 1, 2, 33, 4, 10)])
+def test_the_core_rotation_equals_apply_rope(dtype, tol, shape):
+    """The ops' one-pass kernel (apply_rope_kernel) against apply_rope, negative positions too,
+    into a NaN-poisoned output and in place."""
+    from retro import _core
+    from retro.ops.rotary import _CORE_DTYPES, apply_rope_kernel
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    n, heads, dh = shape[-3:]
+    positions = torch.randint(-300, 300, (n,), generator=g)
+    want = rotary.apply_rope(x, positions, 500.0)
+    assert torch.allclose(apply_rope_kernel(x, positions, 500.0).double(), want.double(),
+                          atol=tol, rtol=tol)
+    out = torch.full_like(x, math.nan)
+    outer = x.numel() // (n * heads * dh)
+    _core.rotate_positions(_CORE_DTYPES[dtype], outer, n, heads, dh, 500.0,
+                           positions.data_ptr(), x.data_ptr(), out.data_ptr())
+    assert not out.isnan().any()
+    y = x.clone()
+    _core.rotate_positions(_CORE_DTYPES[dtype], outer, n, heads, dh, 500.0,
+                           positions.data_ptr(), y.data_ptr(), y.data_ptr())
+    assert torch.equal(y, out)
+
+
+def test_the_core_rotation_refuses_an_odd_head_width():
+    from retro import _core
+
+    x = torch.zeros(2, 1, 3)
+    with pytest.raises(ValueError, match="even head_dim"):
+        _core.rotate_positions("float32", 1, 2, 1, 3, 100.0, torch.zeros(2, dtype=torch.int64)
+                               .data_ptr(), x.data_ptr(), x.data_ptr())

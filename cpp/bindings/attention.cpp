@@ -6,11 +6,15 @@
 #include <string>
 
 #include "retro/attention.h"
+#include "retro/rotary.h"
+#include "tensor_args.h"
 #if defined(RETRO_WITH_CUDA)
 #include "retro/cuda.h"
 #endif
 
 namespace py = pybind11;
+using retro_bindings::parse_dtype;
+using retro_bindings::pointer;
 
 namespace {
 
@@ -21,18 +25,6 @@ retro::RetroAttention parse_op(const std::string& name) {
   throw py::value_error("unknown attention op '" + name + "'");
 }
 
-retro::DType parse_dtype(const std::string& name) {
-  if (name == "float32") return retro::DType::Float32;
-  if (name == "float64") return retro::DType::Float64;
-  if (name == "bfloat16") return retro::DType::BFloat16;
-  if (name == "float16") return retro::DType::Float16;
-  throw py::value_error("attention supports float32, float64, bfloat16 and float16, got " + name);
-}
-
-template <typename T>
-T* pointer(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
 
 #if defined(RETRO_WITH_CUDA)
 // The same entry points on device buffers, queued on a CUDA stream (retro/cuda.h).
@@ -130,6 +122,24 @@ void bind_attention(py::module_& m) {
         py::arg("params"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("grad_out"), py::arg("grad_q"), py::arg("grad_k"),
         py::arg("grad_v"), "Writes grad_q, grad_k, grad_v (addresses of contiguous buffers).");
+  m.def("rotate_positions",
+        [](const std::string& dtype, int64_t outer, int64_t positions, int64_t heads,
+           int64_t head_dim, double base, uintptr_t position, uintptr_t x, uintptr_t out) {
+          retro::RotaryParams p;
+          p.dtype = parse_dtype(dtype);
+          p.outer = outer;
+          p.positions = positions;
+          p.heads = heads;
+          p.head_dim = head_dim;
+          p.base = base;
+          py::gil_scoped_release release;
+          retro::rotate_positions(p, pointer<const int64_t>(position), pointer<const void>(x),
+                                  pointer<void>(out));
+        },
+        py::arg("dtype"), py::arg("outer"), py::arg("positions"), py::arg("heads"),
+        py::arg("head_dim"), py::arg("base"), py::arg("position"), py::arg("x"), py::arg("out"),
+        "out = x (outer, positions, heads, head_dim) rotated by the int64 positions (positions,) "
+        "(retro/rotary.h); addresses of contiguous CPU buffers, out may be x.");
 #if defined(RETRO_WITH_CUDA)
   bind_cuda_attention(m);
 #endif

@@ -136,13 +136,15 @@ py::tuple search_into_arrays(const Index& index, const FloatArray& x, idx_t k, S
 }  // namespace
 
 void bind_attention(py::module_& m);  // bindings/attention.cpp
+void bind_cross_entropy(py::module_& m);  // bindings/cross_entropy.cpp
 #if defined(RETRO_WITH_CUDA)
 void bind_ivf_pq_cuda(py::module_& m);  // bindings/ivf_pq_cuda.cpp
 #endif
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "retro's compiled core: IVF-PQ and exact vector search, RETRO's attention kernels";
+  m.doc() = "retro's compiled core: IVF-PQ and exact vector search, RETRO's attention kernels, cross-entropy";
   bind_attention(m);
+  bind_cross_entropy(m);
   m.attr("__version__") = RETRO_VERSION;
 
   py::register_exception_translator([](std::exception_ptr p) {

@@ -183,6 +183,32 @@ def cuda_device_name(device: int = 0) -> str: ...
 def cutlass_version() -> str: ...
 def cuda_set_fused_backward(enabled: bool) -> None: ...
 def cuda_attention_unsupported(params: AttentionParams) -> str: ...
+def rotate_positions(
+    dtype: str,
+    outer: int,
+    positions: int,
+    heads: int,
+    head_dim: int,
+    base: float,
+    position: int,
+    x: int,
+    out: int,
+) -> None: ...
+def cross_entropy_forward(
+    dtype: str, rows: int, vocab: int, ignore_index: int, logits: int, targets: int, lse: int,
+    loss: int
+) -> None: ...
+def cross_entropy_backward(
+    dtype: str,
+    rows: int,
+    vocab: int,
+    ignore_index: int,
+    logits: int,
+    targets: int,
+    lse: int,
+    grad_loss: int,
+    grad: int,
+) -> None: ...
 def cuda_attention_forward(
     params: AttentionParams,
     q: int,

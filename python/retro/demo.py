@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from retro.errors import RetroError
-from retro.train.config import COPY_TOKENS
+from retro.train.config import COPY_TOKENS, DTYPES
 
 DEFAULT_OUT = Path("runs") / "demo"
 DEMO_CORPUS = ("default", "factbook:government,geography")
@@ -76,9 +76,15 @@ class DemoConfig:
     copy_shift: int = 0  # text copy samples: own text up to this many tokens off its chunk
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3  # peak learning rate of the GPT
-    retro_learning_rate: float = 2e-3  # peak learning rate of RETRO
+    # peak learning rate of RETRO: 1e-3 reads more and ties the GPT in the strict setting where
+    # 2e-3 costs there (docs/RESULTS.md 2e, bench/results/demo_bf16_probe.json)
+    retro_learning_rate: float = 1e-3
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
+    # training autocast (TrainConfig.dtype); "auto": bfloat16 on a GPU and on a CPU that computes
+    # bf16 natively (AVX512-BF16 or AMX: ~1.7x faster steps, bench/results/train_bf16_cpu.json),
+    # else float32. Evaluation stays float32.
+    dtype: str = "auto"
     eval_samples: int | None = 128  # the first validation samples evaluated; None: all
     new_tokens: int = 64  # tokens generated in the sample
     qa_items: int = 0  # items of the capitals list; 0: all
@@ -87,6 +93,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         # refused before the databases are built, not after minutes of work
+        if self.dtype not in DTYPES:
+            raise RetroError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
         if self.retro_init not in RETRO_INITS:
             raise RetroError(f"retro_init must be one of {RETRO_INITS}, not {self.retro_init!r}")
         if not 0.0 <= self.copy_fraction <= 1.0:
@@ -153,6 +161,7 @@ def demo(config: DemoConfig) -> dict[str, Any]:
         "qa": results["strict"].get("qa", {}),
         "config": {key: value for key, value in vars(config).items()},
         "steps": {"gpt": config.gpt_steps, "retro": config.retro_steps},
+        "training_dtype": training_dtype(config.dtype),
         "flops": {kind: training_flops(run, config) for kind, run in runs.items()},
         "timings": timings,
         "machine": {**machine, "threads": torch.get_num_threads(), "load_after": load_average()},
@@ -216,6 +225,7 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
         return TrainConfig(db=str(db.root), out=str(out / kind), model=kind, max_iters=steps,
                            batch_size=config.batch_size, learning_rate=learning_rate,
                            seed=config.seed, threads=config.threads, progress=config.progress,
+                           dtype=training_dtype(config.dtype),
                            eval_batches=4, warmup_iters=steps // 20,
                            eval_interval=max(1, steps // 4), checkpoint_interval=steps,
                            **settings)
@@ -242,6 +252,18 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
             train(replace(settings, resume=done is not None))
         runs[kind] = run
     return runs
+
+
+def training_dtype(dtype: str) -> str:
+    """TrainConfig.dtype of the demo's runs: "auto" -> "bfloat16" where bf16 is native (a GPU, or
+    retro.machine.cpu_has_native_bf16), else "float32"; any other value as it is."""
+    from retro.device import resolve_device
+    from retro.machine import cpu_has_native_bf16
+
+    if dtype != "auto":
+        return dtype
+    native = resolve_device("auto").type == "cuda" or cpu_has_native_bf16()
+    return "bfloat16" if native else "float32"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -441,6 +463,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a RetroConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
+    parser.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
+                        help="training autocast; auto: bfloat16 where the GPU or CPU computes it "
+                             "natively (AVX512-BF16, AMX), else float32")
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
                         help="the first validation samples evaluated (0: all)")
     parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
@@ -460,7 +485,7 @@ def run_demo(args: Any) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, retro_learning_rate=args.retro_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),
-        eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
+        dtype=args.dtype, eval_samples=args.eval_samples or None, new_tokens=args.new_tokens,
         qa_items=args.qa_items,
         seed=args.seed, progress=not args.no_progress,
     ))

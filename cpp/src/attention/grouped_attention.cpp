@@ -23,18 +23,6 @@ idx_t total_rows(const std::vector<RowRange>& ranges) {
 
 namespace {
 
-inline float widen_value(float x) { return x; }
-inline double widen_value(double x) { return x; }
-inline float widen_value(bfloat16 x) { return to_float(x); }
-
-template <typename T>
-T narrow(Accum<T> x) {
-  if constexpr (std::is_same_v<T, bfloat16>)
-    return to_bfloat16(x);
-  else
-    return x;
-}
-
 idx_t max_rows(const std::vector<RowRange>& ranges) {
   idx_t longest = 0;
   for (const RowRange& r : ranges) longest = std::max(longest, r.rows);
@@ -52,7 +40,7 @@ void gather(const std::vector<RowRange>& ranges, const T* src, const AttentionLa
       if constexpr (std::is_same_v<T, Accum<T>>)
         std::memcpy(dst, row, dh * sizeof(T));
       else
-        for (idx_t d = 0; d < dh; ++d) dst[d] = widen_value(row[d]);
+        for (idx_t d = 0; d < dh; ++d) dst[d] = widen(row[d]);
     }
 }
 
@@ -90,7 +78,7 @@ void pack_as_columns(const std::vector<RowRange>& ranges, const T* src,
     for (idx_t r = range.first; r < range.first + range.rows; ++r, ++col) {
       const T* row = src + (r * layout.heads + h) * dh;
       Accum<T>* out = packed + (col / kPanel) * dh * kPanel + col % kPanel;
-      for (idx_t t = 0; t < dh; ++t) out[t * kPanel] = widen_value(row[t]);
+      for (idx_t t = 0; t < dh; ++t) out[t * kPanel] = widen(row[t]);
     }
 }
 
@@ -107,7 +95,7 @@ void pack_as_depth(const std::vector<RowRange>& ranges, const T* src,
       for (idx_t p = 0; p * kPanel < dh; ++p) {
         Accum<T>* out = packed + (p * n + t) * kPanel;
         const idx_t cols = std::min(kPanel, dh - p * kPanel);
-        for (idx_t j = 0; j < cols; ++j) out[j] = widen_value(row[p * kPanel + j]);
+        for (idx_t j = 0; j < cols; ++j) out[j] = widen(row[p * kPanel + j]);
         std::fill(out + cols, out + kPanel, Accum<T>(0));
       }
     }
@@ -294,7 +282,7 @@ void grouped_attention_backward(const std::vector<AttentionGroup>& groups,
         const T* o = out + (r * heads + h) * dh;
         const T* g = grad_out + (r * heads + h) * dh;
         A dot = 0;
-        for (idx_t d = 0; d < dh; ++d) dot += widen_value(g[d]) * widen_value(o[d]);
+        for (idx_t d = 0; d < dh; ++d) dot += widen(g[d]) * widen(o[d]);
         row_dot[i] = dot;
       }
 

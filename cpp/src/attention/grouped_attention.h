@@ -26,10 +26,6 @@ struct AttentionGroup {
   std::vector<RowRange> keys;
 };
 
-// The accumulation type: float for float and bfloat16, double for double.
-template <typename T>
-using Accum = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 struct AttentionLayout {
   idx_t query_rows = 0, key_rows = 0;  // rows of the query-side and key-side tensors
   idx_t heads = 0, head_dim = 0;

@@ -41,6 +41,7 @@ import numpy as np
 from retro.data.packages import package_dir
 from retro.db.blocks import BlockWriter
 from retro.errors import RetroError
+from retro.machine import cpu_has_native_bf16
 from retro.world import World
 
 if TYPE_CHECKING:
@@ -51,21 +52,7 @@ DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH_SIZE = 128  # texts per forward pass
 BLOCK = 1024  # texts per resumable block (the unit an embedding depends on)
 PRECISIONS = ("fp32", "bf16", "int8")  # see the module docstring
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
-
-
-def cpu_has_native_bf16() -> bool:
-    """The CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then ~doubles speed.
-    False where torch is held below AVX-512 (ATEN_CPU_CAPABILITY=avx2 or default, as when an AVX2
-    machine is emulated on an AVX-512 one): its bf16 would be emulated, slower than fp32."""
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
-        return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in cpuinfo.split() for flag in CPU_BF16_FLAGS)
 
 
 def default_device() -> str:

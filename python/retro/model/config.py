@@ -137,6 +137,9 @@ def _require(ok: bool, message: str) -> None:
 PRESETS: dict[str, dict] = {
     # CPU demo: the every-3rd-from-6 rule is meant for 12+ layers, so CCA at 3 and 6.
     "tiny": dict(n_layer=6, n_head=6, n_embd=384, block_size=512, cca_layers=(3, 6)),
+    # `retro demo`'s models (retro.demo.DEMO_MODEL and DEMO_RETRIEVAL, its BPE's vocabulary).
+    "demo": dict(n_layer=4, n_head=4, n_embd=256, vocab_size=8192, block_size=256,
+                 cca_layers=(2, 4), enc_n_embd=128, enc_n_head=2),
     # The paper's models (Wang et al. 2023), trained on 2048-token sequences.
     "small": dict(n_layer=12, n_head=12, n_embd=768),
     "medium": dict(n_layer=24, n_head=16, n_embd=1024),

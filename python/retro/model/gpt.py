@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
 from retro.errors import RetroError
 from retro.model import hf
@@ -19,6 +18,7 @@ from retro.model.config import DECODER_FIELDS, PAPER_PARAMS, RetroConfig
 from retro.model.decoding import DecodeCache, LayerCache, NeighbourMemory, _attends, _describe
 from retro.model.layers import (Block, CausalSelfAttention, ChunkedCrossAttention, Encoder,
                                 NeighbourCrossAttention, run_block)
+from retro.ops.cross_entropy import cross_entropy
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -146,7 +146,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
+        loss = cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return (logits if return_logits else None), loss
 
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """RETRO's attention ops: chunked cross-attention (CCA) and the neighbour encoder's two attentions;
-and ``ivfpq_search``, the GPU IVF-PQ search (:mod:`retro.ops.ivfpq`).
+``cross_entropy``, a language model's training loss (:mod:`retro.ops.cross_entropy`); and
+``ivfpq_search``, the GPU IVF-PQ search (:mod:`retro.ops.ivfpq`).
 
 - ``chunked_cross_attention(q, k, v, nbr_lens=None, *, chunk_size=64, q_offset=0, scale=None)``
 - ``neighbour_self_attention(q, k, v, nbr_lens=None, *, scale=None)``
@@ -14,6 +15,7 @@ from retro.ops.attention import (
     neighbour_cross_attention,
     neighbour_self_attention,
 )
+from retro.ops.cross_entropy import cross_entropy
 from retro.ops.ivfpq import ivfpq_search
 from retro.ops.reference import (
     chunked_cross_attention_ref,
@@ -24,6 +26,7 @@ from retro.ops.reference import (
 __all__ = [
     "chunked_cross_attention",
     "chunked_cross_attention_ref",
+    "cross_entropy",
     "ivfpq_search",
     "neighbour_cross_attention",
     "neighbour_cross_attention_ref",

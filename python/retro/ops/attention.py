@@ -98,7 +98,7 @@ def _register(op: _Op) -> None:
     devices = ("cpu", "cuda") if CUDA_MAX_KEY_SLOTS > 0 else ("cpu",)
 
     def forward(q, k, v, nbr_lens, chunk_size, q_offset, scale, rope_base):
-        q, k = rotary.rotate(op.core, q, k, chunk_size, q_offset, rope_base)
+        q, k = rotary.rotate(op.core, q, k, chunk_size, q_offset, rope_base, kernel=True)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         lens = None if nbr_lens is None else nbr_lens.contiguous()
         out = torch.empty_like(q)
@@ -110,7 +110,7 @@ def _register(op: _Op) -> None:
         return out, lse
 
     def backward(q, k, v, nbr_lens, out, lse, grad_out, chunk_size, q_offset, scale, rope_base):
-        q, k = rotary.rotate(op.core, q, k, chunk_size, q_offset, rope_base)
+        q, k = rotary.rotate(op.core, q, k, chunk_size, q_offset, rope_base, kernel=True)
         q, k, v, out, lse, grad_out = (t.contiguous() for t in (q, k, v, out, lse, grad_out))
         lens = None if nbr_lens is None else nbr_lens.contiguous()
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
@@ -121,7 +121,8 @@ def _register(op: _Op) -> None:
             _core.cuda_attention_backward(params, *pointers, delta.data_ptr(), *_device_args(q))
         else:
             _core.attention_backward(params, *pointers)
-        dq, dk = rotary.rotate(op.core, dq, dk, chunk_size, q_offset, rope_base, inverse=True)
+        dq, dk = rotary.rotate(op.core, dq, dk, chunk_size, q_offset, rope_base, inverse=True,
+                                kernel=True)
         return dq, dk, dv
 
     forward_op = torch.library.custom_op(

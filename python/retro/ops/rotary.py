@@ -34,6 +34,26 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+_CORE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
+
+
+def apply_rope_kernel(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """apply_rope without autograd: on the CPU in one pass of the core's kernel (retro/rotary.h;
+    PyTorch's elementwise ops read and write x ~8 times), elsewhere apply_rope. For the attention
+    ops, whose own backward rotates the gradients back."""
+    if x.device.type != "cpu" or x.dtype not in _CORE_DTYPES:
+        return apply_rope(x, positions, base)
+    from retro import _core
+
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    n, heads, dh = x.shape[-3:]
+    positions = positions.to(torch.int64).contiguous()
+    _core.rotate_positions(_CORE_DTYPES[x.dtype], x.numel() // max(1, n * heads * dh), n, heads,
+                           dh, float(base), positions.data_ptr(), x.data_ptr(), out.data_ptr())
+    return out
+
+
 def cca_query_positions(n_tokens: int, q_offset: int, chunk_size: int,
                         device: torch.device) -> torch.Tensor:
     """(T,) int64: position p - u*m of the query at absolute position p = q_offset + t."""
@@ -57,11 +77,14 @@ def positions(op: str, q: torch.Tensor, k: torch.Tensor, chunk_size: int,
 
 
 def rotate(op: str, q: torch.Tensor, k: torch.Tensor, chunk_size: int, q_offset: int,
-           base: float, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           base: float, inverse: bool = False,
+           kernel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k of op rotated by their positions (inverse: rotated back, the adjoint that carries
-    gradients of rotated q, k to q, k); base <= 0: unchanged."""
+    gradients of rotated q, k to q, k); base <= 0: unchanged. kernel: through apply_rope_kernel
+    (no autograd), else apply_rope."""
     if base <= 0:
         return q, k
     q_pos, k_pos = positions(op, q, k, chunk_size, q_offset)
     sign = -1 if inverse else 1
-    return apply_rope(q, sign * q_pos, base), apply_rope(k, sign * k_pos, base)
+    rope = apply_rope_kernel if kernel else apply_rope
+    return rope(q, sign * q_pos, base), rope(k, sign * k_pos, base)
