@@ -257,12 +257,13 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
 def training_dtype(dtype: str) -> str:
     """TrainConfig.dtype of the demo's runs: "auto" -> "bfloat16" where bf16 is native (a GPU, or
     retro.machine.cpu_has_native_bf16), else "float32"; any other value as it is."""
-    from retro.device import resolve_device
+    import torch
+
     from retro.machine import cpu_has_native_bf16
 
     if dtype != "auto":
         return dtype
-    native = resolve_device("auto").type == "cuda" or cpu_has_native_bf16()
+    native = torch.cuda.is_available() or cpu_has_native_bf16()
     return "bfloat16" if native else "float32"
 
 
