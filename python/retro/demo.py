@@ -82,7 +82,8 @@ class DemoConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     # training autocast (TrainConfig.dtype); "auto": bfloat16 on a GPU and on a CPU that computes
-    # bf16 natively (AVX512-BF16 or AMX: ~1.7x faster steps, bench/results/train_bf16_cpu.json),
+    # bf16 natively (AVX512-BF16 or AMX; 1.6-1.9x faster steps on a 2-core AMD EPYC with AVX512-BF16,
+    # bench/results/train_cpu.json),
     # else float32. Evaluation stays float32.
     dtype: str = "auto"
     eval_samples: int | None = 128  # the first validation samples evaluated; None: all

@@ -39,7 +39,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products in hardware
 
 def cpu_has_native_bf16() -> bool:
     """The CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then runs the matmuls
-    ~1.6-2x faster than float32 (the embedder, and training with dtype "auto"). False where torch
+    faster than float32 (the embedder's default precision, and retro demo's training dtype). False where torch
     is held below AVX-512 (ATEN_CPU_CAPABILITY=avx2 or default, as when an AVX2 machine is
     emulated on an AVX-512 one): its bf16 would be emulated, slower than float32."""
     if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
