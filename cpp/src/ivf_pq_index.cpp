@@ -175,15 +175,21 @@ void IvfPqIndex::train(idx_t n, const float* x_in) {
 
   const int dsub = this->dsub();
   pq_centroids_.assign(static_cast<size_t>(pq_m_) * ksub() * dsub, 0.0f);
-  for (int m = 0; m < pq_m_; ++m) {
-    KMeansParams pq_params;
-    pq_params.niter = train_params.niter;
-    pq_params.max_points_per_centroid = 0;  // already subsampled above
-    pq_params.seed = seed_ + 1 + m;
-    KMeansResult sub = kmeans(n_pq, dsub, residuals.data() + m * dsub, d_, ksub(), pq_params);
-    std::memcpy(&pq_centroids_[static_cast<size_t>(m) * ksub() * dsub], sub.centroids.data(),
-                sub.centroids.size() * sizeof(float));
-  }
+  // One sub-quantizer per thread at a time (its k-means runs on that thread: with dsub ~ 8 the
+  // k-means steps are too small to share); k-means results do not depend on the thread count.
+  ParallelErrors errors;
+#pragma omp parallel for schedule(dynamic)
+  for (int m = 0; m < pq_m_; ++m)
+    errors.run([&] {
+      KMeansParams pq_params;
+      pq_params.niter = train_params.niter;
+      pq_params.max_points_per_centroid = 0;  // already subsampled above
+      pq_params.seed = seed_ + 1 + m;
+      KMeansResult sub = kmeans(n_pq, dsub, residuals.data() + m * dsub, d_, ksub(), pq_params);
+      std::memcpy(&pq_centroids_[static_cast<size_t>(m) * ksub() * dsub], sub.centroids.data(),
+                  sub.centroids.size() * sizeof(float));
+    });
+  errors.rethrow();
   is_trained_ = true;
   rebuild_derived();
 }
