@@ -397,7 +397,7 @@ def run_cuda(args) -> None:
                 print(f"{r.op:5s} {r.shape:30s} {r.mode:16s} {r.engine:15s} {ms}  floor {r.floor_ms:.3f} ms"
                       f"  err {r.max_error if r.max_error is None else f'{r.max_error:.1e}'} {r.note}", flush=True)
     layer = bench_cca_layer_cuda(QUICK_GPU_SHAPES[0] if args.quick else GPU_SHAPES[1], args.repeats, bandwidth)
-    result = report.write_result(Path(args.out), {"machine": machine, "rows": [asdict(r) for r in rows],
+    result = report.write_result(args.out, {"machine": machine, "rows": [asdict(r) for r in rows],
                                                   "cca_layer": layer}, threads=torch.get_num_threads())
     print(markdown_cuda(result))
     print(f"wrote {args.out}")
@@ -429,7 +429,8 @@ def main() -> None:
     parser.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2])
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", default=str(RESULTS.parent / "ops_cuda.json"), help="the CUDA run's JSON")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the run's JSON (default: bench/results/ops_cpu.json, or ops_cuda.json on CUDA)")
     parser.add_argument("--render", metavar="JSON", type=Path,
                         help="rewrite the tables rendered from JSON (bench/results/ops_cuda.json: the GPU table)")
     args = parser.parse_args()
@@ -437,6 +438,7 @@ def main() -> None:
         print("rewrote", ", ".join(render.write_tables_of(args.render)))
         return
     if args.device == "cuda":
+        args.out = args.out or RESULTS.parent / "ops_cuda.json"
         return run_cuda(args)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     repeats = 1 if args.quick else args.repeats
@@ -453,8 +455,9 @@ def main() -> None:
                               f"{r.ms:9.2f} ms  err {r.max_error:.1e}", flush=True)
     if args.quick:
         return
-    report.write_result(RESULTS, {"rows": [asdict(r) for r in rows]}, threads=max(args.threads))
-    print(f"wrote {RESULTS} and the tables {', '.join(render.write_tables(RESULTS))}")
+    out = args.out or RESULTS
+    report.write_result(out, {"rows": [asdict(r) for r in rows]}, threads=max(args.threads))
+    print(f"wrote {out} and the tables {', '.join(render.write_tables(out)) or '(none)'}")
 
 
 if __name__ == "__main__":
