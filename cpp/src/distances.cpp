@@ -118,6 +118,17 @@ void nearest(Metric metric, idx_t nq, const float* x, idx_t ldx, const float* qn
 
 }  // namespace
 
+void nearest_labels(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base,
+                    idx_t* labels) {
+  const simd::Kernels& kern = simd::kernels();
+  const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
+  constexpr idx_t kRows = 256;
+  float best[kRows];
+  for (idx_t q0 = 0; q0 < nq; q0 += kRows)
+    kern.gemm_argmin(std::min(kRows, nq - q0), base.n(), base.d(), x + q0 * ldx, ldx,
+                     base.panels(), base.argmin_bias(metric), alpha, best, labels + q0);
+}
+
 void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base, idx_t k,
          float* distances, idx_t* labels) {
   RETRO_CHECK_ARG(k > 0, "k must be positive, got %lld", static_cast<long long>(k));

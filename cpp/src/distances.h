@@ -38,6 +38,12 @@ class PackedVectors {
 void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base, idx_t k,
          float* distances, idx_t* labels);
 
+// The k == 1 case of knn without the distances, on the calling thread: labels[i] = the index of
+// the nearest packed vector to row i of x (nq, d; row stride ldx). The PQ encoder calls it for
+// every sub-quantizer of a block of vectors.
+void nearest_labels(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base,
+                    idx_t* labels);
+
 // Internal distances (n,) -> search results in place: minus the inner product becomes the inner
 // product (larger is better, as faiss returns it); L2 stays. Every search converts here, once.
 inline void to_search_distances(Metric metric, idx_t n, float* distances) {
