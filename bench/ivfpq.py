@@ -449,6 +449,7 @@ def main() -> None:
         summaries[result.name] = dataset_summaries
         del data
 
+    written: list[Path] = []
     for family in args.families:  # one JSON per family, as its table in docs/PERFORMANCE.md
         stem = result_stem(args.quick, family, args.fs_residual) + (f"_{args.tag}" if args.tag else "")
         path = report.RESULTS_DIR / f"{stem}.json"
@@ -459,9 +460,12 @@ def main() -> None:
                    "equal_recall": {r.name: summarize_equal_recall(r, family) for r in rows}}
         record = report.write_result(path, payload, threads=max(args.threads))
         plots = ivfpq_results.plot_result(path, record)
-        tables = render.write_tables(path)
-        print(f"wrote {path}, {', '.join(p.name for p in plots)}"
-              + (f" and the tables {', '.join(tables)}" if tables else ""))
+        written.append(path)
+        print(f"wrote {path}, {', '.join(p.name for p in plots)}")
+    # The tables last: a page rendered before a family's JSON is written would mark it dirty.
+    tables = [name for path in written for name in render.write_tables(path)]
+    if tables:
+        print(f"rewrote the tables {', '.join(tables)}")
 
 
 def result_stem(quick: bool, family: str, residual: bool) -> str:
