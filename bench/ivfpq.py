@@ -449,7 +449,7 @@ def main() -> None:
         summaries[result.name] = dataset_summaries
         del data
 
-    written: list[Path] = []
+    written: list[tuple[Path, dict]] = []
     for family in args.families:  # one JSON per family, as its table in docs/PERFORMANCE.md
         stem = result_stem(args.quick, family, args.fs_residual) + (f"_{args.tag}" if args.tag else "")
         path = report.RESULTS_DIR / f"{stem}.json"
@@ -458,12 +458,13 @@ def main() -> None:
                    "summaries": {name: [s for s in listed if s and s["family"] == family]
                                  for name, listed in summaries.items()},
                    "equal_recall": {r.name: summarize_equal_recall(r, family) for r in rows}}
-        record = report.write_result(path, payload, threads=max(args.threads))
-        plots = ivfpq_results.plot_result(path, record)
-        written.append(path)
-        print(f"wrote {path}, {', '.join(p.name for p in plots)}")
-    # The tables last: a page rendered before a family's JSON is written would mark it dirty.
-    tables = [name for path in written for name in render.write_tables(path)]
+        written.append((path, report.write_result(path, payload, threads=max(args.threads))))
+        print(f"wrote {path}")
+    # Plots and tables last: a tracked file rewritten before a family's JSON is written would
+    # mark that JSON's tree dirty.
+    for path, record in written:
+        print(f"drew {', '.join(p.name for p in ivfpq_results.plot_result(path, record))}")
+    tables = [name for path, _ in written for name in render.write_tables(path)]
     if tables:
         print(f"rewrote the tables {', '.join(tables)}")
 
