@@ -255,6 +255,29 @@ TEST_P(Kernels, GemmPackedMatchesDoubleOnOddSizes) {
       }
 }
 
+TEST_P(Kernels, PackColumnsTransposesScatteredRowsIntoPanels) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(12);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 7, 8, 33, 70})
+    for (int k : {1, 7, 8, 13, 16, 64, 67}) {
+      std::vector<std::vector<float>> storage(n, std::vector<float>(k));  // rows apart in memory
+      std::vector<const float*> rows(n);
+      for (int i = 0; i < n; ++i) {
+        for (float& v : storage[i]) v = normal(rng);
+        rows[i] = storage[i].data();
+      }
+      std::vector<float> packed(simd::packed_size(n, k), -12345.0f);
+      kern.pack_columns(n, k, rows.data(), packed.data());
+      for (size_t e = 0; e < packed.size(); ++e) {  // packed[(p k + t) kPanel + j] = row p kPanel + j
+        const idx_t p = e / (static_cast<size_t>(k) * simd::kPanel);
+        const int t = static_cast<int>(e / simd::kPanel % k), j = static_cast<int>(e % simd::kPanel);
+        const idx_t row = p * simd::kPanel + j;
+        ASSERT_EQ(packed[e], row < n ? storage[row][t] : 0.0f) << "n=" << n << " k=" << k << " at " << e;
+      }
+    }
+}
+
 TEST_P(Kernels, GemmArgminFindsTheSmallestColumnOnTies) {
   const simd::Kernels& kern = simd::kernels_for(GetParam());
   std::mt19937_64 rng(13);
