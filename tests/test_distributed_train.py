@@ -33,7 +33,10 @@ FLAGS = [f"--max_iters={STEPS}", "--eval_interval=2", "--checkpoint_interval=2",
 LOSS_RTOL, GRAD_NORM_RTOL, WEIGHT_ATOL = 1e-5, 1e-3, 1e-5
 # Adam divides by sqrt(v): where a gradient is near zero, a summation-order difference can move a
 # weight by a good part of one step (lr 3e-3). CI saw 1 element of 16384 at 1.27e-5 (DDP, grad_accum
-# 2). So: 99.9% of each tensor within WEIGHT_ATOL, every element within a tenth of one Adam step.
+# 2), and 1 of the 64 of a CCA key bias (transformer.h.1.cross.c_k.bias, DDP, AVX2): a key bias has
+# no gradient in exact arithmetic (a shift shared by every key leaves the softmax as it is), so Adam
+# follows its rounding noise. So: 99.9% of each tensor, and all but one element of a small one,
+# within WEIGHT_ATOL; every element within a tenth of one Adam step.
 WEIGHT_OUTLIER_FRACTION, WEIGHT_OUTLIER_ATOL = 1e-3, 3e-4
 
 
@@ -65,12 +68,13 @@ def assert_same_run(got, expected) -> None:
 
 
 def assert_close_weights(name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Every element within WEIGHT_OUTLIER_ATOL, all but WEIGHT_OUTLIER_FRACTION within WEIGHT_ATOL."""
+    """Every element within WEIGHT_OUTLIER_ATOL; all but WEIGHT_OUTLIER_FRACTION of them (at least
+    one) within WEIGHT_ATOL."""
     assert got.shape == expected.shape, name
     error = (got.double() - expected.double()).abs()
     assert error.max().item() <= WEIGHT_OUTLIER_ATOL, (name, error.max().item())
     outliers = (error > WEIGHT_ATOL).sum().item()
-    assert outliers <= WEIGHT_OUTLIER_FRACTION * error.numel(), (name, outliers, error.numel())
+    assert outliers <= max(1.0, WEIGHT_OUTLIER_FRACTION * error.numel()), (name, outliers, error.numel())
 
 
 @pytest.fixture(scope="module")
