@@ -509,3 +509,20 @@ def test_rotary_cross_attentions_start_local(locality, offset):
         make_config(cross_locality=float("nan"))
     with pytest.raises(ValueError, match="cca_locality_offset"):
         make_config(cca_locality_offset=-1)
+
+
+def test_cross_local_heads_start_only_the_first_heads_local():
+    """cross_local_heads=1: head 0 of each cross-attention gets the local biases of the default
+    (all heads), every other head zero biases (uniform at first); a negative count is refused."""
+    every = make_model(enc_n_embd=8, enc_n_head=2)
+    one = make_model(cross_local_heads=1, enc_n_embd=8, enc_n_head=2)
+    for name in ("transformer.h.1.cross", "encoder.h.0.cross"):
+        full, part = every.get_submodule(name), one.get_submodule(name)
+        dh = part.c_q.out_features // part.n_head
+        assert part.n_head > 1
+        for bias in ("c_q", "c_k"):
+            b_full, b_part = getattr(full, bias).bias, getattr(part, bias).bias
+            torch.testing.assert_close(b_part[:dh], b_full[:dh])
+            assert b_full[dh:].any() and not b_part[dh:].any()
+    with pytest.raises(ValueError, match="cross_local_heads"):
+        make_config(cross_local_heads=-1)

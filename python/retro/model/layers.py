@@ -69,7 +69,7 @@ class Attention(nn.Module):
         self.rope_base = rope_base  # > 0: rotary positions (0: none)
         self.chunk_size = config.chunk_size
 
-    def start_local(self, score: float, offset: int = 0) -> None:
+    def start_local(self, score: float, offset: int = 0, heads: int | None = None) -> None:
         """Initialises the query and key biases of a rotary attention so that, whatever the
         content, a query's initial score is `score` for the key at relative distance `offset`
         (key position minus query position) and falls off with distance from it: the query bias
@@ -77,17 +77,19 @@ class Attention(nn.Module):
         sum_i cos(theta_i * (distance - offset)) / sqrt(Dh), at most b^2 * Dh / 2 / sqrt(Dh)).
         Without it the biases start at 0 and a cross-attention starts uniform over its 2m keys:
         finding the one aligned position then takes a long plateau
-        (bench/results/copy_task*.json). No effect without rotary positions, biases or with
-        score 0."""
+        (bench/results/copy_task*.json). Only the first `heads` heads start local (None: all);
+        the others keep zero biases. No effect without rotary positions, biases or with score
+        0."""
         if not self.rope_base or self.c_q.bias is None or score <= 0:
             return
         dh = self.c_q.out_features // self.n_head
         value = math.sqrt(2.0 * score / math.sqrt(dh))
         per_head = torch.cat([torch.full((dh // 2,), value), torch.zeros(dh // 2)])
         key = apply_rope(per_head.view(1, 1, dh), torch.tensor([-offset]), self.rope_base)
+        local = self.n_head if heads is None else min(heads, self.n_head)
         with torch.no_grad():
-            self.c_q.bias.copy_(per_head.repeat(self.n_head))
-            self.c_k.bias.copy_(key.flatten().repeat(self.n_head))
+            self.c_q.bias[:local * dh].copy_(per_head.repeat(local))
+            self.c_k.bias[:local * dh].copy_(key.flatten().repeat(local))
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., N, n_embd) -> queries (..., N, H, Dh)."""
