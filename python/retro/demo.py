@@ -223,6 +223,9 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     fields = {**DEMO_MODEL, **DEMO_RETRIEVAL, "vocab_size": _round_up(db.tokenizer.vocab_size, 64),
               "block_size": db.block_size, **config.model_args}
     retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
+    # the GPT takes only the decoder's overrides: one of retrieval keeps the trained GPT reusable
+    gpt_fields = {key: value for key, value in fields.items()
+                  if key in DECODER_FIELDS or key not in config.model_args}
 
     def plan(kind: str, steps: int, learning_rate: float, **settings: Any) -> TrainConfig:
         """The run OUT/kind of steps optimizer steps."""
@@ -241,7 +244,7 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     start = (dict(init_from=str(out / "gpt"), freeze=True, model_args=retrieval)
              if config.retro_init == "gpt" else dict(model_args=fields))
     plans = {
-        "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=fields),
+        "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=gpt_fields),
         "retro": plan("retro", config.retro_steps, config.retro_learning_rate,
                       copy_fraction=config.copy_fraction, **copy_tokens, **start),
     }
