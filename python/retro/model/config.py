@@ -55,6 +55,10 @@ class RetroConfig:
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
     enc_n_head: int | None = None  # None: n_head
+    # the encoder's input at neighbour token j adds a learned projection of token j-1's embedding:
+    # a CCA query can then find "the token after mine" in a neighbour by content, at any offset
+    # (an induction head whose previous-token half is built in)
+    enc_previous_token: bool = False
     # training: recompute each block's activations in the backward pass (memory for compute)
     activation_checkpointing: bool = False
 

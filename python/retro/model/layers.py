@@ -262,6 +262,9 @@ class Encoder(nn.Module):
         self.c_in = None
         if width != config.n_embd:
             self.c_in = nn.Linear(config.n_embd, width, bias=config.bias)
+        # RetroConfig.enc_previous_token: token j-1's embedding, projected, added at token j
+        self.c_previous = (nn.Linear(config.n_embd, width, bias=False)
+                           if config.enc_previous_token else None)
         self.ln_context = nn.LayerNorm(config.n_embd, bias=config.bias)  # on the residual stream
         self.h = nn.ModuleList(
             Block(config, width, NeighbourSelfAttention(config),
@@ -274,8 +277,11 @@ class Encoder(nn.Module):
                 context: torch.Tensor) -> torch.Tensor:
         """x (B, L, K, R, C) embedded neighbour tokens; nbr_lens (B, L, K) int32; context
         (B, Tc, C) decoder states with chunk l at positions l*m .. l*m+m-1 -> (B, L, K, R, D)."""
+        before = F.pad(x[..., :-1, :], (0, 0, 1, 0)) if self.c_previous is not None else None
         if self.c_in is not None:
             x = self.c_in(x)
+        if self.c_previous is not None:
+            x = x + self.c_previous(before)  # token j-1 at j, nothing before token 0
         context = self.ln_context(context)
         for block in self.h:
             x = run_block(block, self.recompute, x, (nbr_lens,),
