@@ -141,13 +141,17 @@ def test_a_text_copy_sample_reads_its_own_continuation(samples):
                 np.testing.assert_array_equal(nbr_tokens[u, s, m:m + n], nxt[:n])
 
 
-def test_shifted_text_copy_samples_hold_their_own_text_at_another_offset(samples):
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_shifted_text_copy_samples_hold_their_own_text_at_another_offset(samples, share):
     """copy_shift: chunk u's own-text neighbour is the 2m tokens from u * m + s on, s in
-    0 .. shift drawn per chunk, cut at the first eod (TokenStream.own_neighbours' shifts)."""
+    0 .. shift drawn per chunk, cut at the first eod (TokenStream.own_neighbours' shifts); with
+    copy_shift_share 0.5 about half the chunks stay aligned (s = 0)."""
     shift = 5
-    text = CopyCurriculum(samples, 1.0, seed=4, k=K, tokens="text", shift=shift)
+    text = CopyCurriculum(samples, 1.0, seed=4, k=K, tokens="text", shift=shift,
+                          shift_share=share)
     stream, m, eod = samples.stream, samples.stream.chunk_size, samples.eod_id
-    drawn = set()
+    drawn: set[int] = set()
+    aligned = chunks = 0
     for j in range(min(len(samples), 12)):
         _, _, nbr_tokens, nbr_lens = text[j]
         n_chunks = len(nbr_lens)
@@ -164,7 +168,11 @@ def test_shifted_text_copy_samples_hold_their_own_text_at_another_offset(samples
                           and (nbr_tokens[u, slot] == expected).all()}
             assert found, f"sample {j} chunk {u}: no slot holds its own text at offset 0..{shift}"
             drawn |= found
+            aligned += found == {0}
+            chunks += 1
     assert drawn == set(range(shift + 1))  # every offset occurs
+    if share < 1.0:
+        assert 0.25 <= aligned / chunks <= 0.75, (aligned, chunks)
 
 
 def test_own_neighbours_shifted_by_zero_are_the_aligned_ones_and_bad_shifts_are_refused(samples):
@@ -183,3 +191,8 @@ def test_own_neighbours_shifted_by_zero_are_the_aligned_ones_and_bad_shifts_are_
         CopyCurriculum(samples, 0.5, seed=4, k=K, tokens="stream", shift=3)
     with pytest.raises(ValueError, match="copy_shift"):
         TrainConfig(db="db", out="run", copy_fraction=0.5, copy_shift=3)  # copy_tokens "stream"
+    with pytest.raises(ValueError, match="shift's share"):
+        CopyCurriculum(samples, 0.5, seed=4, k=K, tokens="text", shift=3, shift_share=1.5)
+    with pytest.raises(ValueError, match="copy_shift_share"):
+        TrainConfig(db="db", out="run", copy_fraction=0.5, copy_tokens="text", copy_shift=3,
+                    copy_shift_share=-0.1)

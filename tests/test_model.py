@@ -509,3 +509,50 @@ def test_rotary_cross_attentions_start_local(locality, offset):
         make_config(cross_locality=float("nan"))
     with pytest.raises(ValueError, match="cca_locality_offset"):
         make_config(cca_locality_offset=-1)
+
+
+def test_cross_local_heads_start_only_the_first_heads_local():
+    """cross_local_heads=1: head 0 of each cross-attention gets the local biases of the default
+    (all heads), every other head zero biases (uniform at first); a negative count is refused."""
+    every = make_model(enc_n_embd=8, enc_n_head=2)
+    one = make_model(cross_local_heads=1, enc_n_embd=8, enc_n_head=2)
+    for name in ("transformer.h.1.cross", "encoder.h.0.cross"):
+        full, part = every.get_submodule(name), one.get_submodule(name)
+        dh = part.c_q.out_features // part.n_head
+        assert part.n_head > 1
+        for bias in ("c_q", "c_k"):
+            b_full, b_part = getattr(full, bias).bias, getattr(part, bias).bias
+            torch.testing.assert_close(b_part[:dh], b_full[:dh])
+            assert b_full[dh:].any() and not b_part[dh:].any()
+    with pytest.raises(ValueError, match="cross_local_heads"):
+        make_config(cross_local_heads=-1)
+
+
+def test_encoder_previous_token_feature_adds_token_j_minus_1_at_j():
+    """enc_previous_token: the encoder's input at neighbour token j gains c_previous(embedding of
+    token j - 1) (nothing at token 0); with c_previous zeroed the model is the one without it."""
+    torch.manual_seed(0)
+    with_feature = make_model(enc_previous_token=True, enc_n_embd=8, enc_n_head=2)
+    plain = make_model(enc_n_embd=8, enc_n_head=2)
+    missing, unexpected = plain.load_state_dict(with_feature.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["encoder.c_previous.weight"]
+    idx, nbr_tokens, nbr_lens = make_batch(make_config())
+    assert not torch.allclose(logits(with_feature, idx, nbr_tokens, nbr_lens),
+                              logits(plain, idx, nbr_tokens, nbr_lens))
+    with torch.no_grad():
+        with_feature.encoder.c_previous.weight.zero_()
+    torch.testing.assert_close(logits(with_feature, idx, nbr_tokens, nbr_lens),
+                               logits(plain, idx, nbr_tokens, nbr_lens))
+    encoder = with_feature.encoder
+    dtype = encoder.c_in.weight.dtype
+    x = torch.randn(1, 2, 1, 5, with_feature.config.n_embd, dtype=dtype)  # (B, L, K, R, C)
+    context = torch.randn(1, 2 * with_feature.config.chunk_size, with_feature.config.n_embd,
+                          dtype=dtype)
+    seen = []
+    encoder.h[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        encoder.c_previous.weight.normal_()
+        encoder(x, torch.full((1, 2, 1), 5, dtype=torch.int32), context)
+        expected = encoder.c_in(x)
+        expected[..., 1:, :] += x[..., :-1, :] @ encoder.c_previous.weight.T
+    torch.testing.assert_close(seen[0], expected)

@@ -74,6 +74,7 @@ class DemoConfig:
     copy_fraction: float = 0.5  # share of RETRO's samples that are copy samples (curriculum)
     copy_tokens: str = "text"  # what a copy sample is (TrainConfig.copy_tokens)
     copy_shift: int = 0  # text copy samples: own text up to this many tokens off its chunk
+    copy_shift_share: float = 1.0  # with copy_shift: the share of chunks shifted (1 .. copy_shift)
     batch_size: int = 16  # samples per step
     learning_rate: float = 2e-3  # peak learning rate of the GPT
     # peak learning rate of RETRO: 1e-3 reads more and ties the GPT in the strict setting where
@@ -105,6 +106,8 @@ class DemoConfig:
         if self.copy_shift < 0 or (self.copy_shift and self.copy_tokens != "text"):
             raise RetroError(f"copy_shift must be >= 0, and > 0 only with copy_tokens 'text', not "
                              f"{self.copy_shift} with {self.copy_tokens!r}")
+        if not 0.0 <= self.copy_shift_share <= 1.0:
+            raise RetroError(f"copy_shift_share must be in [0, 1], not {self.copy_shift_share}")
         for name in ("learning_rate", "retro_learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -220,6 +223,9 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     fields = {**DEMO_MODEL, **DEMO_RETRIEVAL, "vocab_size": _round_up(db.tokenizer.vocab_size, 64),
               "block_size": db.block_size, **config.model_args}
     retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
+    # the GPT takes only the decoder's overrides: one of retrieval keeps the trained GPT reusable
+    gpt_fields = {key: value for key, value in fields.items()
+                  if key in DECODER_FIELDS or key not in config.model_args}
 
     def plan(kind: str, steps: int, learning_rate: float, **settings: Any) -> TrainConfig:
         """The run OUT/kind of steps optimizer steps."""
@@ -232,12 +238,13 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
                            **settings)
 
     # copy_tokens only matters with copy samples (runs without them stay reusable)
-    copy_tokens = (dict(copy_tokens=config.copy_tokens, copy_shift=config.copy_shift)
+    copy_tokens = (dict(copy_tokens=config.copy_tokens, copy_shift=config.copy_shift,
+                        copy_shift_share=config.copy_shift_share)
                    if config.copy_fraction else {})
     start = (dict(init_from=str(out / "gpt"), freeze=True, model_args=retrieval)
              if config.retro_init == "gpt" else dict(model_args=fields))
     plans = {
-        "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=fields),
+        "gpt": plan("gpt", config.gpt_steps, config.learning_rate, model_args=gpt_fields),
         "retro": plan("retro", config.retro_steps, config.retro_learning_rate,
                       copy_fraction=config.copy_fraction, **copy_tokens, **start),
     }
@@ -457,6 +464,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--copy-shift", type=int, default=defaults.copy_shift,
                         help="text copy samples: their own text starts up to this many tokens "
                              "into the chunk (retro train --copy_shift; 0: aligned)")
+    parser.add_argument("--copy-shift-share", type=float, default=defaults.copy_shift_share,
+                        help="with --copy-shift: the share of chunks whose own text is shifted "
+                             "(by 1 .. copy-shift tokens), the others aligned; 1: every chunk by "
+                             "0 .. copy-shift (retro train --copy_shift_share)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                         help="peak learning rate of the GPT")
@@ -484,6 +495,7 @@ def run_demo(args: Any) -> int:
         block_size=args.block_size, gpt_steps=args.gpt_steps, retro_init=args.retro_init,
         retro_steps=args.retro_steps, copy_fraction=args.copy_fraction,
         copy_tokens=args.copy_tokens, copy_shift=args.copy_shift,
+        copy_shift_share=args.copy_shift_share,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, retro_learning_rate=args.retro_learning_rate,
         model_args=parse_model_args(args.model_arg), threads=args.threads or os.cpu_count(),

@@ -44,6 +44,10 @@ class RetroConfig:
     # token's initial score is this much at relative distance 0 and falls off with distance
     # (0: zero biases, attention uniform at first). Only the initialisation: see the module docstring
     cross_locality: float = 8.0
+    # the heads of each cross-attention that start local (the first ones); None: all. The others
+    # start uniform over the neighbour: ready to read text at any offset, as a fact sits in a
+    # neighbour of another document
+    cross_local_heads: int | None = None
     # the relative distance CCA's local start peaks at: 1 is the token a query predicts in an
     # aligned neighbour (C_u then C_{u+1}), 0 its own token; the encoder's cross-attention peaks at 0
     cca_locality_offset: int = 1
@@ -51,6 +55,10 @@ class RetroConfig:
     enc_n_layer: int = 2  # bidirectional layers; the first also cross-attends to the decoder
     enc_n_embd: int | None = None  # None: n_embd; else an input projection n_embd -> enc_n_embd
     enc_n_head: int | None = None  # None: n_head
+    # the encoder's input at neighbour token j adds a learned projection of token j-1's embedding:
+    # a CCA query can then find "the token after mine" in a neighbour by content, at any offset
+    # (an induction head whose previous-token half is built in)
+    enc_previous_token: bool = False
     # training: recompute each block's activations in the backward pass (memory for compute)
     activation_checkpointing: bool = False
 
@@ -82,6 +90,8 @@ class RetroConfig:
         _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}")
         _require(math.isfinite(self.cross_locality) and self.cross_locality >= 0.0,
                  f"cross_locality must be a finite number >= 0, not {self.cross_locality}")
+        _require(self.cross_local_heads is None or self.cross_local_heads >= 0,
+                 f"cross_local_heads must be None or >= 0, not {self.cross_local_heads}")
         _require(math.isfinite(self.cca_output_scale) and self.cca_output_scale > 0.0,
                  f"cca_output_scale must be a finite number > 0, not {self.cca_output_scale}")
         _require(0 <= self.cca_locality_offset < self.nbr_len,

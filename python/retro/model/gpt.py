@@ -54,9 +54,10 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         for module in self.modules():  # the cross-attentions start local (RetroConfig.cross_locality)
             if isinstance(module, ChunkedCrossAttention):
-                module.start_local(config.cross_locality, config.cca_locality_offset)
+                module.start_local(config.cross_locality, config.cca_locality_offset,
+                                   config.cross_local_heads)
             elif isinstance(module, NeighbourCrossAttention):
-                module.start_local(config.cross_locality)
+                module.start_local(config.cross_locality, heads=config.cross_local_heads)
 
     def _cca_layers(self) -> tuple[int, ...]:
         """0-based decoder layers with CCA: none in GPT."""

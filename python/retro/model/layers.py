@@ -69,7 +69,7 @@ class Attention(nn.Module):
         self.rope_base = rope_base  # > 0: rotary positions (0: none)
         self.chunk_size = config.chunk_size
 
-    def start_local(self, score: float, offset: int = 0) -> None:
+    def start_local(self, score: float, offset: int = 0, heads: int | None = None) -> None:
         """Initialises the query and key biases of a rotary attention so that, whatever the
         content, a query's initial score is `score` for the key at relative distance `offset`
         (key position minus query position) and falls off with distance from it: the query bias
@@ -77,17 +77,19 @@ class Attention(nn.Module):
         sum_i cos(theta_i * (distance - offset)) / sqrt(Dh), at most b^2 * Dh / 2 / sqrt(Dh)).
         Without it the biases start at 0 and a cross-attention starts uniform over its 2m keys:
         finding the one aligned position then takes a long plateau
-        (bench/results/copy_task*.json). No effect without rotary positions, biases or with
-        score 0."""
+        (bench/results/copy_task*.json). Only the first `heads` heads start local (None: all);
+        the others keep zero biases. No effect without rotary positions, biases or with score
+        0."""
         if not self.rope_base or self.c_q.bias is None or score <= 0:
             return
         dh = self.c_q.out_features // self.n_head
         value = math.sqrt(2.0 * score / math.sqrt(dh))
         per_head = torch.cat([torch.full((dh // 2,), value), torch.zeros(dh // 2)])
         key = apply_rope(per_head.view(1, 1, dh), torch.tensor([-offset]), self.rope_base)
+        local = self.n_head if heads is None else min(heads, self.n_head)
         with torch.no_grad():
-            self.c_q.bias.copy_(per_head.repeat(self.n_head))
-            self.c_k.bias.copy_(key.flatten().repeat(self.n_head))
+            self.c_q.bias[:local * dh].copy_(per_head.repeat(local))
+            self.c_k.bias[:local * dh].copy_(key.flatten().repeat(local))
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., N, n_embd) -> queries (..., N, H, Dh)."""
@@ -260,6 +262,9 @@ class Encoder(nn.Module):
         self.c_in = None
         if width != config.n_embd:
             self.c_in = nn.Linear(config.n_embd, width, bias=config.bias)
+        # RetroConfig.enc_previous_token: token j-1's embedding, projected, added at token j
+        self.c_previous = (nn.Linear(config.n_embd, width, bias=False)
+                           if config.enc_previous_token else None)
         self.ln_context = nn.LayerNorm(config.n_embd, bias=config.bias)  # on the residual stream
         self.h = nn.ModuleList(
             Block(config, width, NeighbourSelfAttention(config),
@@ -272,8 +277,11 @@ class Encoder(nn.Module):
                 context: torch.Tensor) -> torch.Tensor:
         """x (B, L, K, R, C) embedded neighbour tokens; nbr_lens (B, L, K) int32; context
         (B, Tc, C) decoder states with chunk l at positions l*m .. l*m+m-1 -> (B, L, K, R, D)."""
+        before = F.pad(x[..., :-1, :], (0, 0, 1, 0)) if self.c_previous is not None else None
         if self.c_in is not None:
             x = self.c_in(x)
+        if self.c_previous is not None:
+            x = x + self.c_previous(before)  # token j-1 at j, nothing before token 0
         context = self.ln_context(context)
         for block in self.h:
             x = run_block(block, self.recompute, x, (nbr_lens,),

@@ -28,9 +28,9 @@ COPY_TOKENS = ("text", "stream", "uniform")
 # Settings a resumed run must keep: they decide the model, the data order or the optimisation.
 # (batch_size and grad_accum may change with the world size: their product with it may not.)
 RESUME_FIXED = ("model", "preset", "model_args", "init_from", "freeze", "cca_start_ratio",
-                "copy_fraction",
-                "copy_tokens", "copy_shift", "copy_distractors", "seed", "learning_rate", "min_lr_ratio",
-                "warmup_iters", "weight_decay", "beta1", "beta2", "grad_clip")
+                "copy_fraction", "copy_tokens", "copy_shift", "copy_shift_share",
+                "copy_distractors", "seed", "learning_rate", "min_lr_ratio", "warmup_iters",
+                "weight_decay", "beta1", "beta2", "grad_clip")
 
 
 @dataclass
@@ -58,6 +58,9 @@ class TrainConfig:
     # text copy samples: each own-text neighbour starts a random 0 .. copy_shift tokens into its
     # chunk, so that copying means finding the text by content (0: aligned, at a fixed offset)
     copy_shift: int = 0
+    # with copy_shift: the share of chunks shifted (by 1 .. copy_shift), the others aligned;
+    # 1: every chunk by 0 .. copy_shift
+    copy_shift_share: float = 1.0
     resume: bool = False  # continue the run in `out` from its checkpoint
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate
     max_iters: int = 2000  # optimizer steps
@@ -118,6 +121,8 @@ class TrainConfig:
         _check(self.copy_shift == 0 or (self.copy_shift > 0 and self.copy_tokens == "text"),
                f"copy_shift must be >= 0, and > 0 only with copy_tokens='text', not "
                f"{self.copy_shift} with {self.copy_tokens!r}")
+        _check(0.0 <= self.copy_shift_share <= 1.0,
+               f"copy_shift_share must be in [0, 1], not {self.copy_shift_share}")
         _check(0.0 <= self.min_lr_ratio <= 1.0,
                f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
         _check(self.freeze is False or self.init_from is not None,

@@ -45,7 +45,8 @@ class CopyCurriculum(TrainingSamples):
     """
 
     def __init__(self, samples: SampleDataset, fraction: float, seed: int, k: int,
-                 tokens: str = "stream", distractors: bool = True, shift: int = 0) -> None:
+                 tokens: str = "stream", distractors: bool = True, shift: int = 0,
+                 shift_share: float = 1.0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"the copy curriculum's fraction must be in [0, 1], not {fraction}")
         if tokens not in COPY_TOKENS:
@@ -57,7 +58,9 @@ class CopyCurriculum(TrainingSamples):
         if not 0 <= shift <= samples.stream.chunk_size or (shift and tokens != "text"):
             raise ValueError(f"the copy shift must be in 0..{samples.stream.chunk_size}, and "
                              f"needs text copy samples; got {shift} with {tokens!r}")
-        self.shift = shift
+        if not 0.0 <= shift_share <= 1.0:
+            raise ValueError(f"the copy shift's share must be in [0, 1], not {shift_share}")
+        self.shift, self.shift_share = shift, shift_share
         self.tokens = tokens
         stream = samples.stream
         self.pool = (np.asarray(stream.tokens) if tokens != "uniform" else
@@ -73,22 +76,24 @@ class CopyCurriculum(TrainingSamples):
         stream = self.samples.stream
         if self.tokens == "text":
             return self_reading_sample(rng, self.samples[j], stream, j, self.samples.eod_id,
-                                       self.distractors, self.shift)
+                                       self.distractors, self.shift, self.shift_share)
         return copy_sample(rng, self.pool, self.samples.eod_id, stream.block_size,
                            stream.chunk_size, self.k, self.distractors)
 
 
 def self_reading_sample(rng: np.random.Generator, sample: tuple[np.ndarray, ...],
                         stream: TokenStream, j: int, eod_id: int,
-                        distractors: bool = True, shift: int = 0) -> tuple[np.ndarray, ...]:
+                        distractors: bool = True, shift: int = 0,
+                        shift_share: float = 1.0) -> tuple[np.ndarray, ...]:
     """Real sample j (idx, targets, nbr_tokens (L, k, 2m), nbr_lens (L, k), as SampleDataset
     gives it) with its own neighbours (TokenStream.own_neighbours, each starting a random 0 ..
-    shift tokens into its chunk) in one random slot of each chunk, its retrieved neighbours in
-    the others (without distractors: in every slot). Its targets from position m - 1 on can be
-    copied; those of chunk 0 stay, as no neighbour holds them."""
+    shift tokens into its chunk; with shift_share < 1, a random 1 .. shift tokens for that share
+    of the chunks and 0 for the others) in one random slot of each chunk, its retrieved
+    neighbours in the others (without distractors: in every slot). Its targets from position
+    m - 1 on can be copied; those of chunk 0 stay, as no neighbour holds them."""
     idx, targets, nbr_tokens, nbr_lens = (np.array(x) for x in sample)
     n_chunks, k = nbr_lens.shape
-    shifts = np.asarray(rng.integers(0, shift + 1, size=n_chunks)) if shift else None
+    shifts = _shifts(rng, n_chunks, shift, shift_share) if shift else None
     own, own_lens = stream.own_neighbours(j, eod_id, shifts)
     slots = np.asarray(rng.integers(0, k, size=n_chunks)).tolist()
     for u in range(n_chunks):
@@ -96,6 +101,15 @@ def self_reading_sample(rng: np.random.Generator, sample: tuple[np.ndarray, ...]
         nbr_tokens[u, slot] = own[u]
         nbr_lens[u, slot] = own_lens[u]
     return idx, targets, nbr_tokens, nbr_lens
+
+
+def _shifts(rng: np.random.Generator, n_chunks: int, shift: int, share: float) -> np.ndarray:
+    """(n_chunks,) int64 offsets: uniform in 0 .. shift (share 1, the draws of the first
+    curriculum), or 1 .. shift for a random share of the chunks and 0 for the others."""
+    if share == 1.0:
+        return np.asarray(rng.integers(0, shift + 1, size=n_chunks))
+    shifted = rng.random(n_chunks) < share
+    return np.where(shifted, rng.integers(1, shift + 1, size=n_chunks), 0)
 
 
 def copy_sample(rng: np.random.Generator, pool: np.ndarray, eod_id: int, block_size: int,

@@ -9,7 +9,8 @@ tokens), the forward pass costs:
   12 C^2 each on T tokens, lm_head C V on T; CCA's q and out projections (2 C^2) on T, its k and v
   (2 C D) on the N neighbour tokens; encoder blocks 12 D^2 each on N, the first block's
   cross-attention q and out (2 D^2) on N and k, v (2 C D) on the T decoder states; the encoder's
-  input projection C D on N when D != C. Biases, LayerNorms and embedding look-ups are not matmuls.
+  input projection C D on N when D != C, and its previous-token projection C D on N
+  (enc_previous_token). Biases, LayerNorms and embedding look-ups are not matmuls.
 - attention: 4 x width x (query-key pairs), for q k^T and p v. Causal self-attention T (T + 1) / 2
   pairs per layer (PaLM's 6 N + 12 n_layer C T counts T^2; the causal half is what a flash kernel
   computes, and how the issue's nanoGPT MFU is counted); CCA (T - m + 1) K R per layer (tokens
@@ -50,7 +51,7 @@ def forward_flops(config: RetroConfig, retrieval: bool, seq_len: int | None = No
     n_nbr_tokens = n_chunks * k * r
     n_cca = len(config.retro_layers)
     attending = max(0, min(t, n_chunks * m + m - 1) - (m - 1))  # tokens with a chunk to attend to
-    encoder_input = 2 * c * d * n_nbr_tokens if d != c else 0
+    encoder_input = 2 * c * d * n_nbr_tokens * ((d != c) + config.enc_previous_token)
     cross_kv = 2 * 2 * c * d * t  # the first encoder block's keys and values of the decoder states
     return {
         **parts,

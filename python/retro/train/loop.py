@@ -107,7 +107,8 @@ def _train(config: TrainConfig, world: World) -> Path:
     if config.copy_fraction:
         train_set = CopyCurriculum(train_samples, config.copy_fraction, config.seed,
                                    plain.config.n_nbrs, config.copy_tokens,
-                                   config.copy_distractors, config.copy_shift)
+                                   config.copy_distractors, config.copy_shift,
+                                   config.copy_shift_share)
     valid_set = SampleDataset(db.root, "valid", with_neighbours)
     global_batch = config.batch_size * world.size  # samples per micro-batch over all ranks
     # validation batches of a step's samples: the same set for any split of the global batch
