@@ -101,17 +101,24 @@ void scan_tile(Metric metric, idx_t q0, idx_t q1, const float* x, idx_t ldx, con
   }
 }
 
-// k == 1 (k-means assignment, encoding): the GEMM fused with the argmin.
+// The fused GEMM + argmin over every packed vector for at most kArgminRows rows of x: best (rows,)
+// the smallest distance without ||x||^2, labels (rows,) its index.
+constexpr idx_t kArgminRows = 256;
+
+void argmin_rows(Metric metric, idx_t rows, const float* x, idx_t ldx, const PackedVectors& base,
+                 float* best, idx_t* labels) {
+  const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
+  simd::kernels().gemm_argmin(rows, base.n(), base.d(), x, ldx, base.panels(),
+                              base.argmin_bias(metric), alpha, best, labels);
+}
+
+// k == 1 (k-means assignment, encoding): the GEMM fused with the argmin, blocks over threads.
 void nearest(Metric metric, idx_t nq, const float* x, idx_t ldx, const float* qnorms,
              const PackedVectors& base, float* distances, idx_t* labels) {
-  const simd::Kernels& kern = simd::kernels();
-  const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
-  constexpr idx_t kRows = 256;
-#pragma omp parallel for schedule(dynamic) if (nq > kRows)
-  for (idx_t q0 = 0; q0 < nq; q0 += kRows) {
-    const idx_t rows = std::min(kRows, nq - q0);
-    kern.gemm_argmin(rows, base.n(), base.d(), x + q0 * ldx, ldx, base.panels(),
-                     base.argmin_bias(metric), alpha, distances + q0, labels + q0);
+#pragma omp parallel for schedule(dynamic) if (nq > kArgminRows)
+  for (idx_t q0 = 0; q0 < nq; q0 += kArgminRows) {
+    const idx_t rows = std::min(kArgminRows, nq - q0);
+    argmin_rows(metric, rows, x + q0 * ldx, ldx, base, distances + q0, labels + q0);
     for (idx_t q = q0; q < q0 + rows; ++q) distances[q] += qnorms[q];
   }
 }
@@ -120,13 +127,10 @@ void nearest(Metric metric, idx_t nq, const float* x, idx_t ldx, const float* qn
 
 void nearest_labels(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base,
                     idx_t* labels) {
-  const simd::Kernels& kern = simd::kernels();
-  const float alpha = metric == Metric::L2 ? -2.0f : -1.0f;
-  constexpr idx_t kRows = 256;
-  float best[kRows];
-  for (idx_t q0 = 0; q0 < nq; q0 += kRows)
-    kern.gemm_argmin(std::min(kRows, nq - q0), base.n(), base.d(), x + q0 * ldx, ldx,
-                     base.panels(), base.argmin_bias(metric), alpha, best, labels + q0);
+  float best[kArgminRows];
+  for (idx_t q0 = 0; q0 < nq; q0 += kArgminRows)
+    argmin_rows(metric, std::min(kArgminRows, nq - q0), x + q0 * ldx, ldx, base, best,
+                labels + q0);
 }
 
 void knn(Metric metric, idx_t nq, const float* x, idx_t ldx, const PackedVectors& base, idx_t k,
