@@ -442,7 +442,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, str | None]:
 def add_parser(subparsers: Any) -> None:
     """``retro demo [--out DIR] [--gpt-steps N] [--retro-steps N] ...``"""
     parser = subparsers.add_parser(
-        "demo", help="the whole chain on the default data (~14 min on 2 cores)",
+        "demo", help="the whole chain on the default data (~15 min on 2 cores with bf16)",
         description=__doc__.split("\n")[0])  # retro.cli.show_defaults adds the defaults
     defaults = DemoConfig()
     parser.add_argument("--out", default=defaults.out,
