@@ -60,6 +60,7 @@ TABLES = (
           bench("ivfpq_results", "markdown_fast_scan", False)),
     Table("ops-cpu", PERFORMANCE_MD, "ops_cpu.json", bench("ops", "markdown")),
     Table("ops-cpu-avx2", PERFORMANCE_MD, "ops_cpu_avx2.json", bench("ops", "markdown")),
+    Table("ops-cpu-avx512", PERFORMANCE_MD, "ops_cpu_avx512.json", bench("ops", "markdown")),
     Table("db-build", PERFORMANCE_MD, "db_build.json", bench("db_build", "markdown")),
     Table("embedder-avx2", PERFORMANCE_MD, "embedder_avx2.json", bench("embedder", "markdown")),
     Table("ops-cuda", PERFORMANCE_MD, "ops_cuda.json", bench("ops", "markdown_cuda")),
