@@ -83,7 +83,7 @@ class DemoConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # RetroConfig fields overridden
     threads: int | None = None  # torch and OpenMP threads; None: all cores
     # training autocast (TrainConfig.dtype); "auto": bfloat16 on a GPU and on a CPU that computes
-    # bf16 natively (AVX512-BF16 or AMX; 1.6-1.9x faster steps on a 2-core AMD EPYC with AVX512-BF16,
+    # bf16 natively (AVX512-BF16 or AMX; 2.0-2.5x faster steps on a 2-core AMD EPYC with AVX512-BF16,
     # bench/results/train_cpu.json),
     # else float32. Evaluation stays float32.
     dtype: str = "auto"
