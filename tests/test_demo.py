@@ -65,6 +65,12 @@ def test_demo_on_a_small_corpus(tmp_path_factory, tmp_path, capsys, retro_init):
     other = "gpt" if retro_init == "scratch" else "scratch"
     assert retro.cli.main([*args, "--retro-init", other]) == 2
     assert "other settings" in capsys.readouterr().err
+    # a retrieval-only setting changes the RETRO run, not the GPT's: the GPT is reused
+    gpt_checkpoint = sorted((out / "gpt").glob("ckpt*"))
+    stamps = [p.stat().st_mtime_ns for p in gpt_checkpoint]
+    (out / "retro").rename(out / "retro_before")
+    assert retro.cli.main([*args, "--model-arg", "cross_local_heads=1"]) == 0
+    assert gpt_checkpoint and [p.stat().st_mtime_ns for p in gpt_checkpoint] == stamps
 
 
 def test_demo_refuses_a_bad_model_arg(tmp_path):
@@ -74,7 +80,8 @@ def test_demo_refuses_a_bad_model_arg(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--copy-fraction", "1.5"), ("--copy-fraction", "nan"),
                                          ("--retro-steps", "0"), ("--batch-size", "-1"),
                                          ("--retro-learning-rate", "nan"),
-                                         ("--learning-rate", "0"), ("--copy-shift", "-1")])
+                                         ("--learning-rate", "0"), ("--copy-shift", "-1"),
+                                         ("--copy-shift-share", "2")])
 def test_demo_refuses_bad_settings_before_any_work(tmp_path, flag, value):
     assert retro.cli.main(["demo", "--out", str(tmp_path / "out"), flag, value]) == 2
     assert not (tmp_path / "out").exists()

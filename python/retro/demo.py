@@ -223,9 +223,11 @@ def train_models(out: Path, config: DemoConfig, db: Any) -> dict[str, Path]:
     fields = {**DEMO_MODEL, **DEMO_RETRIEVAL, "vocab_size": _round_up(db.tokenizer.vocab_size, 64),
               "block_size": db.block_size, **config.model_args}
     retrieval = {key: value for key, value in fields.items() if key not in DECODER_FIELDS}
-    # the GPT takes only the decoder's overrides: one of retrieval keeps the trained GPT reusable
+    # the GPT keeps the overrides that shape a model (the decoder's, and the retrieval shapes its
+    # config checks against n_layer); any other retrieval setting leaves the trained GPT reusable
+    shapes = (*DECODER_FIELDS, *DEMO_RETRIEVAL)
     gpt_fields = {key: value for key, value in fields.items()
-                  if key in DECODER_FIELDS or key not in config.model_args}
+                  if key in shapes or key not in config.model_args}
 
     def plan(kind: str, steps: int, learning_rate: float, **settings: Any) -> TrainConfig:
         """The run OUT/kind of steps optimizer steps."""
