@@ -36,9 +36,10 @@ def counted(model: torch.nn.Module, config: RetroConfig, retrieval: bool) -> dic
     return {str(op).removeprefix("aten."): n for op, n in counter.get_flop_counts()["Global"].items()}
 
 
-@pytest.mark.parametrize("enc_n_embd", [None, 32])
-def test_weight_matmuls_match_the_flop_counter(enc_n_embd):
-    config = RetroConfig(**CONFIG, enc_n_embd=enc_n_embd)
+@pytest.mark.parametrize("enc_n_embd, enc_previous_token", [(None, False), (32, False),
+                                                              (None, True), (32, True)])
+def test_weight_matmuls_match_the_flop_counter(enc_n_embd, enc_previous_token):
+    config = RetroConfig(**CONFIG, enc_n_embd=enc_n_embd, enc_previous_token=enc_previous_token)
     for cls, retrieval in ((GPT, False), (Retro, True)):
         flops = forward_flops(config, retrieval)
         ops = counted(cls(config), config, retrieval)

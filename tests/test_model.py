@@ -22,6 +22,7 @@ VARIANTS = {
     "no-cross-positions": dict(cross_positions="none"),
     "cca-positions-only": dict(cross_positions="cca"),
     "scaled-cca": dict(cca_output_scale=3.0),
+    "previous-token-one-local-head": dict(enc_previous_token=True, cross_local_heads=1),
 }
 
 
