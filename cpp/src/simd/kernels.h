@@ -37,8 +37,10 @@ struct Kernels {
   void (*add_inner_products16)(int pq_m, int dsub, const float* c, const float* ct, float scale,
                                const float* base, float* out);
   // Exact distances of the re-ranking: squared L2 and inner product of two d-vectors, summed in
-  // 16 interleaved partial sums (j mod 16) combined pairwise (lanes l and l + 8, then + 4, + 2,
-  // + 1): the same order in every build (FMA builds round the products differently).
+  // four chains of 16 interleaved partial sums (the 16-blocks of the vectors round-robin over the
+  // chains: four additions in flight), folded (0 + 1) + (2 + 3), the tail added to lanes 0, 1, ...,
+  // then combined pairwise (lanes l and l + 8, then + 4, + 2, + 1): the same order in every build
+  // (FMA builds round the products differently).
   float (*l2_distance)(int d, const float* x, const float* y);
   float (*inner_product)(int d, const float* x, const float* y);
   // out[j] = the float value of the IEEE half h[j] for j < n (exact: every level gives the same
