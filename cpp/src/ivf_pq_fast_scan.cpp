@@ -82,10 +82,10 @@ void IvfPqIndex::fast_scan_queries(const float* x, idx_t q0, idx_t q1, const idx
     buffers.block_tables.emplace_back(pq_m_, ksub());
   std::vector<ScanBuffers::Visit>& visits = buffers.visits;
   visits.clear();
+  query_tables(nb, x + q0 * d_, buffers.block_luts.data());
   for (int b = 0; b < nb; ++b) {
     const idx_t q = q0 + b;
     float* lut = &buffers.block_luts[b * table_size];
-    query_table(x + q * d_, lut);
     if (metric_ == Metric::L2)
       for (size_t i = 0; i < table_size; ++i) lut[i] += derived_->pq_norms[i];
     if (!per_list) buffers.block_tables[b].build(lut);

@@ -419,13 +419,15 @@ float IvfPqIndex::reconstruction_term(idx_t list, const uint8_t* code) const {
 
 // lut (pq_m, ksub) = -2<x_m, r_mj> (L2) or -<x_m, r_mj> (inner product): the per-query part of
 // every distance, shared by all lists the query visits.
-void IvfPqIndex::query_table(const float* x, float* lut) const {
+void IvfPqIndex::query_tables(idx_t nq, const float* x, float* luts) const {
   const simd::Kernels& kern = simd::kernels();
   const int dsub = this->dsub(), K = ksub();
+  const size_t table_size = static_cast<size_t>(pq_m_) * K;
   const float scale = metric_ == Metric::L2 ? -2.0f : -1.0f;
   for (int m = 0; m < pq_m_; ++m)
-    kern.inner_products_t(dsub, K, x + m * dsub, &derived_->pq_t[static_cast<size_t>(m) * dsub * K],
-                          scale, lut + static_cast<size_t>(m) * K);
+    kern.inner_products_t(static_cast<int>(nq), dsub, K, x + m * dsub, static_cast<size_t>(d_),
+                          &derived_->pq_t[static_cast<size_t>(m) * dsub * K], scale,
+                          luts + static_cast<size_t>(m) * K, table_size);
 }
 
 void IvfPqIndex::rerank_candidates(idx_t n, const float* x, idx_t k, idx_t k_candidates,

@@ -317,6 +317,40 @@ TEST_P(Kernels, GemmArgminFindsTheSmallestColumnOnTies) {
         }
 }
 
+TEST_P(Kernels, InnerProductsTableRowsMatchADoubleReferenceForEveryQueryCount) {
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> normal;
+  for (int nq : {1, 2, 3, 4, 5, 9})
+    for (int dsub : {1, 3, 8})
+      for (int ksub : {1, 7, 16, 37, 256}) {
+        const size_t ldq = dsub + 2, ldo = ksub + 3;  // strides wider than the rows
+        std::vector<float> q(nq * ldq), ct(static_cast<size_t>(dsub) * ksub);
+        for (float& v : q) v = normal(rng);
+        for (float& v : ct) v = normal(rng);
+        std::vector<float> out(nq * ldo, std::numeric_limits<float>::quiet_NaN());  // poisoned
+        kern.inner_products_t(nq, dsub, ksub, q.data(), ldq, ct.data(), -2.0f, out.data(), ldo);
+        for (int i = 0; i < nq; ++i)
+          for (size_t j = 0; j < ldo; ++j) {
+            if (j >= static_cast<size_t>(ksub)) {  // the gap between rows is never written
+              ASSERT_TRUE(std::isnan(out[i * ldo + j])) << "wrote past ksub at " << j;
+              continue;
+            }
+            double want = 0.0;
+            for (int t = 0; t < dsub; ++t) want += double(q[i * ldq + t]) * ct[t * ksub + j];
+            ASSERT_NEAR(out[i * ldo + j], -2.0 * want, 1e-5 * (std::abs(want) + 1.0))
+                << "nq=" << nq << " dsub=" << dsub << " ksub=" << ksub << " at " << i << "," << j;
+          }
+        // a query's row does not depend on the queries computed with it (one at a time: the same)
+        std::vector<float> alone(ksub);
+        for (int i = 0; i < nq; ++i) {
+          kern.inner_products_t(1, dsub, ksub, q.data() + i * ldq, ldq, ct.data(), -2.0f,
+                                alone.data(), ksub);
+          for (int j = 0; j < ksub; ++j) ASSERT_EQ(alone[j], out[i * ldo + j]);
+        }
+      }
+}
+
 TEST_P(Kernels, DistancesFromInnerProducts) {
   const simd::Kernels& kern = simd::kernels_for(GetParam());
   for (size_t n : {1, 7, 16, 37}) {

@@ -191,7 +191,9 @@ class IvfPqIndex {
   void rebuild_derived();
   void rebuild_list_views();
   void encode(idx_t n, const float* x, idx_t* list_of, uint8_t* codes) const;
-  void query_table(const float* x, float* lut) const;
+  // The look-up tables (nq, pq_m, ksub) of nq queries x (nq, ivf_d), computed together: each
+  // sub-quantizer's centroids are read once per four queries.
+  void query_tables(idx_t nq, const float* x, float* luts) const;
   float reconstruction_term(idx_t list, const uint8_t* code) const;
   struct ScanBuffers;
   void scan_lists(const float* lut, const QuantizedTable* qtable, const idx_t* probes,

@@ -27,10 +27,12 @@ struct Kernels {
   // on ties). column_bias has the packed width (+inf on padding columns).
   void (*gemm_argmin)(idx_t m, idx_t n, int k, const float* A, idx_t lda, const float* packed,
                       const float* column_bias, float alpha, float* best, idx_t* best_index);
-  // out[j] = scale * sum_t q[t] * ct[t * ksub + j] for j < ksub, summed in t order: one
-  // sub-quantizer's row of a query's look-up table.
-  void (*inner_products_t)(int dsub, int ksub, const float* q, const float* ct, float scale,
-                           float* out);
+  // out[i * ldo + j] = scale * sum_t q[i * ldq + t] * ct[t * ksub + j] for i < nq, j < ksub,
+  // summed in t order: one sub-quantizer's rows of nq queries' look-up tables. Each row of ct is
+  // loaded once for up to four queries: one query at a time, streaming ct from the cache bounds
+  // the table's cost, not the multiply-adds.
+  void (*inner_products_t)(int nq, int dsub, int ksub, const float* q, size_t ldq,
+                           const float* ct, float scale, float* out, size_t ldo);
   // out[m][j] = base[m][j] + scale * sum_t c[m * dsub + t] * ct[(m * dsub + t) * 16 + j] for
   // j < 16, summed in t order: a list's 4-bit table from the query's (base) and the list's
   // centroid c (ct = the PQ centroids as (pq_m, dsub, 16)), all pq_m rows in one call.
