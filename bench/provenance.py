@@ -29,8 +29,14 @@ COMMIT = re.compile(r"[0-9a-f]{7,40}")
 LIBRARIES = (("retro", "retro-lm"), ("torch", "torch"), ("faiss", "faiss-cpu"), ("numpy", "numpy"))
 
 
+# What benchmarks write themselves (result JSONs, plots, rendered tables): a change there is an
+# output of a run, not a change of the code the next run measures.
+OUTPUTS = ("bench/results", "docs")
+
+
 def git_state() -> tuple[str | None, bool | None]:
-    """The commit checked out (short hash) and whether tracked files differ from it. A copy without
+    """The commit checked out (short hash) and whether tracked files other than OUTPUTS differ from
+    it (a run after another, whose tables are rewritten, measures the same code). A copy without
     .git (the GPU machine) gets the commit from RETRO_GIT_COMMIT; its dirtiness is unknown (None)."""
     given = os.environ.get("RETRO_GIT_COMMIT")
     if given:
@@ -40,7 +46,9 @@ def git_state() -> tuple[str | None, bool | None]:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+        outside_outputs = [".", *(f":(exclude){path}" for path in OUTPUTS)]
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *outside_outputs)
+        return git("rev-parse", "--short", "HEAD"), bool(changed)
     except (OSError, subprocess.CalledProcessError):
         return None, None
 
