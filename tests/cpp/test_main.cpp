@@ -255,6 +255,42 @@ TEST_P(Kernels, GemmPackedMatchesDoubleOnOddSizes) {
       }
 }
 
+TEST_P(Kernels, OneRowGivesTheBitsOfTheSameRowInABlock) {
+  // a lone row (a single query) must sum each column in the order the multi-row tiles use, so a
+  // query's distances and nearest centroid do not depend on the queries searched beside it
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(12);
+  std::normal_distribution<float> normal;
+  for (int n : {1, 127, 128, 129, 300, 1024})
+    for (int k : {1, 7, 384}) {
+      const int m = 9;
+      std::vector<float> A(m * k), B(static_cast<size_t>(n) * k);
+      for (float& v : A) v = normal(rng);
+      for (float& v : B) v = normal(rng);
+      std::vector<float> packed(simd::packed_size(n, k));
+      simd::pack_panels(n, k, B.data(), k, packed.data());
+      std::vector<float> block(static_cast<size_t>(m) * n), row(n, std::numeric_limits<float>::quiet_NaN());
+      kern.gemm_packed(m, n, k, A.data(), k, packed.data(), block.data(), n);
+      const size_t width = packed.size() / k;
+      std::vector<float> bias(width, std::numeric_limits<float>::infinity());
+      for (int j = 0; j < n; ++j) bias[j] = normal(rng);
+      std::vector<float> best(m);
+      std::vector<idx_t> best_index(m);
+      kern.gemm_argmin(m, n, k, A.data(), k, packed.data(), bias.data(), -2.0f, best.data(),
+                       best_index.data());
+      for (int i = 0; i < m; ++i) {
+        kern.gemm_packed(1, n, k, A.data() + i * k, k, packed.data(), row.data(), n);
+        for (int j = 0; j < n; ++j) ASSERT_EQ(row[j], block[i * n + j]) << "n=" << n << " k=" << k;
+        float one_best;
+        idx_t one_index;
+        kern.gemm_argmin(1, n, k, A.data() + i * k, k, packed.data(), bias.data(), -2.0f,
+                         &one_best, &one_index);
+        ASSERT_EQ(one_best, best[i]);
+        ASSERT_EQ(one_index, best_index[i]);
+      }
+    }
+}
+
 TEST_P(Kernels, PackColumnsTransposesScatteredRowsIntoPanels) {
   const simd::Kernels& kern = simd::kernels_for(GetParam());
   std::mt19937_64 rng(12);
