@@ -387,6 +387,28 @@ TEST_P(Kernels, InnerProductsTableRowsMatchADoubleReferenceForEveryQueryCount) {
       }
 }
 
+TEST_P(Kernels, RerankDistancesMatchADoubleReference) {
+  // lengths that end the four chains of 16 at every place, and a tail past the last full 16
+  const simd::Kernels& kern = simd::kernels_for(GetParam());
+  std::mt19937_64 rng(19);
+  std::normal_distribution<float> normal;
+  for (int d : {1, 15, 16, 17, 32, 48, 63, 64, 80, 100, 384, 401}) {
+    std::vector<float> x(d), y(d);
+    for (float& v : x) v = normal(rng);
+    for (float& v : y) v = normal(rng);
+    double l2 = 0.0, ip = 0.0, magnitude = 0.0;
+    for (int j = 0; j < d; ++j) {
+      const double diff = double(x[j]) - y[j];
+      l2 += diff * diff;
+      ip += double(x[j]) * y[j];
+      magnitude += std::abs(double(x[j]) * y[j]);
+    }
+    ASSERT_NEAR(kern.l2_distance(d, x.data(), y.data()), l2, 1e-6 * (d + 1) * (l2 + 1.0)) << "d=" << d;
+    ASSERT_NEAR(kern.inner_product(d, x.data(), y.data()), ip, 1e-6 * (d + 1) * (magnitude + 1.0))
+        << "d=" << d;
+  }
+}
+
 TEST_P(Kernels, DistancesFromInnerProducts) {
   const simd::Kernels& kern = simd::kernels_for(GetParam());
   for (size_t n : {1, 7, 16, 37}) {
